@@ -1,0 +1,349 @@
+//! The agent daemon: wires the config, the kernel programs and the router
+//! together, keeps them in step when the config changes, and shuts down
+//! cleanly on SIGTERM.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use laneway_common::{PodValue, ServiceValue};
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    bpf::{self, Datapath},
+    cgroup,
+    config::{self, Config},
+    netns,
+    proxy::ProxyConfig,
+    router::{Applied, Router},
+    snapshot::Snapshot,
+};
+
+/// How often the router tells the programs it is alive. Well under the
+/// programs' timeout, so a busy moment never trips fail-open.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(200);
+/// How often the config file is checked for changes.
+const RELOAD_POLL: Duration = Duration::from_millis(500);
+
+/// Why the agent could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad config.
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    /// No cgroup v2.
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::Error),
+    /// The configured cgroup is not a cgroup v2 directory.
+    #[error("{0} is not a cgroup v2 directory (no cgroup.procs): set bpf.cgroup or --cgroup to one")]
+    NotACgroup(PathBuf),
+    /// The kernel side failed.
+    #[error(transparent)]
+    Bpf(#[from] bpf::Error),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The router's redirect address has the wrong family.
+    #[error("router.{field} must be an {family} address, got {addr}")]
+    RedirectFamily {
+        /// Which field.
+        field: &'static str,
+        /// "IPv4" or "IPv6".
+        family: &'static str,
+        /// The value.
+        addr: IpAddr,
+    },
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// The ready file could not be written.
+    #[error("cannot write ready file {path}: {source}")]
+    ReadyFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// How the agent is started.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The config file (also the source of truth in standalone mode).
+    pub config: PathBuf,
+    /// Overrides `bpf.cgroup`.
+    pub cgroup: Option<PathBuf>,
+    /// Written once the agent routes (for supervisors and tests).
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(options: Options) -> Result<(), Error> {
+    let config = Config::load(&options.config)?;
+    let cgroup = match options.cgroup.clone().or(config.bpf.cgroup.clone()) {
+        Some(dir) => dir,
+        None => cgroup::v2_root()?,
+    };
+    if !cgroup::is_cgroup_dir(&cgroup) {
+        return Err(Error::NotACgroup(cgroup));
+    }
+    let (redirect4, redirect6) = redirect_addrs(&config)?;
+
+    // Listen before attaching: a redirected connect must find a listener.
+    let mut listeners = vec![bind(config.router.listen)?];
+    if let Some(v6) = config.router.listen_v6 {
+        listeners.push(bind(v6)?);
+    }
+    let port = config.router.listen.port();
+
+    let mut datapath = Datapath::attach(&cgroup)?;
+    info!(cgroup = %cgroup.display(), programs = ?Datapath::program_names().collect::<Vec<_>>(), "programs attached");
+    let source = format!("file:{}", options.config.display());
+    let snapshot = Snapshot::from_config(&config, source.clone(), None);
+    let applied = apply(&mut datapath, snapshot)?;
+    let router = Router::new(applied, proxy_config(&config));
+    for listener in listeners {
+        tokio::spawn(router.clone().serve(listener));
+    }
+    let mark = config.router.socket_mark;
+    let datapath = Arc::new(Mutex::new(datapath));
+    beat(&datapath, redirect4, redirect6, port, mark, bpf::monotonic_ns())?;
+    let heartbeat = tokio::spawn(heartbeat_loop(datapath.clone(), redirect4, redirect6, port, mark));
+    info!(listen = %config.router.listen, redirect = %config.router.redirect_ipv4, "laneway agent ready");
+    if let Some(path) = &options.ready_file {
+        std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
+            Error::ReadyFile {
+                path: path.clone(),
+                source,
+            }
+        })?;
+    }
+
+    let mut hangup = signal(SignalKind::hangup()).map_err(Error::Signals)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
+    let mut seen = fingerprint(&options.config);
+    let mut poll = tokio::time::interval(RELOAD_POLL);
+    loop {
+        let reason = tokio::select! {
+            _ = hangup.recv() => "SIGHUP",
+            _ = poll.tick() => {
+                let now = fingerprint(&options.config);
+                if now == seen { continue; }
+                "file changed"
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        };
+        seen = fingerprint(&options.config);
+        reload(&options.config, &config, &router, &datapath, &source, reason);
+    }
+    info!("shutting down: clearing the heartbeat, pods go the direct way from now");
+    heartbeat.abort();
+    // Fail open at once rather than after the timeout.
+    if let Err(e) = beat(&datapath, redirect4, redirect6, port, mark, 0) {
+        warn!(error = %e, "could not clear the heartbeat");
+    }
+    Ok(())
+}
+
+fn redirect_addrs(
+    config: &Config,
+) -> Result<(Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>), Error> {
+    let v4 = match config.router.redirect_ipv4 {
+        IpAddr::V4(v4) => v4,
+        addr => {
+            return Err(Error::RedirectFamily {
+                field: "redirect_ipv4",
+                family: "IPv4",
+                addr,
+            });
+        }
+    };
+    let v6 = match config.router.redirect_ipv6 {
+        None => None,
+        Some(IpAddr::V6(v6)) => Some(v6),
+        Some(addr) => {
+            return Err(Error::RedirectFamily {
+                field: "redirect_ipv6",
+                family: "IPv6",
+                addr,
+            });
+        }
+    };
+    Ok((Some(v4), v6))
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    let listen = || -> std::io::Result<TcpListener> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        TcpListener::from_std(socket.into())
+    };
+    listen().map_err(|source| Error::Listen { addr, source })
+}
+
+/// The engine's settings from the config.
+pub fn proxy_config(config: &Config) -> ProxyConfig {
+    let r = &config.router;
+    ProxyConfig {
+        max_header_bytes: r.max_header_bytes,
+        header_timeout: r.header_timeout,
+        idle_timeout: r.idle_timeout,
+        connect_timeout: r.connect_timeout,
+        response_timeout: r.response_timeout,
+        sniff_timeout: r.sniff_timeout,
+        pool_max_idle_per_endpoint: r.pool_max_idle_per_endpoint,
+        pool_idle_timeout: r.pool_idle_timeout,
+        socket_mark: r.socket_mark,
+        tag_header: config.primary_tag_header().to_owned(),
+    }
+}
+
+/// Writes a snapshot to the maps (resolving each pod's netns cookie) and
+/// returns what the router needs.
+fn apply(datapath: &mut Datapath, snapshot: Snapshot) -> Result<Applied, Error> {
+    let own_netns = netns::socket_cookie_here().ok();
+    let mut services = HashMap::new();
+    for port in &snapshot.ports {
+        for vip in &snapshot.services[port.service].vips {
+            services.insert(
+                bpf::service_key(*vip, port.port),
+                ServiceValue {
+                    service_id: port.service as u32,
+                    flags: 0,
+                },
+            );
+        }
+    }
+    let mut enrolled = HashMap::new();
+    let mut pods_by_cookie = HashMap::new();
+    for (index, pod) in snapshot.pods.iter().enumerate() {
+        match netns::cookie_of(&pod.netns) {
+            Ok(cookie) if Some(cookie) == own_netns => {
+                error!(%pod, netns = %pod.netns.display(), "not enrolled: this is the agent's own network namespace, redirecting it would loop the router");
+            }
+            Ok(cookie) => {
+                enrolled.insert(
+                    cookie,
+                    PodValue {
+                        pod_id: index as u32,
+                        flags: 0,
+                    },
+                );
+                pods_by_cookie.insert(cookie, index);
+            }
+            Err(e) => warn!(%pod, error = %e, "not enrolled: network namespace not usable"),
+        }
+    }
+    // Services first: a newly enrolled pod must find its services in place.
+    let s = datapath.sync_services(&services)?;
+    let e = datapath.sync_enrolled(&enrolled)?;
+    info!(
+        source = %snapshot.source,
+        services = snapshot.services.len(),
+        service_ports = services.len(),
+        pods_enrolled = enrolled.len(),
+        pods_wanted = snapshot.pods.len(),
+        map_writes = s.written + e.written,
+        map_removals = s.removed + e.removed,
+        "snapshot applied"
+    );
+    Ok(Applied {
+        snapshot,
+        pods_by_cookie,
+    })
+}
+
+fn reload(
+    path: &Path,
+    running: &Config,
+    router: &Router,
+    datapath: &Mutex<Datapath>,
+    source: &str,
+    reason: &str,
+) {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            error!(%reason, error = %e, "config reload rejected; still routing by the last good one");
+            return;
+        }
+    };
+    if serde_yaml::to_string(&config.router).ok() != serde_yaml::to_string(&running.router).ok()
+        || serde_yaml::to_string(&config.bpf).ok() != serde_yaml::to_string(&running.bpf).ok()
+    {
+        warn!("router and bpf settings take effect at the next restart; services, pods and tags are reloaded now");
+    }
+    let previous = router.applied();
+    let snapshot = Snapshot::from_config(&config, source.to_owned(), Some(&previous.snapshot));
+    let mut dp = datapath.lock().unwrap_or_else(|p| p.into_inner());
+    match apply(&mut dp, snapshot) {
+        Ok(applied) => {
+            router.swap(applied);
+            info!(%reason, "config reloaded");
+        }
+        Err(e) => error!(%reason, error = %e, "applying the reloaded config failed"),
+    }
+}
+
+fn beat(
+    datapath: &Mutex<Datapath>,
+    redirect4: Option<std::net::Ipv4Addr>,
+    redirect6: Option<std::net::Ipv6Addr>,
+    port: u16,
+    mark: u32,
+    now_ns: u64,
+) -> Result<(), bpf::Error> {
+    let info = bpf::router_info(redirect4, redirect6, port, mark, now_ns);
+    datapath
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .set_router(&info)
+}
+
+async fn heartbeat_loop(
+    datapath: Arc<Mutex<Datapath>>,
+    redirect4: Option<std::net::Ipv4Addr>,
+    redirect6: Option<std::net::Ipv6Addr>,
+    port: u16,
+    mark: u32,
+) {
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    loop {
+        tick.tick().await;
+        if let Err(e) = beat(&datapath, redirect4, redirect6, port, mark, bpf::monotonic_ns()) {
+            error!(error = %e, "heartbeat failed; programs fail open until it recovers");
+        }
+    }
+}
+
+/// What identifies a version of the config file on disk.
+fn fingerprint(path: &Path) -> Option<(SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}

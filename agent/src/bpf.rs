@@ -1,0 +1,343 @@
+//! The kernel side: loading the programs, attaching them to a cgroup, and
+//! keeping their maps in step with the snapshot.
+//!
+//! The programs attach with bpf links owned by this process: when the agent
+//! exits, however it exits, they detach and pods reach services the normal
+//! way. While the agent runs, the router's heartbeat in the `ROUTER` map
+//! decides; a stale one (stopped or hung agent) also makes the programs stop
+//! redirecting within [`laneway_common::HEARTBEAT_TIMEOUT_NS`].
+
+use std::{
+    collections::HashMap as StdHashMap,
+    fs::File,
+    hash::Hash,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, Pod,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    programs::{CgroupAttachMode, Program, ProgramError},
+};
+use laneway_common::{
+    ConnKey, OriginalDst, PodValue, RouterInfo, ServiceKey, ServiceValue, map_names, stat,
+    v4_mapped,
+};
+
+/// The compiled kernel programs (built by `build.rs`).
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(env!("LANEWAY_EBPF_OBJ"));
+
+/// The programs and the kernel feature each one needs, for error messages.
+const SOCKET_PROGRAMS: &[(&str, &str)] = &[
+    ("connect4", "cgroup/connect4 (BPF_CGROUP_INET4_CONNECT, Linux 4.17+)"),
+    ("connect6", "cgroup/connect6 (BPF_CGROUP_INET6_CONNECT, Linux 4.17+)"),
+    ("sock_ops", "sock_ops (BPF_CGROUP_SOCK_OPS, Linux 4.13+)"),
+    ("getsockopt", "cgroup/getsockopt (BPF_CGROUP_GETSOCKOPT, Linux 5.3+)"),
+    ("getpeername4", "cgroup/getpeername4 (BPF_CGROUP_INET4_GETPEERNAME, Linux 5.8+)"),
+    ("getpeername6", "cgroup/getpeername6 (BPF_CGROUP_INET6_GETPEERNAME, Linux 5.8+)"),
+];
+
+/// What went wrong with the kernel side.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object could not be loaded (maps created, BTF parsed).
+    #[error("cannot load laneway's BPF object: {0} (needs CAP_BPF/CAP_SYS_ADMIN and BPF support in the kernel)")]
+    Load(#[from] aya::EbpfError),
+    /// A program is missing from the object (a build problem).
+    #[error("the BPF object has no program {0}")]
+    MissingProgram(&'static str),
+    /// A program could not be loaded or attached.
+    #[error("cannot {action} {feature}: {source}")]
+    Program {
+        /// "load" or "attach to CGROUP".
+        action: String,
+        /// The program and the kernel feature it needs.
+        feature: &'static str,
+        /// The cause.
+        source: ProgramError,
+    },
+    /// The cgroup directory cannot be opened.
+    #[error("cannot open cgroup {path}: {source}")]
+    Cgroup {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A map is missing from the object.
+    #[error("the BPF object has no map {0}")]
+    MissingMap(&'static str),
+    /// A map operation failed.
+    #[error("BPF map {map}: {source}")]
+    Map {
+        /// The map.
+        map: &'static str,
+        /// The cause.
+        source: MapError,
+    },
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> Error {
+    move |source| Error::Map { map, source }
+}
+
+/// The loaded, attached programs and their maps.
+pub struct Datapath {
+    /// Owns the programs and their links: dropping it detaches everything.
+    _ebpf: Ebpf,
+    cgroup: PathBuf,
+    enrolled: HashMap<MapData, u64, PodValue>,
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    router: Array<MapData, RouterInfo>,
+    stats: PerCpuArray<MapData, u64>,
+    orig_by_cookie: HashMap<MapData, u64, OriginalDst>,
+    orig_by_conn: HashMap<MapData, ConnKey, OriginalDst>,
+}
+
+/// How many entries a sync changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncCounts {
+    /// Entries added or changed.
+    pub written: usize,
+    /// Entries removed.
+    pub removed: usize,
+}
+
+/// Counter values summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Connects rewritten to the router.
+    pub redirected: u64,
+    /// Connects left alone because the router's heartbeat was stale.
+    pub fail_open: u64,
+    /// Original-destination queries answered.
+    pub origdst_answered: u64,
+    /// Original-destination queries on unknown sockets.
+    pub origdst_missed: u64,
+}
+
+impl Datapath {
+    /// Loads the programs and attaches them to the cgroup v2 directory `cgroup`.
+    pub fn attach(cgroup: &Path) -> Result<Self, Error> {
+        let mut ebpf = Ebpf::load(PROGRAMS)?;
+        let cgroup_file = File::open(cgroup).map_err(|source| Error::Cgroup {
+            path: cgroup.to_owned(),
+            source,
+        })?;
+        let attach_action = format!("attach to {}", cgroup.display());
+        for &(name, feature) in SOCKET_PROGRAMS {
+            let program = ebpf.program_mut(name).ok_or(Error::MissingProgram(name))?;
+            let wrap = |action: &str| {
+                let action = action.to_owned();
+                move |source| Error::Program {
+                    action,
+                    feature,
+                    source,
+                }
+            };
+            // Single mode uses a bpf link, which coexists with any other
+            // program on the same cgroup (a CNI's) and never replaces it.
+            let mode = CgroupAttachMode::Single;
+            match program {
+                Program::CgroupSockAddr(p) => {
+                    p.load().map_err(wrap("load"))?;
+                    p.attach(&cgroup_file, mode).map_err(wrap(&attach_action))?;
+                }
+                Program::SockOps(p) => {
+                    p.load().map_err(wrap("load"))?;
+                    p.attach(&cgroup_file, mode).map_err(wrap(&attach_action))?;
+                }
+                Program::CgroupSockopt(p) => {
+                    p.load().map_err(wrap("load"))?;
+                    p.attach(&cgroup_file, mode).map_err(wrap(&attach_action))?;
+                }
+                _ => return Err(Error::MissingProgram(name)),
+            }
+        }
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(Error::MissingMap(name))
+        };
+        let enrolled = take(&mut ebpf, map_names::ENROLLED)?;
+        let services = take(&mut ebpf, map_names::SERVICES)?;
+        let router = take(&mut ebpf, map_names::ROUTER)?;
+        let stats = take(&mut ebpf, map_names::STATS)?;
+        let orig_by_cookie = take(&mut ebpf, map_names::ORIG_BY_COOKIE)?;
+        let orig_by_conn = take(&mut ebpf, map_names::ORIG_BY_CONN)?;
+        Ok(Self {
+            cgroup: cgroup.to_owned(),
+            enrolled: HashMap::try_from(enrolled).map_err(map_err(map_names::ENROLLED))?,
+            services: HashMap::try_from(services).map_err(map_err(map_names::SERVICES))?,
+            router: Array::try_from(router).map_err(map_err(map_names::ROUTER))?,
+            stats: PerCpuArray::try_from(stats).map_err(map_err(map_names::STATS))?,
+            orig_by_cookie: HashMap::try_from(orig_by_cookie)
+                .map_err(map_err(map_names::ORIG_BY_COOKIE))?,
+            orig_by_conn: HashMap::try_from(orig_by_conn)
+                .map_err(map_err(map_names::ORIG_BY_CONN))?,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// The cgroup the programs are attached to.
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    /// Names of the attached programs.
+    pub fn program_names() -> impl Iterator<Item = &'static str> {
+        SOCKET_PROGRAMS.iter().map(|(name, _)| *name)
+    }
+
+    /// Writes the router's listener and heartbeat.
+    pub fn set_router(&mut self, info: &RouterInfo) -> Result<(), Error> {
+        self.router.set(0, info, 0).map_err(map_err(map_names::ROUTER))
+    }
+
+    /// Makes `SERVICES` hold exactly `desired`: new and changed entries first,
+    /// then stale ones removed, so no VIP in both old and new is ever missing.
+    pub fn sync_services(
+        &mut self,
+        desired: &StdHashMap<ServiceKey, ServiceValue>,
+    ) -> Result<SyncCounts, Error> {
+        sync(&mut self.services, desired, map_names::SERVICES)
+    }
+
+    /// Makes `ENROLLED` hold exactly `desired` (netns cookie to pod).
+    pub fn sync_enrolled(&mut self, desired: &StdHashMap<u64, PodValue>) -> Result<SyncCounts, Error> {
+        sync(&mut self.enrolled, desired, map_names::ENROLLED)
+    }
+
+    /// Counters summed over CPUs.
+    pub fn stats(&self) -> Result<Stats, Error> {
+        let read = |index: u32| -> Result<u64, Error> {
+            let values = self.stats.get(&index, 0).map_err(map_err(map_names::STATS))?;
+            Ok(values.iter().sum())
+        };
+        Ok(Stats {
+            redirected: read(stat::REDIRECTED)?,
+            fail_open: read(stat::FAIL_OPEN)?,
+            origdst_answered: read(stat::ORIGDST_ANSWERED)?,
+            origdst_missed: read(stat::ORIGDST_MISSED)?,
+        })
+    }
+
+    /// Entries in the per-connection maps (by cookie, by 4-tuple).
+    pub fn connection_entries(&self) -> (usize, usize) {
+        (
+            self.orig_by_cookie.keys().count(),
+            self.orig_by_conn.keys().count(),
+        )
+    }
+}
+
+fn sync<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    desired: &StdHashMap<K, V>,
+    name: &'static str,
+) -> Result<SyncCounts, Error>
+where
+    K: Pod + Eq + Hash,
+    V: Pod + PartialEq,
+{
+    let mut counts = SyncCounts::default();
+    for (key, value) in desired {
+        if map.get(key, 0).ok().as_ref() != Some(value) {
+            map.insert(key, value, 0).map_err(map_err(name))?;
+            counts.written += 1;
+        }
+    }
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !desired.contains_key(k))
+        .collect();
+    for key in stale {
+        match map.remove(&key) {
+            Ok(()) => counts.removed += 1,
+            Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(name)(e)),
+        }
+    }
+    Ok(counts)
+}
+
+/// The map key of a VIP and port.
+pub fn service_key(vip: IpAddr, port: u16) -> ServiceKey {
+    let addr = match vip {
+        IpAddr::V4(v4) => v4_mapped(u32::from_ne_bytes(v4.octets())),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+        }
+    };
+    ServiceKey {
+        addr,
+        port,
+        _pad: 0,
+    }
+}
+
+/// The socket address recorded in an [`OriginalDst`].
+pub fn original_addr(original: &OriginalDst) -> SocketAddr {
+    let mut octets = [0u8; 16];
+    for (i, word) in original.addr.iter().enumerate() {
+        octets[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    let v6 = std::net::Ipv6Addr::from(octets);
+    let ip = match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    };
+    SocketAddr::new(ip, original.port)
+}
+
+/// The router's entry: where redirected connects go, with a fresh heartbeat
+/// (`heartbeat_ns` from [`monotonic_ns`]; 0 means "gone, fail open now").
+pub fn router_info(redirect4: Option<std::net::Ipv4Addr>, redirect6: Option<std::net::Ipv6Addr>, port: u16, mark: u32, heartbeat_ns: u64) -> RouterInfo {
+    let addr6 = redirect6.map_or([0; 4], |v6| service_key(IpAddr::V6(v6), 0).addr);
+    RouterInfo {
+        heartbeat_ns,
+        addr6,
+        addr4: redirect4.map_or(0, |v4| u32::from_ne_bytes(v4.octets())),
+        mark,
+        port,
+        _pad0: 0,
+        _pad1: 0,
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_network_order_v4_mapped() {
+        let k = service_key("10.96.0.10".parse().unwrap(), 80);
+        let bytes: Vec<u8> = k.addr.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        assert_eq!(bytes, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 96, 0, 10]);
+        let k6 = service_key("fd00::1".parse().unwrap(), 80);
+        let bytes: Vec<u8> = k6.addr.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        assert_eq!(bytes[0..2], [0xfd, 0]);
+        assert_eq!(bytes[15], 1);
+    }
+
+    #[test]
+    fn original_addr_round_trips() {
+        let key = service_key("10.96.0.10".parse().unwrap(), 0);
+        let o = OriginalDst {
+            addr: key.addr,
+            netns_cookie: 1,
+            port: 8080,
+            family: 2,
+            pod_id: 0,
+        };
+        assert_eq!(original_addr(&o), "10.96.0.10:8080".parse().unwrap());
+    }
+}

@@ -1,0 +1,569 @@
+//! The agent's configuration, and the static source of truth.
+//!
+//! One YAML file holds both: how the agent runs (router address, timeouts, tag
+//! headers, where programs attach) and, in standalone mode, the cluster state
+//! it routes by (services, endpoints, pods to enrol). Unknown fields are
+//! errors, and every error names the field path and the line, e.g.
+//! `services[0].endpoints[1].tag: invalid tag "Joint 1": ... at line 14 column 14`.
+//!
+//! The config is serializable, so the agent can dump what it actually runs
+//! with (defaults filled in).
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer, Serialize, de};
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The YAML is malformed or a field is invalid (the message names the
+    /// field path and the line).
+    #[error("invalid config {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, where.
+        message: String,
+    },
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The router: where it listens, where pods are sent, its limits.
+    pub router: RouterConfig,
+    /// How a request's tag (lane) is found.
+    pub tags: TagConfig,
+    /// Where the kernel programs attach.
+    pub bpf: BpfConfig,
+    /// Services to route (standalone mode).
+    pub services: Vec<Service>,
+    /// Pods on this node to enrol (standalone mode).
+    pub pods: Vec<Pod>,
+}
+
+/// The router.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// IPv4 listener, e.g. `0.0.0.0:15001`.
+    pub listen: SocketAddr,
+    /// Optional IPv6 listener, e.g. `[::]:15001`; without it native IPv6
+    /// connects are not redirected (v4-mapped ones are).
+    pub listen_v6: Option<SocketAddr>,
+    /// The address redirected IPv4 connects are sent to: one that pods reach
+    /// and that lands on `listen` (the node's address as pods see it).
+    pub redirect_ipv4: IpAddr,
+    /// The address redirected IPv6 connects are sent to (with `listen_v6`).
+    pub redirect_ipv6: Option<IpAddr>,
+    /// `SO_MARK` on the router's own upstream sockets (loop guard); 0 = none.
+    pub socket_mark: u32,
+    /// Largest request head accepted; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Upstream connect timeout.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time for a whole request head to arrive; slower gets 408.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// From request sent to response head; slower gets 504.
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// Idle keep-alive client connections close after this.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long to wait for a client's first bytes before treating the
+    /// connection as an opaque (server-first) protocol.
+    #[serde(with = "humantime_serde")]
+    pub sniff_timeout: Duration,
+    /// Idle upstream connections kept per endpoint.
+    pub pool_max_idle_per_endpoint: usize,
+    /// Idle upstream connections close after this.
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 15001)),
+            listen_v6: None,
+            redirect_ipv4: IpAddr::from([127, 0, 0, 1]),
+            redirect_ipv6: None,
+            socket_mark: 0x4c57,
+            max_header_bytes: 64 * 1024,
+            connect_timeout: Duration::from_secs(1),
+            header_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
+            sniff_timeout: Duration::from_millis(300),
+            pool_max_idle_per_endpoint: 64,
+            pool_idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How a request's tag is found: the first of `headers` present, else the
+/// `baggage_key` member of the W3C `baggage` header, else (with
+/// `inherit_caller_tag`) the calling pod's own tag.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TagConfig {
+    /// Tag headers, lowercase, in order of precedence. The first one is the
+    /// header the router writes upstream.
+    pub headers: Vec<HeaderName>,
+    /// Key of the W3C `baggage` member that carries a tag.
+    pub baggage_key: String,
+    /// Requests without a tag take the calling pod's tag.
+    pub inherit_caller_tag: bool,
+    /// The pod label holding a pod's tag (used by the Kubernetes source).
+    pub pod_label: String,
+}
+
+impl Default for TagConfig {
+    fn default() -> Self {
+        Self {
+            headers: vec![HeaderName("x-mse-tag".into())],
+            baggage_key: "x-mse-tag".into(),
+            inherit_caller_tag: true,
+            pod_label: "laneway.io/tag".into(),
+        }
+    }
+}
+
+/// Where the programs attach.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BpfConfig {
+    /// The cgroup v2 directory to attach to; default: the cgroup v2 root found
+    /// in `/proc/self/mountinfo`. Tests use a child cgroup.
+    pub cgroup: Option<PathBuf>,
+}
+
+/// A Service.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Name.
+    pub name: Name,
+    /// Namespace.
+    #[serde(default = "default_namespace")]
+    pub namespace: Name,
+    /// ClusterIPs (IPv4 and/or IPv6).
+    pub vips: Vec<IpAddr>,
+    /// Ports.
+    pub ports: Vec<ServicePort>,
+    /// Endpoints.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A Service port.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicePort {
+    /// Optional port name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The port on the VIP.
+    pub port: Port,
+    /// The port on the endpoints; default: `port`.
+    #[serde(default)]
+    pub target_port: Option<Port>,
+    /// `http`, `tcp` (opaque, never parsed) or `auto` (default: sniff).
+    #[serde(default)]
+    pub protocol: AppProtocol,
+}
+
+/// What a service port speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// Look at the first bytes of each connection.
+    #[default]
+    Auto,
+    /// HTTP/1.x.
+    Http,
+    /// Anything else: passed through at L4.
+    Tcp,
+}
+
+/// An endpoint of a Service.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// The pod's IP.
+    pub ip: IpAddr,
+    /// The pod's tag; none = base.
+    #[serde(default)]
+    pub tag: Option<Tag>,
+    /// Serving (ready, or terminating but still able to serve).
+    #[serde(default = "yes")]
+    pub serving: bool,
+    /// Terminating: gets no new requests.
+    #[serde(default)]
+    pub terminating: bool,
+    /// Optional name, for people (e.g. the pod name).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A pod on this node to enrol.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pod {
+    /// Name.
+    pub name: Name,
+    /// Namespace.
+    #[serde(default = "default_namespace")]
+    pub namespace: Name,
+    /// The pod's tag; none = base.
+    #[serde(default)]
+    pub tag: Option<Tag>,
+    /// The pod's network namespace, e.g. `/run/netns/client` or `/proc/PID/ns/net`.
+    pub netns: PathBuf,
+    /// The pod's IPs, to know the caller of connections that arrive without
+    /// laneway's own original-destination record.
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
+}
+
+fn default_namespace() -> Name {
+    Name("default".into())
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A lane tag: a Kubernetes label value (1-63 of `[A-Za-z0-9._-]`,
+/// alphanumeric at both ends).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Tag(String);
+
+impl Tag {
+    /// The tag as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Tag {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        let ends_ok = s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if s.is_empty() || s.len() > 63 || !s.chars().all(ok_char) || !ends_ok {
+            return Err(format!(
+                "invalid tag {s:?}: a tag is a label value, 1-63 characters of \
+                 [A-Za-z0-9._-], starting and ending alphanumeric"
+            ));
+        }
+        Ok(Tag(s.to_owned()))
+    }
+}
+
+/// A Kubernetes object name (DNS-1123 label, also used for namespaces).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Name(String);
+
+impl Name {
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Name {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+        if s.is_empty() || s.len() > 253 || !s.chars().all(|c| ok_char(c) || c == '.') {
+            return Err(format!(
+                "invalid name {s:?}: use lowercase letters, digits, '-' and '.'"
+            ));
+        }
+        Ok(Name(s.to_owned()))
+    }
+}
+
+/// A lowercase HTTP header name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct HeaderName(String);
+
+impl HeaderName {
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for HeaderName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if s.is_empty() || !s.chars().all(token) {
+            return Err(format!("invalid header name {s:?}"));
+        }
+        Ok(HeaderName(s.to_ascii_lowercase()))
+    }
+}
+
+/// A TCP port, 1-65535.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Port(pub u16);
+
+impl TryFrom<u64> for Port {
+    type Error = String;
+    fn try_from(n: u64) -> Result<Self, String> {
+        match u16::try_from(n) {
+            Ok(p) if p != 0 => Ok(Port(p)),
+            _ => Err(format!("invalid port {n}: must be 1-65535")),
+        }
+    }
+}
+
+/// Deserializes any `FromStr` type from a YAML string, so that its error
+/// carries serde_yaml's field path and line.
+macro_rules! deserialize_from_str {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(de::Error::custom)
+            }
+        }
+    )*};
+}
+deserialize_from_str!(Tag, Name, HeaderName);
+
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Port::try_from(u64::deserialize(d)?).map_err(de::Error::custom)
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| Error::Invalid {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses and validates config text; the error names field and line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: Config = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate(text)?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot: cross-field rules.
+    fn validate(&self, text: &str) -> Result<(), String> {
+        if self.tags.headers.is_empty() {
+            return Err(at(text, "headers:", "tags.headers: name at least one tag header"));
+        }
+        if self.router.listen_v6.is_some() != self.router.redirect_ipv6.is_some() {
+            return Err(at(
+                text,
+                "listen_v6:",
+                "router.listen_v6 and router.redirect_ipv6 go together: set both or neither",
+            ));
+        }
+        let mut seen: HashMap<(IpAddr, u16), String> = HashMap::new();
+        let mut names: HashMap<(String, String), usize> = HashMap::new();
+        for (i, svc) in self.services.iter().enumerate() {
+            let id = format!("{}/{}", svc.namespace, svc.name);
+            let key = (svc.namespace.0.clone(), svc.name.0.clone());
+            if let Some(first) = names.insert(key, i) {
+                return Err(at(
+                    text,
+                    &format!("name: {}", svc.name),
+                    &format!("services[{i}].name: service {id} is already defined at services[{first}]"),
+                ));
+            }
+            if svc.vips.is_empty() {
+                return Err(at(
+                    text,
+                    &format!("name: {}", svc.name),
+                    &format!("services[{i}].vips: service {id} needs at least one VIP"),
+                ));
+            }
+            if svc.ports.is_empty() {
+                return Err(at(
+                    text,
+                    &format!("name: {}", svc.name),
+                    &format!("services[{i}].ports: service {id} needs at least one port"),
+                ));
+            }
+            for vip in &svc.vips {
+                for port in &svc.ports {
+                    if let Some(other) = seen.insert((*vip, port.port.0), id.clone()) {
+                        return Err(at(
+                            text,
+                            &vip.to_string(),
+                            &format!(
+                                "services[{i}].vips: {vip} port {} is already used by service {other}",
+                                port.port.0
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        let mut pods: HashMap<(String, String), usize> = HashMap::new();
+        for (i, pod) in self.pods.iter().enumerate() {
+            let key = (pod.namespace.0.clone(), pod.name.0.clone());
+            if let Some(first) = pods.insert(key, i) {
+                return Err(at(
+                    text,
+                    &format!("name: {}", pod.name),
+                    &format!(
+                        "pods[{i}].name: pod {}/{} is already defined at pods[{first}]",
+                        pod.namespace, pod.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The header the router writes the resolved tag into.
+    pub fn primary_tag_header(&self) -> &str {
+        self.tags.headers.first().map_or("x-mse-tag", |h| h.as_str())
+    }
+}
+
+/// Appends "at line N" for the last line of `text` containing `needle` (the
+/// offending entry; serde_yaml reports lines only for type errors).
+fn at(text: &str, needle: &str, message: &str) -> String {
+    match text.lines().enumerate().filter(|(_, l)| l.contains(needle)).last() {
+        Some((n, _)) => format!("{message} at line {}", n + 1),
+        None => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+router:
+  listen: 0.0.0.0:15001
+  redirect_ipv4: 10.200.0.1
+  connect_timeout: 500ms
+services:
+  - name: reviews
+    vips: [10.96.0.10]
+    ports: [{port: 80, target_port: 8080}]
+    endpoints:
+      - {ip: 10.0.1.2}
+      - {ip: 10.0.1.3, tag: joint1}
+      - {ip: 10.0.1.4, tag: gray, terminating: true}
+pods:
+  - {name: client, tag: joint1, netns: /run/netns/client}
+"#;
+
+    #[test]
+    fn parses_a_good_file_with_defaults() {
+        let c = Config::parse(GOOD).expect("valid");
+        assert_eq!(c.router.connect_timeout, Duration::from_millis(500));
+        assert_eq!(c.router.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.services[0].namespace.as_str(), "default");
+        assert_eq!(c.services[0].endpoints[1].tag.as_ref().map(Tag::as_str), Some("joint1"));
+        assert!(c.services[0].endpoints[2].terminating);
+        assert!(c.services[0].endpoints[0].serving);
+        assert_eq!(c.primary_tag_header(), "x-mse-tag");
+    }
+
+    #[test]
+    fn dumped_config_parses_back() {
+        let c = Config::parse(GOOD).expect("valid");
+        let dumped = serde_yaml::to_string(&c).expect("serializes");
+        let again = Config::parse(&dumped).expect("dump parses");
+        assert_eq!(again.services[0].endpoints.len(), 3);
+        assert_eq!(again.router.connect_timeout, c.router.connect_timeout);
+    }
+
+    fn error_of(text: &str) -> String {
+        Config::parse(text).expect_err("must be rejected")
+    }
+
+    #[test]
+    fn bad_tag_names_field_and_line() {
+        let e = error_of(&GOOD.replace("tag: joint1}\n      - {ip: 10.0.1.4", "tag: Joint 1}\n      - {ip: 10.0.1.4"));
+        assert!(e.contains("services[0].endpoints[1].tag"), "{e}");
+        assert!(e.contains("line 12"), "{e}");
+        assert!(e.contains("invalid tag \"Joint 1\""), "{e}");
+    }
+
+    #[test]
+    fn bad_ip_and_port_name_field_and_line() {
+        let e = error_of(&GOOD.replace("10.96.0.10", "10.96.0.300"));
+        assert!(e.contains("services[0].vips[0]") && e.contains("line 8"), "{e}");
+        let e = error_of(&GOOD.replace("port: 80,", "port: 0,"));
+        assert!(e.contains("services[0].ports[0].port") && e.contains("must be 1-65535"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_is_an_error() {
+        let e = error_of(&GOOD.replace("connect_timeout", "conect_timeout"));
+        assert!(e.contains("router") && e.contains("conect_timeout") && e.contains("line 5"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_vip_port_is_an_error_with_line() {
+        let text = format!(
+            "{GOOD}\n  - name: other\n    vips: [10.96.0.10]\n    ports: [{{port: 80}}]\n"
+        )
+        .replace("pods:\n  - {name: client, tag: joint1, netns: /run/netns/client}\n", "");
+        let text = format!("{text}pods: []\n");
+        let e = error_of(&text);
+        assert!(e.contains("already used by service default/reviews"), "{e}");
+        assert!(e.contains("at line"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_is_an_error() {
+        let e = error_of(&GOOD.replace("500ms", "fast"));
+        assert!(e.contains("router.connect_timeout"), "{e}");
+    }
+}

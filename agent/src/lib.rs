@@ -1,0 +1,18 @@
+//! laneway: a Kubernetes node agent that keeps every request in its lane
+//! without sidecars.
+//!
+//! eBPF socket programs ([`bpf`]) redirect enrolled pods' connections to
+//! service VIPs to a per-node [`router`], which routes each HTTP request
+//! ([`proxy`]) to an endpoint of the service carrying the request's tag
+//! ([`route`]), by an immutable [`snapshot`] of the cluster built from a
+//! source of truth ([`config`] in standalone mode).
+
+pub mod agent;
+pub mod bpf;
+pub mod cgroup;
+pub mod config;
+pub mod netns;
+pub mod proxy;
+pub mod route;
+pub mod router;
+pub mod snapshot;

@@ -1,0 +1,157 @@
+//! The `laneway` binary: the node agent and its command line.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use laneway::{agent, config::Config};
+
+/// laneway keeps every request in its lane, without sidecars.
+///
+/// The agent loads eBPF programs that redirect enrolled pods' connections to
+/// service VIPs to a per-node router; the router sends each HTTP request to
+/// the endpoints that carry the request's tag (header `x-mse-tag` by default),
+/// falling back to the untagged (base) endpoints.
+///
+/// Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad config.
+#[derive(Parser, Debug)]
+#[command(name = "laneway", version, propagate_version = true)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "LANEWAY_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the node agent (needs root: CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN).
+    ///
+    /// Example: `laneway agent --config /etc/laneway/laneway.yaml`
+    ///
+    /// The file is watched: edits (or SIGHUP) reload services, endpoints and
+    /// pods without dropping connections; a bad edit is logged and the last
+    /// good config stays. SIGTERM or SIGINT stop the agent; pods then reach
+    /// services the normal way at once. Log level: `RUST_LOG` (default info).
+    Agent {
+        /// The static config file (router settings, services, pods).
+        #[arg(long, short, env = "LANEWAY_CONFIG")]
+        config: PathBuf,
+        /// Cgroup v2 directory to attach the programs to (default: the
+        /// cgroup v2 root, i.e. every process on the node).
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        /// Write this file (with the agent's PID) once it routes.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+    /// Check or print a config file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate a config file; errors name the field and the line.
+    ///
+    /// Example: `laneway config check laneway.yaml`
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Print a config file as the agent reads it, every default filled in.
+    Dump {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Agent {
+            config,
+            cgroup,
+            ready_file,
+        } => run_agent(agent::Options {
+            config,
+            cgroup,
+            ready_file,
+        }),
+        Command::Config(ConfigCommand::Check { file }) => match Config::load(&file) {
+            Ok(c) => {
+                let endpoints: usize = c.services.iter().map(|s| s.endpoints.len()).sum();
+                println!(
+                    "{}: ok ({} services, {} endpoints, {} pods)",
+                    file.display(),
+                    c.services.len(),
+                    endpoints,
+                    c.pods.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Config(ConfigCommand::Dump { file }) => {
+            match Config::load(&file).map(|c| serde_yaml::to_string(&c)) {
+                Ok(Ok(text)) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Ok(Err(e)) => {
+                    eprintln!("error: cannot print the config: {e}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+fn run_agent(options: agent::Options) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(agent::run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ agent::Error::Config(_)) => {
+            tracing::error!("{e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,97 @@
+//! Opaque (L4) passthrough and raw bidirectional tunnels.
+//!
+//! A passthrough connection asks [`Routes::route_l4`] for an endpoint,
+//! connects (trying other endpoints when a connect fails) and then copies
+//! bytes both ways until both directions ended. Half-close is respected: EOF
+//! from one side becomes a `shutdown(Write)` towards the other while the other
+//! direction keeps flowing. The same tunnel serves upgraded HTTP connections
+//! after a `101 Switching Protocols`.
+
+use std::{io, net::SocketAddr};
+
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+
+use super::{Pool, Route, Routes};
+
+/// Buffer size of each tunnel direction.
+const TUNNEL_BUF: usize = 32 * 1024;
+/// Connect attempts per stream before giving up, whatever the router says.
+const MAX_CONNECT_ATTEMPTS: usize = 32;
+
+/// Why a passthrough ended early.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    /// The router rejected the stream.
+    #[error("rejected by router with status {0}")]
+    Rejected(u16),
+    /// No endpoint accepted the connection.
+    #[error("no endpoint reachable (tried {0:?})")]
+    NoEndpoint(Vec<SocketAddr>),
+    /// Copying failed (reset, ...).
+    #[error("tunnel: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Serve an opaque stream: route, connect, copy both ways.
+pub(crate) async fn passthrough(mut client: TcpStream, routes: &dyn Routes, pool: &Pool) {
+    match run(&mut client, routes, pool).await {
+        Ok((up, down)) => tracing::debug!(up, down, "l4 stream finished"),
+        Err(e) => tracing::debug!(error = %e, "l4 stream ended"),
+    }
+}
+
+async fn run(client: &mut TcpStream, routes: &dyn Routes, pool: &Pool) -> Result<(u64, u64), Error> {
+    let mut exclude = Vec::new();
+    let mut upstream = loop {
+        match routes.route_l4(&exclude) {
+            Route::Reject { status, .. } => return Err(Error::Rejected(status)),
+            Route::Forward(target) => {
+                if exclude.contains(&target.endpoint) || exclude.len() >= MAX_CONNECT_ATTEMPTS {
+                    return Err(Error::NoEndpoint(exclude));
+                }
+                match pool.connect(target.endpoint).await {
+                    Ok(stream) => break stream,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "l4 connect failed");
+                        exclude.push(target.endpoint);
+                    }
+                }
+            }
+        }
+    };
+    Ok(tunnel(client, &[], &mut upstream, &[]).await?)
+}
+
+/// Copy bytes both ways between `client` and `upstream` until both directions
+/// ended, first delivering bytes already read from each side
+/// (`client_pending` goes to upstream, `upstream_pending` to the client).
+/// Returns the bytes copied client→upstream and upstream→client.
+pub(crate) async fn tunnel(
+    client: &mut TcpStream,
+    client_pending: &[u8],
+    upstream: &mut TcpStream,
+    upstream_pending: &[u8],
+) -> io::Result<(u64, u64)> {
+    tokio::try_join!(
+        async {
+            if client_pending.is_empty() {
+                Ok(())
+            } else {
+                upstream.write_all(client_pending).await
+            }
+        },
+        async {
+            if upstream_pending.is_empty() {
+                Ok(())
+            } else {
+                client.write_all(upstream_pending).await
+            }
+        },
+    )?;
+    let (up, down) =
+        tokio::io::copy_bidirectional_with_sizes(client, upstream, TUNNEL_BUF, TUNNEL_BUF).await?;
+    Ok((
+        up + client_pending.len() as u64,
+        down + upstream_pending.len() as u64,
+    ))
+}

@@ -1,0 +1,378 @@
+//! Routing decisions: which tag a request asks for, which endpoints may serve
+//! it, and which one does.
+//!
+//! This is the contract users rely on (design.md, "Routing semantics"):
+//! 1. the request tag is the first tag header present, else the configured
+//!    member of the W3C `baggage` header, else the calling pod's own tag
+//!    (lane inheritance), else none;
+//! 2. tag `t`: the serving, non-terminating endpoints tagged `t`; none of them:
+//!    fall back to base (permissive lanes);
+//! 3. no tag: base endpoints; a service with no base endpoint at all serves
+//!    untagged traffic from all its endpoints;
+//! 4. among candidates: least-request power-of-two-choices.
+//!
+//! Pure functions over a [`Snapshot`], so `explain` can dry-run them.
+
+use std::{fmt, net::SocketAddr, sync::atomic::Ordering};
+
+use rand::Rng;
+use serde::Serialize;
+
+use crate::{
+    config::Tag,
+    snapshot::{Backend, ServicePort, TagRules},
+};
+
+/// Where the request tag came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "name")]
+pub enum TagSource {
+    /// A tag header (its name).
+    Header(String),
+    /// The W3C `baggage` header.
+    Baggage,
+    /// The calling pod's own tag.
+    Caller,
+    /// No tag.
+    None,
+}
+
+/// The tag a request asks for, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RequestTag {
+    /// The tag, if any.
+    pub tag: Option<Tag>,
+    /// Its source.
+    pub source: TagSource,
+}
+
+/// What kind of decision was made; a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Decision {
+    /// The lane's own endpoints.
+    Tagged,
+    /// The lane has no endpoint: base instead.
+    Fallback,
+    /// Untagged: base endpoints (or all, for a service without base).
+    Base,
+    /// A canary share sent an untagged request to a lane.
+    Canary,
+    /// A strict lane had no endpoint: 503.
+    StrictReject,
+}
+
+impl Decision {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Tagged => "tagged",
+            Decision::Fallback => "fallback",
+            Decision::Base => "base",
+            Decision::Canary => "canary",
+            Decision::StrictReject => "strict-reject",
+        }
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Resolves the request tag from its headers (name, value pairs; names in any
+/// case) and the caller pod's tag. Values that are not valid tags are ignored.
+pub fn resolve_tag<'a>(
+    headers: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
+    caller: Option<&Tag>,
+    rules: &TagRules,
+) -> RequestTag {
+    for wanted in &rules.headers {
+        let found = headers
+            .clone()
+            .filter(|(name, _)| name.eq_ignore_ascii_case(wanted))
+            .find_map(|(_, value)| parse_tag(value));
+        if let Some(tag) = found {
+            return RequestTag {
+                tag: Some(tag),
+                source: TagSource::Header(wanted.clone()),
+            };
+        }
+    }
+    let from_baggage = headers
+        .filter(|(name, _)| name.eq_ignore_ascii_case("baggage"))
+        .find_map(|(_, value)| baggage_member(value, &rules.baggage_key));
+    if let Some(tag) = from_baggage {
+        return RequestTag {
+            tag: Some(tag),
+            source: TagSource::Baggage,
+        };
+    }
+    if rules.inherit_caller_tag
+        && let Some(tag) = caller
+    {
+        return RequestTag {
+            tag: Some(tag.clone()),
+            source: TagSource::Caller,
+        };
+    }
+    RequestTag {
+        tag: None,
+        source: TagSource::None,
+    }
+}
+
+fn parse_tag(value: &[u8]) -> Option<Tag> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
+}
+
+/// The value of member `key` of a W3C baggage header
+/// (`key1=value1;prop, key2=value2`), percent-decoded, if it is a valid tag.
+pub fn baggage_member(value: &[u8], key: &str) -> Option<Tag> {
+    let text = std::str::from_utf8(value).ok()?;
+    text.split(',').find_map(|member| {
+        let member = member.split(';').next()?.trim();
+        let (k, v) = member.split_once('=')?;
+        if k.trim() != key {
+            return None;
+        }
+        percent_decode(v.trim())?.parse().ok()
+    })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_owned());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The endpoints a request may go to.
+#[derive(Clone, Debug)]
+pub struct Candidates<'a> {
+    /// What kind of decision this is.
+    pub decision: Decision,
+    /// Indices into the port's backends.
+    pub indices: &'a [usize],
+}
+
+/// Why no endpoint can take a request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoEndpoint {
+    /// The service has no serving endpoint for this request.
+    #[error("service {service} has no serving endpoint for {}", lane(.tag))]
+    Empty {
+        /// `namespace/name`.
+        service: String,
+        /// The request tag.
+        tag: Option<Tag>,
+    },
+}
+
+fn lane(tag: &Option<Tag>) -> String {
+    match tag {
+        Some(t) => format!("tag {t}"),
+        None => "untagged requests".into(),
+    }
+}
+
+/// The candidate set for a request tag on a service port.
+pub fn candidates<'a>(port: &'a ServicePort, tag: Option<&Tag>) -> Candidates<'a> {
+    let untagged = |decision| Candidates {
+        decision,
+        indices: if port.base.is_empty() {
+            &port.eligible
+        } else {
+            &port.base
+        },
+    };
+    match tag {
+        Some(t) => match port.by_tag.get(t) {
+            Some(lane) if !lane.is_empty() => Candidates {
+                decision: Decision::Tagged,
+                indices: lane,
+            },
+            _ => untagged(Decision::Fallback),
+        },
+        None => untagged(Decision::Base),
+    }
+}
+
+/// Least-request power-of-two-choices among `indices`, skipping `exclude`.
+pub fn pick<'a>(
+    port: &'a ServicePort,
+    indices: &[usize],
+    exclude: &[SocketAddr],
+    rng: &mut impl Rng,
+) -> Option<&'a Backend> {
+    let usable = |i: &&usize| !exclude.contains(&port.backends[**i].addr);
+    let count = indices.iter().filter(usable).count();
+    let nth = |n: usize| {
+        indices
+            .iter()
+            .filter(usable)
+            .nth(n)
+            .map(|&i| &port.backends[i])
+    };
+    match count {
+        0 => None,
+        1 => nth(0),
+        _ => {
+            let a = rng.random_range(0..count);
+            let mut b = rng.random_range(0..count - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (a, b) = (nth(a)?, nth(b)?);
+            let load = |x: &Backend| x.load.in_flight.load(Ordering::Relaxed);
+            Some(if load(b) < load(a) { b } else { a })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::Config, snapshot::Snapshot};
+    use std::collections::HashSet;
+
+    fn rules() -> TagRules {
+        TagRules {
+            headers: vec!["x-mse-tag".into(), "x-lane".into()],
+            baggage_key: "lane".into(),
+            inherit_caller_tag: true,
+        }
+    }
+
+    fn tag(s: &str) -> Tag {
+        s.parse().expect("tag")
+    }
+
+    fn resolve(headers: &[(&'static str, &'static str)], caller: Option<&str>) -> RequestTag {
+        let caller = caller.map(tag);
+        resolve_tag(
+            headers.iter().map(|(n, v)| (*n, v.as_bytes())),
+            caller.as_ref(),
+            &rules(),
+        )
+    }
+
+    #[test]
+    fn tag_headers_win_in_configured_order() {
+        let t = resolve(&[("X-Lane", "b"), ("X-MSE-Tag", "a")], Some("c"));
+        assert_eq!(t.tag, Some(tag("a")));
+        assert_eq!(t.source, TagSource::Header("x-mse-tag".into()));
+        let t = resolve(&[("x-lane", "b"), ("baggage", "lane=z")], None);
+        assert_eq!(t.tag, Some(tag("b")));
+    }
+
+    #[test]
+    fn baggage_then_caller_then_none() {
+        let t = resolve(&[("baggage", "userId=1, lane = joint1;p=1,x=y")], Some("c"));
+        assert_eq!((t.tag, t.source), (Some(tag("joint1")), TagSource::Baggage));
+        let t = resolve(&[("baggage", "lane=j%31")], None);
+        assert_eq!(t.tag, Some(tag("j1")), "percent-decoded");
+        let t = resolve(&[], Some("gray"));
+        assert_eq!((t.tag, t.source), (Some(tag("gray")), TagSource::Caller));
+        let t = resolve(&[], None);
+        assert_eq!((t.tag, t.source), (None, TagSource::None));
+    }
+
+    #[test]
+    fn invalid_tag_values_are_ignored() {
+        let t = resolve(&[("x-mse-tag", "not a tag!"), ("x-lane", "ok")], None);
+        assert_eq!(t.tag, Some(tag("ok")));
+    }
+
+    #[test]
+    fn no_inheritance_when_disabled() {
+        let mut r = rules();
+        r.inherit_caller_tag = false;
+        let caller = tag("gray");
+        let t = resolve_tag(std::iter::empty(), Some(&caller), &r);
+        assert_eq!(t.tag, None);
+    }
+
+    fn snapshot(yaml_endpoints: &str) -> Snapshot {
+        let text = format!(
+            "services:\n  - name: s\n    vips: [10.96.0.1]\n    ports: [{{port: 80}}]\n    endpoints:\n{yaml_endpoints}"
+        );
+        Snapshot::from_config(&Config::parse(&text).expect("valid"), "t".into(), None)
+    }
+
+    fn addrs(port: &ServicePort, c: &Candidates<'_>) -> HashSet<String> {
+        c.indices
+            .iter()
+            .map(|&i| port.backends[i].addr.ip().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn candidate_semantics() {
+        let s = snapshot(
+            "      - {ip: 10.0.0.1}\n      - {ip: 10.0.0.2, tag: joint1}\n      - {ip: 10.0.0.3, tag: gray, terminating: true}\n",
+        );
+        let p = &s.ports[0];
+        let c = candidates(p, Some(&tag("joint1")));
+        assert_eq!(c.decision, Decision::Tagged);
+        assert_eq!(addrs(p, &c), HashSet::from(["10.0.0.2".to_string()]));
+        let c = candidates(p, Some(&tag("gray")));
+        assert_eq!(c.decision, Decision::Fallback, "gray only terminating");
+        assert_eq!(addrs(p, &c), HashSet::from(["10.0.0.1".to_string()]));
+        let c = candidates(p, None);
+        assert_eq!(c.decision, Decision::Base);
+        assert_eq!(addrs(p, &c), HashSet::from(["10.0.0.1".to_string()]));
+    }
+
+    #[test]
+    fn service_without_base_serves_untagged_from_all() {
+        let s = snapshot("      - {ip: 10.0.0.2, tag: joint1}\n      - {ip: 10.0.0.3, tag: gray}\n");
+        let p = &s.ports[0];
+        let c = candidates(p, None);
+        assert_eq!(c.decision, Decision::Base);
+        assert_eq!(addrs(p, &c).len(), 2);
+        let c = candidates(p, Some(&tag("other")));
+        assert_eq!((c.decision, addrs(p, &c).len()), (Decision::Fallback, 2));
+    }
+
+    #[test]
+    fn p2c_prefers_the_less_loaded_and_honours_exclude() {
+        let s = snapshot("      - {ip: 10.0.0.1}\n      - {ip: 10.0.0.2}\n");
+        let p = &s.ports[0];
+        p.backends[0].load.in_flight.store(10, Ordering::Relaxed);
+        let mut rng = rand::rng();
+        for _ in 0..50 {
+            let b = pick(p, &p.base, &[], &mut rng).expect("one");
+            assert_eq!(b.addr.ip().to_string(), "10.0.0.2");
+        }
+        let b = pick(p, &p.base, &[p.backends[1].addr], &mut rng).expect("one");
+        assert_eq!(b.addr.ip().to_string(), "10.0.0.1");
+        assert!(pick(p, &p.base, &[p.backends[0].addr, p.backends[1].addr], &mut rng).is_none());
+    }
+
+    #[test]
+    fn p2c_spreads_equal_load() {
+        let s = snapshot("      - {ip: 10.0.0.1}\n      - {ip: 10.0.0.2}\n      - {ip: 10.0.0.3}\n");
+        let p = &s.ports[0];
+        let mut rng = rand::rng();
+        let seen: HashSet<_> = (0..200)
+            .filter_map(|_| pick(p, &p.base, &[], &mut rng))
+            .map(|b| b.addr)
+            .collect();
+        assert_eq!(seen.len(), 3);
+    }
+}

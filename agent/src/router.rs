@@ -1,0 +1,303 @@
+//! The router: accepts redirected connections, learns where each was going,
+//! and hands it to the HTTP/L4 engine ([`crate::proxy`]) with the routing
+//! decisions for that connection.
+//!
+//! The original destination comes from `getsockopt` on the accepted socket:
+//! laneway's own `LANEWAY_SO_ORIGIN` first (answered by the `getsockopt`
+//! program, with the caller's netns cookie), then the standard
+//! `SO_ORIGINAL_DST` (answered by the same program, or by netfilter behind an
+//! iptables REDIRECT). A connection with neither, or whose destination is no
+//! service, is closed: the router is no open relay.
+
+use std::{
+    mem::MaybeUninit,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd,
+    sync::{Arc, Mutex},
+};
+
+use arc_swap::ArcSwap;
+use laneway_common::{LANEWAY_SO_ORIGIN, OriginalDst, SO_ORIGINAL_DST};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+use crate::{
+    config::AppProtocol,
+    proxy::{self, Pool, Protocol, ProxyConfig, RequestHead, RequestOutcome, Route, Routes, Target},
+    route::{self, Decision},
+    snapshot::{EndpointLoad, Pod, Snapshot},
+};
+
+/// The snapshot the router routes by, with what the reconciler learnt
+/// applying it (which netns cookie is which pod).
+#[derive(Debug)]
+pub struct Applied {
+    /// The snapshot.
+    pub snapshot: Snapshot,
+    /// Pod index by netns cookie, for the pods that were enrolled.
+    pub pods_by_cookie: std::collections::HashMap<u64, usize>,
+}
+
+impl Applied {
+    /// The calling pod, by netns cookie (socket mode) or by source IP.
+    pub fn caller(&self, netns_cookie: Option<u64>, peer: IpAddr) -> Option<&Pod> {
+        let by_cookie = netns_cookie.and_then(|c| self.pods_by_cookie.get(&c));
+        let by_ip = || self.snapshot.pods_by_ip.get(&canonical(peer));
+        by_cookie.or_else(by_ip).map(|&i| &self.snapshot.pods[i])
+    }
+}
+
+/// The router's shared state.
+pub struct Router {
+    applied: ArcSwap<Applied>,
+    pool: Arc<Pool>,
+    proxy: Arc<ProxyConfig>,
+}
+
+/// Where a redirected connection was going, and who made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The VIP:port the app dialled.
+    pub destination: SocketAddr,
+    /// The calling pod's netns cookie (known in socket mode).
+    pub netns_cookie: Option<u64>,
+}
+
+impl Router {
+    /// A router over an initial state.
+    pub fn new(applied: Applied, proxy: ProxyConfig) -> Arc<Self> {
+        Arc::new(Self {
+            applied: ArcSwap::from_pointee(applied),
+            pool: Arc::new(Pool::new(&proxy)),
+            proxy: Arc::new(proxy),
+        })
+    }
+
+    /// Swaps in a new state; connections pick it up at their next request.
+    pub fn swap(&self, applied: Applied) {
+        self.applied.store(Arc::new(applied));
+    }
+
+    /// The current state.
+    pub fn applied(&self) -> Arc<Applied> {
+        self.applied.load_full()
+    }
+
+    /// Accepts connections until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    let router = self.clone();
+                    tokio::spawn(async move { router.handle(stream, peer).await });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let Some(origin) = original_destination(&stream) else {
+            debug!(%peer, "connection without an original destination: closed (not a relay)");
+            return;
+        };
+        let applied = self.applied();
+        let Some(port) = applied.snapshot.port_for(origin.destination) else {
+            debug!(%peer, destination = %origin.destination, "destination is no service: closed");
+            return;
+        };
+        let protocol = match port.protocol {
+            AppProtocol::Auto => Protocol::Sniff,
+            AppProtocol::Http => Protocol::Http,
+            AppProtocol::Tcp => Protocol::Opaque,
+        };
+        let caller = applied.caller(origin.netns_cookie, peer.ip());
+        debug!(
+            %peer,
+            destination = %origin.destination,
+            service = %applied.snapshot.service_of(port).id,
+            caller = caller.map(|p| p.to_string()),
+            "redirected connection"
+        );
+        let routes = Arc::new(ConnRoutes {
+            router: self.clone(),
+            origin,
+            peer: peer.ip(),
+            held: Mutex::new(None),
+        });
+        drop(applied);
+        proxy::serve_connection(stream, routes, self.pool.clone(), self.proxy.clone(), protocol)
+            .await;
+    }
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4, so one map key fits both.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The routing decisions for one connection: the engine calls it per request.
+struct ConnRoutes {
+    router: Arc<Router>,
+    origin: Origin,
+    peer: IpAddr,
+    /// The endpoint load counted for the request (or stream) in progress.
+    held: Mutex<Option<Arc<EndpointLoad>>>,
+}
+
+impl ConnRoutes {
+    fn hold(&self, load: Option<Arc<EndpointLoad>>) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = held.take() {
+            old.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(new) = &load {
+            new.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        *held = load;
+    }
+
+    fn decide(
+        &self,
+        headers: &[httparse::Header<'_>],
+        exclude: &[std::net::SocketAddr],
+        explain: bool,
+    ) -> Route {
+        let applied = self.router.applied.load();
+        let Some(port) = applied.snapshot.port_for(self.origin.destination) else {
+            self.hold(None);
+            return Route::Reject {
+                status: 503,
+                body: format!(
+                    "laneway: no service at {} any more\n",
+                    self.origin.destination
+                ),
+            };
+        };
+        let service = &applied.snapshot.service_of(port).id;
+        let caller = applied.caller(self.origin.netns_cookie, self.peer);
+        let tag = route::resolve_tag(
+            headers.iter().map(|h| (h.name, h.value)),
+            caller.and_then(|p| p.tag.as_ref()),
+            &applied.snapshot.tags,
+        );
+        let candidates = route::candidates(port, tag.tag.as_ref());
+        let picked = route::pick(port, candidates.indices, exclude, &mut rand::rng());
+        let Some(backend) = picked else {
+            self.hold(None);
+            let err = route::NoEndpoint::Empty {
+                service: service.to_string(),
+                tag: tag.tag.clone(),
+            };
+            return Route::Reject {
+                status: 503,
+                body: format!("laneway: {err}\n"),
+            };
+        };
+        self.hold(Some(backend.load.clone()));
+        debug!(
+            %service,
+            tag = tag.tag.as_ref().map(|t| t.as_str()),
+            decision = %candidates.decision,
+            endpoint = %backend.addr,
+            "routed"
+        );
+        Route::Forward(Target {
+            endpoint: backend.addr,
+            tag: tag.tag.as_ref().map(|t| t.to_string()),
+            route_header: explain
+                .then(|| route_header(candidates.decision, service, tag.tag.as_ref(), backend.addr)),
+        })
+    }
+}
+
+/// The `x-laneway-route` value: `decision=tagged; service=ns/name; tag=joint1; endpoint=IP:PORT`.
+fn route_header(
+    decision: Decision,
+    service: &crate::snapshot::ServiceId,
+    tag: Option<&crate::config::Tag>,
+    endpoint: SocketAddr,
+) -> String {
+    let tag = tag.map_or("-", |t| t.as_str());
+    format!("decision={decision}; service={service}; tag={tag}; endpoint={endpoint}")
+}
+
+/// The request header that asks for `x-laneway-route` on the response.
+pub const ROUTE_HEADER: &str = "x-laneway-route";
+
+impl Routes for ConnRoutes {
+    fn route_http(&self, head: &RequestHead<'_>, exclude: &[SocketAddr]) -> Route {
+        let explain = head
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case(ROUTE_HEADER));
+        self.decide(head.headers, exclude, explain)
+    }
+
+    fn route_l4(&self, exclude: &[SocketAddr]) -> Route {
+        // Opaque streams carry no header: the caller's lane, else base.
+        self.decide(&[], exclude, false)
+    }
+
+    fn observe(&self, outcome: RequestOutcome) {
+        self.hold(None);
+        debug!(
+            status = outcome.status,
+            endpoint = outcome.target.as_ref().map(|t| t.endpoint.to_string()),
+            duration_us = outcome.duration.as_micros() as u64,
+            error = outcome.error,
+            "request done"
+        );
+    }
+}
+
+impl Drop for ConnRoutes {
+    fn drop(&mut self) {
+        self.hold(None);
+    }
+}
+
+/// Reads the original destination of an accepted connection: the address
+/// from `SO_ORIGINAL_DST`, exactly as behind iptables REDIRECT, and the
+/// caller's netns cookie from `LANEWAY_SO_ORIGIN` where laneway's programs
+/// redirected the connection.
+pub fn original_destination(stream: &TcpStream) -> Option<Origin> {
+    let fd = stream.as_raw_fd();
+    let destination = match stream.local_addr().ok()? {
+        SocketAddr::V4(_) => {
+            let sin = getsockopt::<libc::sockaddr_in>(fd, libc::SOL_IP, SO_ORIGINAL_DST)?;
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            SocketAddr::new(IpAddr::V4(ip), u16::from_be(sin.sin_port))
+        }
+        SocketAddr::V6(_) => {
+            let sin6 = getsockopt::<libc::sockaddr_in6>(fd, libc::SOL_IPV6, SO_ORIGINAL_DST)?;
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            SocketAddr::new(canonical(IpAddr::V6(ip)), u16::from_be(sin6.sin6_port))
+        }
+    };
+    let laneway = getsockopt::<OriginalDst>(fd, libc::SOL_IP, LANEWAY_SO_ORIGIN);
+    Some(Origin {
+        destination,
+        netns_cookie: laneway.map(|o| o.netns_cookie),
+    })
+}
+
+/// `getsockopt` for a plain-data option value of exactly `T`'s size.
+fn getsockopt<T: Copy>(fd: i32, level: i32, name: i32) -> Option<T> {
+    let mut value = MaybeUninit::<T>::zeroed();
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: value is writable for len bytes; the kernel writes at most len.
+    let rc = unsafe { libc::getsockopt(fd, level, name, value.as_mut_ptr().cast(), &mut len) };
+    if rc != 0 || len as usize != std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: zero-initialised plain data, fully written by the kernel.
+    Some(unsafe { value.assume_init() })
+}

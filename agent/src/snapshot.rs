@@ -1,0 +1,365 @@
+//! The immutable view of the cluster that the router and the BPF maps are
+//! built from.
+//!
+//! Every source of truth (the static file now, the Kubernetes API later)
+//! produces a [`Snapshot`]; the reconciler writes it to the maps and swaps it
+//! into the router atomically, so a request sees one consistent state.
+//! Per-endpoint load (requests in flight) lives outside the snapshot's data in
+//! shared [`EndpointLoad`]s, carried over from the previous snapshot, so a
+//! reload does not reset load balancing.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Instant,
+};
+
+use crate::config::{AppProtocol, Config, Tag};
+
+/// A service's identity: `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceId {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl fmt::Display for ServiceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Load shared by every snapshot that has this endpoint address.
+#[derive(Debug)]
+pub struct EndpointLoad {
+    /// Requests (and L4 streams) in flight to the endpoint.
+    pub in_flight: AtomicU32,
+    /// When the endpoint was first seen serving (for warm-up).
+    pub serving_since: Instant,
+}
+
+impl EndpointLoad {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicU32::new(0),
+            serving_since: Instant::now(),
+        }
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// One endpoint of one service port.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    /// Where to connect: the pod IP and the target port.
+    pub addr: SocketAddr,
+    /// The pod's tag; `None` = base.
+    pub tag: Option<Tag>,
+    /// Serving (ready, or terminating but still able to serve).
+    pub serving: bool,
+    /// Terminating: no new requests.
+    pub terminating: bool,
+    /// Optional name for people (the pod name).
+    pub name: Option<String>,
+    /// Shared load counters.
+    pub load: Arc<EndpointLoad>,
+}
+
+impl Backend {
+    /// Whether new requests may go here.
+    pub fn eligible(&self) -> bool {
+        self.serving && !self.terminating
+    }
+}
+
+/// One port of a service, with its endpoints and precomputed candidate sets.
+#[derive(Clone, Debug)]
+pub struct ServicePort {
+    /// Index of the service in [`Snapshot::services`].
+    pub service: usize,
+    /// The port on the VIP.
+    pub port: u16,
+    /// The port on the endpoints.
+    pub target_port: u16,
+    /// What the port speaks.
+    pub protocol: AppProtocol,
+    /// All endpoints, in the source's order.
+    pub backends: Vec<Backend>,
+    /// Eligible endpoints by tag (indices into `backends`).
+    pub by_tag: HashMap<Tag, Vec<usize>>,
+    /// Eligible untagged endpoints.
+    pub base: Vec<usize>,
+    /// Every eligible endpoint.
+    pub eligible: Vec<usize>,
+}
+
+/// A service.
+#[derive(Clone, Debug)]
+pub struct Service {
+    /// Identity.
+    pub id: ServiceId,
+    /// ClusterIPs.
+    pub vips: Vec<IpAddr>,
+    /// Indices into [`Snapshot::ports`].
+    pub ports: Vec<usize>,
+}
+
+/// A pod on this node to enrol.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The pod's tag; `None` = base.
+    pub tag: Option<Tag>,
+    /// Its network namespace.
+    pub netns: PathBuf,
+    /// Its IPs.
+    pub ips: Vec<IpAddr>,
+}
+
+impl fmt::Display for Pod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// How tags are resolved (from the config).
+#[derive(Clone, Debug)]
+pub struct TagRules {
+    /// Tag headers in precedence order, lowercase; the first is written upstream.
+    pub headers: Vec<String>,
+    /// The W3C baggage member carrying a tag.
+    pub baggage_key: String,
+    /// Untagged requests take the caller pod's tag.
+    pub inherit_caller_tag: bool,
+}
+
+/// The whole view.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// Where it came from, for people (`file:/etc/laneway.yaml`).
+    pub source: String,
+    /// When it was built.
+    pub built_at: Instant,
+    /// Services.
+    pub services: Vec<Service>,
+    /// Service ports.
+    pub ports: Vec<ServicePort>,
+    /// Port index by VIP:port.
+    pub by_vip: HashMap<SocketAddr, usize>,
+    /// Pods to enrol.
+    pub pods: Vec<Pod>,
+    /// Pod index by IP.
+    pub pods_by_ip: HashMap<IpAddr, usize>,
+    /// Tag rules.
+    pub tags: TagRules,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from a static config; endpoint load counters are
+    /// carried over from `previous` for addresses it already had.
+    pub fn from_config(config: &Config, source: String, previous: Option<&Snapshot>) -> Self {
+        let mut loads: HashMap<SocketAddr, Arc<EndpointLoad>> = previous
+            .map(|p| {
+                p.ports
+                    .iter()
+                    .flat_map(|port| port.backends.iter())
+                    .map(|b| (b.addr, b.load.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut services = Vec::new();
+        let mut ports = Vec::new();
+        let mut by_vip = HashMap::new();
+        for svc in &config.services {
+            let service = services.len();
+            let mut port_indices = Vec::new();
+            for p in &svc.ports {
+                let target_port = p.target_port.unwrap_or(p.port).0;
+                let backends = svc
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        let addr = SocketAddr::new(e.ip, target_port);
+                        Backend {
+                            addr,
+                            tag: e.tag.clone(),
+                            serving: e.serving,
+                            terminating: e.terminating,
+                            name: e.name.clone(),
+                            load: loads
+                                .entry(addr)
+                                .or_insert_with(|| Arc::new(EndpointLoad::new()))
+                                .clone(),
+                        }
+                    })
+                    .collect();
+                let index = ports.len();
+                ports.push(ServicePort::new(service, p.port.0, target_port, p.protocol, backends));
+                for vip in &svc.vips {
+                    by_vip.insert(SocketAddr::new(*vip, p.port.0), index);
+                }
+                port_indices.push(index);
+            }
+            services.push(Service {
+                id: ServiceId {
+                    namespace: svc.namespace.to_string(),
+                    name: svc.name.to_string(),
+                },
+                vips: svc.vips.clone(),
+                ports: port_indices,
+            });
+        }
+        let pods: Vec<Pod> = config
+            .pods
+            .iter()
+            .map(|p| Pod {
+                namespace: p.namespace.to_string(),
+                name: p.name.to_string(),
+                tag: p.tag.clone(),
+                netns: p.netns.clone(),
+                ips: p.ips.clone(),
+            })
+            .collect();
+        let pods_by_ip = pods
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| p.ips.iter().map(move |ip| (*ip, i)))
+            .collect();
+        Snapshot {
+            source,
+            built_at: Instant::now(),
+            services,
+            ports,
+            by_vip,
+            pods,
+            pods_by_ip,
+            tags: TagRules {
+                headers: config.tags.headers.iter().map(|h| h.as_str().to_owned()).collect(),
+                baggage_key: config.tags.baggage_key.clone(),
+                inherit_caller_tag: config.tags.inherit_caller_tag,
+            },
+        }
+    }
+
+    /// The service port behind a VIP:port. IPv4-mapped IPv6 addresses match
+    /// their IPv4 VIP.
+    pub fn port_for(&self, vip: SocketAddr) -> Option<&ServicePort> {
+        let vip = match vip {
+            SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+                None => vip,
+            },
+            v4 => v4,
+        };
+        self.by_vip.get(&vip).map(|&i| &self.ports[i])
+    }
+
+    /// The service a port belongs to.
+    pub fn service_of(&self, port: &ServicePort) -> &Service {
+        &self.services[port.service]
+    }
+}
+
+impl ServicePort {
+    fn new(
+        service: usize,
+        port: u16,
+        target_port: u16,
+        protocol: AppProtocol,
+        backends: Vec<Backend>,
+    ) -> Self {
+        let mut by_tag: HashMap<Tag, Vec<usize>> = HashMap::new();
+        let mut base = Vec::new();
+        let mut eligible = Vec::new();
+        for (i, b) in backends.iter().enumerate() {
+            if !b.eligible() {
+                continue;
+            }
+            eligible.push(i);
+            match &b.tag {
+                Some(tag) => by_tag.entry(tag.clone()).or_default().push(i),
+                None => base.push(i),
+            }
+        }
+        Self {
+            service,
+            port,
+            target_port,
+            protocol,
+            backends,
+            by_tag,
+            base,
+            eligible,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(
+            r#"
+services:
+  - name: reviews
+    vips: [10.96.0.10, "fd00:96::10"]
+    ports: [{port: 80, target_port: 8080}, {port: 443}]
+    endpoints:
+      - {ip: 10.0.1.2}
+      - {ip: 10.0.1.3, tag: joint1}
+      - {ip: 10.0.1.4, tag: gray, terminating: true}
+      - {ip: 10.0.1.5, serving: false}
+pods:
+  - {name: client, tag: joint1, netns: /run/netns/client, ips: [10.0.0.2]}
+"#,
+        )
+        .expect("valid")
+    }
+
+    #[test]
+    fn indexes_ports_by_every_vip_and_v4_mapped() {
+        let s = Snapshot::from_config(&config(), "test".into(), None);
+        let by4 = s.port_for("10.96.0.10:80".parse().unwrap()).expect("v4");
+        assert_eq!(by4.target_port, 8080);
+        let mapped = s.port_for("[::ffff:10.96.0.10]:80".parse().unwrap()).expect("mapped");
+        assert_eq!(mapped.target_port, 8080);
+        assert_eq!(s.port_for("[fd00:96::10]:443".parse().unwrap()).expect("v6").target_port, 443);
+        assert!(s.port_for("10.96.0.10:81".parse().unwrap()).is_none());
+        assert_eq!(s.pods_by_ip[&"10.0.0.2".parse::<IpAddr>().unwrap()], 0);
+    }
+
+    #[test]
+    fn candidate_sets_leave_out_terminating_and_not_serving() {
+        let s = Snapshot::from_config(&config(), "test".into(), None);
+        let p = s.port_for("10.96.0.10:80".parse().unwrap()).expect("port");
+        assert_eq!(p.base, vec![0]);
+        assert_eq!(p.eligible, vec![0, 1]);
+        assert_eq!(p.by_tag.len(), 1, "gray is terminating: no gray candidates");
+    }
+
+    #[test]
+    fn load_counters_survive_a_rebuild() {
+        let first = Snapshot::from_config(&config(), "test".into(), None);
+        let p = first.port_for("10.96.0.10:80".parse().unwrap()).expect("port");
+        p.backends[0].load.in_flight.fetch_add(3, Ordering::Relaxed);
+        let second = Snapshot::from_config(&config(), "test".into(), Some(&first));
+        let p2 = second.port_for("10.96.0.10:80".parse().unwrap()).expect("port");
+        assert_eq!(p2.backends[0].load.in_flight(), 3);
+    }
+}

@@ -1,0 +1,193 @@
+//! The ABI between laneway's kernel programs and its agent.
+//!
+//! Every type here is a BPF map key or value: `#[repr(C)]`, with explicit
+//! padding fields so that no byte of a key is left undefined (the kernel hashes
+//! keys byte for byte). Addresses are always stored as IPv6 in network byte
+//! order, IPv4 as v4-mapped (`::ffff:a.b.c.d`), so one map serves both families
+//! and a JVM's v4-mapped connect matches the IPv4 service it means.
+#![no_std]
+
+/// Names of the maps, shared so that userspace never misspells one.
+pub mod map_names {
+    /// [`crate::PodValue`] by network-namespace cookie: the enrolled pods.
+    pub const ENROLLED: &str = "ENROLLED";
+    /// [`crate::ServiceValue`] by [`crate::ServiceKey`]: the VIP:ports to redirect.
+    pub const SERVICES: &str = "SERVICES";
+    /// One [`crate::RouterInfo`] at index 0: where to redirect, and whether anyone listens.
+    pub const ROUTER: &str = "ROUTER";
+    /// [`crate::OriginalDst`] by socket cookie of the pod's socket (LRU).
+    pub const ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
+    /// [`crate::OriginalDst`] by [`crate::ConnKey`] of the established connection (LRU).
+    pub const ORIG_BY_CONN: &str = "ORIG_BY_CONN";
+    /// Per-CPU `u64` counters, indexed by [`crate::stat`].
+    pub const STATS: &str = "STATS";
+}
+
+/// Capacity of the per-connection LRU maps. LRU eviction keeps them bounded
+/// however many connections churn; sock_ops also deletes entries on close.
+pub const CONN_MAP_CAPACITY: u32 = 65_536;
+/// Capacity of the enrolment map (pods on one node).
+pub const ENROLLED_CAPACITY: u32 = 4_096;
+/// Capacity of the services map (VIP:port pairs in the cluster).
+pub const SERVICES_CAPACITY: u32 = 65_536;
+
+/// A router heartbeat older than this makes the programs stop redirecting
+/// (fail-open): pods then reach services the normal way.
+pub const HEARTBEAT_TIMEOUT_NS: u64 = 1_000_000_000;
+
+/// `getsockopt(SOL_IP, LANEWAY_SO_ORIGIN)` on a redirected connection answers a
+/// full [`OriginalDst`] (with the caller's netns cookie), where
+/// `SO_ORIGINAL_DST` can only carry an address. The value spells "LW".
+pub const LANEWAY_SO_ORIGIN: i32 = 0x4c57;
+/// `SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`, as netfilter defines it.
+pub const SO_ORIGINAL_DST: i32 = 80;
+
+/// Indices of the [`map_names::STATS`] counters.
+pub mod stat {
+    /// Connects rewritten to the router.
+    pub const REDIRECTED: u32 = 0;
+    /// Connects from enrolled pods to services left alone because the router's
+    /// heartbeat was stale (fail-open).
+    pub const FAIL_OPEN: u32 = 1;
+    /// Original-destination queries answered from `ORIG_BY_CONN`.
+    pub const ORIGDST_ANSWERED: u32 = 2;
+    /// Original-destination queries on sockets laneway does not know.
+    pub const ORIGDST_MISSED: u32 = 3;
+    /// Number of counters.
+    pub const COUNT: u32 = 4;
+}
+
+/// Key of [`map_names::SERVICES`]: a service VIP and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// The VIP, IPv6 in network byte order (IPv4 v4-mapped).
+    pub addr: [u32; 4],
+    /// The service port, host byte order.
+    pub port: u16,
+    /// Zero: makes the key's size a multiple of 4 without an implicit hole.
+    pub _pad: u16,
+}
+
+/// Value of [`map_names::SERVICES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// The service's index in the agent's snapshot (for counters and `maps`).
+    pub service_id: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+}
+
+/// Value of [`map_names::ENROLLED`], keyed by the pod's netns cookie (`u64`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodValue {
+    /// The pod's index in the agent's snapshot.
+    pub pod_id: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+}
+
+/// Value of [`map_names::ROUTER`] at index 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouterInfo {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the router last said it is
+    /// alive; 0 after a clean shutdown. Stale by [`HEARTBEAT_TIMEOUT_NS`] means
+    /// fail-open.
+    pub heartbeat_ns: u64,
+    /// Router listener for IPv6 connects, network byte order; all zero when the
+    /// router has no IPv6 listener (native IPv6 connects then are not redirected).
+    pub addr6: [u32; 4],
+    /// Router listener for IPv4 (and v4-mapped) connects, network byte order.
+    pub addr4: u32,
+    /// `SO_MARK` the router puts on its own sockets; never redirected (loop guard).
+    pub mark: u32,
+    /// Router listener port, host byte order.
+    pub port: u16,
+    /// Zero.
+    pub _pad0: u16,
+    /// Zero: keeps the size a multiple of 8 without an implicit tail hole.
+    pub _pad1: u32,
+}
+
+/// The destination a pod dialled before laneway rewrote it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OriginalDst {
+    /// The VIP the app dialled, IPv6 network byte order (IPv4 v4-mapped).
+    pub addr: [u32; 4],
+    /// Network-namespace cookie of the calling pod.
+    pub netns_cookie: u64,
+    /// The port the app dialled, host byte order.
+    pub port: u16,
+    /// `AF_INET` or `AF_INET6`: the family of the app's socket.
+    pub family: u16,
+    /// The calling pod's index, from [`PodValue::pod_id`].
+    pub pod_id: u32,
+}
+
+/// Key of [`map_names::ORIG_BY_CONN`]: a redirected connection as both of its
+/// ends see it (client = the pod's socket, router = the router's listener).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    /// The pod's address, IPv6 network byte order (IPv4 v4-mapped).
+    pub client_addr: [u32; 4],
+    /// The router's address, IPv6 network byte order (IPv4 v4-mapped).
+    pub router_addr: [u32; 4],
+    /// The pod's port, host byte order.
+    pub client_port: u16,
+    /// The router's port, host byte order.
+    pub router_port: u16,
+}
+
+/// The v4-mapped IPv6 form of an IPv4 address given in network byte order.
+#[inline(always)]
+pub const fn v4_mapped(addr4_be: u32) -> [u32; 4] {
+    [0, 0, u32::from_be(0x0000_ffff), addr4_be]
+}
+
+/// Whether an IPv6 address (network byte order) is v4-mapped.
+#[inline(always)]
+pub const fn is_v4_mapped(addr: &[u32; 4]) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == u32::from_be(0x0000_ffff)
+}
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    // SAFETY: all of these are #[repr(C)] plain data with explicit padding and
+    // no implicit holes, valid for any bit pattern.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::PodValue {}
+    unsafe impl aya::Pod for super::RouterInfo {}
+    unsafe impl aya::Pod for super::OriginalDst {}
+    unsafe impl aya::Pod for super::ConnKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn map_types_have_no_implicit_padding() {
+        assert_eq!(size_of::<ServiceKey>(), 16 + 2 + 2);
+        assert_eq!(size_of::<ServiceValue>(), 8);
+        assert_eq!(size_of::<PodValue>(), 8);
+        assert_eq!(size_of::<RouterInfo>(), 8 + 16 + 4 + 4 + 2 + 2 + 4);
+        assert_eq!(size_of::<OriginalDst>(), 16 + 8 + 2 + 2 + 4);
+        assert_eq!(size_of::<ConnKey>(), 16 + 16 + 2 + 2);
+    }
+
+    #[test]
+    fn v4_mapped_round_trips() {
+        let a = u32::from_be_bytes([10, 96, 0, 10]).to_be();
+        let m = v4_mapped(a);
+        assert!(is_v4_mapped(&m));
+        assert_eq!(m[3], a);
+        assert!(!is_v4_mapped(&[0, 0, 0, 1u32.to_be()]));
+    }
+}

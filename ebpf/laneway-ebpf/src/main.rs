@@ -1,0 +1,84 @@
+//! laneway's kernel programs (socket mode).
+//!
+//! - `connect4` / `connect6`: a TCP connect from an enrolled pod (its netns
+//!   cookie is in `ENROLLED`) to a service VIP:port (in `SERVICES`) is
+//!   rewritten to the router's listener, and the original destination is
+//!   recorded by socket cookie. v4-mapped IPv6 connects (the JVM's) count as IPv4.
+//! - `sock_ops`: once the rewritten connection is established, the record is
+//!   also keyed by the connection's 4-tuple, which the router's side can see;
+//!   both records go when the connection closes.
+//! - `getsockopt`: answers `SO_ORIGINAL_DST` (IPv4 and IPv6) and
+//!   `LANEWAY_SO_ORIGIN` on the router's accepted sockets from that record.
+//! - `getpeername4` / `getpeername6`: the app sees the VIP it dialled.
+//!
+//! Every program returns 1 (allow) on every path: laneway never fails a
+//! syscall, it only steers or leaves alone. With a stale router heartbeat the
+//! connect programs leave connects alone (fail-open).
+#![no_std]
+#![no_main]
+
+mod connect;
+mod maps;
+mod peername;
+mod sockops;
+mod sockopt;
+
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, cgroup_sockopt, sock_ops},
+    programs::{SockAddrContext, SockOpsContext, SockoptContext},
+};
+
+/// Allow the syscall: the only verdict these programs give.
+const ALLOW: i32 = 1;
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the context pointer is the kernel's, valid for this call.
+    unsafe { connect::try_connect4(&ctx) };
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: as above.
+    unsafe { connect::try_connect6(&ctx) };
+    ALLOW
+}
+
+#[sock_ops]
+pub fn sock_ops(ctx: SockOpsContext) -> u32 {
+    sockops::try_sock_ops(&ctx);
+    ALLOW as u32
+}
+
+#[cgroup_sockopt(getsockopt)]
+pub fn getsockopt(ctx: SockoptContext) -> i32 {
+    // SAFETY: as above.
+    unsafe { sockopt::try_getsockopt(&ctx) };
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn getpeername4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: as above.
+    unsafe { peername::try_getpeername4(&ctx) };
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn getpeername6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: as above.
+    unsafe { peername::try_getpeername6(&ctx) };
+    ALLOW
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// The kernel needs a GPL-compatible license for some helpers.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+pub static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

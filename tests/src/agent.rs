@@ -1,0 +1,152 @@
+//! The laneway agent as a child process running in the node's netns (and,
+//! like its parent, in the test cgroup), with a static config.
+
+use std::{
+    fs::File,
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::node::{Node, Scenario};
+
+/// The `laneway` binary under test: `LANEWAY_BIN`, else the workspace's
+/// debug build.
+pub fn binary() -> PathBuf {
+    std::env::var_os("LANEWAY_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/laneway")
+    })
+}
+
+/// A running agent; killed on drop.
+#[derive(Debug)]
+pub struct Agent {
+    child: Child,
+    /// Its config file (rewrite it to reload).
+    pub config: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Writes the scenario's config and starts the agent; returns once it
+    /// says it routes.
+    pub fn start(node: &Node, scenario: &Scenario) -> Result<Self> {
+        let config = node.dir().join("laneway.yaml");
+        std::fs::write(&config, node.agent_config(scenario))?;
+        Self::start_with(node, config)
+    }
+
+    /// Starts the agent with an existing config file.
+    pub fn start_with(node: &Node, config: PathBuf) -> Result<Self> {
+        let ready = node.dir().join("ready");
+        let _ = std::fs::remove_file(&ready);
+        let log = node.dir().join(format!("agent-{}.log", Instant::now().elapsed().as_nanos()));
+        let log_file = File::create(&log)?;
+        let netns = File::open(node.netns.path())?;
+        let bin = binary();
+        if !bin.exists() {
+            bail!("{} not found: build it first (`cargo xtask test` does)", bin.display());
+        }
+        let mut cmd = Command::new(&bin);
+        cmd.args(["agent", "--config"])
+            .arg(&config)
+            .arg("--ready-file")
+            .arg(&ready)
+            .env("RUST_LOG", std::env::var("LANEWAY_TEST_LOG").unwrap_or_else(|_| "info,laneway=debug".into()))
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file);
+        let fd = netns.as_raw_fd();
+        // SAFETY: setns is async-signal-safe; the fd stays open in the parent
+        // until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| format!("spawn {}", bin.display()))?;
+        let mut agent = Self { child, config, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ready.exists() {
+            if let Some(status) = agent.child.try_wait()? {
+                bail!("agent exited ({status}) before it was ready:\n{}", agent.log());
+            }
+            if Instant::now() > deadline {
+                bail!("agent not ready after 20 s:\n{}", agent.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(agent)
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its PID.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Freezes it (SIGSTOP): programs stay attached, the heartbeat goes stale.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Thaws it (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; waits for the exit status.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("agent did not exit 15 s after SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until its log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            if Instant::now() > deadline {
+                bail!("agent log has no {needle:?} after {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.resume();
+        self.kill();
+    }
+}

@@ -1,0 +1,102 @@
+//! `cargo xtask demo`: a demo node (an untagged and a `joint1` client pod;
+//! `reviews` with base, `joint1` and `gray` endpoints; `ratings` with only
+//! base), the agent on a static config, and requests with and without tags.
+//! Prints where each request went and why; exits 0 only if every answer
+//! matches laneway's routing semantics.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use laneway_tests::{Standard, client};
+
+struct Row {
+    caller: &'static str,
+    service: &'static str,
+    tag: Option<&'static str>,
+    expected_endpoint: &'static str,
+    expected_decision: &'static str,
+}
+
+const PLAN: &[Row] = &[
+    Row { caller: "client", service: "reviews", tag: None, expected_endpoint: "reviews-base", expected_decision: "base" },
+    Row { caller: "client", service: "reviews", tag: Some("joint1"), expected_endpoint: "reviews-joint1", expected_decision: "tagged" },
+    Row { caller: "client", service: "reviews", tag: Some("gray"), expected_endpoint: "reviews-gray", expected_decision: "tagged" },
+    Row { caller: "client", service: "reviews", tag: Some("joint2"), expected_endpoint: "reviews-base", expected_decision: "fallback" },
+    Row { caller: "client", service: "ratings", tag: None, expected_endpoint: "ratings-base", expected_decision: "base" },
+    Row { caller: "client", service: "ratings", tag: Some("joint1"), expected_endpoint: "ratings-base", expected_decision: "fallback" },
+    Row { caller: "client-joint1", service: "reviews", tag: None, expected_endpoint: "reviews-joint1", expected_decision: "tagged" },
+    Row { caller: "client-joint1", service: "ratings", tag: None, expected_endpoint: "ratings-base", expected_decision: "fallback" },
+];
+
+fn main() -> ExitCode {
+    match demo() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("demo: some answers did not match laneway's routing semantics");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("demo failed: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn demo() -> Result<bool> {
+    eprintln!("==> building a node: 7 pods in network namespaces, kube-proxy stand-in, laneway agent");
+    let s = Standard::start()?;
+    eprintln!("==> agent running; sending requests from enrolled pods\n");
+    let header = ["caller pod", "service", "x-mse-tag", "answered by", "decision", "check"];
+    let mut rows = Vec::new();
+    let mut all_ok = true;
+    for row in PLAN {
+        let pod = if row.caller == "client" { s.pods.client } else { s.pods.client_joint1 };
+        let vip = if row.service == "reviews" { s.reviews() } else { s.ratings() };
+        let headers: Vec<(&str, &str)> = row.tag.map(|t| ("x-mse-tag", t)).into_iter().collect();
+        let (endpoint, decision) = match client::get(s.node.pod(pod), vip, &headers) {
+            Ok(r) => {
+                let route = r.header("x-laneway-route").unwrap_or("").to_owned();
+                let decision = route
+                    .split("; ")
+                    .find_map(|kv| kv.strip_prefix("decision="))
+                    .unwrap_or("-")
+                    .to_owned();
+                (r.endpoint().to_owned(), decision)
+            }
+            Err(e) => (format!("error: {e}"), "-".into()),
+        };
+        let ok = endpoint == row.expected_endpoint && decision == row.expected_decision;
+        all_ok &= ok;
+        rows.push([
+            row.caller.to_owned(),
+            row.service.to_owned(),
+            row.tag.unwrap_or("-").to_owned(),
+            endpoint,
+            decision,
+            if ok { "ok".into() } else { format!("WRONG, want {} ({})", row.expected_endpoint, row.expected_decision) },
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0))
+        .collect();
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    println!("{}", line(header.to_vec()));
+    println!("{}", line(widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().iter().map(String::as_str).collect()));
+    for r in &rows {
+        println!("{}", line(r.iter().map(String::as_str).collect()));
+    }
+    println!(
+        "\n{} of {} requests routed as laneway's semantics say (client-joint1 is a pod labelled \
+         laneway.io/tag=joint1: its untagged requests inherit its lane).",
+        rows.iter().filter(|r| r[5] == "ok").count(),
+        rows.len()
+    );
+    Ok(all_ok)
+}

@@ -1,0 +1,153 @@
+//! A small blocking HTTP/1.1 client whose sockets are made inside a pod's
+//! netns, so the agent's programs see them as that pod's.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::node::Pod;
+
+/// Opens a TCP connection from inside `pod`.
+pub fn connect(pod: &Pod, to: SocketAddr) -> Result<TcpStream> {
+    let stream = pod
+        .netns
+        .run(move || TcpStream::connect_timeout(&to, Duration::from_secs(3)))?
+        .with_context(|| format!("connect from {} to {to}", pod.name))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    Ok(stream)
+}
+
+/// A response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers (lowercase names).
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The endpoint that answered (`x-endpoint`), or "" for laneway's own answers.
+    pub fn endpoint(&self) -> &str {
+        self.header("x-endpoint").unwrap_or("")
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    host: String,
+}
+
+impl Conn {
+    /// Connects from `pod` to `to`.
+    pub fn open(pod: &Pod, to: SocketAddr) -> Result<Self> {
+        let stream = connect(pod, to)?;
+        Ok(Self {
+            writer: stream.try_clone()?,
+            reader: BufReader::new(stream),
+            host: to.to_string(),
+        })
+    }
+
+    /// The underlying socket.
+    pub fn stream(&self) -> &TcpStream {
+        &self.writer
+    }
+
+    /// Sends `GET path` with extra headers and reads the response.
+    pub fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Result<Response> {
+        let mut req = format!("GET {path} HTTP/1.1\r\nhost: {}\r\n", self.host);
+        for (n, v) in headers {
+            req.push_str(&format!("{n}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        self.send_raw(req.as_bytes())?;
+        self.read_response()
+    }
+
+    /// Writes raw bytes.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.writer.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Reads one response (Content-Length or chunked body, or until close).
+    pub fn read_response(&mut self) -> Result<Response> {
+        let mut head = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            if self.reader.read_until(b'\n', &mut line)? == 0 {
+                bail!("connection closed before a response head");
+            }
+            head.extend_from_slice(&line);
+            if line == b"\r\n" {
+                break;
+            }
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        resp.parse(&head).context("parse response head")?;
+        let status = resp.code.context("no status")?;
+        let headers: Vec<(String, String)> = resp
+            .headers
+            .iter()
+            .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+            .collect();
+        let find = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let mut body = Vec::new();
+        if let Some(len) = find("content-length") {
+            body.resize(len.trim().parse()?, 0);
+            self.reader.read_exact(&mut body)?;
+        } else if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            loop {
+                let mut line = String::new();
+                self.reader.read_line(&mut line)?;
+                let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16)?;
+                let mut chunk = vec![0; size + 2];
+                if size == 0 {
+                    let mut end = String::new();
+                    self.reader.read_line(&mut end)?;
+                    break;
+                }
+                self.reader.read_exact(&mut chunk)?;
+                body.extend_from_slice(&chunk[..size]);
+            }
+        } else if status >= 200 && status != 204 && status != 304 {
+            self.reader.read_to_end(&mut body)?;
+        }
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// One request on a fresh connection, asking laneway to explain its route.
+pub fn get(pod: &Pod, to: SocketAddr, headers: &[(&str, &str)]) -> Result<Response> {
+    let mut all = vec![("x-laneway-route", "1")];
+    all.extend_from_slice(headers);
+    Conn::open(pod, to)?.get("/", &all)
+}

@@ -1,0 +1,332 @@
+//! The node: a node netns, pod netns on veth pairs, the kube-proxy stand-in,
+//! and the test cgroup.
+
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context, Result};
+
+use crate::netns::{Netns, run};
+
+/// The node's address as pods see it (on the node netns' loopback); the
+/// router's redirect target.
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 255, 1);
+/// The node's IPv6 address as pods see it.
+pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 0xffff, 0, 0, 0, 0, 1);
+/// The router's port.
+pub const ROUTER_PORT: u16 = 15001;
+/// Link-local gateway on every host-side veth (IPv6 next hop for pods).
+const GATEWAY6: &str = "fe80::1";
+
+static NODES: AtomicU32 = AtomicU32::new(0);
+
+/// A pod: a netns joined to the node by a veth pair.
+#[derive(Debug)]
+pub struct Pod {
+    /// Name (also the endpoint identity its backends answer with).
+    pub name: String,
+    /// IPv4 address.
+    pub ip: Ipv4Addr,
+    /// IPv6 address.
+    pub ip6: Ipv6Addr,
+    /// Its network namespace.
+    pub netns: Netns,
+}
+
+/// A service for the scenario: VIPs, a port, endpoints (pods with tags).
+#[derive(Clone, Debug)]
+pub struct ServiceSpec {
+    /// Name.
+    pub name: String,
+    /// IPv4 VIP.
+    pub vip: Ipv4Addr,
+    /// IPv6 VIP, if any.
+    pub vip6: Option<Ipv6Addr>,
+    /// Service port.
+    pub port: u16,
+    /// Endpoint port.
+    pub target_port: u16,
+    /// `auto`, `http` or `tcp`.
+    pub protocol: &'static str,
+    /// Endpoints: pod index in the node and tag.
+    pub endpoints: Vec<(usize, Option<String>)>,
+}
+
+/// What the agent is told: services, and which pods to enrol with which tag.
+#[derive(Clone, Debug, Default)]
+pub struct Scenario {
+    /// Services.
+    pub services: Vec<ServiceSpec>,
+    /// Enrolled pods: pod index and tag.
+    pub enrolled: Vec<(usize, Option<String>)>,
+    /// Extra YAML under `router:` (e.g. timeouts), indented by the caller.
+    pub router_extra: String,
+}
+
+/// The test cgroup: the test process joins it; removed on drop.
+#[derive(Debug)]
+struct TestCgroup {
+    path: PathBuf,
+    previous: PathBuf,
+}
+
+impl TestCgroup {
+    fn create(name: &str) -> Result<Self> {
+        let root = cgroup2_root()?;
+        sweep_stale_cgroups(&root);
+        let path = root.join(name);
+        std::fs::create_dir(&path).with_context(|| format!("mkdir {}", path.display()))?;
+        let own = std::fs::read_to_string("/proc/self/cgroup")?;
+        let rel = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .context("no cgroup v2 entry in /proc/self/cgroup")?;
+        let previous = root.join(rel.trim_start_matches('/'));
+        std::fs::write(path.join("cgroup.procs"), std::process::id().to_string())
+            .with_context(|| format!("join {}", path.display()))?;
+        Ok(Self { path, previous })
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(
+            self.previous.join("cgroup.procs"),
+            std::process::id().to_string(),
+        );
+        // Children (agent, clients) are gone by now; retry briefly in case
+        // the kernel is still reaping one.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// The cgroup v2 mount point, from mountinfo.
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    text.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .context("no cgroup2 mount: laneway needs cgroup v2")
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes netns and cgroups left by test processes that were killed.
+fn sweep_stale_cgroups(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("laneway-test-").and_then(|r| r.split('-').next())
+            && pid.parse().is_ok_and(|p| !pid_alive(p))
+        {
+            let _ = std::fs::remove_dir(e.path());
+        }
+    }
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            if let Some(pid) = name.strip_prefix("lwt").and_then(|r| r.split('x').next())
+                && pid.parse().is_ok_and(|p| !pid_alive(p))
+            {
+                let _ = Command::new("ip").args(["netns", "del", name]).output();
+            }
+        }
+    }
+}
+
+/// A node.
+#[derive(Debug)]
+pub struct Node {
+    id: String,
+    /// Pods, in creation order (their index is used in [`Scenario`]).
+    pub pods: Vec<Pod>,
+    /// The node netns (the agent, the kube-proxy stand-in).
+    pub netns: Netns,
+    cgroup: TestCgroup,
+    dir: PathBuf,
+}
+
+impl Node {
+    /// Builds an empty node: node netns with forwarding, no route out; the
+    /// test process joins a fresh cgroup.
+    pub fn new() -> Result<Self> {
+        crate::require_root();
+        let n = NODES.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let id = format!("lwt{pid}x{n}");
+        let cgroup = TestCgroup::create(&format!("laneway-test-{pid}-{n}"))?;
+        let netns = Netns::create(&format!("{id}node"))?;
+        netns.ip(&["addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"])?;
+        netns.ip(&["-6", "addr", "add", &format!("{NODE_IP6}/128"), "dev", "lo"])?;
+        netns.sysctl("net.ipv4.ip_forward", "1")?;
+        netns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        let dir = std::env::temp_dir().join(&id);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self {
+            id,
+            pods: Vec::new(),
+            netns,
+            cgroup,
+            dir,
+        })
+    }
+
+    /// The cgroup the agent attaches to.
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup.path
+    }
+
+    /// A scratch directory for this node (configs, logs), removed on drop.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Adds a pod; returns its index.
+    pub fn add_pod(&mut self, name: &str) -> Result<usize> {
+        let index = self.pods.len();
+        let host = index + 10;
+        let ip = Ipv4Addr::new(10, 244, 0, host as u8);
+        let ip6 = Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, host as u16);
+        let netns = Netns::create(&format!("{}p{index}", self.id))?;
+        let veth = format!("{}v{index}", self.id.replace("lwt", "l"));
+        run(Command::new("ip").args([
+            "link", "add", &veth, "netns", self.netns.name(), "type", "veth", "peer", "name",
+            "eth0", "netns", netns.name(),
+        ]))?;
+        // Node side: the link-local IPv6 gateway, a host route to the pod.
+        self.netns.ip(&["-6", "addr", "add", &format!("{GATEWAY6}/64"), "dev", &veth, "nodad"])?;
+        self.netns.ip(&["link", "set", &veth, "up"])?;
+        self.netns.ip(&["route", "add", &format!("{ip}/32"), "dev", &veth])?;
+        self.netns.ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", &veth])?;
+        // Pod side: its address, routes to pods, services and the node only.
+        netns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+        netns.ip(&["-6", "addr", "add", &format!("{ip6}/128"), "dev", "eth0", "nodad"])?;
+        netns.ip(&["link", "set", "eth0", "up"])?;
+        netns.ip(&["route", "add", &format!("{NODE_IP}/32"), "dev", "eth0"])?;
+        let gw = NODE_IP.to_string();
+        for range in ["10.244.0.0/16", "10.96.0.0/16"] {
+            netns.ip(&["route", "add", range, "via", &gw, "dev", "eth0"])?;
+        }
+        for range in ["fd00:244::/32", "fd00:96::/64"] {
+            netns.ip(&["-6", "route", "add", range, "via", GATEWAY6, "dev", "eth0"])?;
+        }
+        self.pods.push(Pod {
+            name: name.to_owned(),
+            ip,
+            ip6,
+            netns,
+        });
+        Ok(index)
+    }
+
+    /// The pod at `index`.
+    pub fn pod(&self, index: usize) -> &Pod {
+        &self.pods[index]
+    }
+
+    /// Installs the kube-proxy stand-in: per service VIP:port, iptables DNAT
+    /// in the node's PREROUTING to its serving endpoints, spread at random
+    /// as kube-proxy does (it knows nothing of tags).
+    pub fn install_kube_proxy(&self, scenario: &Scenario) -> Result<()> {
+        for svc in &scenario.services {
+            let n = svc.endpoints.len();
+            for (i, (pod, _)) in svc.endpoints.iter().enumerate() {
+                let pod = &self.pods[*pod];
+                let remaining = (n - i) as f64;
+                let rule = |tool: &str, vip: String, dest: String| -> Result<()> {
+                    let mut args = vec![
+                        "-t".to_owned(), "nat".into(), "-A".into(), "PREROUTING".into(),
+                        "-d".into(), vip, "-p".into(), "tcp".into(), "--dport".into(),
+                        svc.port.to_string(),
+                    ];
+                    if i + 1 < n {
+                        args.extend([
+                            "-m".into(), "statistic".into(), "--mode".into(), "random".into(),
+                            "--probability".into(), format!("{:.5}", 1.0 / remaining),
+                        ]);
+                    }
+                    args.extend(["-j".into(), "DNAT".into(), "--to-destination".into(), dest]);
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    self.netns.exec(tool, &args).map(drop)
+                };
+                rule("iptables", svc.vip.to_string(), format!("{}:{}", pod.ip, svc.target_port))?;
+                if let Some(vip6) = svc.vip6 {
+                    rule("ip6tables", vip6.to_string(), format!("[{}]:{}", pod.ip6, svc.target_port))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The agent's static config for a scenario.
+    pub fn agent_config(&self, scenario: &Scenario) -> String {
+        let mut y = String::new();
+        let _ = writeln!(
+            y,
+            "router:\n  listen: 0.0.0.0:{ROUTER_PORT}\n  listen_v6: \"[::]:{ROUTER_PORT}\"\n  \
+             redirect_ipv4: {NODE_IP}\n  redirect_ipv6: \"{NODE_IP6}\"\n{}",
+            scenario.router_extra
+        );
+        let _ = writeln!(y, "bpf:\n  cgroup: {}", self.cgroup().display());
+        let _ = writeln!(y, "services:");
+        for svc in &scenario.services {
+            let vips = match svc.vip6 {
+                Some(v6) => format!("[{}, \"{v6}\"]", svc.vip),
+                None => format!("[{}]", svc.vip),
+            };
+            let _ = writeln!(
+                y,
+                "  - name: {}\n    vips: {vips}\n    ports: [{{port: {}, target_port: {}, protocol: {}}}]\n    endpoints:",
+                svc.name, svc.port, svc.target_port, svc.protocol
+            );
+            for (pod, tag) in &svc.endpoints {
+                let pod = &self.pods[*pod];
+                let tag = tag.as_ref().map(|t| format!(", tag: {t}")).unwrap_or_default();
+                let _ = writeln!(y, "      - {{ip: {}, name: {}{tag}}}", pod.ip, pod.name);
+            }
+        }
+        let _ = writeln!(y, "pods:");
+        for (pod, tag) in &scenario.enrolled {
+            let p = &self.pods[*pod];
+            let tag = tag.as_ref().map(|t| format!(", tag: {t}")).unwrap_or_default();
+            let _ = writeln!(
+                y,
+                "  - {{name: {}, netns: {}, ips: [{}, \"{}\"]{tag}}}",
+                p.name,
+                p.netns.path().display(),
+                p.ip,
+                p.ip6
+            );
+        }
+        y
+    }
+
+    /// `ip:port` of a VIP.
+    pub fn vip(svc: &ServiceSpec) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(svc.vip), svc.port)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Pods first (their veths go with them), then the node netns, then
+        // the cgroup (TestCgroup's own drop).
+        self.pods.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

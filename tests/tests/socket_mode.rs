@@ -1,0 +1,292 @@
+//! The socket-mode data path, end to end on the real kernel: real programs,
+//! real sockets, real HTTP, on a node built from network namespaces.
+//!
+//! Run as root through `cargo xtask test` (one test at a time: each attaches
+//! its own programs to its own cgroup, which the test process joins).
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, Shutdown, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use laneway_tests::{
+    Standard,
+    client::{self, Conn},
+    node::NODE_IP,
+};
+use rand::RngCore;
+
+fn routed_by_laneway(resp: &client::Response) -> bool {
+    // The router connects from the node's address; the direct (DNAT) path
+    // keeps the pod's.
+    resp.header("x-peer") == Some(&NODE_IP.to_string())
+}
+
+#[test]
+fn tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base() -> Result<()> {
+    let s = Standard::start()?;
+    let client = s.node.pod(s.pods.client);
+
+    let r = client::get(client, s.reviews(), &[("x-mse-tag", "joint1")])?;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.endpoint(), "reviews-joint1");
+    assert_eq!(r.header("x-seen-tag"), Some("joint1"), "tag forwarded upstream");
+    assert!(r.header("x-laneway-route").unwrap_or("").contains("decision=tagged"));
+    assert!(routed_by_laneway(&r));
+
+    let r = client::get(client, s.reviews(), &[("x-mse-tag", "gray")])?;
+    assert_eq!(r.endpoint(), "reviews-gray");
+
+    // A lane with no endpoint in this service: base, and the tag travels on.
+    let r = client::get(client, s.reviews(), &[("x-mse-tag", "joint2")])?;
+    assert_eq!(r.endpoint(), "reviews-base");
+    assert_eq!(r.header("x-seen-tag"), Some("joint2"));
+    assert!(r.header("x-laneway-route").unwrap_or("").contains("decision=fallback"));
+
+    // ratings has only base: joint1 falls back there.
+    let r = client::get(client, s.ratings(), &[("x-mse-tag", "joint1")])?;
+    assert_eq!(r.endpoint(), "ratings-base");
+    Ok(())
+}
+
+#[test]
+fn untagged_requests_never_reach_tagged_endpoints() -> Result<()> {
+    let s = Standard::start()?;
+    let client = s.node.pod(s.pods.client);
+    for _ in 0..40 {
+        let r = client::get(client, s.reviews(), &[])?;
+        assert_eq!(r.endpoint(), "reviews-base", "{:?}", r.headers);
+        assert_eq!(r.header("x-seen-tag"), Some("-"), "no tag invented");
+    }
+    Ok(())
+}
+
+#[test]
+fn tagged_caller_pod_stays_in_its_lane_without_a_header() -> Result<()> {
+    let s = Standard::start()?;
+    let caller = s.node.pod(s.pods.client_joint1);
+    for _ in 0..10 {
+        let r = client::get(caller, s.reviews(), &[])?;
+        assert_eq!(r.endpoint(), "reviews-joint1");
+        assert_eq!(r.header("x-seen-tag"), Some("joint1"), "lane propagated upstream");
+        assert!(r.header("x-laneway-route").unwrap_or("").contains("decision=tagged"));
+    }
+    // An explicit header still wins over the caller's own lane.
+    let r = client::get(caller, s.reviews(), &[("x-mse-tag", "gray")])?;
+    assert_eq!(r.endpoint(), "reviews-gray");
+    Ok(())
+}
+
+#[test]
+fn baggage_member_selects_the_lane() -> Result<()> {
+    let s = Standard::start()?;
+    let client = s.node.pod(s.pods.client);
+    let r = client::get(client, s.reviews(), &[("baggage", "user=1,x-mse-tag=gray")])?;
+    assert_eq!(r.endpoint(), "reviews-gray");
+    assert_eq!(r.header("x-seen-tag"), Some("gray"));
+    Ok(())
+}
+
+#[test]
+fn one_keep_alive_connection_routes_each_request_by_its_own_tag() -> Result<()> {
+    let s = Standard::start()?;
+    let mut conn = Conn::open(s.node.pod(s.pods.client), s.reviews())?;
+    let plan = [
+        (Some("joint1"), "reviews-joint1"),
+        (None, "reviews-base"),
+        (Some("gray"), "reviews-gray"),
+        (Some("joint1"), "reviews-joint1"),
+        (Some("nope"), "reviews-base"),
+        (Some("gray"), "reviews-gray"),
+    ];
+    for round in 0..3 {
+        for (tag, expected) in plan {
+            let headers: Vec<(&str, &str)> = tag.map(|t| ("x-mse-tag", t)).into_iter().collect();
+            let r = conn.get("/", &headers)?;
+            assert_eq!(r.status, 200);
+            assert_eq!(r.endpoint(), expected, "round {round}, tag {tag:?}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_app_sees_the_vip_it_dialled() -> Result<()> {
+    let s = Standard::start()?;
+    let conn = Conn::open(s.node.pod(s.pods.client), s.reviews())?;
+    assert_eq!(conn.stream().peer_addr()?, s.reviews(), "getpeername shows the VIP");
+    Ok(())
+}
+
+#[test]
+fn ipv6_and_v4_mapped_connects_are_steered() -> Result<()> {
+    let s = Standard::start()?;
+    let client = s.node.pod(s.pods.client);
+    let vip6: SocketAddr = "[fd00:96::10]:80".parse()?;
+    let r = client::get(client, vip6, &[("x-mse-tag", "joint1")])?;
+    assert_eq!(r.endpoint(), "reviews-joint1");
+    assert!(r.header("x-laneway-route").is_some(), "went through laneway");
+
+    // What the JVM does: an IPv6 socket dialling ::ffff:10.96.0.10.
+    let mapped = SocketAddr::new(
+        IpAddr::V6(match s.reviews().ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        }),
+        80,
+    );
+    let mut conn = Conn::open(client, mapped)?;
+    let r = conn.get("/", &[("x-mse-tag", "gray"), ("x-laneway-route", "1")])?;
+    assert_eq!(r.endpoint(), "reviews-gray");
+    assert!(routed_by_laneway(&r));
+    assert_eq!(conn.stream().peer_addr()?, mapped, "getpeername6 shows the mapped VIP");
+    Ok(())
+}
+
+#[test]
+fn pods_not_enrolled_are_left_alone() -> Result<()> {
+    let s = Standard::start()?;
+    let r = client::get(s.node.pod(s.pods.bystander), s.reviews(), &[("x-mse-tag", "joint1")])?;
+    assert_eq!(r.status, 200);
+    assert!(!routed_by_laneway(&r), "bystander went through the router");
+    assert!(r.header("x-laneway-route").is_none());
+    Ok(())
+}
+
+fn echo_round_trip(s: &Standard, payload: &[u8]) -> Result<Vec<u8>> {
+    let mut stream = client::connect(s.node.pod(s.pods.client), s.echo())?;
+    let writer = {
+        let mut w = stream.try_clone()?;
+        let payload = payload.to_vec();
+        std::thread::spawn(move || -> std::io::Result<()> {
+            w.write_all(&payload)?;
+            // Half-close: the echo server answers everything, then closes.
+            w.shutdown(Shutdown::Write)
+        })
+    };
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back)?;
+    writer.join().expect("writer")?;
+    Ok(back)
+}
+
+#[test]
+fn unknown_protocols_pass_through_byte_for_byte() -> Result<()> {
+    let s = Standard::start()?;
+    let mut random = vec![0u8; 1 << 20];
+    rand::rng().fill_bytes(&mut random);
+    random[0] = 0x00; // surely not an HTTP method
+    assert_eq!(echo_round_trip(&s, &random)?, random, "1 MiB of random bytes");
+
+    // A TLS ClientHello prefix (record type 0x16, version 3.1).
+    let mut hello = vec![0x16, 0x03, 0x01, 0x00, 0xf4, 0x01, 0x00, 0x00, 0xf0, 0x03, 0x03];
+    hello.extend((0..233).map(|i| i as u8));
+    assert_eq!(echo_round_trip(&s, &hello)?, hello, "TLS ClientHello");
+
+    let redirected = s.agent.log().matches("redirected connection").count();
+    assert!(redirected >= 2, "the echo connections went through the router:\n{}", s.agent.log());
+    Ok(())
+}
+
+#[test]
+fn malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving() -> Result<()> {
+    let s = Standard::start()?;
+    let client = s.node.pod(s.pods.client);
+
+    let mut conn = Conn::open(client, s.reviews())?;
+    conn.send_raw(b"GET / HTTP/1.1\r\nhost: x\r\nbad header line\r\n\r\n")?;
+    assert_eq!(conn.read_response()?.status, 400);
+
+    let mut conn = Conn::open(client, s.reviews())?;
+    let huge = "a".repeat(100 * 1024);
+    let req = format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {huge}\r\n\r\n");
+    // The router may answer and close before it has read everything.
+    let _ = conn.send_raw(req.as_bytes());
+    assert_eq!(conn.read_response()?.status, 431);
+
+    let r = client::get(client, s.reviews(), &[("x-mse-tag", "joint1")])?;
+    assert_eq!(r.endpoint(), "reviews-joint1", "still serving");
+    Ok(())
+}
+
+/// Retries a fresh request until it succeeds or `limit` passes; returns the
+/// response and how long it took.
+fn first_success(s: &Standard, limit: Duration) -> Result<(client::Response, Duration)> {
+    let started = Instant::now();
+    loop {
+        let attempt = Conn::open(s.node.pod(s.pods.client), s.reviews())
+            .and_then(|mut c| {
+                c.stream().set_read_timeout(Some(Duration::from_millis(300)))?;
+                c.get("/", &[])
+            });
+        match attempt {
+            Ok(r) if r.status == 200 => return Ok((r, started.elapsed())),
+            _ if started.elapsed() > limit => anyhow::bail!("no success within {limit:?}"),
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+#[test]
+fn fails_open_within_a_second_when_the_router_stops_and_steers_again_after() -> Result<()> {
+    let s = Standard::start()?;
+    let (r, _) = first_success(&s, Duration::from_secs(1))?;
+    assert!(routed_by_laneway(&r));
+
+    // A frozen agent: programs attached, nobody accepting.
+    s.agent.pause();
+    let stopped = Instant::now();
+    let (r, _) = first_success(&s, Duration::from_secs(3))?;
+    let took = stopped.elapsed();
+    assert!(!routed_by_laneway(&r), "went the direct (DNAT) way");
+    assert!(took < Duration::from_millis(1500), "fail-open took {took:?}");
+
+    s.agent.resume();
+    std::thread::sleep(Duration::from_millis(500));
+    let (r, _) = first_success(&s, Duration::from_secs(2))?;
+    assert!(routed_by_laneway(&r), "steered again once the router is back");
+    Ok(())
+}
+
+#[test]
+fn a_killed_agent_leaves_pods_on_the_direct_path_at_once() -> Result<()> {
+    let mut s = Standard::start()?;
+    s.agent.kill();
+    let (r, took) = first_success(&s, Duration::from_secs(1))?;
+    assert!(!routed_by_laneway(&r));
+    assert!(took < Duration::from_millis(500), "took {took:?}");
+    Ok(())
+}
+
+#[test]
+fn sigterm_fails_open_and_exits_cleanly() -> Result<()> {
+    let mut s = Standard::start()?;
+    let status = s.agent.terminate()?;
+    assert!(status.success(), "exit status {status}:\n{}", s.agent.log());
+    let (r, _) = first_success(&s, Duration::from_secs(1))?;
+    assert!(!routed_by_laneway(&r));
+    Ok(())
+}
+
+#[test]
+fn config_reload_changes_routing_without_dropping_a_connection() -> Result<()> {
+    let s = Standard::start()?;
+    let mut conn = Conn::open(s.node.pod(s.pods.client), s.reviews())?;
+    assert_eq!(conn.get("/", &[("x-mse-tag", "joint1")])?.endpoint(), "reviews-joint1");
+
+    // Retag: the joint1 pod becomes joint2.
+    let text = std::fs::read_to_string(&s.agent.config)?;
+    std::fs::write(&s.agent.config, text.replace("name: reviews-joint1, tag: joint1", "name: reviews-joint1, tag: joint2"))?;
+    s.agent.wait_for_log("config reloaded", Duration::from_secs(5))?;
+    assert_eq!(conn.get("/", &[("x-mse-tag", "joint1")])?.endpoint(), "reviews-base", "same connection");
+    assert_eq!(conn.get("/", &[("x-mse-tag", "joint2")])?.endpoint(), "reviews-joint1");
+
+    // A broken edit is rejected and routing stays as it was.
+    std::fs::write(&s.agent.config, "services: [oops\n")?;
+    s.agent.wait_for_log("config reload rejected", Duration::from_secs(5))?;
+    assert!(s.agent.log().contains("line"), "the error names the line");
+    assert_eq!(conn.get("/", &[("x-mse-tag", "joint2")])?.endpoint(), "reviews-joint1");
+    Ok(())
+}

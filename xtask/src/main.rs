@@ -1,0 +1,252 @@
+//! laneway's tasks: `cargo xtask setup | build | test | demo`.
+//!
+//! Every task does its own setup first (idempotent): Debian packages the
+//! tests and demo use, `rust-src` for the nightly toolchain, and bpf-linker
+//! built against nightly's own LLVM into `target/tools`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// laneway's build, setup, test and demo tasks.
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (apt packages, rust-src,
+    /// bpf-linker); safe to run again.
+    Setup,
+    /// Build the kernel programs and the `laneway` binary (release).
+    Build,
+    /// fmt and clippy checks, unit tests, and the root-only integration tests
+    /// on a node made of network namespaces.
+    Test {
+        /// Only run integration tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Build a demo node, run the agent, send tagged and untagged requests,
+    /// print where each went; exit 0 only if every answer is right.
+    Demo,
+}
+
+/// Debian packages: the binary each provides, and the package.
+const PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("iptables", "iptables"),
+    ("ip6tables", "iptables"),
+    ("bpftool", "bpftool"),
+    ("curl", "curl"),
+    ("socat", "socat"),
+];
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.task {
+        Task::Setup => setup(&root),
+        Task::Build => {
+            setup(&root)?;
+            cargo(&root, &["build", "--release", "-p", "laneway"])
+        }
+        Task::Test { filter } => {
+            setup(&root)?;
+            test(&root, filter.as_deref())
+        }
+        Task::Demo => {
+            setup(&root)?;
+            require_root("the demo")?;
+            cargo(&root, &["build", "--release", "-p", "laneway", "-p", "laneway-tests"])?;
+            let status = Command::new(root.join("target/release/laneway-demo"))
+                .env("LANEWAY_BIN", root.join("target/release/laneway"))
+                .status()
+                .context("run laneway-demo")?;
+            if !status.success() {
+                bail!("the demo failed ({status})");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask/ is in the workspace root")
+        .to_owned()
+}
+
+fn require_root(what: &str) -> Result<()> {
+    let out = Command::new("id").arg("-u").output().context("run id -u")?;
+    if String::from_utf8_lossy(&out.stdout).trim() != "0" {
+        bail!("{what} needs root: it loads BPF programs and creates network namespaces");
+    }
+    Ok(())
+}
+
+fn step(what: &str) {
+    eprintln!("==> {what}");
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("spawn {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// `cargo ARGS` in the workspace, with bpf-linker on PATH.
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    step(&format!("cargo {}", args.join(" ")));
+    run(Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(root)
+        .env("PATH", tools_path(root)))
+}
+
+fn tools_path(root: &Path) -> String {
+    format!(
+        "{}:{}",
+        root.join("target/tools/bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// `cargo` of the nightly toolchain in `dir` (the kernel programs' crate),
+/// free of the outer stable cargo's environment.
+fn nightly_cargo(root: &Path, dir: &Path) -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "cargo"])
+        .current_dir(dir)
+        .env("PATH", tools_path(root));
+    for key in ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTC_WRAPPER", "RUSTFLAGS", "CARGO"] {
+        cmd.env_remove(key);
+    }
+    cmd
+}
+
+fn have(binary: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {binary} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn setup(root: &Path) -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(bin, _)| !have(bin) && !Path::new(&format!("/usr/sbin/{bin}")).exists())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        step(&format!("apt-get install {}", missing.join(" ")));
+        require_root("installing packages")?;
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if !Path::new("/sys/fs/bpf").join(".").exists() || !is_bpffs("/sys/fs/bpf") {
+        step("mount bpffs at /sys/fs/bpf");
+        if require_root("mounting bpffs").is_ok() {
+            std::fs::create_dir_all("/sys/fs/bpf").ok();
+            run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+        }
+    }
+    let sysroot = nightly_sysroot()?;
+    if !sysroot.join("lib/rustlib/src/rust/library").exists() {
+        step("rustup component add rust-src --toolchain nightly");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    let linker = root.join("target/tools/bin/bpf-linker");
+    if !linker.exists() {
+        install_bpf_linker(root, &sysroot)?;
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(path) && l.split_whitespace().nth(2) == Some("bpf")))
+}
+
+fn nightly_sysroot() -> Result<PathBuf> {
+    let out = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()
+        .context("rustc +nightly: the nightly toolchain is needed for the kernel programs")?;
+    if !out.status.success() {
+        bail!("no nightly toolchain: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+/// bpf-linker must use the LLVM nightly's rustc uses: link nightly's own
+/// libLLVM where bpf-linker's build looks for it, then build it from crates.io.
+fn install_bpf_linker(root: &Path, sysroot: &Path) -> Result<()> {
+    let lib = sysroot.join("lib");
+    let llvm = std::fs::read_dir(&lib)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so")))
+        .with_context(|| format!("no libLLVM in {}", lib.display()))?;
+    let major = llvm
+        .trim_start_matches("libLLVM.so.")
+        .trim_start_matches("libLLVM-")
+        .split(['.', '-'])
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    // Kept under target/: the linker keeps an rpath to it.
+    let prefix = root.join("target/tools/llvm");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(lib.join(&llvm), &link)?;
+    step(&format!("cargo install bpf-linker (LLVM {major}, from {llvm})"));
+    run(Command::new(env!("CARGO"))
+        .args(["install", "bpf-linker", "--version", "^0.13", "--locked", "--no-default-features", "--features"])
+        .arg(format!("llvm-{major}"))
+        .arg("--root")
+        .arg(root.join("target/tools"))
+        .env("LLVM_PREFIX", &prefix))
+}
+
+fn test(root: &Path, filter: Option<&str>) -> Result<()> {
+    require_root("the integration tests")?;
+    let ebpf = root.join("ebpf/laneway-ebpf");
+    if filter.is_none() {
+        cargo(root, &["fmt", "--all", "--check"])?;
+        step("cargo fmt --check (kernel programs)");
+        run(nightly_cargo(root, &ebpf).args(["fmt", "--check"]))?;
+        cargo(root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+        step("clippy (kernel programs, nightly, bpfel-unknown-none)");
+        run(nightly_cargo(root, &ebpf)
+            .args(["clippy", "--release", "--", "-D", "warnings"])
+            .env("CARGO_TARGET_DIR", root.join("target/ebpf-clippy")))?;
+        cargo(root, &["test"])?;
+    }
+    cargo(root, &["build", "-p", "laneway", "-p", "laneway-tests"])?;
+    let mut args = vec!["test", "-p", "laneway-tests", "--"];
+    if let Some(f) = filter {
+        args.push(f);
+    }
+    // One at a time: each test's process joins the cgroup its agent attaches to.
+    args.push("--test-threads=1");
+    step("integration tests (root, real kernel)");
+    run(Command::new(env!("CARGO"))
+        .args(&args)
+        .current_dir(root)
+        .env("PATH", tools_path(root))
+        .env("LANEWAY_BIN", root.join("target/debug/laneway")))
+}
