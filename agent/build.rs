@@ -10,11 +10,17 @@ use std::{env, ffi::OsString, path::PathBuf, process::Command};
 fn main() {
     println!("cargo:rerun-if-env-changed=LANEWAY_EBPF_OBJ");
     if let Some(prebuilt) = env::var_os("LANEWAY_EBPF_OBJ") {
-        println!("cargo:rustc-env=LANEWAY_EBPF_OBJ={}", PathBuf::from(prebuilt).display());
+        println!(
+            "cargo:rustc-env=LANEWAY_EBPF_OBJ={}",
+            PathBuf::from(prebuilt).display()
+        );
         return;
     }
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let root = manifest_dir.parent().expect("agent/ is in the workspace root").to_owned();
+    let root = manifest_dir
+        .parent()
+        .expect("agent/ is in the workspace root")
+        .to_owned();
     let ebpf_dir = root.join("ebpf/laneway-ebpf");
     let common_dir = root.join("ebpf/laneway-common");
     for watched in [
@@ -37,7 +43,10 @@ fn main() {
         .current_dir(&ebpf_dir)
         .env("PATH", path)
         .env("CARGO_TARGET_DIR", &target_dir)
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf");
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        );
     // The outer (stable) build's settings must not leak into the nightly one.
     for key in [
         "RUSTC",

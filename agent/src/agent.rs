@@ -43,7 +43,9 @@ pub enum Error {
     #[error(transparent)]
     Cgroup(#[from] cgroup::Error),
     /// The configured cgroup is not a cgroup v2 directory.
-    #[error("{0} is not a cgroup v2 directory (no cgroup.procs): set bpf.cgroup or --cgroup to one")]
+    #[error(
+        "{0} is not a cgroup v2 directory (no cgroup.procs): set bpf.cgroup or --cgroup to one"
+    )]
     NotACgroup(PathBuf),
     /// The kernel side failed.
     #[error(transparent)]
@@ -120,8 +122,21 @@ pub async fn run(options: Options) -> Result<(), Error> {
     }
     let mark = config.router.socket_mark;
     let datapath = Arc::new(Mutex::new(datapath));
-    beat(&datapath, redirect4, redirect6, port, mark, bpf::monotonic_ns())?;
-    let heartbeat = tokio::spawn(heartbeat_loop(datapath.clone(), redirect4, redirect6, port, mark));
+    beat(
+        &datapath,
+        redirect4,
+        redirect6,
+        port,
+        mark,
+        bpf::monotonic_ns(),
+    )?;
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        datapath.clone(),
+        redirect4,
+        redirect6,
+        port,
+        mark,
+    ));
     info!(listen = %config.router.listen, redirect = %config.router.redirect_ipv4, "laneway agent ready");
     if let Some(path) = &options.ready_file {
         std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
@@ -149,7 +164,14 @@ pub async fn run(options: Options) -> Result<(), Error> {
             _ = interrupt.recv() => break,
         };
         seen = fingerprint(&options.config);
-        reload(&options.config, &config, &router, &datapath, &source, reason);
+        reload(
+            &options.config,
+            &config,
+            &router,
+            &datapath,
+            &source,
+            reason,
+        );
     }
     info!("shutting down: clearing the heartbeat, pods go the direct way from now");
     heartbeat.abort();
@@ -296,7 +318,9 @@ fn reload(
     if serde_yaml::to_string(&config.router).ok() != serde_yaml::to_string(&running.router).ok()
         || serde_yaml::to_string(&config.bpf).ok() != serde_yaml::to_string(&running.bpf).ok()
     {
-        warn!("router and bpf settings take effect at the next restart; services, pods and tags are reloaded now");
+        warn!(
+            "router and bpf settings take effect at the next restart; services, pods and tags are reloaded now"
+        );
     }
     let previous = router.applied();
     let snapshot = Snapshot::from_config(&config, source.to_owned(), Some(&previous.snapshot));
@@ -335,7 +359,14 @@ async fn heartbeat_loop(
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     loop {
         tick.tick().await;
-        if let Err(e) = beat(&datapath, redirect4, redirect6, port, mark, bpf::monotonic_ns()) {
+        if let Err(e) = beat(
+            &datapath,
+            redirect4,
+            redirect6,
+            port,
+            mark,
+            bpf::monotonic_ns(),
+        ) {
             error!(error = %e, "heartbeat failed; programs fail open until it recovers");
         }
     }

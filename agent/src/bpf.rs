@@ -30,19 +30,36 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(env!("LANEWAY_EBPF_OBJ"));
 
 /// The programs and the kernel feature each one needs, for error messages.
 const SOCKET_PROGRAMS: &[(&str, &str)] = &[
-    ("connect4", "cgroup/connect4 (BPF_CGROUP_INET4_CONNECT, Linux 4.17+)"),
-    ("connect6", "cgroup/connect6 (BPF_CGROUP_INET6_CONNECT, Linux 4.17+)"),
+    (
+        "connect4",
+        "cgroup/connect4 (BPF_CGROUP_INET4_CONNECT, Linux 4.17+)",
+    ),
+    (
+        "connect6",
+        "cgroup/connect6 (BPF_CGROUP_INET6_CONNECT, Linux 4.17+)",
+    ),
     ("sock_ops", "sock_ops (BPF_CGROUP_SOCK_OPS, Linux 4.13+)"),
-    ("getsockopt", "cgroup/getsockopt (BPF_CGROUP_GETSOCKOPT, Linux 5.3+)"),
-    ("getpeername4", "cgroup/getpeername4 (BPF_CGROUP_INET4_GETPEERNAME, Linux 5.8+)"),
-    ("getpeername6", "cgroup/getpeername6 (BPF_CGROUP_INET6_GETPEERNAME, Linux 5.8+)"),
+    (
+        "getsockopt",
+        "cgroup/getsockopt (BPF_CGROUP_GETSOCKOPT, Linux 5.3+)",
+    ),
+    (
+        "getpeername4",
+        "cgroup/getpeername4 (BPF_CGROUP_INET4_GETPEERNAME, Linux 5.8+)",
+    ),
+    (
+        "getpeername6",
+        "cgroup/getpeername6 (BPF_CGROUP_INET6_GETPEERNAME, Linux 5.8+)",
+    ),
 ];
 
 /// What went wrong with the kernel side.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The object could not be loaded (maps created, BTF parsed).
-    #[error("cannot load laneway's BPF object: {0} (needs CAP_BPF/CAP_SYS_ADMIN and BPF support in the kernel)")]
+    #[error(
+        "cannot load laneway's BPF object: {0} (needs CAP_BPF/CAP_SYS_ADMIN and BPF support in the kernel)"
+    )]
     Load(#[from] aya::EbpfError),
     /// A program is missing from the object (a build problem).
     #[error("the BPF object has no program {0}")]
@@ -190,7 +207,9 @@ impl Datapath {
 
     /// Writes the router's listener and heartbeat.
     pub fn set_router(&mut self, info: &RouterInfo) -> Result<(), Error> {
-        self.router.set(0, info, 0).map_err(map_err(map_names::ROUTER))
+        self.router
+            .set(0, info, 0)
+            .map_err(map_err(map_names::ROUTER))
     }
 
     /// Makes `SERVICES` hold exactly `desired`: new and changed entries first,
@@ -203,14 +222,20 @@ impl Datapath {
     }
 
     /// Makes `ENROLLED` hold exactly `desired` (netns cookie to pod).
-    pub fn sync_enrolled(&mut self, desired: &StdHashMap<u64, PodValue>) -> Result<SyncCounts, Error> {
+    pub fn sync_enrolled(
+        &mut self,
+        desired: &StdHashMap<u64, PodValue>,
+    ) -> Result<SyncCounts, Error> {
         sync(&mut self.enrolled, desired, map_names::ENROLLED)
     }
 
     /// Counters summed over CPUs.
     pub fn stats(&self) -> Result<Stats, Error> {
         let read = |index: u32| -> Result<u64, Error> {
-            let values = self.stats.get(&index, 0).map_err(map_err(map_names::STATS))?;
+            let values = self
+                .stats
+                .get(&index, 0)
+                .map_err(map_err(map_names::STATS))?;
             Ok(values.iter().sum())
         };
         Ok(Stats {
@@ -267,7 +292,9 @@ pub fn service_key(vip: IpAddr, port: u16) -> ServiceKey {
         IpAddr::V4(v4) => v4_mapped(u32::from_ne_bytes(v4.octets())),
         IpAddr::V6(v6) => {
             let o = v6.octets();
-            std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+            std::array::from_fn(|i| {
+                u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+            })
         }
     };
     ServiceKey {
@@ -293,7 +320,13 @@ pub fn original_addr(original: &OriginalDst) -> SocketAddr {
 
 /// The router's entry: where redirected connects go, with a fresh heartbeat
 /// (`heartbeat_ns` from [`monotonic_ns`]; 0 means "gone, fail open now").
-pub fn router_info(redirect4: Option<std::net::Ipv4Addr>, redirect6: Option<std::net::Ipv6Addr>, port: u16, mark: u32, heartbeat_ns: u64) -> RouterInfo {
+pub fn router_info(
+    redirect4: Option<std::net::Ipv4Addr>,
+    redirect6: Option<std::net::Ipv6Addr>,
+    port: u16,
+    mark: u32,
+    heartbeat_ns: u64,
+) -> RouterInfo {
     let addr6 = redirect6.map_or([0; 4], |v6| service_key(IpAddr::V6(v6), 0).addr);
     RouterInfo {
         heartbeat_ns,
@@ -321,7 +354,10 @@ mod tests {
     fn keys_are_network_order_v4_mapped() {
         let k = service_key("10.96.0.10".parse().unwrap(), 80);
         let bytes: Vec<u8> = k.addr.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        assert_eq!(bytes, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 96, 0, 10]);
+        assert_eq!(
+            bytes,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 96, 0, 10]
+        );
         let k6 = service_key("fd00::1".parse().unwrap(), 80);
         let bytes: Vec<u8> = k6.addr.iter().flat_map(|w| w.to_ne_bytes()).collect();
         assert_eq!(bytes[0..2], [0xfd, 0]);

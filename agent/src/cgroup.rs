@@ -44,7 +44,9 @@ fn unescape(s: &str) -> String {
     let mut rest = s;
     while let Some(i) = rest.find('\\') {
         out.push_str(&rest[..i]);
-        let code = rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        let code = rest
+            .get(i + 1..i + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
         match code {
             Some(c) => {
                 out.push(c as char);
@@ -73,8 +75,12 @@ mod tests {
     fn finds_hybrid_and_unified_layouts() {
         let hybrid = "30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs ro\n\
                       41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        assert_eq!(v2_root_in(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        let unified = "35 24 0:30 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            v2_root_in(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified =
+            "35 24 0:30 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate\n";
         assert_eq!(v2_root_in(unified), Some(PathBuf::from("/sys/fs/cgroup")));
         assert_eq!(v2_root_in("1 0 0:1 / / rw - ext4 /dev/vda rw\n"), None);
     }
@@ -89,7 +95,11 @@ mod tests {
     fn this_machine_has_cgroup_v2() {
         // Every machine laneway runs on has it; a clear error is the contract otherwise.
         match v2_root() {
-            Ok(root) => assert!(is_cgroup_dir(&root), "{} has no cgroup.procs", root.display()),
+            Ok(root) => assert!(
+                is_cgroup_dir(&root),
+                "{} has no cgroup.procs",
+                root.display()
+            ),
             Err(e) => assert!(e.to_string().contains("cgroup2"), "{e}"),
         }
     }

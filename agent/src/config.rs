@@ -399,7 +399,11 @@ impl Config {
     /// Checks what the types alone cannot: cross-field rules.
     fn validate(&self, text: &str) -> Result<(), String> {
         if self.tags.headers.is_empty() {
-            return Err(at(text, "headers:", "tags.headers: name at least one tag header"));
+            return Err(at(
+                text,
+                "headers:",
+                "tags.headers: name at least one tag header",
+            ));
         }
         if self.router.listen_v6.is_some() != self.router.redirect_ipv6.is_some() {
             return Err(at(
@@ -417,7 +421,9 @@ impl Config {
                 return Err(at(
                     text,
                     &format!("name: {}", svc.name),
-                    &format!("services[{i}].name: service {id} is already defined at services[{first}]"),
+                    &format!(
+                        "services[{i}].name: service {id} is already defined at services[{first}]"
+                    ),
                 ));
             }
             if svc.vips.is_empty() {
@@ -468,14 +474,22 @@ impl Config {
 
     /// The header the router writes the resolved tag into.
     pub fn primary_tag_header(&self) -> &str {
-        self.tags.headers.first().map_or("x-mse-tag", |h| h.as_str())
+        self.tags
+            .headers
+            .first()
+            .map_or("x-mse-tag", |h| h.as_str())
     }
 }
 
 /// Appends "at line N" for the last line of `text` containing `needle` (the
 /// offending entry; serde_yaml reports lines only for type errors).
 fn at(text: &str, needle: &str, message: &str) -> String {
-    match text.lines().enumerate().filter(|(_, l)| l.contains(needle)).last() {
+    match text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .last()
+    {
         Some((n, _)) => format!("{message} at line {}", n + 1),
         None => message.to_owned(),
     }
@@ -508,7 +522,10 @@ pods:
         assert_eq!(c.router.connect_timeout, Duration::from_millis(500));
         assert_eq!(c.router.header_timeout, Duration::from_secs(10));
         assert_eq!(c.services[0].namespace.as_str(), "default");
-        assert_eq!(c.services[0].endpoints[1].tag.as_ref().map(Tag::as_str), Some("joint1"));
+        assert_eq!(
+            c.services[0].endpoints[1].tag.as_ref().map(Tag::as_str),
+            Some("joint1")
+        );
         assert!(c.services[0].endpoints[2].terminating);
         assert!(c.services[0].endpoints[0].serving);
         assert_eq!(c.primary_tag_header(), "x-mse-tag");
@@ -529,7 +546,10 @@ pods:
 
     #[test]
     fn bad_tag_names_field_and_line() {
-        let e = error_of(&GOOD.replace("tag: joint1}\n      - {ip: 10.0.1.4", "tag: Joint 1}\n      - {ip: 10.0.1.4"));
+        let e = error_of(&GOOD.replace(
+            "tag: joint1}\n      - {ip: 10.0.1.4",
+            "tag: Joint 1}\n      - {ip: 10.0.1.4",
+        ));
         assert!(e.contains("services[0].endpoints[1].tag"), "{e}");
         assert!(e.contains("line 12"), "{e}");
         assert!(e.contains("invalid tag \"Joint 1\""), "{e}");
@@ -538,23 +558,34 @@ pods:
     #[test]
     fn bad_ip_and_port_name_field_and_line() {
         let e = error_of(&GOOD.replace("10.96.0.10", "10.96.0.300"));
-        assert!(e.contains("services[0].vips[0]") && e.contains("line 8"), "{e}");
+        assert!(
+            e.contains("services[0].vips[0]") && e.contains("line 8"),
+            "{e}"
+        );
         let e = error_of(&GOOD.replace("port: 80,", "port: 0,"));
-        assert!(e.contains("services[0].ports[0].port") && e.contains("must be 1-65535"), "{e}");
+        assert!(
+            e.contains("services[0].ports[0].port") && e.contains("must be 1-65535"),
+            "{e}"
+        );
     }
 
     #[test]
     fn unknown_field_is_an_error() {
         let e = error_of(&GOOD.replace("connect_timeout", "conect_timeout"));
-        assert!(e.contains("router") && e.contains("conect_timeout") && e.contains("line 5"), "{e}");
+        assert!(
+            e.contains("router") && e.contains("conect_timeout") && e.contains("line 5"),
+            "{e}"
+        );
     }
 
     #[test]
     fn duplicate_vip_port_is_an_error_with_line() {
-        let text = format!(
-            "{GOOD}\n  - name: other\n    vips: [10.96.0.10]\n    ports: [{{port: 80}}]\n"
-        )
-        .replace("pods:\n  - {name: client, tag: joint1, netns: /run/netns/client}\n", "");
+        let text =
+            format!("{GOOD}\n  - name: other\n    vips: [10.96.0.10]\n    ports: [{{port: 80}}]\n")
+                .replace(
+                    "pods:\n  - {name: client, tag: joint1, netns: /run/netns/client}\n",
+                    "",
+                );
         let text = format!("{text}pods: []\n");
         let e = error_of(&text);
         assert!(e.contains("already used by service default/reviews"), "{e}");

@@ -173,6 +173,15 @@ pub enum Protocol {
     Opaque,
 }
 
+/// The instant `after` from now, saturating far in the future instead of
+/// overflowing on absurd configured durations.
+pub(crate) fn deadline_after(after: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(after)
+        .or_else(|| now.checked_add(Duration::from_secs(86_400 * 365 * 30)))
+        .unwrap_or(now)
+}
+
 /// Serve one accepted client connection until it closes. Never panics, never
 /// hangs past the timeouts.
 pub async fn serve_connection(

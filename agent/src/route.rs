@@ -340,7 +340,8 @@ mod tests {
 
     #[test]
     fn service_without_base_serves_untagged_from_all() {
-        let s = snapshot("      - {ip: 10.0.0.2, tag: joint1}\n      - {ip: 10.0.0.3, tag: gray}\n");
+        let s =
+            snapshot("      - {ip: 10.0.0.2, tag: joint1}\n      - {ip: 10.0.0.3, tag: gray}\n");
         let p = &s.ports[0];
         let c = candidates(p, None);
         assert_eq!(c.decision, Decision::Base);
@@ -361,12 +362,21 @@ mod tests {
         }
         let b = pick(p, &p.base, &[p.backends[1].addr], &mut rng).expect("one");
         assert_eq!(b.addr.ip().to_string(), "10.0.0.1");
-        assert!(pick(p, &p.base, &[p.backends[0].addr, p.backends[1].addr], &mut rng).is_none());
+        assert!(
+            pick(
+                p,
+                &p.base,
+                &[p.backends[0].addr, p.backends[1].addr],
+                &mut rng
+            )
+            .is_none()
+        );
     }
 
     #[test]
     fn p2c_spreads_equal_load() {
-        let s = snapshot("      - {ip: 10.0.0.1}\n      - {ip: 10.0.0.2}\n      - {ip: 10.0.0.3}\n");
+        let s =
+            snapshot("      - {ip: 10.0.0.1}\n      - {ip: 10.0.0.2}\n      - {ip: 10.0.0.3}\n");
         let p = &s.ports[0];
         let mut rng = rand::rng();
         let seen: HashSet<_> = (0..200)

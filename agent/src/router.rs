@@ -23,7 +23,9 @@ use tracing::{debug, warn};
 
 use crate::{
     config::AppProtocol,
-    proxy::{self, Pool, Protocol, ProxyConfig, RequestHead, RequestOutcome, Route, Routes, Target},
+    proxy::{
+        self, Pool, Protocol, ProxyConfig, RequestHead, RequestOutcome, Route, Routes, Target,
+    },
     route::{self, Decision},
     snapshot::{EndpointLoad, Pod, Snapshot},
 };
@@ -130,8 +132,14 @@ impl Router {
             held: Mutex::new(None),
         });
         drop(applied);
-        proxy::serve_connection(stream, routes, self.pool.clone(), self.proxy.clone(), protocol)
-            .await;
+        proxy::serve_connection(
+            stream,
+            routes,
+            self.pool.clone(),
+            self.proxy.clone(),
+            protocol,
+        )
+        .await;
     }
 }
 
@@ -156,10 +164,12 @@ impl ConnRoutes {
     fn hold(&self, load: Option<Arc<EndpointLoad>>) {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(old) = held.take() {
-            old.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            old.in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(new) = &load {
-            new.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            new.in_flight
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         *held = load;
     }
@@ -212,8 +222,9 @@ impl ConnRoutes {
         Route::Forward(Target {
             endpoint: backend.addr,
             tag: tag.tag.as_ref().map(|t| t.to_string()),
-            route_header: explain
-                .then(|| route_header(candidates.decision, service, tag.tag.as_ref(), backend.addr)),
+            route_header: explain.then(|| {
+                route_header(candidates.decision, service, tag.tag.as_ref(), backend.addr)
+            }),
         })
     }
 }

@@ -209,7 +209,13 @@ impl Snapshot {
                     })
                     .collect();
                 let index = ports.len();
-                ports.push(ServicePort::new(service, p.port.0, target_port, p.protocol, backends));
+                ports.push(ServicePort::new(
+                    service,
+                    p.port.0,
+                    target_port,
+                    p.protocol,
+                    backends,
+                ));
                 for vip in &svc.vips {
                     by_vip.insert(SocketAddr::new(*vip, p.port.0), index);
                 }
@@ -249,7 +255,12 @@ impl Snapshot {
             pods,
             pods_by_ip,
             tags: TagRules {
-                headers: config.tags.headers.iter().map(|h| h.as_str().to_owned()).collect(),
+                headers: config
+                    .tags
+                    .headers
+                    .iter()
+                    .map(|h| h.as_str().to_owned())
+                    .collect(),
                 baggage_key: config.tags.baggage_key.clone(),
                 inherit_caller_tag: config.tags.inherit_caller_tag,
             },
@@ -337,9 +348,16 @@ pods:
         let s = Snapshot::from_config(&config(), "test".into(), None);
         let by4 = s.port_for("10.96.0.10:80".parse().unwrap()).expect("v4");
         assert_eq!(by4.target_port, 8080);
-        let mapped = s.port_for("[::ffff:10.96.0.10]:80".parse().unwrap()).expect("mapped");
+        let mapped = s
+            .port_for("[::ffff:10.96.0.10]:80".parse().unwrap())
+            .expect("mapped");
         assert_eq!(mapped.target_port, 8080);
-        assert_eq!(s.port_for("[fd00:96::10]:443".parse().unwrap()).expect("v6").target_port, 443);
+        assert_eq!(
+            s.port_for("[fd00:96::10]:443".parse().unwrap())
+                .expect("v6")
+                .target_port,
+            443
+        );
         assert!(s.port_for("10.96.0.10:81".parse().unwrap()).is_none());
         assert_eq!(s.pods_by_ip[&"10.0.0.2".parse::<IpAddr>().unwrap()], 0);
     }
@@ -356,10 +374,14 @@ pods:
     #[test]
     fn load_counters_survive_a_rebuild() {
         let first = Snapshot::from_config(&config(), "test".into(), None);
-        let p = first.port_for("10.96.0.10:80".parse().unwrap()).expect("port");
+        let p = first
+            .port_for("10.96.0.10:80".parse().unwrap())
+            .expect("port");
         p.backends[0].load.in_flight.fetch_add(3, Ordering::Relaxed);
         let second = Snapshot::from_config(&config(), "test".into(), Some(&first));
-        let p2 = second.port_for("10.96.0.10:80".parse().unwrap()).expect("port");
+        let p2 = second
+            .port_for("10.96.0.10:80".parse().unwrap())
+            .expect("port");
         assert_eq!(p2.backends[0].load.in_flight(), 3);
     }
 }

@@ -16,9 +16,11 @@ use crate::node::{Node, Scenario};
 /// The `laneway` binary under test: `LANEWAY_BIN`, else the workspace's
 /// debug build.
 pub fn binary() -> PathBuf {
-    std::env::var_os("LANEWAY_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/laneway")
-    })
+    std::env::var_os("LANEWAY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/laneway")
+        })
 }
 
 /// A running agent; killed on drop.
@@ -43,19 +45,27 @@ impl Agent {
     pub fn start_with(node: &Node, config: PathBuf) -> Result<Self> {
         let ready = node.dir().join("ready");
         let _ = std::fs::remove_file(&ready);
-        let log = node.dir().join(format!("agent-{}.log", Instant::now().elapsed().as_nanos()));
+        let log = node
+            .dir()
+            .join(format!("agent-{}.log", Instant::now().elapsed().as_nanos()));
         let log_file = File::create(&log)?;
         let netns = File::open(node.netns.path())?;
         let bin = binary();
         if !bin.exists() {
-            bail!("{} not found: build it first (`cargo xtask test` does)", bin.display());
+            bail!(
+                "{} not found: build it first (`cargo xtask test` does)",
+                bin.display()
+            );
         }
         let mut cmd = Command::new(&bin);
         cmd.args(["agent", "--config"])
             .arg(&config)
             .arg("--ready-file")
             .arg(&ready)
-            .env("RUST_LOG", std::env::var("LANEWAY_TEST_LOG").unwrap_or_else(|_| "info,laneway=debug".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("LANEWAY_TEST_LOG").unwrap_or_else(|_| "info,laneway=debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
@@ -70,12 +80,17 @@ impl Agent {
                 Ok(())
             });
         }
-        let child = cmd.spawn().with_context(|| format!("spawn {}", bin.display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
         let mut agent = Self { child, config, log };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !ready.exists() {
             if let Some(status) = agent.child.try_wait()? {
-                bail!("agent exited ({status}) before it was ready:\n{}", agent.log());
+                bail!(
+                    "agent exited ({status}) before it was ready:\n{}",
+                    agent.log()
+                );
             }
             if Instant::now() > deadline {
                 bail!("agent not ready after 20 s:\n{}", agent.log());
@@ -136,7 +151,10 @@ impl Agent {
         let deadline = Instant::now() + timeout;
         while !self.log().contains(needle) {
             if Instant::now() > deadline {
-                bail!("agent log has no {needle:?} after {timeout:?}:\n{}", self.log());
+                bail!(
+                    "agent log has no {needle:?} after {timeout:?}:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

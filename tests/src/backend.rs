@@ -109,7 +109,9 @@ fn serve_http(stream: TcpStream, name: &str) {
         .peer_addr()
         .map(|a| a.ip().to_canonical().to_string())
         .unwrap_or_default();
-    let Ok(mut writer) = stream.try_clone() else { return };
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(stream);
     loop {
         let mut head = Vec::new();
@@ -136,7 +138,9 @@ fn serve_http(stream: TcpStream, name: &str) {
                 .find(|h| h.name.eq_ignore_ascii_case(n))
                 .map(|h| String::from_utf8_lossy(h.value).into_owned())
         };
-        let length: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let length: usize = header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let seen_tag = header("x-mse-tag").unwrap_or_else(|| "-".into());
         let mut body = vec![0u8; length];

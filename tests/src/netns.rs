@@ -61,7 +61,8 @@ impl Netns {
 
     /// Runs `f` on a thread inside the namespace and returns its result.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
-        let file = File::open(self.path()).with_context(|| format!("open {}", self.path().display()))?;
+        let file =
+            File::open(self.path()).with_context(|| format!("open {}", self.path().display()))?;
         std::thread::scope(|scope| {
             scope
                 .spawn(move || -> Result<T> {
@@ -75,13 +76,16 @@ impl Netns {
 
     /// Sets a sysctl inside.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.exec("sysctl", &["-qw", &format!("{key}={value}")]).map(drop)
+        self.exec("sysctl", &["-qw", &format!("{key}={value}")])
+            .map(drop)
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 

@@ -128,10 +128,14 @@ fn pid_alive(pid: u32) -> bool {
 
 /// Removes netns and cgroups left by test processes that were killed.
 fn sweep_stale_cgroups(root: &Path) {
-    let Ok(entries) = std::fs::read_dir(root) else { return };
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix("laneway-test-").and_then(|r| r.split('-').next())
+        if let Some(pid) = name
+            .strip_prefix("laneway-test-")
+            .and_then(|r| r.split('-').next())
             && pid.parse().is_ok_and(|p| !pid_alive(p))
         {
             let _ = std::fs::remove_dir(e.path());
@@ -205,17 +209,45 @@ impl Node {
         let netns = Netns::create(&format!("{}p{index}", self.id))?;
         let veth = format!("{}v{index}", self.id.replace("lwt", "l"));
         run(Command::new("ip").args([
-            "link", "add", &veth, "netns", self.netns.name(), "type", "veth", "peer", "name",
-            "eth0", "netns", netns.name(),
+            "link",
+            "add",
+            &veth,
+            "netns",
+            self.netns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            netns.name(),
         ]))?;
         // Node side: the link-local IPv6 gateway, a host route to the pod.
-        self.netns.ip(&["-6", "addr", "add", &format!("{GATEWAY6}/64"), "dev", &veth, "nodad"])?;
+        self.netns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{GATEWAY6}/64"),
+            "dev",
+            &veth,
+            "nodad",
+        ])?;
         self.netns.ip(&["link", "set", &veth, "up"])?;
-        self.netns.ip(&["route", "add", &format!("{ip}/32"), "dev", &veth])?;
-        self.netns.ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", &veth])?;
+        self.netns
+            .ip(&["route", "add", &format!("{ip}/32"), "dev", &veth])?;
+        self.netns
+            .ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", &veth])?;
         // Pod side: its address, routes to pods, services and the node only.
         netns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
-        netns.ip(&["-6", "addr", "add", &format!("{ip6}/128"), "dev", "eth0", "nodad"])?;
+        netns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{ip6}/128"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
         netns.ip(&["link", "set", "eth0", "up"])?;
         netns.ip(&["route", "add", &format!("{NODE_IP}/32"), "dev", "eth0"])?;
         let gw = NODE_IP.to_string();
@@ -250,23 +282,42 @@ impl Node {
                 let remaining = (n - i) as f64;
                 let rule = |tool: &str, vip: String, dest: String| -> Result<()> {
                     let mut args = vec![
-                        "-t".to_owned(), "nat".into(), "-A".into(), "PREROUTING".into(),
-                        "-d".into(), vip, "-p".into(), "tcp".into(), "--dport".into(),
+                        "-t".to_owned(),
+                        "nat".into(),
+                        "-A".into(),
+                        "PREROUTING".into(),
+                        "-d".into(),
+                        vip,
+                        "-p".into(),
+                        "tcp".into(),
+                        "--dport".into(),
                         svc.port.to_string(),
                     ];
                     if i + 1 < n {
                         args.extend([
-                            "-m".into(), "statistic".into(), "--mode".into(), "random".into(),
-                            "--probability".into(), format!("{:.5}", 1.0 / remaining),
+                            "-m".into(),
+                            "statistic".into(),
+                            "--mode".into(),
+                            "random".into(),
+                            "--probability".into(),
+                            format!("{:.5}", 1.0 / remaining),
                         ]);
                     }
                     args.extend(["-j".into(), "DNAT".into(), "--to-destination".into(), dest]);
                     let args: Vec<&str> = args.iter().map(String::as_str).collect();
                     self.netns.exec(tool, &args).map(drop)
                 };
-                rule("iptables", svc.vip.to_string(), format!("{}:{}", pod.ip, svc.target_port))?;
+                rule(
+                    "iptables",
+                    svc.vip.to_string(),
+                    format!("{}:{}", pod.ip, svc.target_port),
+                )?;
                 if let Some(vip6) = svc.vip6 {
-                    rule("ip6tables", vip6.to_string(), format!("[{}]:{}", pod.ip6, svc.target_port))?;
+                    rule(
+                        "ip6tables",
+                        vip6.to_string(),
+                        format!("[{}]:{}", pod.ip6, svc.target_port),
+                    )?;
                 }
             }
         }
@@ -296,14 +347,20 @@ impl Node {
             );
             for (pod, tag) in &svc.endpoints {
                 let pod = &self.pods[*pod];
-                let tag = tag.as_ref().map(|t| format!(", tag: {t}")).unwrap_or_default();
+                let tag = tag
+                    .as_ref()
+                    .map(|t| format!(", tag: {t}"))
+                    .unwrap_or_default();
                 let _ = writeln!(y, "      - {{ip: {}, name: {}{tag}}}", pod.ip, pod.name);
             }
         }
         let _ = writeln!(y, "pods:");
         for (pod, tag) in &scenario.enrolled {
             let p = &self.pods[*pod];
-            let tag = tag.as_ref().map(|t| format!(", tag: {t}")).unwrap_or_default();
+            let tag = tag
+                .as_ref()
+                .map(|t| format!(", tag: {t}"))
+                .unwrap_or_default();
             let _ = writeln!(
                 y,
                 "  - {{name: {}, netns: {}, ips: [{}, \"{}\"]{tag}}}",

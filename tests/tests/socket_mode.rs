@@ -32,8 +32,16 @@ fn tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base() -> Result<()
     let r = client::get(client, s.reviews(), &[("x-mse-tag", "joint1")])?;
     assert_eq!(r.status, 200);
     assert_eq!(r.endpoint(), "reviews-joint1");
-    assert_eq!(r.header("x-seen-tag"), Some("joint1"), "tag forwarded upstream");
-    assert!(r.header("x-laneway-route").unwrap_or("").contains("decision=tagged"));
+    assert_eq!(
+        r.header("x-seen-tag"),
+        Some("joint1"),
+        "tag forwarded upstream"
+    );
+    assert!(
+        r.header("x-laneway-route")
+            .unwrap_or("")
+            .contains("decision=tagged")
+    );
     assert!(routed_by_laneway(&r));
 
     let r = client::get(client, s.reviews(), &[("x-mse-tag", "gray")])?;
@@ -43,7 +51,11 @@ fn tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base() -> Result<()
     let r = client::get(client, s.reviews(), &[("x-mse-tag", "joint2")])?;
     assert_eq!(r.endpoint(), "reviews-base");
     assert_eq!(r.header("x-seen-tag"), Some("joint2"));
-    assert!(r.header("x-laneway-route").unwrap_or("").contains("decision=fallback"));
+    assert!(
+        r.header("x-laneway-route")
+            .unwrap_or("")
+            .contains("decision=fallback")
+    );
 
     // ratings has only base: joint1 falls back there.
     let r = client::get(client, s.ratings(), &[("x-mse-tag", "joint1")])?;
@@ -70,8 +82,16 @@ fn tagged_caller_pod_stays_in_its_lane_without_a_header() -> Result<()> {
     for _ in 0..10 {
         let r = client::get(caller, s.reviews(), &[])?;
         assert_eq!(r.endpoint(), "reviews-joint1");
-        assert_eq!(r.header("x-seen-tag"), Some("joint1"), "lane propagated upstream");
-        assert!(r.header("x-laneway-route").unwrap_or("").contains("decision=tagged"));
+        assert_eq!(
+            r.header("x-seen-tag"),
+            Some("joint1"),
+            "lane propagated upstream"
+        );
+        assert!(
+            r.header("x-laneway-route")
+                .unwrap_or("")
+                .contains("decision=tagged")
+        );
     }
     // An explicit header still wins over the caller's own lane.
     let r = client::get(caller, s.reviews(), &[("x-mse-tag", "gray")])?;
@@ -116,7 +136,11 @@ fn one_keep_alive_connection_routes_each_request_by_its_own_tag() -> Result<()> 
 fn the_app_sees_the_vip_it_dialled() -> Result<()> {
     let s = Standard::start()?;
     let conn = Conn::open(s.node.pod(s.pods.client), s.reviews())?;
-    assert_eq!(conn.stream().peer_addr()?, s.reviews(), "getpeername shows the VIP");
+    assert_eq!(
+        conn.stream().peer_addr()?,
+        s.reviews(),
+        "getpeername shows the VIP"
+    );
     Ok(())
 }
 
@@ -127,7 +151,10 @@ fn ipv6_and_v4_mapped_connects_are_steered() -> Result<()> {
     let vip6: SocketAddr = "[fd00:96::10]:80".parse()?;
     let r = client::get(client, vip6, &[("x-mse-tag", "joint1")])?;
     assert_eq!(r.endpoint(), "reviews-joint1");
-    assert!(r.header("x-laneway-route").is_some(), "went through laneway");
+    assert!(
+        r.header("x-laneway-route").is_some(),
+        "went through laneway"
+    );
 
     // What the JVM does: an IPv6 socket dialling ::ffff:10.96.0.10.
     let mapped = SocketAddr::new(
@@ -141,14 +168,22 @@ fn ipv6_and_v4_mapped_connects_are_steered() -> Result<()> {
     let r = conn.get("/", &[("x-mse-tag", "gray"), ("x-laneway-route", "1")])?;
     assert_eq!(r.endpoint(), "reviews-gray");
     assert!(routed_by_laneway(&r));
-    assert_eq!(conn.stream().peer_addr()?, mapped, "getpeername6 shows the mapped VIP");
+    assert_eq!(
+        conn.stream().peer_addr()?,
+        mapped,
+        "getpeername6 shows the mapped VIP"
+    );
     Ok(())
 }
 
 #[test]
 fn pods_not_enrolled_are_left_alone() -> Result<()> {
     let s = Standard::start()?;
-    let r = client::get(s.node.pod(s.pods.bystander), s.reviews(), &[("x-mse-tag", "joint1")])?;
+    let r = client::get(
+        s.node.pod(s.pods.bystander),
+        s.reviews(),
+        &[("x-mse-tag", "joint1")],
+    )?;
     assert_eq!(r.status, 200);
     assert!(!routed_by_laneway(&r), "bystander went through the router");
     assert!(r.header("x-laneway-route").is_none());
@@ -178,15 +213,25 @@ fn unknown_protocols_pass_through_byte_for_byte() -> Result<()> {
     let mut random = vec![0u8; 1 << 20];
     rand::rng().fill_bytes(&mut random);
     random[0] = 0x00; // surely not an HTTP method
-    assert_eq!(echo_round_trip(&s, &random)?, random, "1 MiB of random bytes");
+    assert_eq!(
+        echo_round_trip(&s, &random)?,
+        random,
+        "1 MiB of random bytes"
+    );
 
     // A TLS ClientHello prefix (record type 0x16, version 3.1).
-    let mut hello = vec![0x16, 0x03, 0x01, 0x00, 0xf4, 0x01, 0x00, 0x00, 0xf0, 0x03, 0x03];
+    let mut hello = vec![
+        0x16, 0x03, 0x01, 0x00, 0xf4, 0x01, 0x00, 0x00, 0xf0, 0x03, 0x03,
+    ];
     hello.extend((0..233).map(|i| i as u8));
     assert_eq!(echo_round_trip(&s, &hello)?, hello, "TLS ClientHello");
 
     let redirected = s.agent.log().matches("redirected connection").count();
-    assert!(redirected >= 2, "the echo connections went through the router:\n{}", s.agent.log());
+    assert!(
+        redirected >= 2,
+        "the echo connections went through the router:\n{}",
+        s.agent.log()
+    );
     Ok(())
 }
 
@@ -216,11 +261,11 @@ fn malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving
 fn first_success(s: &Standard, limit: Duration) -> Result<(client::Response, Duration)> {
     let started = Instant::now();
     loop {
-        let attempt = Conn::open(s.node.pod(s.pods.client), s.reviews())
-            .and_then(|mut c| {
-                c.stream().set_read_timeout(Some(Duration::from_millis(300)))?;
-                c.get("/", &[])
-            });
+        let attempt = Conn::open(s.node.pod(s.pods.client), s.reviews()).and_then(|mut c| {
+            c.stream()
+                .set_read_timeout(Some(Duration::from_millis(300)))?;
+            c.get("/", &[])
+        });
         match attempt {
             Ok(r) if r.status == 200 => return Ok((r, started.elapsed())),
             _ if started.elapsed() > limit => anyhow::bail!("no success within {limit:?}"),
@@ -241,12 +286,18 @@ fn fails_open_within_a_second_when_the_router_stops_and_steers_again_after() -> 
     let (r, _) = first_success(&s, Duration::from_secs(3))?;
     let took = stopped.elapsed();
     assert!(!routed_by_laneway(&r), "went the direct (DNAT) way");
-    assert!(took < Duration::from_millis(1500), "fail-open took {took:?}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "fail-open took {took:?}"
+    );
 
     s.agent.resume();
     std::thread::sleep(Duration::from_millis(500));
     let (r, _) = first_success(&s, Duration::from_secs(2))?;
-    assert!(routed_by_laneway(&r), "steered again once the router is back");
+    assert!(
+        routed_by_laneway(&r),
+        "steered again once the router is back"
+    );
     Ok(())
 }
 
@@ -274,19 +325,40 @@ fn sigterm_fails_open_and_exits_cleanly() -> Result<()> {
 fn config_reload_changes_routing_without_dropping_a_connection() -> Result<()> {
     let s = Standard::start()?;
     let mut conn = Conn::open(s.node.pod(s.pods.client), s.reviews())?;
-    assert_eq!(conn.get("/", &[("x-mse-tag", "joint1")])?.endpoint(), "reviews-joint1");
+    assert_eq!(
+        conn.get("/", &[("x-mse-tag", "joint1")])?.endpoint(),
+        "reviews-joint1"
+    );
 
     // Retag: the joint1 pod becomes joint2.
     let text = std::fs::read_to_string(&s.agent.config)?;
-    std::fs::write(&s.agent.config, text.replace("name: reviews-joint1, tag: joint1", "name: reviews-joint1, tag: joint2"))?;
-    s.agent.wait_for_log("config reloaded", Duration::from_secs(5))?;
-    assert_eq!(conn.get("/", &[("x-mse-tag", "joint1")])?.endpoint(), "reviews-base", "same connection");
-    assert_eq!(conn.get("/", &[("x-mse-tag", "joint2")])?.endpoint(), "reviews-joint1");
+    std::fs::write(
+        &s.agent.config,
+        text.replace(
+            "name: reviews-joint1, tag: joint1",
+            "name: reviews-joint1, tag: joint2",
+        ),
+    )?;
+    s.agent
+        .wait_for_log("config reloaded", Duration::from_secs(5))?;
+    assert_eq!(
+        conn.get("/", &[("x-mse-tag", "joint1")])?.endpoint(),
+        "reviews-base",
+        "same connection"
+    );
+    assert_eq!(
+        conn.get("/", &[("x-mse-tag", "joint2")])?.endpoint(),
+        "reviews-joint1"
+    );
 
     // A broken edit is rejected and routing stays as it was.
     std::fs::write(&s.agent.config, "services: [oops\n")?;
-    s.agent.wait_for_log("config reload rejected", Duration::from_secs(5))?;
+    s.agent
+        .wait_for_log("config reload rejected", Duration::from_secs(5))?;
     assert!(s.agent.log().contains("line"), "the error names the line");
-    assert_eq!(conn.get("/", &[("x-mse-tag", "joint2")])?.endpoint(), "reviews-joint1");
+    assert_eq!(
+        conn.get("/", &[("x-mse-tag", "joint2")])?.endpoint(),
+        "reviews-joint1"
+    );
     Ok(())
 }

@@ -64,7 +64,10 @@ fn main() -> Result<()> {
         Task::Demo => {
             setup(&root)?;
             require_root("the demo")?;
-            cargo(&root, &["build", "--release", "-p", "laneway", "-p", "laneway-tests"])?;
+            cargo(
+                &root,
+                &["build", "--release", "-p", "laneway", "-p", "laneway-tests"],
+            )?;
             let status = Command::new(root.join("target/release/laneway-demo"))
                 .env("LANEWAY_BIN", root.join("target/release/laneway"))
                 .status()
@@ -128,7 +131,13 @@ fn nightly_cargo(root: &Path, dir: &Path) -> Command {
     cmd.args(["run", "nightly", "cargo"])
         .current_dir(dir)
         .env("PATH", tools_path(root));
-    for key in ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTC_WRAPPER", "RUSTFLAGS", "CARGO"] {
+    for key in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO",
+    ] {
         cmd.env_remove(key);
     }
     cmd
@@ -166,7 +175,13 @@ fn setup(root: &Path) -> Result<()> {
     let sysroot = nightly_sysroot()?;
     if !sysroot.join("lib/rustlib/src/rust/library").exists() {
         step("rustup component add rust-src --toolchain nightly");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     let linker = root.join("target/tools/bin/bpf-linker");
     if !linker.exists() {
@@ -176,8 +191,11 @@ fn setup(root: &Path) -> Result<()> {
 }
 
 fn is_bpffs(path: &str) -> bool {
-    std::fs::read_to_string("/proc/self/mounts")
-        .is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(path) && l.split_whitespace().nth(2) == Some("bpf")))
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+        m.lines().any(|l| {
+            l.split_whitespace().nth(1) == Some(path) && l.split_whitespace().nth(2) == Some("bpf")
+        })
+    })
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {
@@ -186,7 +204,10 @@ fn nightly_sysroot() -> Result<PathBuf> {
         .output()
         .context("rustc +nightly: the nightly toolchain is needed for the kernel programs")?;
     if !out.status.success() {
-        bail!("no nightly toolchain: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "no nightly toolchain: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }
@@ -213,9 +234,19 @@ fn install_bpf_linker(root: &Path, sysroot: &Path) -> Result<()> {
     let link = prefix.join("lib/libLLVM.so");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(lib.join(&llvm), &link)?;
-    step(&format!("cargo install bpf-linker (LLVM {major}, from {llvm})"));
+    step(&format!(
+        "cargo install bpf-linker (LLVM {major}, from {llvm})"
+    ));
     run(Command::new(env!("CARGO"))
-        .args(["install", "bpf-linker", "--version", "^0.13", "--locked", "--no-default-features", "--features"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            "^0.13",
+            "--locked",
+            "--no-default-features",
+            "--features",
+        ])
         .arg(format!("llvm-{major}"))
         .arg("--root")
         .arg(root.join("target/tools"))
@@ -229,7 +260,17 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
         cargo(root, &["fmt", "--all", "--check"])?;
         step("cargo fmt --check (kernel programs)");
         run(nightly_cargo(root, &ebpf).args(["fmt", "--check"]))?;
-        cargo(root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+        cargo(
+            root,
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        )?;
         step("clippy (kernel programs, nightly, bpfel-unknown-none)");
         run(nightly_cargo(root, &ebpf)
             .args(["clippy", "--release", "--", "-D", "warnings"])

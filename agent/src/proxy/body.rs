@@ -479,22 +479,30 @@ mod tests {
     #[test]
     fn chunked_rejects_bad_input() {
         let bad: &[&[u8]] = &[
-            b"\r\n",                     // no digits
-            b"g\r\n",                    // not hex
-            b"3\nabc\r\n0\r\n\r\n",      // bare LF after size
-            b"3\r\nabcd\r\n",            // data longer than size
-            b"3\r\nabc\n0\r\n\r\n",      // bare LF after data
-            b"0\r\n\n",                  // bare LF at end
-            b"0\r\nx: y\n\r\n",          // bare LF in trailer
-            b"0\r\n folded\r\n\r\n",     // obs-fold in trailer
-            b"11111111111111111\r\n",    // 17 hex digits
-            b"-1\r\n",                   // sign
-            b"3 x\r\n",                  // garbage after whitespace
-            b"3;a\x00b\r\n",             // control char in extension
+            b"\r\n",                  // no digits
+            b"g\r\n",                 // not hex
+            b"3\nabc\r\n0\r\n\r\n",   // bare LF after size
+            b"3\r\nabcd\r\n",         // data longer than size
+            b"3\r\nabc\n0\r\n\r\n",   // bare LF after data
+            b"0\r\n\n",               // bare LF at end
+            b"0\r\nx: y\n\r\n",       // bare LF in trailer
+            b"0\r\n folded\r\n\r\n",  // obs-fold in trailer
+            b"11111111111111111\r\n", // 17 hex digits
+            b"-1\r\n",                // sign
+            b"3 x\r\n",               // garbage after whitespace
+            b"3;a\x00b\r\n",          // control char in extension
         ];
         for input in bad {
-            assert!(decode_all(input).is_err(), "{:?}", String::from_utf8_lossy(input));
-            assert!(decode_bytewise(input).is_err(), "{:?}", String::from_utf8_lossy(input));
+            assert!(
+                decode_all(input).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+            assert!(
+                decode_bytewise(input).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 

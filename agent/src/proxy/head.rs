@@ -302,8 +302,7 @@ pub(crate) fn parse_response(raw: &[u8], request_is_head: bool) -> Result<Respon
     let status = resp.code.unwrap_or(0);
     let version = resp.version.unwrap_or(1);
     let f = Fields::collect(resp.headers)?;
-    let no_body =
-        request_is_head || (100..200).contains(&status) || status == 204 || status == 304;
+    let no_body = request_is_head || (100..200).contains(&status) || status == 204 || status == 304;
     let framing = if no_body {
         Framing::Empty
     } else if f.transfer_encoding {
@@ -441,7 +440,10 @@ mod tests {
         assert_eq!(find_head_end(b"GET / HTTP/1.1\n\nX", 0), Some(16));
         assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n", 0), None);
         assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r", 0), None);
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\n", 20), Some(24));
+        assert_eq!(
+            find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\n", 20),
+            Some(24)
+        );
         assert_eq!(find_head_end(b"", 0), None);
         assert_eq!(find_head_end(b"abc", 10), None);
     }
@@ -496,17 +498,22 @@ mod tests {
         assert!(!r.keep_alive);
         let r = analyze("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap();
         assert!(r.keep_alive);
-        let r =
-            analyze("GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n")
-                .unwrap();
+        let r = analyze(
+            "GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .unwrap();
         assert!(r.upgrade);
         let r = analyze("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n").unwrap();
         assert!(!r.upgrade);
-        let r = analyze("PUT / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n")
-            .unwrap();
+        let r =
+            analyze("PUT / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n").unwrap();
         assert!(r.expect_continue);
         assert!(analyze("HEAD / HTTP/1.1\r\n\r\n").unwrap().is_head);
-        assert!(analyze("CONNECT a:443 HTTP/1.1\r\n\r\n").unwrap().is_connect);
+        assert!(
+            analyze("CONNECT a:443 HTTP/1.1\r\n\r\n")
+                .unwrap()
+                .is_connect
+        );
     }
 
     #[test]
@@ -549,11 +556,19 @@ mod tests {
         assert!(matches!(r.framing, Framing::Empty) && r.keep_alive);
         let r = p("HTTP/1.1 204 No Content\r\n\r\n", false).unwrap();
         assert!(matches!(r.framing, Framing::Empty) && r.keep_alive);
-        let r = p("HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", false).unwrap();
+        let r = p(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+            false,
+        )
+        .unwrap();
         assert!(matches!(r.framing, Framing::Empty));
         let r = p("HTTP/1.1 100 Continue\r\n\r\n", false).unwrap();
         assert!(matches!(r.framing, Framing::Empty) && r.status == 100);
-        let r = p("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false).unwrap();
+        let r = p(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        )
+        .unwrap();
         assert!(matches!(r.framing, Framing::Chunked(_)) && r.keep_alive);
         let r = p("HTTP/1.1 200 OK\r\n\r\n", false).unwrap();
         assert!(matches!(r.framing, Framing::UntilClose) && !r.keep_alive);
@@ -565,8 +580,11 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(r.framing, Framing::Chunked(_)) && !r.keep_alive);
-        let r = p("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", false)
-            .unwrap();
+        let r = p(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap();
         assert!(!r.keep_alive && r.close_token);
         let r = p("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false).unwrap();
         assert!(!r.keep_alive);

@@ -23,6 +23,7 @@ use tokio::{
 use super::{
     ProxyConfig, RequestHead, RequestOutcome, Route, Routes, Target,
     body::{self, Framing},
+    deadline_after,
     head::{self, RequestInfo, ResponseInfo},
     l4,
     pool::{self, Pool},
@@ -260,9 +261,9 @@ impl Conn<'_> {
     /// Read until `cbuf` starts with a complete request head.
     async fn read_head(&mut self, client: &mut TcpStream) -> HeadRead {
         let max = self.cfg.max_header_bytes;
-        let idle_deadline = Instant::now() + self.cfg.idle_timeout;
+        let idle_deadline = deadline_after(self.cfg.idle_timeout);
         let mut head_deadline =
-            (!self.cbuf.is_empty()).then(|| Instant::now() + self.cfg.header_timeout);
+            (!self.cbuf.is_empty()).then(|| deadline_after(self.cfg.header_timeout));
         let mut scanned: usize = 0;
         loop {
             if !self.cbuf.is_empty() {
@@ -293,10 +294,9 @@ impl Conn<'_> {
             match tokio::time::timeout_at(deadline, client.read_buf(&mut self.cbuf)).await {
                 Err(_) => {
                     return match head_deadline {
-                        Some(_) => HeadRead::Failed(
-                            408,
-                            Error::HeadTimeout(self.cfg.header_timeout),
-                        ),
+                        Some(_) => {
+                            HeadRead::Failed(408, Error::HeadTimeout(self.cfg.header_timeout))
+                        }
                         None => HeadRead::Closed,
                     };
                 }
@@ -307,7 +307,7 @@ impl Conn<'_> {
                 Ok(Ok(0)) => return HeadRead::Closed,
                 Ok(Ok(_)) => {
                     if head_deadline.is_none() {
-                        head_deadline = Some(Instant::now() + self.cfg.header_timeout);
+                        head_deadline = Some(deadline_after(self.cfg.header_timeout));
                     }
                 }
             }
@@ -357,7 +357,10 @@ impl Conn<'_> {
                 target,
                 upstream,
                 reused,
-            } => self.forward(client, info, target, upstream, reused, out).await,
+            } => {
+                self.forward(client, info, target, upstream, reused, out)
+                    .await
+            }
         }
     }
 
@@ -518,7 +521,14 @@ impl Conn<'_> {
         let result = loop {
             let can_retry = reused && !retried && no_body;
             match self
-                .exchange(client, &mut upstream, &info, &mut framing, &target, can_retry)
+                .exchange(
+                    client,
+                    &mut upstream,
+                    &info,
+                    &mut framing,
+                    &target,
+                    can_retry,
+                )
                 .await
             {
                 Exchange::Retry(error) => {
@@ -649,7 +659,7 @@ impl Conn<'_> {
                                 if let Err(e) = &r {
                                     tracing::debug!(error = %e, "writing request to upstream failed");
                                 }
-                                timer.as_mut().reset(Instant::now() + cfg.response_timeout);
+                                timer.as_mut().reset(deadline_after(cfg.response_timeout));
                                 armed = true;
                                 body_res = Some(r);
                             }
@@ -844,9 +854,15 @@ impl Conn<'_> {
         close: bool,
         include_body: bool,
     ) {
-        head::write_error_response(&mut self.resp_head, status, body, route, close, include_body);
-        match tokio::time::timeout(self.cfg.idle_timeout, client.write_all(&self.resp_head)).await
-        {
+        head::write_error_response(
+            &mut self.resp_head,
+            status,
+            body,
+            route,
+            close,
+            include_body,
+        );
+        match tokio::time::timeout(self.cfg.idle_timeout, client.write_all(&self.resp_head)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::debug!(error = %e, status, "writing error response failed"),
             Err(_) => tracing::debug!(status, "writing error response timed out"),
@@ -943,8 +959,8 @@ where
         if head_len > max {
             return Err(RespHeadError::Invalid(head::Error::TooLarge(max)));
         }
-        let rinfo =
-            head::parse_response(&ubuf[..head_len], info.is_head).map_err(RespHeadError::Invalid)?;
+        let rinfo = head::parse_response(&ubuf[..head_len], info.is_head)
+            .map_err(RespHeadError::Invalid)?;
         if !(100..200).contains(&rinfo.status) {
             return Ok((head_len, rinfo));
         }

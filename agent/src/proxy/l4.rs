@@ -40,7 +40,11 @@ pub(crate) async fn passthrough(mut client: TcpStream, routes: &dyn Routes, pool
     }
 }
 
-async fn run(client: &mut TcpStream, routes: &dyn Routes, pool: &Pool) -> Result<(u64, u64), Error> {
+async fn run(
+    client: &mut TcpStream,
+    routes: &dyn Routes,
+    pool: &Pool,
+) -> Result<(u64, u64), Error> {
     let mut exclude = Vec::new();
     let mut upstream = loop {
         match routes.route_l4(&exclude) {

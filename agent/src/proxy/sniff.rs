@@ -50,7 +50,7 @@ pub(crate) fn classify(bytes: &[u8]) -> Option<Sniffed> {
 
 /// Peek at the client's first bytes for up to `timeout` and classify them.
 pub(crate) async fn sniff(stream: &TcpStream, timeout: Duration) -> io::Result<Sniffed> {
-    let deadline = Instant::now() + timeout;
+    let deadline = super::deadline_after(timeout);
     let mut buf = [0u8; PEEK_LEN];
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
@@ -80,8 +80,17 @@ mod tests {
     #[test]
     fn classifies_http_methods() {
         for m in [
-            "GET ", "POST ", "PUT ", "DELETE ", "HEAD ", "OPTIONS ", "PATCH ", "CONNECT ",
-            "TRACE ", "PROPFIND ", "M-SEARCH ",
+            "GET ",
+            "POST ",
+            "PUT ",
+            "DELETE ",
+            "HEAD ",
+            "OPTIONS ",
+            "PATCH ",
+            "CONNECT ",
+            "TRACE ",
+            "PROPFIND ",
+            "M-SEARCH ",
         ] {
             assert_eq!(classify(m.as_bytes()), Some(Sniffed::Http), "{m}");
         }
@@ -104,7 +113,10 @@ mod tests {
             classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
             Some(Sniffed::Opaque)
         );
-        assert_eq!(classify(&[0x16, 0x03, 0x01, 0x02, 0x00]), Some(Sniffed::Opaque));
+        assert_eq!(
+            classify(&[0x16, 0x03, 0x01, 0x02, 0x00]),
+            Some(Sniffed::Opaque)
+        );
         assert_eq!(classify(b"get / HTTP/1.1"), Some(Sniffed::Opaque));
         assert_eq!(classify(b" GET"), Some(Sniffed::Opaque));
         assert_eq!(classify(b"-GET "), Some(Sniffed::Opaque));

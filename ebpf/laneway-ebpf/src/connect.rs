@@ -40,10 +40,14 @@ unsafe fn redirect_for(
     // SAFETY: both helpers take this program type's context.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // SAFETY: map values are only read, and copied out at once.
-    let pod = unsafe { ENROLLED.get(&netns_cookie) }.copied()?;
-    let key = ServiceKey { addr, port, _pad: 0 };
+    let pod = unsafe { ENROLLED.get(netns_cookie) }.copied()?;
+    let key = ServiceKey {
+        addr,
+        port,
+        _pad: 0,
+    };
     // SAFETY: as above.
-    unsafe { SERVICES.get(&key) }?;
+    unsafe { SERVICES.get(key) }?;
     let router = *ROUTER.get(0)?;
     if router.port == 0 {
         return None;
@@ -79,7 +83,7 @@ unsafe fn record(ctx: &SockAddrContext, original: &OriginalDst) -> bool {
     // SAFETY: this program type's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // Without the record the router could not route: leave the connect alone.
-    ORIG_BY_COOKIE.insert(&cookie, original, 0).is_ok()
+    ORIG_BY_COOKIE.insert(cookie, original, 0).is_ok()
 }
 
 /// IPv4 connects.

@@ -11,7 +11,7 @@ unsafe fn original(ctx: &SockAddrContext) -> Option<OriginalDst> {
     // SAFETY: this program type's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: copied out at once.
-    unsafe { ORIG_BY_COOKIE.get(&cookie) }.copied()
+    unsafe { ORIG_BY_COOKIE.get(cookie) }.copied()
 }
 
 pub unsafe fn try_getpeername4(ctx: &SockAddrContext) {

@@ -41,7 +41,12 @@ fn conn_key(ctx: &SockOpsContext) -> ConnKey {
         (v4_mapped(ctx.local_ip4()), v4_mapped(ctx.remote_ip4()))
     } else {
         // SAFETY: the kernel's context pointer.
-        unsafe { (ip6(&raw const (*ctx.ops).local_ip6), ip6(&raw const (*ctx.ops).remote_ip6)) }
+        unsafe {
+            (
+                ip6(&raw const (*ctx.ops).local_ip6),
+                ip6(&raw const (*ctx.ops).remote_ip6),
+            )
+        }
     };
     ConnKey {
         client_addr,
@@ -58,10 +63,10 @@ pub fn try_sock_ops(ctx: &SockOpsContext) {
             // SAFETY: this program type's context.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
             // SAFETY: the value is copied out at once.
-            let Some(original) = (unsafe { ORIG_BY_COOKIE.get(&cookie) }).copied() else {
+            let Some(original) = (unsafe { ORIG_BY_COOKIE.get(cookie) }).copied() else {
                 return;
             };
-            if ORIG_BY_CONN.insert(&conn_key(ctx), &original, 0).is_ok() {
+            if ORIG_BY_CONN.insert(conn_key(ctx), original, 0).is_ok() {
                 // Be told when it closes, to drop the records.
                 let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
             }
@@ -69,8 +74,8 @@ pub fn try_sock_ops(ctx: &SockOpsContext) {
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
             // SAFETY: this program type's context.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            let _ = ORIG_BY_CONN.remove(&conn_key(ctx));
-            let _ = ORIG_BY_COOKIE.remove(&cookie);
+            let _ = ORIG_BY_CONN.remove(conn_key(ctx));
+            let _ = ORIG_BY_COOKIE.remove(cookie);
         }
         _ => {}
     }

@@ -103,7 +103,7 @@ pub unsafe fn try_getsockopt(ctx: &SockoptContext) {
         }
     };
     // SAFETY: copied out at once.
-    let Some(original) = (unsafe { ORIG_BY_CONN.get(&key) }).copied() else {
+    let Some(original) = (unsafe { ORIG_BY_CONN.get(key) }).copied() else {
         count(stat::ORIGDST_MISSED);
         return;
     };

@@ -18,14 +18,62 @@ struct Row {
 }
 
 const PLAN: &[Row] = &[
-    Row { caller: "client", service: "reviews", tag: None, expected_endpoint: "reviews-base", expected_decision: "base" },
-    Row { caller: "client", service: "reviews", tag: Some("joint1"), expected_endpoint: "reviews-joint1", expected_decision: "tagged" },
-    Row { caller: "client", service: "reviews", tag: Some("gray"), expected_endpoint: "reviews-gray", expected_decision: "tagged" },
-    Row { caller: "client", service: "reviews", tag: Some("joint2"), expected_endpoint: "reviews-base", expected_decision: "fallback" },
-    Row { caller: "client", service: "ratings", tag: None, expected_endpoint: "ratings-base", expected_decision: "base" },
-    Row { caller: "client", service: "ratings", tag: Some("joint1"), expected_endpoint: "ratings-base", expected_decision: "fallback" },
-    Row { caller: "client-joint1", service: "reviews", tag: None, expected_endpoint: "reviews-joint1", expected_decision: "tagged" },
-    Row { caller: "client-joint1", service: "ratings", tag: None, expected_endpoint: "ratings-base", expected_decision: "fallback" },
+    Row {
+        caller: "client",
+        service: "reviews",
+        tag: None,
+        expected_endpoint: "reviews-base",
+        expected_decision: "base",
+    },
+    Row {
+        caller: "client",
+        service: "reviews",
+        tag: Some("joint1"),
+        expected_endpoint: "reviews-joint1",
+        expected_decision: "tagged",
+    },
+    Row {
+        caller: "client",
+        service: "reviews",
+        tag: Some("gray"),
+        expected_endpoint: "reviews-gray",
+        expected_decision: "tagged",
+    },
+    Row {
+        caller: "client",
+        service: "reviews",
+        tag: Some("joint2"),
+        expected_endpoint: "reviews-base",
+        expected_decision: "fallback",
+    },
+    Row {
+        caller: "client",
+        service: "ratings",
+        tag: None,
+        expected_endpoint: "ratings-base",
+        expected_decision: "base",
+    },
+    Row {
+        caller: "client",
+        service: "ratings",
+        tag: Some("joint1"),
+        expected_endpoint: "ratings-base",
+        expected_decision: "fallback",
+    },
+    Row {
+        caller: "client-joint1",
+        service: "reviews",
+        tag: None,
+        expected_endpoint: "reviews-joint1",
+        expected_decision: "tagged",
+    },
+    Row {
+        caller: "client-joint1",
+        service: "ratings",
+        tag: None,
+        expected_endpoint: "ratings-base",
+        expected_decision: "fallback",
+    },
 ];
 
 fn main() -> ExitCode {
@@ -43,15 +91,32 @@ fn main() -> ExitCode {
 }
 
 fn demo() -> Result<bool> {
-    eprintln!("==> building a node: 7 pods in network namespaces, kube-proxy stand-in, laneway agent");
+    eprintln!(
+        "==> building a node: 7 pods in network namespaces, kube-proxy stand-in, laneway agent"
+    );
     let s = Standard::start()?;
     eprintln!("==> agent running; sending requests from enrolled pods\n");
-    let header = ["caller pod", "service", "x-mse-tag", "answered by", "decision", "check"];
+    let header = [
+        "caller pod",
+        "service",
+        "x-mse-tag",
+        "answered by",
+        "decision",
+        "check",
+    ];
     let mut rows = Vec::new();
     let mut all_ok = true;
     for row in PLAN {
-        let pod = if row.caller == "client" { s.pods.client } else { s.pods.client_joint1 };
-        let vip = if row.service == "reviews" { s.reviews() } else { s.ratings() };
+        let pod = if row.caller == "client" {
+            s.pods.client
+        } else {
+            s.pods.client_joint1
+        };
+        let vip = if row.service == "reviews" {
+            s.reviews()
+        } else {
+            s.ratings()
+        };
         let headers: Vec<(&str, &str)> = row.tag.map(|t| ("x-mse-tag", t)).into_iter().collect();
         let (endpoint, decision) = match client::get(s.node.pod(pod), vip, &headers) {
             Ok(r) => {
@@ -73,11 +138,24 @@ fn demo() -> Result<bool> {
             row.tag.unwrap_or("-").to_owned(),
             endpoint,
             decision,
-            if ok { "ok".into() } else { format!("WRONG, want {} ({})", row.expected_endpoint, row.expected_decision) },
+            if ok {
+                "ok".into()
+            } else {
+                format!(
+                    "WRONG, want {} ({})",
+                    row.expected_endpoint, row.expected_decision
+                )
+            },
         ]);
     }
     let widths: Vec<usize> = (0..header.len())
-        .map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0))
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |cells: Vec<&str>| {
         cells
@@ -86,9 +164,22 @@ fn demo() -> Result<bool> {
             .map(|(c, w)| format!("{c:<w$}"))
             .collect::<Vec<_>>()
             .join("  ")
+            .trim_end()
+            .to_owned()
     };
     println!("{}", line(header.to_vec()));
-    println!("{}", line(widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().iter().map(String::as_str).collect()));
+    println!(
+        "{}",
+        line(
+            widths
+                .iter()
+                .map(|w| "-".repeat(*w))
+                .collect::<Vec<_>>()
+                .iter()
+                .map(String::as_str)
+                .collect()
+        )
+    );
     for r in &rows {
         println!("{}", line(r.iter().map(String::as_str).collect()));
     }
