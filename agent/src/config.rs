@@ -391,7 +391,8 @@ impl Config {
 
     /// Parses and validates config text; the error names field and line.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let config: Config = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let config: Config = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
+            .map_err(describe)?;
         config.validate(text)?;
         Ok(config)
     }
@@ -478,6 +479,37 @@ impl Config {
             .headers
             .first()
             .map_or("x-mse-tag", |h| h.as_str())
+    }
+}
+
+/// `field.path: what is wrong at line L column C`. serde_yaml alone stops the
+/// path at the enclosing mapping for errors raised inside a value;
+/// serde_path_to_error has the whole path, serde_yaml the location.
+fn describe(e: serde_path_to_error::Error<serde_yaml::Error>) -> String {
+    let path = e.path().to_string();
+    let inner = e.inner();
+    let mut message = inner.to_string();
+    // serde_yaml's own rendering is "[path: ]message[ at line L column C]".
+    if let Some(loc) = inner.location() {
+        let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+        if let Some(stripped) = message.strip_suffix(&suffix) {
+            message = stripped.to_owned();
+        }
+    }
+    if let Some((prefix, rest)) = message.split_once(": ")
+        && !prefix.contains(' ')
+        && path.starts_with(prefix.trim_end_matches(|c: char| c == '.'))
+    {
+        message = rest.to_owned();
+    }
+    let location = inner
+        .location()
+        .map(|l| format!(" at line {} column {}", l.line(), l.column()))
+        .unwrap_or_default();
+    if path.is_empty() || path == "." {
+        format!("{message}{location}")
+    } else {
+        format!("{path}: {message}{location}")
     }
 }
 
