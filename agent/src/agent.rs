@@ -14,10 +14,12 @@ use laneway_common::{PodValue, ServiceValue};
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
+    sync::watch,
 };
 use tracing::{error, info, warn};
 
 use crate::{
+    admin::Health,
     bpf::{self, Datapath},
     cgroup,
     config::{self, Config},
@@ -71,6 +73,14 @@ pub enum Error {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The Kubernetes source failed to start.
+    #[error(transparent)]
+    Kube(#[from] crate::kube::Error),
+    /// `--kube` with services or pods in the file.
+    #[error(
+        "with --kube, services and pods come from the Kubernetes API: remove `services:` and `pods:` from {0}"
+    )]
+    KubeWithStatic(PathBuf),
     /// The ready file could not be written.
     #[error("cannot write ready file {path}: {source}")]
     ReadyFile {
@@ -90,11 +100,39 @@ pub struct Options {
     pub cgroup: Option<PathBuf>,
     /// Written once the agent routes (for supervisors and tests).
     pub ready_file: Option<PathBuf>,
+    /// Take services, endpoints and pods from the Kubernetes API instead of
+    /// the file (which then holds only settings).
+    pub kube: bool,
+    /// Kubeconfig for `kube` (default: in-cluster, then `KUBECONFIG`).
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (`kube` enrols only its pods).
+    pub node_name: Option<String>,
+    /// Overrides `router.redirect_ipv4` (a DaemonSet passes the node IP).
+    pub redirect_ipv4: Option<IpAddr>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(options: Options) -> Result<(), Error> {
-    let config = Config::load(&options.config)?;
+    let mut config = Config::load(&options.config)?;
+    if let Some(ip) = options.redirect_ipv4 {
+        config.router.redirect_ipv4 = ip;
+    }
+    if options.kube && (!config.services.is_empty() || !config.pods.is_empty()) {
+        return Err(Error::KubeWithStatic(options.config.clone()));
+    }
+    let kube_client = match options.kube {
+        true => {
+            let node = options
+                .node_name
+                .clone()
+                .ok_or(crate::kube::Error::NoNodeName)?;
+            Some((
+                crate::kube::client(options.kubeconfig.as_deref()).await?,
+                node,
+            ))
+        }
+        false => None,
+    };
     let cgroup = match options.cgroup.clone().or(config.bpf.cgroup.clone()) {
         Some(dir) => dir,
         None => cgroup::v2_root()?,
@@ -109,16 +147,37 @@ pub async fn run(options: Options) -> Result<(), Error> {
     if let Some(v6) = config.router.listen_v6 {
         listeners.push(bind(v6)?);
     }
+    let admin = config.admin.listen.map(bind).transpose()?;
     let port = config.router.listen.port();
 
     let mut datapath = Datapath::attach(&cgroup)?;
     info!(cgroup = %cgroup.display(), programs = ?Datapath::program_names().collect::<Vec<_>>(), "programs attached");
-    let source = format!("file:{}", options.config.display());
-    let snapshot = Snapshot::from_config(&config, source.clone(), None);
-    let applied = apply(&mut datapath, snapshot)?;
+    let source = match &kube_client {
+        Some(_) => "kubernetes".to_owned(),
+        None => format!("file:{}", options.config.display()),
+    };
+    // The file source routes from the start; the Kubernetes source starts
+    // empty (nothing redirected) until its first full sync.
+    let first = match kube_client {
+        Some(_) => {
+            let mut settings_only = config.clone();
+            settings_only.services.clear();
+            settings_only.pods.clear();
+            settings_only
+        }
+        None => config.clone(),
+    };
+    let applied = apply(
+        &mut datapath,
+        Snapshot::from_config(&first, source.clone(), None),
+    )?;
     let router = Router::new(applied, proxy_config(&config));
     for listener in listeners {
         tokio::spawn(router.clone().serve(listener));
+    }
+    let health = Arc::new(Health::default());
+    if let Some(listener) = admin {
+        tokio::spawn(crate::admin::serve(listener, health.clone()));
     }
     let mark = config.router.socket_mark;
     let datapath = Arc::new(Mutex::new(datapath));
@@ -137,41 +196,56 @@ pub async fn run(options: Options) -> Result<(), Error> {
         port,
         mark,
     ));
-    info!(listen = %config.router.listen, redirect = %config.router.redirect_ipv4, "laneway agent ready");
-    if let Some(path) = &options.ready_file {
-        std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
-            Error::ReadyFile {
-                path: path.clone(),
-                source,
-            }
-        })?;
-    }
+    info!(listen = %config.router.listen, redirect = %config.router.redirect_ipv4, %source, "router up");
 
+    let reconciler = Reconciler {
+        router: router.clone(),
+        datapath: datapath.clone(),
+        source,
+        health,
+        ready_file: options.ready_file.clone(),
+    };
     let mut hangup = signal(SignalKind::hangup()).map_err(Error::Signals)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
-    let mut seen = fingerprint(&options.config);
-    let mut poll = tokio::time::interval(RELOAD_POLL);
-    loop {
-        let reason = tokio::select! {
-            _ = hangup.recv() => "SIGHUP",
-            _ = poll.tick() => {
-                let now = fingerprint(&options.config);
-                if now == seen { continue; }
-                "file changed"
+    match kube_client {
+        Some((client, node)) => {
+            let (tx, mut rx) = watch::channel(None);
+            tokio::spawn(crate::kube::run(client, node, config.clone(), tx));
+            loop {
+                tokio::select! {
+                    changed = rx.changed() => {
+                        if changed.is_err() { break; }
+                        let desired = rx.borrow_and_update().clone();
+                        if let Some(desired) = desired {
+                            reconciler.apply(&desired.config)?;
+                        }
+                    }
+                    _ = hangup.recv() => info!("SIGHUP: with --kube the API is the source; restart to change settings"),
+                    _ = terminate.recv() => break,
+                    _ = interrupt.recv() => break,
+                }
             }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-        };
-        seen = fingerprint(&options.config);
-        reload(
-            &options.config,
-            &config,
-            &router,
-            &datapath,
-            &source,
-            reason,
-        );
+        }
+        None => {
+            reconciler.ready()?;
+            let mut seen = fingerprint(&options.config);
+            let mut poll = tokio::time::interval(RELOAD_POLL);
+            loop {
+                let reason = tokio::select! {
+                    _ = hangup.recv() => "SIGHUP",
+                    _ = poll.tick() => {
+                        let now = fingerprint(&options.config);
+                        if now == seen { continue; }
+                        "file changed"
+                    }
+                    _ = terminate.recv() => break,
+                    _ = interrupt.recv() => break,
+                };
+                seen = fingerprint(&options.config);
+                reload(&options.config, &config, &reconciler, reason);
+            }
+        }
     }
     info!("shutting down: clearing the heartbeat, pods go the direct way from now");
     heartbeat.abort();
@@ -180,6 +254,48 @@ pub async fn run(options: Options) -> Result<(), Error> {
         warn!(error = %e, "could not clear the heartbeat");
     }
     Ok(())
+}
+
+/// Applies snapshots to the maps and the router, and says when the agent is
+/// ready.
+struct Reconciler {
+    router: Arc<Router>,
+    datapath: Arc<Mutex<Datapath>>,
+    source: String,
+    health: Arc<Health>,
+    ready_file: Option<PathBuf>,
+}
+
+impl Reconciler {
+    /// Builds the snapshot of `config`, writes it to the maps, swaps it into
+    /// the router; the first time, marks the agent ready.
+    fn apply(&self, config: &Config) -> Result<(), Error> {
+        let previous = self.router.applied();
+        let snapshot = Snapshot::from_config(config, self.source.clone(), Some(&previous.snapshot));
+        let applied = {
+            let mut dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
+            apply(&mut dp, snapshot)?
+        };
+        self.router.swap(applied);
+        if !self.health.is_ready() {
+            self.ready()?;
+        }
+        Ok(())
+    }
+
+    fn ready(&self) -> Result<(), Error> {
+        self.health.set_ready();
+        info!(source = %self.source, "laneway agent ready");
+        if let Some(path) = &self.ready_file {
+            std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
+                Error::ReadyFile {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        }
+        Ok(())
+    }
 }
 
 fn redirect_addrs(
@@ -300,14 +416,7 @@ fn apply(datapath: &mut Datapath, snapshot: Snapshot) -> Result<Applied, Error> 
     })
 }
 
-fn reload(
-    path: &Path,
-    running: &Config,
-    router: &Router,
-    datapath: &Mutex<Datapath>,
-    source: &str,
-    reason: &str,
-) {
+fn reload(path: &Path, running: &Config, reconciler: &Reconciler, reason: &str) {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -322,14 +431,8 @@ fn reload(
             "router and bpf settings take effect at the next restart; services, pods and tags are reloaded now"
         );
     }
-    let previous = router.applied();
-    let snapshot = Snapshot::from_config(&config, source.to_owned(), Some(&previous.snapshot));
-    let mut dp = datapath.lock().unwrap_or_else(|p| p.into_inner());
-    match apply(&mut dp, snapshot) {
-        Ok(applied) => {
-            router.swap(applied);
-            info!(%reason, "config reloaded");
-        }
+    match reconciler.apply(&config) {
+        Ok(()) => info!(%reason, "config reloaded"),
         Err(e) => error!(%reason, error = %e, "applying the reloaded config failed"),
     }
 }

@@ -10,7 +10,7 @@
 //! with (defaults filled in).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fmt,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
@@ -52,6 +52,10 @@ pub struct Config {
     pub tags: TagConfig,
     /// Where the kernel programs attach.
     pub bpf: BpfConfig,
+    /// The Kubernetes source (with `laneway agent --kube`).
+    pub kube: KubeConfig,
+    /// The local admin endpoint (health, readiness).
+    pub admin: AdminConfig,
     /// Services to route (standalone mode).
     pub services: Vec<Service>,
     /// Pods on this node to enrol (standalone mode).
@@ -156,6 +160,49 @@ pub struct BpfConfig {
     pub cgroup: Option<PathBuf>,
 }
 
+/// The Kubernetes source.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubeConfig {
+    /// Namespaces with this label set to `true` are enrolled; a pod with the
+    /// same label set to `false` opts out.
+    pub namespace_label: String,
+    /// Where the host's `/proc` is (in a container: a host mount). Each local
+    /// pod's network namespace is found through a process of the pod (its
+    /// cgroup names the pod UID), then `PROC/PID/ns/net`.
+    pub proc_root: PathBuf,
+    /// Changes arriving within this window are applied as one snapshot.
+    #[serde(with = "humantime_serde")]
+    pub debounce: Duration,
+}
+
+impl Default for KubeConfig {
+    fn default() -> Self {
+        Self {
+            namespace_label: "laneway.io/enabled".into(),
+            proc_root: PathBuf::from("/proc"),
+            debounce: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The local admin endpoint.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// HTTP listener for `/healthz` and `/readyz` (local by default; no
+    /// secrets are served). `null` turns it off.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 15020))),
+        }
+    }
+}
+
 /// A Service.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -222,6 +269,10 @@ pub struct Endpoint {
     /// Optional name, for people (e.g. the pod name).
     #[serde(default)]
     pub name: Option<String>,
+    /// The endpoint's port by service port name, where it differs from the
+    /// port's `target_port` (EndpointSlices give ports per endpoint).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<String, Port>,
 }
 
 /// A pod on this node to enrol.
@@ -391,8 +442,9 @@ impl Config {
 
     /// Parses and validates config text; the error names field and line.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let config: Config = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
-            .map_err(describe)?;
+        let config: Config =
+            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
+                .map_err(describe)?;
         config.validate(text)?;
         Ok(config)
     }

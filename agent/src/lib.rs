@@ -7,10 +7,12 @@
 //! ([`route`]), by an immutable [`snapshot`] of the cluster built from a
 //! source of truth ([`config`] in standalone mode).
 
+pub mod admin;
 pub mod agent;
 pub mod bpf;
 pub mod cgroup;
 pub mod config;
+pub mod kube;
 pub mod netns;
 pub mod proxy;
 pub mod route;

@@ -52,6 +52,22 @@ enum Command {
         /// Write this file (with the agent's PID) once it routes.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// Take services, endpoints and pods from the Kubernetes API (the
+        /// config file then holds only settings). Ready after the first full
+        /// sync; the last good state is kept while the API is unreachable.
+        #[arg(long)]
+        kube: bool,
+        /// Kubeconfig for --kube (default: in-cluster service account, then
+        /// KUBECONFIG or ~/.kube/config).
+        #[arg(long, requires = "kube")]
+        kubeconfig: Option<PathBuf>,
+        /// This node's name: --kube enrols only pods scheduled here.
+        #[arg(long, env = "NODE_NAME")]
+        node_name: Option<String>,
+        /// The address pods reach this node at (overrides
+        /// router.redirect_ipv4; a DaemonSet passes status.hostIP).
+        #[arg(long, env = "LANEWAY_REDIRECT_IPV4")]
+        redirect_ipv4: Option<std::net::IpAddr>,
     },
     /// Check or print a config file.
     #[command(subcommand)]
@@ -82,10 +98,18 @@ fn main() -> ExitCode {
             config,
             cgroup,
             ready_file,
+            kube,
+            kubeconfig,
+            node_name,
+            redirect_ipv4,
         } => run_agent(agent::Options {
             config,
             cgroup,
             ready_file,
+            kube,
+            kubeconfig,
+            node_name,
+            redirect_ipv4,
         }),
         Command::Config(ConfigCommand::Check { file }) => match Config::load(&file) {
             Ok(c) => {
@@ -136,7 +160,7 @@ fn run_agent(options: agent::Options) -> ExitCode {
     };
     match runtime.block_on(agent::run(options)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ agent::Error::Config(_)) => {
+        Err(e @ (agent::Error::Config(_) | agent::Error::KubeWithStatic(_))) => {
             tracing::error!("{e}");
             ExitCode::from(2)
         }

@@ -194,7 +194,12 @@ impl Snapshot {
                     .endpoints
                     .iter()
                     .map(|e| {
-                        let addr = SocketAddr::new(e.ip, target_port);
+                        let port = p
+                            .name
+                            .as_ref()
+                            .and_then(|name| e.ports.get(name))
+                            .map_or(target_port, |port| port.0);
+                        let addr = SocketAddr::new(e.ip, port);
                         Backend {
                             addr,
                             tag: e.tag.clone(),

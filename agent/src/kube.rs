@@ -1,0 +1,438 @@
+//! The Kubernetes source of truth.
+//!
+//! Reflectors (kube-rs watchers with their stores) follow Namespaces, Pods,
+//! Services and EndpointSlices. Any change wakes a debounced builder that
+//! turns the stores into the same [`Config`] services and pods a static file
+//! holds, so both sources produce the same [`crate::snapshot::Snapshot`].
+//! Watch errors, expired resource versions (410) and API outages are retried
+//! with backoff by the watchers; meanwhile nothing new is built and the data
+//! path keeps the last good snapshot. Nothing is sent before every store has
+//! finished its first full list: the agent is ready only after that.
+//!
+//! Pods are enrolled only on this node (`spec.nodeName`), in namespaces
+//! labelled `laneway.io/enabled=true`, unless the pod itself says
+//! `laneway.io/enabled=false` or uses the host network. Endpoints are routed
+//! to cluster-wide, each tagged with its pod's tag label.
+
+mod netns_finder;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::{StreamExt, future::ready};
+use k8s_openapi::{
+    api::{
+        core::v1::{Namespace, Pod, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use tokio::sync::{Notify, watch};
+use tracing::{debug, info, warn};
+
+pub use netns_finder::NetnsFinder;
+
+use crate::config::{self, AppProtocol, Config, Endpoint, Port, ServicePort};
+
+/// The EndpointSlice label naming its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// How often pods whose network namespace was not found are looked for again.
+const RETRY_UNRESOLVED: Duration = Duration::from_secs(2);
+
+/// Why the Kubernetes source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No usable kubeconfig or in-cluster config.
+    #[error("cannot configure the Kubernetes client: {0}")]
+    Config(String),
+    /// The client could not be built.
+    #[error("cannot create the Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    /// `--kube` without a node name.
+    #[error(
+        "the Kubernetes source needs this node's name: set NODE_NAME (downward API spec.nodeName) or --node-name"
+    )]
+    NoNodeName,
+}
+
+/// A pod that should be enrolled but is not, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unenrolled {
+    /// `namespace/name`.
+    pub pod: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What the source wants the data path to be.
+#[derive(Clone, Debug)]
+pub struct Desired {
+    /// Services and pods, in the static file's types.
+    pub config: Arc<Config>,
+    /// Pods that should be enrolled and are not.
+    pub unenrolled: Vec<Unenrolled>,
+}
+
+/// Builds a client from a kubeconfig file, or infers one (in-cluster service
+/// account, then `KUBECONFIG` / `~/.kube/config`).
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Error> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| Error::Config(e.to_string()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::Config(e.to_string()))?,
+    };
+    Client::try_from(config).map_err(Error::Client)
+}
+
+/// The reflector stores.
+#[derive(Clone)]
+struct Stores {
+    namespaces: Store<Namespace>,
+    pods: Store<Pod>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+}
+
+/// Starts the watchers; sends a [`Desired`] after the first full sync and
+/// after every (debounced) change. Runs until the receiver is dropped.
+pub async fn run(
+    client: Client,
+    node_name: String,
+    base: Config,
+    tx: watch::Sender<Option<Desired>>,
+) {
+    let changed = Arc::new(Notify::new());
+    let stores = Stores {
+        namespaces: reflect(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            &changed,
+        ),
+        pods: reflect(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            &changed,
+        ),
+        services: reflect(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            &changed,
+        ),
+        slices: reflect(Api::all(client), watcher::Config::default(), &changed),
+    };
+    info!(node = %node_name, "waiting for the first full sync with the Kubernetes API");
+    for ready in [
+        stores.namespaces.wait_until_ready().await,
+        stores.pods.wait_until_ready().await,
+        stores.services.wait_until_ready().await,
+        stores.slices.wait_until_ready().await,
+    ] {
+        if ready.is_err() {
+            return;
+        }
+    }
+    info!("first full sync with the Kubernetes API done");
+    let mut finder = NetnsFinder::new(base.kube.proc_root.clone());
+    loop {
+        let desired = build(&stores, &node_name, &base, &mut finder);
+        let retry = !desired.unenrolled.is_empty();
+        for u in &desired.unenrolled {
+            warn!(pod = %u.pod, reason = %u.reason, "pod not enrolled");
+        }
+        if tx.send(Some(desired)).is_err() {
+            return;
+        }
+        if retry {
+            let _ = tokio::time::timeout(RETRY_UNRESOLVED, changed.notified()).await;
+        } else {
+            changed.notified().await;
+        }
+        // Let a burst of changes land, then build once.
+        tokio::time::sleep(base.kube.debounce).await;
+    }
+}
+
+/// A reflector for `K`, notifying `changed` on every event; retried with
+/// backoff on errors (410 Gone makes the watcher re-list).
+fn reflect<K>(api: Api<K>, config: watcher::Config, changed: &Arc<Notify>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let changed = changed.clone();
+    let kind = K::kind(&()).into_owned();
+    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+    tokio::spawn(stream.for_each(move |event| {
+        match event {
+            Ok(_) => changed.notify_one(),
+            Err(e) => warn!(%kind, error = %e, "watch failed; retrying with backoff, routing by the last good state"),
+        }
+        ready(())
+    }));
+    store
+}
+
+/// Turns the stores into the desired services and pods.
+fn build(stores: &Stores, node_name: &str, base: &Config, finder: &mut NetnsFinder) -> Desired {
+    let tag_label = &base.tags.pod_label;
+    let pods = stores.pods.state();
+    let tag_of: HashMap<(String, String), Option<config::Tag>> = pods
+        .iter()
+        .map(|p| {
+            let key = (p.namespace().unwrap_or_default(), p.name_any());
+            (key, pod_tag(p, tag_label))
+        })
+        .collect();
+    let mut slices_by_service: HashMap<(String, String), Vec<Arc<EndpointSlice>>> = HashMap::new();
+    for slice in stores.slices.state() {
+        if let Some(svc) = slice.labels().get(SERVICE_NAME_LABEL) {
+            let key = (slice.namespace().unwrap_or_default(), svc.clone());
+            slices_by_service.entry(key).or_default().push(slice);
+        }
+    }
+    let mut services = Vec::new();
+    for svc in stores.services.state() {
+        let key = (svc.namespace().unwrap_or_default(), svc.name_any());
+        let slices = slices_by_service
+            .get(&key)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        if let Some(s) = service(&svc, slices, &tag_of) {
+            services.push(s);
+        }
+    }
+    services.sort_by(|a, b| {
+        (a.namespace.as_str(), a.name.as_str()).cmp(&(b.namespace.as_str(), b.name.as_str()))
+    });
+
+    let label = &base.kube.namespace_label;
+    let enabled: HashSet<String> = stores
+        .namespaces
+        .state()
+        .iter()
+        .filter(|ns| ns.labels().get(label).is_some_and(|v| v == "true"))
+        .map(|ns| ns.name_any())
+        .collect();
+    let local: Vec<&Arc<Pod>> = pods
+        .iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node_name))
+        .filter(|p| enabled.contains(&p.namespace().unwrap_or_default()))
+        .filter(|p| p.labels().get(label).is_none_or(|v| v != "false"))
+        .filter(|p| {
+            !p.spec
+                .as_ref()
+                .and_then(|s| s.host_network)
+                .unwrap_or(false)
+        })
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    let uids: Vec<String> = local.iter().filter_map(|p| p.uid()).collect();
+    let mut found = finder.find(&uids);
+    let mut enrolled = Vec::new();
+    let mut unenrolled = Vec::new();
+    for pod in local {
+        let id = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+        let ips = pod_ips(pod);
+        if ips.is_empty() {
+            // Not started yet: it gets its IP (and processes) soon.
+            debug!(pod = %id, "pod has no IP yet");
+            continue;
+        }
+        let netns = match pod.uid().and_then(|uid| found.remove(&uid)) {
+            Some(Ok(path)) => path,
+            Some(Err(reason)) => {
+                unenrolled.push(Unenrolled { pod: id, reason });
+                continue;
+            }
+            None => {
+                unenrolled.push(Unenrolled {
+                    pod: id,
+                    reason: "pod has no UID".into(),
+                });
+                continue;
+            }
+        };
+        let (Ok(name), Ok(namespace)) = (
+            pod.name_any().parse(),
+            pod.namespace().unwrap_or_default().parse(),
+        ) else {
+            continue;
+        };
+        enrolled.push(config::Pod {
+            name,
+            namespace,
+            tag: pod_tag(pod, tag_label),
+            netns,
+            ips,
+        });
+    }
+    let mut config = base.clone();
+    config.services = services;
+    config.pods = enrolled;
+    Desired {
+        config: Arc::new(config),
+        unenrolled,
+    }
+}
+
+fn pod_tag(pod: &Pod, label: &str) -> Option<config::Tag> {
+    let value = pod.labels().get(label)?;
+    match value.parse() {
+        Ok(tag) => Some(tag),
+        Err(e) => {
+            debug!(pod = %pod.name_any(), "ignoring the tag label: {e}");
+            None
+        }
+    }
+}
+
+fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
+    let Some(status) = &pod.status else {
+        return Vec::new();
+    };
+    let mut ips: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|ip| ip.ip.parse().ok())
+        .collect();
+    if ips.is_empty()
+        && let Some(ip) = status.pod_ip.as_ref().and_then(|ip| ip.parse().ok())
+    {
+        ips.push(ip);
+    }
+    ips
+}
+
+/// A Service with its endpoints, or `None` when it has nothing to redirect
+/// (headless, ExternalName, no TCP port).
+fn service(
+    svc: &Service,
+    slices: &[Arc<EndpointSlice>],
+    tag_of: &HashMap<(String, String), Option<config::Tag>>,
+) -> Option<config::Service> {
+    let spec = svc.spec.as_ref()?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
+    let mut vips: Vec<IpAddr> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    vips.dedup();
+    let ports: Vec<ServicePort> = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| {
+            Some(ServicePort {
+                name: p.name.clone(),
+                port: Port::try_from(u64::try_from(p.port).ok()?).ok()?,
+                target_port: match &p.target_port {
+                    Some(IntOrString::Int(n)) => {
+                        u64::try_from(*n).ok().and_then(|n| Port::try_from(n).ok())
+                    }
+                    _ => None,
+                },
+                protocol: app_protocol(p.app_protocol.as_deref()),
+            })
+        })
+        .collect();
+    if vips.is_empty() || ports.is_empty() {
+        return None;
+    }
+    let namespace = svc.namespace().unwrap_or_default();
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    let mut seen = HashSet::new();
+    for slice in slices {
+        let slice_ports: BTreeMap<String, Port> = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                let port = Port::try_from(u64::try_from(p.port?).ok()?).ok()?;
+                Some((p.name.clone().unwrap_or_default(), port))
+            })
+            .collect();
+        for ep in slice.endpoints.iter().flatten() {
+            let conditions = ep.conditions.as_ref();
+            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+            let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
+            let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+            let pod_name = ep
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| r.name.clone());
+            let tag = pod_name
+                .as_ref()
+                .and_then(|name| tag_of.get(&(namespace.clone(), name.clone())))
+                .cloned()
+                .flatten();
+            for addr in &ep.addresses {
+                let Ok(ip) = addr.parse::<IpAddr>() else {
+                    continue;
+                };
+                if !seen.insert(ip) {
+                    continue;
+                }
+                endpoints.push(Endpoint {
+                    ip,
+                    tag: tag.clone(),
+                    serving,
+                    terminating,
+                    name: pod_name.clone(),
+                    ports: slice_ports.clone(),
+                });
+            }
+        }
+    }
+    Some(config::Service {
+        name: svc.name_any().parse().ok()?,
+        namespace: namespace.parse().ok()?,
+        vips,
+        ports,
+        endpoints,
+    })
+}
+
+/// `appProtocol` to how the router treats the port: `http` is parsed,
+/// protocols known not to be HTTP/1 are passed through, anything else sniffed.
+fn app_protocol(value: Option<&str>) -> AppProtocol {
+    match value.map(str::to_ascii_lowercase).as_deref() {
+        Some("http") => AppProtocol::Http,
+        Some(
+            "tcp" | "https" | "tls" | "grpc" | "http2" | "kubernetes.io/h2c" | "kubernetes.io/wss",
+        ) => AppProtocol::Tcp,
+        _ => AppProtocol::Auto,
+    }
+}
