@@ -550,7 +550,7 @@ fn describe(e: serde_path_to_error::Error<serde_yaml::Error>) -> String {
     }
     if let Some((prefix, rest)) = message.split_once(": ")
         && !prefix.contains(' ')
-        && path.starts_with(prefix.trim_end_matches(|c: char| c == '.'))
+        && path.starts_with(prefix.trim_end_matches('.'))
     {
         message = rest.to_owned();
     }
