@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::node::{Node, Scenario};
+use crate::{
+    kube::Cluster,
+    node::{Node, Scenario},
+};
 
 /// The `laneway` binary under test: `LANEWAY_BIN`, else the workspace's
 /// debug build.
@@ -41,8 +44,32 @@ impl Agent {
         Self::start_with(node, config)
     }
 
+    /// Starts the agent with the Kubernetes source (`--kube`): the config
+    /// file holds only the scenario's router settings.
+    pub fn start_kube(node: &Node, scenario: &Scenario, cluster: &Cluster) -> Result<Self> {
+        let config = node.dir().join("laneway.yaml");
+        let settings = Scenario {
+            services: Vec::new(),
+            enrolled: Vec::new(),
+            router_extra: scenario.router_extra.clone(),
+        };
+        let text = node
+            .agent_config(&settings)
+            .replace("services:\n", "")
+            .replace("pods:\n", "");
+        std::fs::write(&config, text)?;
+        let mut args: Vec<std::ffi::OsString> = vec!["--kube".into(), "--kubeconfig".into()];
+        args.push(cluster.kubeconfig.clone().into_os_string());
+        args.extend(["--node-name".into(), crate::kube::NODE_NAME.into()]);
+        Self::launch(node, config, &args)
+    }
+
     /// Starts the agent with an existing config file.
     pub fn start_with(node: &Node, config: PathBuf) -> Result<Self> {
+        Self::launch(node, config, &[])
+    }
+
+    fn launch(node: &Node, config: PathBuf, extra: &[std::ffi::OsString]) -> Result<Self> {
         let ready = node.dir().join("ready");
         let _ = std::fs::remove_file(&ready);
         let log = node
@@ -62,6 +89,7 @@ impl Agent {
             .arg(&config)
             .arg("--ready-file")
             .arg(&ready)
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("LANEWAY_TEST_LOG").unwrap_or_else(|_| "info,laneway=debug".into()),

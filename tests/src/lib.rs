@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod backend;
 pub mod client;
+pub mod kube;
 pub mod netns;
 pub mod node;
 pub mod standard;

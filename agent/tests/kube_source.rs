@@ -1,0 +1,540 @@
+//! The Kubernetes source against a server speaking the real list/watch wire
+//! protocol (laneway-kube-fake), with the real kube-rs client in between:
+//! what the agent would route by after each change in the cluster.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::{
+    api::{
+        core::v1::{
+            Namespace, ObjectReference, Pod, PodIP, PodSpec, PodStatus, Service, ServicePort,
+            ServiceSpec,
+        },
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+};
+use laneway::{
+    config::Config,
+    kube::{Desired, run},
+};
+use laneway_kube_fake::FakeApiServer;
+use tokio::sync::watch;
+
+const NODE: &str = "node-a";
+
+fn meta(ns: Option<&str>, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: ns.map(Into::into),
+        labels: Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+        ),
+        ..Default::default()
+    }
+}
+
+fn namespace(name: &str, enabled: bool) -> Namespace {
+    let labels: &[(&str, &str)] = if enabled {
+        &[("laneway.io/enabled", "true")]
+    } else {
+        &[]
+    };
+    Namespace {
+        metadata: meta(None, name, labels),
+        ..Default::default()
+    }
+}
+
+fn pod(ns: &str, name: &str, node: &str, ip: &str, tag: Option<&str>) -> Pod {
+    let labels: Vec<(&str, &str)> = tag.map(|t| ("laneway.io/tag", t)).into_iter().collect();
+    let mut metadata = meta(Some(ns), name, &labels);
+    metadata.uid = Some(uid(name));
+    Pod {
+        metadata,
+        spec: Some(PodSpec {
+            node_name: Some(node.into()),
+            ..Default::default()
+        }),
+        status: Some(PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some(ip.into()),
+            pod_ips: Some(vec![PodIP { ip: ip.into() }]),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A stable UID per pod name.
+fn uid(name: &str) -> String {
+    let n: u32 = name.bytes().map(u32::from).sum();
+    format!("{n:08x}-0000-4000-8000-00000000{:04x}", name.len())
+}
+
+fn service(ns: &str, name: &str, ip: &str, ports: &[i32]) -> Service {
+    Service {
+        metadata: meta(Some(ns), name, &[]),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some(ip.into()),
+            cluster_ips: Some(vec![ip.into()]),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|p| ServicePort {
+                        name: Some(format!("p{p}")),
+                        port: *p,
+                        target_port: Some(IntOrString::Int(8080)),
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// One endpoint: (pod name, ip, terminating).
+fn slice(ns: &str, svc: &str, endpoints: &[(&str, &str, bool)]) -> EndpointSlice {
+    EndpointSlice {
+        metadata: meta(
+            Some(ns),
+            &format!("{svc}-abc"),
+            &[("kubernetes.io/service-name", svc)],
+        ),
+        address_type: "IPv4".into(),
+        endpoints: Some(
+            endpoints
+                .iter()
+                .map(|(pod, ip, terminating)| Endpoint {
+                    addresses: vec![ip.to_string()],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(!terminating),
+                        serving: Some(true),
+                        terminating: Some(*terminating),
+                    }),
+                    target_ref: Some(ObjectReference {
+                        kind: Some("Pod".into()),
+                        name: Some(pod.to_string()),
+                        namespace: Some(ns.into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        ports: Some(vec![EndpointPort {
+            name: Some("p80".into()),
+            port: Some(8080),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+/// A fake /proc where each of `pods` has one process in its pod cgroup.
+struct FakeProc(PathBuf);
+
+impl FakeProc {
+    fn new(tag: &str, pods: &[&str]) -> Result<Self> {
+        let root = std::env::temp_dir().join(format!("laneway-kube-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for (i, name) in pods.iter().enumerate() {
+            let dir = root.join((1000 + i).to_string());
+            std::fs::create_dir_all(dir.join("ns"))?;
+            std::fs::write(
+                dir.join("cgroup"),
+                format!("0::/kubepods/besteffort/pod{}/c{i}\n", uid(name)),
+            )?;
+            std::fs::write(dir.join("ns/net"), "")?;
+        }
+        Ok(Self(root))
+    }
+}
+
+impl Drop for FakeProc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Source {
+    rx: watch::Receiver<Option<Desired>>,
+    _proc: FakeProc,
+}
+
+async fn start(server: &FakeApiServer, proc: FakeProc) -> Result<Source> {
+    let client = kube::Client::try_from(kube::Config::new(server.url().parse()?))?;
+    let base = Config::parse(&format!(
+        "kube:\n  proc_root: {}\n  debounce: 20ms\n",
+        proc.0.display()
+    ))
+    .map_err(anyhow::Error::msg)?;
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(run(client, NODE.into(), base, tx));
+    Ok(Source { rx, _proc: proc })
+}
+
+impl Source {
+    /// Waits until what the agent would route by satisfies `check`.
+    async fn until(&mut self, what: &str, check: impl Fn(&Desired) -> bool) -> Result<Desired> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(d) = self.rx.borrow_and_update().clone()
+                && check(&d)
+            {
+                return Ok(d);
+            }
+            if tokio::time::timeout_at(deadline, self.rx.changed())
+                .await
+                .is_err()
+            {
+                let last = self.rx.borrow().clone();
+                bail!("timed out waiting for: {what}; last state: {last:#?}");
+            }
+        }
+    }
+}
+
+fn enrolled(d: &Desired) -> Vec<(String, Option<String>)> {
+    let mut v: Vec<_> = d
+        .config
+        .pods
+        .iter()
+        .map(|p| {
+            (
+                format!("{}/{}", p.namespace, p.name),
+                p.tag.as_ref().map(|t| t.to_string()),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn endpoints(d: &Desired, svc: &str) -> Vec<(String, Option<String>, bool)> {
+    let Some(s) = d.config.services.iter().find(|s| s.name.as_str() == svc) else {
+        return Vec::new();
+    };
+    let mut v: Vec<_> = s
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.ip.to_string(),
+                e.tag.as_ref().map(|t| t.to_string()),
+                e.terminating,
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn base_cluster(server: &FakeApiServer) {
+    server.apply(namespace("shop", true));
+    server.apply(namespace("other", false));
+    server.apply(pod("shop", "client", NODE, "10.244.0.10", None));
+    server.apply(pod("other", "stranger", NODE, "10.244.0.11", None));
+    server.apply(pod("shop", "remote-client", "node-b", "10.244.1.10", None));
+    server.apply(pod("shop", "reviews-1", "node-b", "10.244.1.20", None));
+    server.apply(pod(
+        "shop",
+        "reviews-2",
+        "node-b",
+        "10.244.1.21",
+        Some("joint1"),
+    ));
+    server.apply(service("shop", "reviews", "10.96.0.10", &[80]));
+    server.apply(slice(
+        "shop",
+        "reviews",
+        &[
+            ("reviews-1", "10.244.1.20", false),
+            ("reviews-2", "10.244.1.21", false),
+        ],
+    ));
+}
+
+#[tokio::test]
+async fn first_sync_enrols_local_pods_of_labelled_namespaces_and_tags_endpoints() -> Result<()> {
+    let server = FakeApiServer::start_local();
+    base_cluster(&server);
+    let mut source = start(
+        &server,
+        FakeProc::new("first", &["client", "stranger", "remote-client"])?,
+    )
+    .await?;
+    let d = source.until("first sync", |_| true).await?;
+    assert_eq!(
+        enrolled(&d),
+        vec![("shop/client".into(), None)],
+        "only this node, only labelled namespaces"
+    );
+    assert_eq!(
+        endpoints(&d, "reviews"),
+        vec![
+            ("10.244.1.20".into(), None, false),
+            ("10.244.1.21".into(), Some("joint1".into()), false)
+        ]
+    );
+    let reviews = d
+        .config
+        .services
+        .iter()
+        .find(|s| s.name.as_str() == "reviews")
+        .context("reviews")?;
+    assert_eq!(
+        reviews.vips,
+        vec!["10.96.0.10".parse::<std::net::IpAddr>()?]
+    );
+    assert_eq!(reviews.ports[0].port.0, 80);
+    assert_eq!(
+        reviews.endpoints[0].ports.get("p80").map(|p| p.0),
+        Some(8080)
+    );
+    let netns = &d.config.pods[0].netns;
+    assert!(
+        netns.ends_with("1000/ns/net"),
+        "netns found through the pod's process: {}",
+        netns.display()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn labelling_and_unlabelling_a_namespace_enrols_and_removes_its_pods() -> Result<()> {
+    let server = FakeApiServer::start_local();
+    base_cluster(&server);
+    let mut source = start(&server, FakeProc::new("label", &["client", "stranger"])?).await?;
+    source
+        .until("client enrolled", |d| enrolled(d).len() == 1)
+        .await?;
+    server.apply(namespace("other", true));
+    source
+        .until("stranger enrolled too", |d| {
+            enrolled(d).iter().any(|(p, _)| p == "other/stranger")
+        })
+        .await?;
+    server.apply(namespace("shop", false));
+    let d = source
+        .until("shop's pods removed", |d| enrolled(d).len() == 1)
+        .await?;
+    assert_eq!(enrolled(&d), vec![("other/stranger".into(), None)]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn pod_tag_changes_reach_enrolment_and_endpoints() -> Result<()> {
+    let server = FakeApiServer::start_local();
+    base_cluster(&server);
+    let mut source = start(&server, FakeProc::new("retag", &["client"])?).await?;
+    source.until("first sync", |_| true).await?;
+    server.apply(pod("shop", "client", NODE, "10.244.0.10", Some("gray")));
+    server.apply(pod(
+        "shop",
+        "reviews-2",
+        "node-b",
+        "10.244.1.21",
+        Some("joint2"),
+    ));
+    let d = source
+        .until("retagged", |d| {
+            enrolled(d) == vec![("shop/client".to_string(), Some("gray".to_string()))]
+                && endpoints(d, "reviews")
+                    .iter()
+                    .any(|e| e.1.as_deref() == Some("joint2"))
+        })
+        .await?;
+    assert!(
+        !endpoints(&d, "reviews")
+            .iter()
+            .any(|e| e.1.as_deref() == Some("joint1"))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn endpoints_added_terminating_and_removed() -> Result<()> {
+    let server = FakeApiServer::start_local();
+    base_cluster(&server);
+    let mut source = start(&server, FakeProc::new("eps", &["client"])?).await?;
+    source
+        .until("first sync", |d| endpoints(d, "reviews").len() == 2)
+        .await?;
+    server.apply(pod(
+        "shop",
+        "reviews-3",
+        "node-b",
+        "10.244.1.22",
+        Some("gray"),
+    ));
+    server.apply(slice(
+        "shop",
+        "reviews",
+        &[
+            ("reviews-1", "10.244.1.20", false),
+            ("reviews-2", "10.244.1.21", false),
+            ("reviews-3", "10.244.1.22", false),
+        ],
+    ));
+    source
+        .until("added", |d| {
+            endpoints(d, "reviews").contains(&("10.244.1.22".into(), Some("gray".into()), false))
+        })
+        .await?;
+    server.apply(slice(
+        "shop",
+        "reviews",
+        &[
+            ("reviews-1", "10.244.1.20", true),
+            ("reviews-2", "10.244.1.21", false),
+            ("reviews-3", "10.244.1.22", false),
+        ],
+    ));
+    source
+        .until("terminating", |d| {
+            endpoints(d, "reviews").contains(&("10.244.1.20".into(), None, true))
+        })
+        .await?;
+    server.apply(slice(
+        "shop",
+        "reviews",
+        &[
+            ("reviews-2", "10.244.1.21", false),
+            ("reviews-3", "10.244.1.22", false),
+        ],
+    ));
+    let d = source
+        .until("removed", |d| endpoints(d, "reviews").len() == 2)
+        .await?;
+    assert!(
+        !endpoints(&d, "reviews")
+            .iter()
+            .any(|e| e.0 == "10.244.1.20")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn service_cluster_ip_and_ports_changes_are_followed() -> Result<()> {
+    let server = FakeApiServer::start_local();
+    base_cluster(&server);
+    let mut source = start(&server, FakeProc::new("svc", &["client"])?).await?;
+    source.until("first sync", |_| true).await?;
+    server.apply(service("shop", "reviews", "10.96.0.99", &[80, 9090]));
+    let d = source
+        .until("new VIP and ports", |d| {
+            d.config.services.iter().any(|s| {
+                s.name.as_str() == "reviews"
+                    && s.vips == vec!["10.96.0.99".parse::<std::net::IpAddr>().unwrap()]
+                    && s.ports.len() == 2
+            })
+        })
+        .await?;
+    assert_eq!(d.config.services.len(), 1);
+    server.delete::<Service>(Some("shop"), "reviews");
+    source
+        .until("service gone", |d| d.config.services.is_empty())
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_api_going_away_and_coming_back_converges_to_the_final_state() -> Result<()> {
+    let server = FakeApiServer::start_local();
+    base_cluster(&server);
+    let mut source = start(&server, FakeProc::new("outage", &["client"])?).await?;
+    source.until("first sync", |_| true).await?;
+    server.set_down(true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The last good state is kept meanwhile.
+    assert_eq!(
+        enrolled(&source.rx.borrow().clone().context("state")?).len(),
+        1
+    );
+    server.apply(pod("shop", "client", NODE, "10.244.0.10", Some("joint1")));
+    server.delete::<EndpointSlice>(Some("shop"), "reviews-abc");
+    server.set_down(false);
+    source
+        .until("converged after the outage", |d| {
+            enrolled(d) == vec![("shop/client".to_string(), Some("joint1".to_string()))]
+                && endpoints(d, "reviews").is_empty()
+        })
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn expired_resource_versions_make_the_watch_relist() -> Result<()> {
+    let server = FakeApiServer::start_local();
+    base_cluster(&server);
+    let mut source = start(&server, FakeProc::new("gone", &["client"])?).await?;
+    source.until("first sync", |_| true).await?;
+    let lists_before = server
+        .requests()
+        .iter()
+        .filter(|r| r.contains("/pods") && !r.contains("watch="))
+        .count();
+    server.expire_watches();
+    server.apply(pod("shop", "client", NODE, "10.244.0.10", Some("gray")));
+    source
+        .until("change after 410 seen", |d| {
+            enrolled(d) == vec![("shop/client".to_string(), Some("gray".to_string()))]
+        })
+        .await?;
+    let lists_after = server
+        .requests()
+        .iter()
+        .filter(|r| r.contains("/pods") && !r.contains("watch="))
+        .count();
+    assert!(
+        lists_after > lists_before,
+        "re-listed after 410 Gone: {:?}",
+        server.requests()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn pods_that_cannot_be_enrolled_are_reported_not_skipped() -> Result<()> {
+    let server = FakeApiServer::start_local();
+    base_cluster(&server);
+    let mut host = pod("shop", "host-net", NODE, "10.0.0.5", None);
+    host.spec.as_mut().map(|s| s.host_network = Some(true));
+    server.apply(host);
+    let mut opted_out = pod("shop", "opted-out", NODE, "10.244.0.12", None);
+    opted_out
+        .metadata
+        .labels
+        .as_mut()
+        .map(|l| l.insert("laneway.io/enabled".into(), "false".into()));
+    server.apply(opted_out);
+    server.apply(pod("shop", "no-process", NODE, "10.244.0.13", None));
+    // No process of "no-process" in this /proc.
+    let mut source = start(
+        &server,
+        FakeProc::new("report", &["client", "host-net", "opted-out"])?,
+    )
+    .await?;
+    let d = source.until("first sync", |_| true).await?;
+    assert_eq!(
+        enrolled(&d),
+        vec![("shop/client".into(), None)],
+        "hostNetwork and opted-out pods are not enrolled"
+    );
+    assert_eq!(d.unenrolled.len(), 1, "{:?}", d.unenrolled);
+    assert_eq!(d.unenrolled[0].pod, "shop/no-process");
+    assert!(
+        d.unenrolled[0].reason.contains("no process of the pod"),
+        "{}",
+        d.unenrolled[0].reason
+    );
+    Ok(())
+}

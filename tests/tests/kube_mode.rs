@@ -1,0 +1,181 @@
+//! The agent driven by the Kubernetes API (`--kube`), end to end on the netns
+//! node: a list/watch API stand-in on the node's loopback, pods with
+//! processes in kubelet-style cgroups, real programs, real HTTP.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use laneway_tests::{
+    Agent, Node,
+    backend::Backend,
+    client::{self, Response},
+    kube::{Cluster, NODE_NAME, namespace, pod, service},
+    node::NODE_IP,
+    standard,
+};
+
+fn routed(r: &Response) -> bool {
+    r.header("x-peer") == Some(&NODE_IP.to_string())
+}
+
+/// Repeats a request until `check` holds (the agent applies changes within
+/// its debounce plus a watch round trip).
+fn eventually(
+    what: &str,
+    mut attempt: impl FnMut() -> Result<Response>,
+    check: impl Fn(&Response) -> bool,
+) -> Result<Response> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let last = attempt();
+        if let Ok(r) = &last
+            && check(r)
+        {
+            return last;
+        }
+        if Instant::now() > deadline {
+            bail!("not within 10 s: {what}; last: {last:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn labelling_a_namespace_steers_its_pods_and_unlabelling_sends_them_direct_again() -> Result<()> {
+    let mut node = Node::new()?;
+    let (scenario, pods) = standard::scenario(&mut node)?;
+    let mut backends = Vec::new();
+    for p in [pods.base, pods.joint1, pods.gray, pods.ratings] {
+        backends.push(Backend::http(node.pod(p), 8080)?);
+    }
+    node.install_kube_proxy(&scenario)?;
+    let mut cluster = Cluster::start(&node)?;
+    cluster.run_pod_process(&node, pods.client)?;
+    cluster.run_pod_process(&node, pods.client_joint1)?;
+    cluster.api.apply(namespace("shop", false));
+    cluster.api.apply(namespace("backends", false));
+    cluster
+        .api
+        .apply(pod(&node, pods.client, "shop", NODE_NAME, None));
+    cluster.api.apply(pod(
+        &node,
+        pods.client_joint1,
+        "shop",
+        NODE_NAME,
+        Some("joint1"),
+    ));
+    for svc in &scenario.services[..2] {
+        for (index, tag) in &svc.endpoints {
+            cluster
+                .api
+                .apply(pod(&node, *index, "backends", "node-2", tag.as_deref()));
+        }
+        let (s, slice) = service(&node, svc, "backends");
+        cluster.api.apply(s);
+        cluster.api.apply(slice);
+    }
+    let agent = Agent::start_kube(&node, &scenario, &cluster)?;
+    let reviews = Node::vip(&scenario.services[0]);
+    let client = node.pod(pods.client);
+    let ask = |tag: &'static str| move || client::get(client, reviews, &[("x-mse-tag", tag)]);
+
+    let r = ask("joint1")()?;
+    assert!(!routed(&r), "namespace not enrolled yet: the direct way");
+
+    cluster.api.apply(namespace("shop", true));
+    let r = eventually("joint1 steered", ask("joint1"), |r| {
+        routed(r) && r.endpoint() == "reviews-joint1"
+    })?;
+    assert_eq!(r.header("x-seen-tag"), Some("joint1"));
+    let r = eventually("gray steered", ask("gray"), |r| routed(r))?;
+    assert_eq!(r.endpoint(), "reviews-gray");
+    let caller = node.pod(pods.client_joint1);
+    let r = client::get(caller, reviews, &[])?;
+    assert_eq!(
+        r.endpoint(),
+        "reviews-joint1",
+        "the pod's tag label is its lane"
+    );
+
+    // Retag the gray endpoint's pod: the lane moves with the label.
+    cluster
+        .api
+        .apply(pod(&node, pods.gray, "backends", "node-2", Some("joint2")));
+    eventually("retagged endpoint", ask("joint2"), |r| {
+        r.endpoint() == "reviews-gray"
+    })?;
+    eventually("old lane falls back", ask("gray"), |r| {
+        r.endpoint() == "reviews-base"
+    })?;
+
+    cluster.api.apply(namespace("shop", false));
+    eventually("direct again", ask("joint1"), |r| !routed(r))?;
+    drop(agent);
+    Ok(())
+}
+
+#[test]
+fn the_agent_is_ready_only_after_the_first_sync_and_keeps_routing_through_an_api_outage()
+-> Result<()> {
+    let mut node = Node::new()?;
+    let (scenario, pods) = standard::scenario(&mut node)?;
+    let _backend = Backend::http(node.pod(pods.base), 8080)?;
+    let _joint1 = Backend::http(node.pod(pods.joint1), 8080)?;
+    node.install_kube_proxy(&scenario)?;
+    let mut cluster = Cluster::start(&node)?;
+    cluster.run_pod_process(&node, pods.client)?;
+    cluster.api.apply(namespace("shop", true));
+    cluster
+        .api
+        .apply(pod(&node, pods.client, "shop", NODE_NAME, None));
+    let svc = &scenario.services[0];
+    for (index, tag) in &svc.endpoints {
+        cluster
+            .api
+            .apply(pod(&node, *index, "backends", "node-2", tag.as_deref()));
+    }
+    let (s, slice) = service(&node, svc, "backends");
+    cluster.api.apply(s);
+    cluster.api.apply(slice);
+
+    // Down before the agent starts: it must not say ready.
+    cluster.api.set_down(true);
+    let started = std::thread::spawn({
+        let node_dir = node.dir().to_owned();
+        move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            node_dir.join("ready").exists()
+        }
+    });
+    let api = &cluster.api;
+    let bring_back = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(2000));
+            api.set_down(false);
+        });
+        let agent = Agent::start_kube(&node, &scenario, &cluster);
+        let _ = h.join();
+        agent
+    });
+    assert!(
+        !started.join().expect("probe"),
+        "ready file written while the API was down"
+    );
+    let agent = bring_back?;
+
+    let reviews = Node::vip(svc);
+    let client = node.pod(pods.client);
+    let r = client::get(client, reviews, &[("x-mse-tag", "joint1")])?;
+    assert!(routed(&r) && r.endpoint() == "reviews-joint1", "{r:?}");
+
+    // An outage after the first sync: the last good state keeps routing.
+    cluster.api.set_down(true);
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..5 {
+        let r = client::get(client, reviews, &[("x-mse-tag", "joint1")])?;
+        assert!(routed(&r) && r.endpoint() == "reviews-joint1");
+    }
+    cluster.api.set_down(false);
+    drop(agent);
+    Ok(())
+}
