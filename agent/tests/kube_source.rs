@@ -134,7 +134,6 @@ fn slice(ns: &str, svc: &str, endpoints: &[(&str, &str, bool)]) -> EndpointSlice
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
-        ..Default::default()
     }
 }
 
@@ -482,6 +481,12 @@ async fn expired_resource_versions_make_the_watch_relist() -> Result<()> {
         .iter()
         .filter(|r| r.contains("/pods") && !r.contains("watch="))
         .count();
+    // Compaction must hit open watches: wait until all four are open.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.open_watches() < 4 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.open_watches(), 4, "{:?}", server.requests());
     server.expire_watches();
     server.apply(pod("shop", "client", NODE, "10.244.0.10", Some("gray")));
     source
@@ -489,16 +494,31 @@ async fn expired_resource_versions_make_the_watch_relist() -> Result<()> {
             enrolled(d) == vec![("shop/client".to_string(), Some("gray".to_string()))]
         })
         .await?;
-    let lists_after = server
-        .requests()
-        .iter()
-        .filter(|r| r.contains("/pods") && !r.contains("watch="))
-        .count();
+    // The 410 may reach the watch after the change did: give the re-list time.
+    let relisted = || {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.contains("/pods") && !r.contains("watch="))
+            .count()
+            > lists_before
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !relisted() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
-        lists_after > lists_before,
+        relisted(),
         "re-listed after 410 Gone: {:?}",
         server.requests()
     );
+    // And changes after the re-list still arrive.
+    server.apply(pod("shop", "client", NODE, "10.244.0.10", Some("joint1")));
+    source
+        .until("change after the re-list", |d| {
+            enrolled(d) == vec![("shop/client".to_string(), Some("joint1".to_string()))]
+        })
+        .await?;
     Ok(())
 }
 
@@ -507,7 +527,9 @@ async fn pods_that_cannot_be_enrolled_are_reported_not_skipped() -> Result<()> {
     let server = FakeApiServer::start_local();
     base_cluster(&server);
     let mut host = pod("shop", "host-net", NODE, "10.0.0.5", None);
-    host.spec.as_mut().map(|s| s.host_network = Some(true));
+    if let Some(spec) = host.spec.as_mut() {
+        spec.host_network = Some(true);
+    }
     server.apply(host);
     let mut opted_out = pod("shop", "opted-out", NODE, "10.244.0.12", None);
     opted_out

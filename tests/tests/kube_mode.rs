@@ -87,7 +87,7 @@ fn labelling_a_namespace_steers_its_pods_and_unlabelling_sends_them_direct_again
         routed(r) && r.endpoint() == "reviews-joint1"
     })?;
     assert_eq!(r.header("x-seen-tag"), Some("joint1"));
-    let r = eventually("gray steered", ask("gray"), |r| routed(r))?;
+    let r = eventually("gray steered", ask("gray"), routed)?;
     assert_eq!(r.endpoint(), "reviews-gray");
     let caller = node.pod(pods.client_joint1);
     let r = client::get(caller, reviews, &[])?;

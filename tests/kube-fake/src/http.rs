@@ -22,12 +22,16 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::Outage;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status;
 use crate::store::{Filter, Key, Shared, Store, TypeInfo, WatchFrom, WatchMsg, WatchOutcome, lock};
 
 /// The body type of every response: a full JSON document or a watch stream.
 type ResBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// An error answer computed while parsing a request (boxed: responses are large).
+type Rejection = Box<Response<ResBody>>;
 
 /// How often an idle watch with `allowWatchBookmarks=true` gets a BOOKMARK.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
@@ -62,7 +66,7 @@ async fn serve_conn(stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let service = service_fn(move |req| {
         let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(handle(&shared, &req)) }
+        async move { handle(&shared, &req) }
     });
     let mut builder = http1::Builder::new();
     // Keep-alive connections may sit idle for long: no header read timeout.
@@ -84,8 +88,10 @@ fn response(code: StatusCode, content_type: &'static str, body: ResBody) -> Resp
     *res.status_mut() = code;
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    res.headers_mut()
-        .insert("cache-control", HeaderValue::from_static("no-cache, private"));
+    res.headers_mut().insert(
+        "cache-control",
+        HeaderValue::from_static("no-cache, private"),
+    );
     res
 }
 
@@ -94,7 +100,12 @@ fn json_response(code: StatusCode, body: &Value) -> Response<ResBody> {
 }
 
 /// A failure Status response (the status code is the Status's `code`).
-fn status_response(code: u16, reason: &str, message: &str, details: Option<Value>) -> Response<ResBody> {
+fn status_response(
+    code: u16,
+    reason: &str,
+    message: &str,
+    details: Option<Value>,
+) -> Response<ResBody> {
     let http_code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json_response(http_code, &status::failure(code, reason, message, details))
 }
@@ -166,14 +177,14 @@ impl Query {
     }
 
     /// A boolean parameter as the real server parses it (`true`, `1`, ...).
-    fn flag(&self, name: &str) -> Result<bool, Response<ResBody>> {
+    fn flag(&self, name: &str) -> Result<bool, Rejection> {
         match self.get(name) {
             None | Some("") => Ok(false),
             Some("true" | "1" | "t" | "T" | "TRUE" | "True") => Ok(true),
             Some("false" | "0" | "f" | "F" | "FALSE" | "False") => Ok(false),
-            Some(other) => Err(bad_request(&format!(
+            Some(other) => Err(Box::new(bad_request(&format!(
                 "{name}: Invalid value: {other:?}: not a boolean"
-            ))),
+            )))),
         }
     }
 }
@@ -226,8 +237,12 @@ fn route(store: &Store, path: &str) -> Option<Target> {
     }
 }
 
-/// Answers one request.
-fn handle(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<ResBody> {
+/// Answers one request; an `Err` makes hyper close the connection without
+/// a response (the [`Outage::CloseConnections`] outage).
+fn handle(
+    shared: &Arc<Shared>,
+    req: &Request<Incoming>,
+) -> Result<Response<ResBody>, std::io::Error> {
     let uri = req.uri();
     let path_and_query = uri
         .path_and_query()
@@ -235,22 +250,41 @@ fn handle(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<ResBody> {
     lock(&shared.requests).push(format!("{} {}", req.method(), path_and_query));
 
     let store = lock(&shared.store);
-    if store.down {
-        let mut res = status_response(
-            503,
-            "ServiceUnavailable",
-            "the server is currently unable to handle the request",
-            None,
-        );
-        res.headers_mut()
-            .insert("retry-after", HeaderValue::from_static("1"));
-        return res;
+    match store.outage {
+        None => Ok(serve_request(shared, store, req)),
+        Some(Outage::ServiceUnavailable) => {
+            let mut res = status_response(
+                503,
+                "ServiceUnavailable",
+                "the server is currently unable to handle the request",
+                None,
+            );
+            res.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            Ok(res)
+        }
+        Some(Outage::CloseConnections) => Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "simulated API server outage",
+        )),
     }
+}
+
+/// Answers a request while the server is up.
+fn serve_request(
+    shared: &Arc<Shared>,
+    store: std::sync::MutexGuard<'_, Store>,
+    req: &Request<Incoming>,
+) -> Response<ResBody> {
+    let uri = req.uri();
     if req.method() != Method::GET {
         return status_response(
             405,
             "MethodNotAllowed",
-            &format!("the fake API server only serves reads, not {}", req.method()),
+            &format!(
+                "the fake API server only serves reads, not {}",
+                req.method()
+            ),
             None,
         );
     }
@@ -264,7 +298,7 @@ fn handle(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<ResBody> {
     let query = Query::parse(uri.query());
     let watch = match query.flag("watch") {
         Ok(w) => w,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     if watch {
         return handle_watch(shared, store, target, &query);
@@ -402,11 +436,14 @@ fn meta_endpoint(store: &Store, shared: &Shared, path: &str) -> Option<Response<
 }
 
 /// Parses the selectors of a list or watch into a filter.
-fn filter_for(target: &Target, query: &Query) -> Result<Filter, Response<ResBody>> {
+fn filter_for(target: &Target, query: &Query) -> Result<Filter, Rejection> {
     let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or_default())
-        .map_err(|e| bad_request(&e.0))?;
-    let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or_default(), &target.info.kind)
-        .map_err(|e| bad_request(&e.0))?;
+        .map_err(|e| Box::new(bad_request(&e.0)))?;
+    let fields = FieldSelector::parse(
+        query.get("fieldSelector").unwrap_or_default(),
+        &target.info.kind,
+    )
+    .map_err(|e| Box::new(bad_request(&e.0)))?;
     Ok(Filter {
         ty: target.ty,
         namespace: target.namespace.clone(),
@@ -421,7 +458,7 @@ fn hex_encode(s: &str) -> String {
 }
 
 fn hex_decode(s: &str) -> Option<String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let bytes = (0..s.len())
@@ -448,7 +485,7 @@ fn decode_continue(token: &str) -> Option<(u64, Key)> {
 fn handle_list(store: &Store, target: Target, query: &Query) -> Response<ResBody> {
     let filter = match filter_for(&target, query) {
         Ok(f) => f,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     let limit = match query.get("limit").filter(|l| !l.is_empty()) {
         None => None,
@@ -462,7 +499,11 @@ fn handle_list(store: &Store, target: Target, query: &Query) -> Response<ResBody
         None => None,
         Some(c) => match decode_continue(c) {
             Some(c) => Some(c),
-            None => return bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)"),
+            None => {
+                return bad_request(
+                    "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+                );
+            }
         },
     };
     let rv_param = query.get("resourceVersion").filter(|r| !r.is_empty());
@@ -508,7 +549,7 @@ fn handle_list(store: &Store, target: Target, query: &Query) -> Response<ResBody
         .peekable();
     let mut page = Vec::new();
     let mut last_key = None;
-    while let Some((key, obj)) = items.next() {
+    for (key, obj) in items.by_ref() {
         // The real server omits apiVersion and kind on list items.
         let mut obj = Value::clone(&obj);
         if let Some(map) = obj.as_object_mut() {
@@ -548,23 +589,32 @@ fn handle_watch(
 ) -> Response<ResBody> {
     let filter = match filter_for(&target, query) {
         Ok(f) => f,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
-    let (send_initial, bookmarks) = match (query.flag("sendInitialEvents"), query.flag("allowWatchBookmarks")) {
+    let (send_initial, bookmarks) = match (
+        query.flag("sendInitialEvents"),
+        query.flag("allowWatchBookmarks"),
+    ) {
         (Ok(s), Ok(b)) => (s, b),
-        (Err(res), _) | (_, Err(res)) => return res,
+        (Err(res), _) | (_, Err(res)) => return *res,
     };
     let rv_match = query.get("resourceVersionMatch").filter(|m| !m.is_empty());
     // The real server's ListOptions validation for watches.
     if send_initial {
         if rv_match != Some("NotOlderThan") {
-            return invalid("resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan");
+            return invalid(
+                "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            );
         }
         if !bookmarks {
-            return invalid("allowWatchBookmarks: Required value: sendInitialEvents requires setting allowWatchBookmarks to true");
+            return invalid(
+                "allowWatchBookmarks: Required value: sendInitialEvents requires setting allowWatchBookmarks to true",
+            );
         }
     } else if query.get("sendInitialEvents").is_none() && rv_match.is_some() {
-        return invalid("resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided");
+        return invalid(
+            "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+        );
     }
     let from = match query.get("resourceVersion").filter(|r| !r.is_empty()) {
         _ if send_initial => WatchFrom::InitialEvents,

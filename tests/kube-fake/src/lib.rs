@@ -79,6 +79,19 @@ pub enum Error {
     InvalidObject(String),
 }
 
+/// How a simulated outage refuses requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// Answer `503 ServiceUnavailable` with a Status body and
+    /// `Retry-After: 1` (an API server behind a load balancer with no
+    /// healthy backend, or one shutting down).
+    ServiceUnavailable,
+    /// Read the request, then close the connection without an answer (a
+    /// crashed server): the client gets a transport error, which kube does
+    /// not retry by itself.
+    CloseConnections,
+}
+
 /// A fake Kubernetes API server listening on a TCP socket, serving from its
 /// in-memory store on the tokio runtime it was started on.
 ///
@@ -215,7 +228,10 @@ impl FakeApiServer {
     /// `metadata.generateName` (see [`FakeApiServer::try_apply`]).
     pub fn apply<K>(&self, obj: K)
     where
-        K: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta> + serde::Serialize + Clone,
+        K: k8s_openapi::Resource
+            + k8s_openapi::Metadata<Ty = ObjectMeta>
+            + serde::Serialize
+            + Clone,
     {
         if let Err(e) = self.try_apply(obj) {
             panic!("{e}");
@@ -225,7 +241,10 @@ impl FakeApiServer {
     /// Like [`FakeApiServer::apply`]; returns the new resourceVersion.
     pub fn try_apply<K>(&self, obj: K) -> Result<String, Error>
     where
-        K: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta> + serde::Serialize + Clone,
+        K: k8s_openapi::Resource
+            + k8s_openapi::Metadata<Ty = ObjectMeta>
+            + serde::Serialize
+            + Clone,
     {
         let value = serde_json::to_value(&obj)?;
         let mut store = lock(&self.shared.store);
@@ -297,19 +316,31 @@ impl FakeApiServer {
     }
 
     /// Outage on or off. While down, every request is answered
-    /// `503 ServiceUnavailable` and the open watches are ended (when going
-    /// down). Objects can still be changed with apply and delete meanwhile.
+    /// `503 ServiceUnavailable` (with `Retry-After: 1`), and the open watches
+    /// are ended when going down. Objects can still be changed with apply and
+    /// delete meanwhile.
+    ///
+    /// Note that kube 5's client retries 503 answers by itself (up to 15
+    /// times, with exponential backoff and honouring `Retry-After`), so a
+    /// request made during a short outage often just succeeds late; use
+    /// [`Outage::CloseConnections`] to make failures reach the caller at once.
     pub fn set_down(&self, down: bool) {
+        self.set_outage(down.then_some(Outage::ServiceUnavailable));
+    }
+
+    /// Starts (`Some`) or ends (`None`) an outage of the given kind. Starting
+    /// one ends every open watch.
+    pub fn set_outage(&self, outage: Option<Outage>) {
         let mut store = lock(&self.shared.store);
-        store.down = down;
-        if down {
+        store.outage = outage;
+        if outage.is_some() {
             store.close_all();
         }
     }
 
     /// Whether an outage is simulated.
     pub fn is_down(&self) -> bool {
-        lock(&self.shared.store).down
+        lock(&self.shared.store).outage.is_some()
     }
 
     /// The number of watches open now.

@@ -47,9 +47,11 @@ fn split_top_level(s: &str) -> Result<Vec<&str>, SelectorError> {
         match c {
             '(' => depth += 1,
             ')' => {
-                depth = depth
-                    .checked_sub(1)
-                    .ok_or_else(|| SelectorError(format!("unable to parse requirement: unbalanced ')' in {s:?}")))?;
+                depth = depth.checked_sub(1).ok_or_else(|| {
+                    SelectorError(format!(
+                        "unable to parse requirement: unbalanced ')' in {s:?}"
+                    ))
+                })?;
             }
             ',' if depth == 0 => {
                 parts.push(&s[start..i]);
@@ -284,9 +286,7 @@ impl FieldSelector {
             };
             let field = field.trim();
             if !supported_fields(kind).contains(&field) {
-                return Err(SelectorError(format!(
-                    "field label not supported: {field}"
-                )));
+                return Err(SelectorError(format!("field label not supported: {field}")));
             }
             reqs.push(FieldReq {
                 field: field.to_string(),
@@ -387,7 +387,15 @@ mod tests {
 
     #[test]
     fn label_errors() {
-        for bad in ["app=", "=x", "app in x", "app in (a", "app=(x)", "app=a b", ","] {
+        for bad in [
+            "app=",
+            "=x",
+            "app in x",
+            "app in (a",
+            "app=(x)",
+            "app=a b",
+            ",",
+        ] {
             let r = LabelSelector::parse(bad);
             if bad == "app=" {
                 // An empty value is valid: it matches a label with empty value.

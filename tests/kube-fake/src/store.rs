@@ -110,7 +110,9 @@ impl Filter {
         {
             return false;
         }
-        let labels = meta.and_then(|m| m.get("labels")).and_then(Value::as_object);
+        let labels = meta
+            .and_then(|m| m.get("labels"))
+            .and_then(Value::as_object);
         self.labels.matches(labels) && self.fields.matches(obj)
     }
 }
@@ -183,8 +185,8 @@ pub(crate) struct Store {
     subscribers: Vec<Subscriber>,
     next_subscriber: u64,
     name_counter: u64,
-    /// Outage simulation: every request is answered 503.
-    pub down: bool,
+    /// Outage simulation: how requests are refused, if they are.
+    pub outage: Option<crate::Outage>,
 }
 
 /// The state shared between the server's handle and its connections.
@@ -312,7 +314,7 @@ impl Store {
             subscribers: Vec::new(),
             next_subscriber: 1,
             name_counter: 0,
-            down: false,
+            outage: None,
         }
     }
 
@@ -386,7 +388,10 @@ impl Store {
                 "object does not serialize to a JSON object".to_string(),
             ));
         };
-        root.insert("apiVersion".to_string(), Value::String(info.api_version.clone()));
+        root.insert(
+            "apiVersion".to_string(),
+            Value::String(info.api_version.clone()),
+        );
         root.insert("kind".to_string(), Value::String(info.kind.clone()));
         let meta_value = root
             .entry("metadata")
@@ -430,7 +435,9 @@ impl Store {
         self.rv += 1;
         let rv = self.rv;
         let Some(meta) = meta_value.as_object_mut() else {
-            return Err(Error::InvalidObject("metadata is not an object".to_string()));
+            return Err(Error::InvalidObject(
+                "metadata is not an object".to_string(),
+            ));
         };
         meta.insert("name".to_string(), Value::String(name));
         if info.namespaced {
@@ -447,8 +454,7 @@ impl Store {
             meta.insert("uid".to_string(), uid);
         }
         if missing(meta, "creationTimestamp") {
-            let ts = prev_str("creationTimestamp")
-                .unwrap_or_else(|| Value::String(now_rfc3339()));
+            let ts = prev_str("creationTimestamp").unwrap_or_else(|| Value::String(now_rfc3339()));
             meta.insert("creationTimestamp".to_string(), ts);
         }
         meta.insert("resourceVersion".to_string(), Value::String(rv.to_string()));
@@ -488,10 +494,11 @@ impl Store {
 
     /// Keeps a change in the history and queues it to every open watch.
     fn record(&mut self, change: Change) {
-        self.subscribers.retain(|s| match event_for(&change, &s.filter) {
-            Some(line) => s.tx.send(WatchMsg::Line(line)).is_ok(),
-            None => !s.tx.is_closed(),
-        });
+        self.subscribers
+            .retain(|s| match event_for(&change, &s.filter) {
+                Some(line) => s.tx.send(WatchMsg::Line(line)).is_ok(),
+                None => !s.tx.is_closed(),
+            });
         self.history.push_back(change);
         while self.history.len() > MAX_HISTORY {
             if let Some(old) = self.history.pop_front() {
@@ -628,7 +635,10 @@ impl Store {
             let status = status::failure(
                 410,
                 "Expired",
-                &format!("The resourceVersion for the provided watch is too old. (compacted at {})", self.compacted),
+                &format!(
+                    "The resourceVersion for the provided watch is too old. (compacted at {})",
+                    self.compacted
+                ),
                 None,
             );
             // A closed receiver just means that client already went away.

@@ -79,13 +79,15 @@ pub fn endpoint_slice(ns: &str, name: &str, service: &str, addresses: &[&str]) -
             ..Default::default()
         },
         address_type: "IPv4".into(),
-        endpoints: addresses
-            .iter()
-            .map(|a| Endpoint {
-                addresses: vec![(*a).to_string()],
-                ..Default::default()
-            })
-            .collect(),
+        endpoints: Some(
+            addresses
+                .iter()
+                .map(|a| Endpoint {
+                    addresses: vec![(*a).to_string()],
+                    ..Default::default()
+                })
+                .collect(),
+        ),
         ports: None,
     }
 }
@@ -121,8 +123,9 @@ pub fn lists(server: &FakeApiServer, path: &str) -> usize {
         .requests()
         .iter()
         .filter(|r| {
-            r.strip_prefix("GET ")
-                .is_some_and(|p| (p == path || p.starts_with(&format!("{path}?"))) && !p.contains("watch=true"))
+            r.strip_prefix("GET ").is_some_and(|p| {
+                (p == path || p.starts_with(&format!("{path}?"))) && !p.contains("watch=true")
+            })
         })
         .count()
 }
