@@ -4,6 +4,8 @@
 //!
 //! It binds to a local address by default and serves no secrets.
 
+pub mod api;
+
 use std::{
     convert::Infallible,
     sync::{

@@ -190,15 +190,19 @@ impl Default for KubeConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// HTTP listener for `/healthz` and `/readyz` (local by default; no
-    /// secrets are served). `null` turns it off.
+    /// HTTP listener for `/healthz`, `/readyz` and `/metrics` (local by
+    /// default; no secrets are served). `null` turns it off.
     pub listen: Option<SocketAddr>,
+    /// Unix socket of the JSON admin API the CLI talks to (mode 0600: root
+    /// only).
+    pub socket: PathBuf,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 15020))),
+            socket: PathBuf::from(crate::admin::api::DEFAULT_SOCKET),
         }
     }
 }

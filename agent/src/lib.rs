@@ -11,6 +11,7 @@ pub mod admin;
 pub mod agent;
 pub mod bpf;
 pub mod cgroup;
+pub mod cli;
 pub mod config;
 pub mod kube;
 pub mod netns;

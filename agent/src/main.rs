@@ -72,6 +72,9 @@ enum Command {
     /// Check or print a config file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Commands that ask the running agent (or, for preflight, the node).
+    #[command(flatten)]
+    Node(laneway::cli::Command),
 }
 
 #[derive(Subcommand, Debug)]
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
             node_name,
             redirect_ipv4,
         }),
+        Command::Node(command) => laneway::cli::run(command),
         Command::Config(ConfigCommand::Check { file }) => match Config::load(&file) {
             Ok(c) => {
                 let endpoints: usize = c.services.iter().map(|s| s.endpoints.len()).sum();
