@@ -19,7 +19,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    admin::Health,
+    admin::{AdminState, Health},
     bpf::{self, Datapath},
     cgroup,
     config::{self, Config},
@@ -81,6 +81,9 @@ pub enum Error {
         "with --kube, services and pods come from the Kubernetes API: remove `services:` and `pods:` from {0}"
     )]
     KubeWithStatic(PathBuf),
+    /// The admin socket could not be served.
+    #[error(transparent)]
+    Admin(#[from] crate::admin::Error),
     /// The ready file could not be written.
     #[error("cannot write ready file {path}: {source}")]
     ReadyFile {
@@ -170,17 +173,30 @@ pub async fn run(options: Options) -> Result<(), Error> {
     let applied = apply(
         &mut datapath,
         Snapshot::from_config(&first, source.clone(), None),
+        Vec::new(),
     )?;
     let router = Router::new(applied, proxy_config(&config));
+    router.telemetry.metrics.snapshot_applied();
     for listener in listeners {
         tokio::spawn(router.clone().serve(listener));
     }
     let health = Arc::new(Health::default());
-    if let Some(listener) = admin {
-        tokio::spawn(crate::admin::serve(listener, health.clone()));
-    }
     let mark = config.router.socket_mark;
     let datapath = Arc::new(Mutex::new(datapath));
+    let admin_state = Arc::new(AdminState {
+        router: router.clone(),
+        datapath: datapath.clone(),
+        health: health.clone(),
+        config: config.clone(),
+        mode: "socket",
+        listen: std::iter::once(config.router.listen)
+            .chain(config.router.listen_v6)
+            .collect(),
+    });
+    let admin_socket = crate::admin::serve_unix(&config.admin.socket, admin_state.clone())?;
+    if let Some(listener) = admin {
+        tokio::spawn(crate::admin::serve_http(listener, admin_state));
+    }
     beat(
         &datapath,
         redirect4,
@@ -218,7 +234,11 @@ pub async fn run(options: Options) -> Result<(), Error> {
                         if changed.is_err() { break; }
                         let desired = rx.borrow_and_update().clone();
                         if let Some(desired) = desired {
-                            reconciler.apply(&desired.config)?;
+                            reconciler.apply(
+                                &desired.config,
+                                desired.unenrolled.iter().map(|u| (u.pod.clone(), u.reason.clone())).collect(),
+                                &desired.policy_errors,
+                            )?;
                         }
                     }
                     _ = hangup.recv() => info!("SIGHUP: with --kube the API is the source; restart to change settings"),
@@ -248,6 +268,8 @@ pub async fn run(options: Options) -> Result<(), Error> {
         }
     }
     info!("shutting down: clearing the heartbeat, pods go the direct way from now");
+    admin_socket.abort();
+    let _ = std::fs::remove_file(&config.admin.socket);
     heartbeat.abort();
     // Fail open at once rather than after the timeout.
     if let Err(e) = beat(&datapath, redirect4, redirect6, port, mark, 0) {
@@ -269,14 +291,31 @@ struct Reconciler {
 impl Reconciler {
     /// Builds the snapshot of `config`, writes it to the maps, swaps it into
     /// the router; the first time, marks the agent ready.
-    fn apply(&self, config: &Config) -> Result<(), Error> {
+    fn apply(
+        &self,
+        config: &Config,
+        unenrolled: Vec<(String, String)>,
+        policy_errors: &[(String, String)],
+    ) -> Result<(), Error> {
         let previous = self.router.applied();
-        let snapshot = Snapshot::from_config(config, self.source.clone(), Some(&previous.snapshot));
+        let mut snapshot =
+            Snapshot::from_config(config, self.source.clone(), Some(&previous.snapshot));
+        for (service, error) in policy_errors {
+            if let Some(s) = snapshot
+                .services
+                .iter_mut()
+                .find(|s| s.id.to_string() == *service)
+            {
+                s.policy_error = Some(error.clone());
+            }
+            self.router.telemetry.metrics.policy_error(service);
+        }
         let applied = {
             let mut dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
-            apply(&mut dp, snapshot)?
+            apply(&mut dp, snapshot, unenrolled)?
         };
         self.router.swap(applied);
+        self.router.telemetry.metrics.snapshot_applied();
         if !self.health.is_ready() {
             self.ready()?;
         }
@@ -363,7 +402,11 @@ pub fn proxy_config(config: &Config) -> ProxyConfig {
 
 /// Writes a snapshot to the maps (resolving each pod's netns cookie) and
 /// returns what the router needs.
-fn apply(datapath: &mut Datapath, snapshot: Snapshot) -> Result<Applied, Error> {
+fn apply(
+    datapath: &mut Datapath,
+    snapshot: Snapshot,
+    mut unenrolled: Vec<(String, String)>,
+) -> Result<Applied, Error> {
     let own_netns = netns::socket_cookie_here().ok();
     let mut services = HashMap::new();
     for port in &snapshot.ports {
@@ -382,7 +425,9 @@ fn apply(datapath: &mut Datapath, snapshot: Snapshot) -> Result<Applied, Error> 
     for (index, pod) in snapshot.pods.iter().enumerate() {
         match netns::cookie_of(&pod.netns) {
             Ok(cookie) if Some(cookie) == own_netns => {
-                error!(%pod, netns = %pod.netns.display(), "not enrolled: this is the agent's own network namespace, redirecting it would loop the router");
+                let reason = "its network namespace is the agent's own: redirecting it would loop the router";
+                error!(%pod, netns = %pod.netns.display(), "not enrolled: {reason}");
+                unenrolled.push((pod.to_string(), reason.to_owned()));
             }
             Ok(cookie) => {
                 enrolled.insert(
@@ -394,7 +439,10 @@ fn apply(datapath: &mut Datapath, snapshot: Snapshot) -> Result<Applied, Error> 
                 );
                 pods_by_cookie.insert(cookie, index);
             }
-            Err(e) => warn!(%pod, error = %e, "not enrolled: network namespace not usable"),
+            Err(e) => {
+                warn!(%pod, error = %e, "not enrolled: network namespace not usable");
+                unenrolled.push((pod.to_string(), e.to_string()));
+            }
         }
     }
     // Services first: a newly enrolled pod must find its services in place.
@@ -413,6 +461,7 @@ fn apply(datapath: &mut Datapath, snapshot: Snapshot) -> Result<Applied, Error> 
     Ok(Applied {
         snapshot,
         pods_by_cookie,
+        unenrolled,
     })
 }
 
@@ -431,7 +480,7 @@ fn reload(path: &Path, running: &Config, reconciler: &Reconciler, reason: &str) 
             "router and bpf settings take effect at the next restart; services, pods and tags are reloaded now"
         );
     }
-    match reconciler.apply(&config) {
+    match reconciler.apply(&config, Vec::new(), &[]) {
         Ok(()) => info!(%reason, "config reloaded"),
         Err(e) => error!(%reason, error = %e, "applying the reloaded config failed"),
     }

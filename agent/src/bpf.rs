@@ -195,6 +195,89 @@ impl Datapath {
         })
     }
 
+    /// Loads every program into the kernel (verifier included) without
+    /// attaching it, then unloads it: whether this kernel runs laneway.
+    /// Returns the names of the programs loaded.
+    pub fn probe() -> Result<Vec<String>, Error> {
+        let mut ebpf = Ebpf::load(PROGRAMS)?;
+        let mut loaded = Vec::new();
+        for &(name, feature) in SOCKET_PROGRAMS {
+            let program = ebpf.program_mut(name).ok_or(Error::MissingProgram(name))?;
+            let result = match program {
+                Program::CgroupSockAddr(p) => p.load(),
+                Program::SockOps(p) => p.load(),
+                Program::CgroupSockopt(p) => p.load(),
+                _ => return Err(Error::MissingProgram(name)),
+            };
+            result.map_err(|source| Error::Program {
+                action: "load".into(),
+                feature,
+                source,
+            })?;
+            loaded.push(name.to_owned());
+        }
+        Ok(loaded)
+    }
+
+    /// The programs, with the hook each runs at.
+    pub fn programs() -> impl Iterator<Item = (&'static str, &'static str)> {
+        SOCKET_PROGRAMS
+            .iter()
+            .map(|(name, feature)| (*name, feature.split(' ').next().unwrap_or(feature)))
+    }
+
+    /// The router's entry as the programs see it.
+    pub fn router_entry(&self) -> Result<RouterInfo, Error> {
+        self.router.get(&0, 0).map_err(map_err(map_names::ROUTER))
+    }
+
+    /// Every `ENROLLED` entry.
+    pub fn enrolled_entries(&self) -> Vec<(u64, PodValue)> {
+        self.enrolled.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Every `SERVICES` entry.
+    pub fn service_entries(&self) -> Vec<(ServiceKey, ServiceValue)> {
+        self.services.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Every `ORIG_BY_COOKIE` entry.
+    pub fn cookie_entries(&self) -> Vec<(u64, OriginalDst)> {
+        self.orig_by_cookie.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Every `ORIG_BY_CONN` entry.
+    pub fn conn_entries(&self) -> Vec<(ConnKey, OriginalDst)> {
+        self.orig_by_conn.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Entries and capacity of each map, by name.
+    pub fn fill_levels(&self) -> Vec<(&'static str, u64, u64)> {
+        let (cookies, conns) = self.connection_entries();
+        vec![
+            (
+                map_names::ENROLLED,
+                self.enrolled.keys().count() as u64,
+                u64::from(laneway_common::ENROLLED_CAPACITY),
+            ),
+            (
+                map_names::SERVICES,
+                self.services.keys().count() as u64,
+                u64::from(laneway_common::SERVICES_CAPACITY),
+            ),
+            (
+                map_names::ORIG_BY_COOKIE,
+                cookies as u64,
+                u64::from(laneway_common::CONN_MAP_CAPACITY),
+            ),
+            (
+                map_names::ORIG_BY_CONN,
+                conns as u64,
+                u64::from(laneway_common::CONN_MAP_CAPACITY),
+            ),
+        ]
+    }
+
     /// The cgroup the programs are attached to.
     pub fn cgroup(&self) -> &Path {
         &self.cgroup
@@ -306,8 +389,14 @@ pub fn service_key(vip: IpAddr, port: u16) -> ServiceKey {
 
 /// The socket address recorded in an [`OriginalDst`].
 pub fn original_addr(original: &OriginalDst) -> SocketAddr {
+    socket_addr(&original.addr, original.port)
+}
+
+/// An address in the maps' form (IPv6 network order, IPv4 v4-mapped) and a
+/// port as a socket address (IPv4 for v4-mapped).
+pub fn socket_addr(addr: &[u32; 4], port: u16) -> SocketAddr {
     let mut octets = [0u8; 16];
-    for (i, word) in original.addr.iter().enumerate() {
+    for (i, word) in addr.iter().enumerate() {
         octets[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
     }
     let v6 = std::net::Ipv6Addr::from(octets);
@@ -315,7 +404,7 @@ pub fn original_addr(original: &OriginalDst) -> SocketAddr {
         Some(v4) => IpAddr::V4(v4),
         None => IpAddr::V6(v6),
     };
-    SocketAddr::new(ip, original.port)
+    SocketAddr::new(ip, port)
 }
 
 /// The router's entry: where redirected connects go, with a fresh heartbeat

@@ -20,6 +20,8 @@ use std::{
 
 use serde::{Deserialize, Deserializer, Serialize, de};
 
+use crate::policy::PolicySpec;
+
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -56,6 +58,9 @@ pub struct Config {
     pub kube: KubeConfig,
     /// The local admin endpoint (health, readiness).
     pub admin: AdminConfig,
+    /// Cluster-wide gray-release policy defaults; a Service's own policy
+    /// overrides them field by field.
+    pub policy: PolicySpec,
     /// Services to route (standalone mode).
     pub services: Vec<Service>,
     /// Pods on this node to enrol (standalone mode).
@@ -223,6 +228,9 @@ pub struct Service {
     /// Endpoints.
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// Gray-release policy (the annotations' fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicySpec>,
 }
 
 /// A Service port.
@@ -684,5 +692,35 @@ pods:
     fn bad_duration_is_an_error() {
         let e = error_of(&GOOD.replace("500ms", "fast"));
         assert!(e.contains("router.connect_timeout"), "{e}");
+    }
+
+    #[test]
+    fn bad_policy_names_field_and_line() {
+        let text = GOOD.replace(
+            "    endpoints:\n",
+            "    policy: {canary: 'gray=60,blue=50'}\n    endpoints:\n",
+        );
+        let e = error_of(&text);
+        assert!(
+            e.contains("services[0].policy.canary")
+                && e.contains("more than 100%")
+                && e.contains("line 10"),
+            "{e}"
+        );
+        let text = GOOD.replace(
+            "    endpoints:\n",
+            "    policy: {match: [{header: a, regex: '(', tag: gray}]}\n    endpoints:\n",
+        );
+        let e = error_of(&text);
+        assert!(
+            e.contains("services[0].policy.match") && e.contains("regex"),
+            "{e}"
+        );
+        let ok = Config::parse(&GOOD.replace(
+            "    endpoints:\n",
+            "    policy: {canary: gray=10, lanes: gray=strict}\n    endpoints:\n",
+        ))
+        .expect("valid policy");
+        assert!(ok.services[0].policy.is_some());
     }
 }

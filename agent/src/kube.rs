@@ -83,7 +83,13 @@ pub struct Desired {
     pub config: Arc<Config>,
     /// Pods that should be enrolled and are not.
     pub unenrolled: Vec<Unenrolled>,
+    /// Services whose policy annotations are bad: `(namespace/name, error)`.
+    /// Each keeps its last good policy.
+    pub policy_errors: Vec<(String, String)>,
 }
+
+/// The last good policy of each service, by `(namespace, name)`.
+type LastGoodPolicies = HashMap<(String, String), Option<crate::policy::PolicySpec>>;
 
 /// Builds a client from a kubeconfig file, or infers one (in-cluster service
 /// account, then `KUBECONFIG` / `~/.kube/config`).
@@ -152,8 +158,12 @@ pub async fn run(
     }
     info!("first full sync with the Kubernetes API done");
     let mut finder = NetnsFinder::new(base.kube.proc_root.clone());
+    let mut last_good = LastGoodPolicies::new();
     loop {
-        let desired = build(&stores, &node_name, &base, &mut finder);
+        let desired = build(&stores, &node_name, &base, &mut finder, &mut last_good);
+        for (service, error) in &desired.policy_errors {
+            warn!(%service, %error, "bad policy annotation; the service keeps its last good policy");
+        }
         let retry = !desired.unenrolled.is_empty();
         for u in &desired.unenrolled {
             warn!(pod = %u.pod, reason = %u.reason, "pod not enrolled");
@@ -198,7 +208,13 @@ where
 }
 
 /// Turns the stores into the desired services and pods.
-fn build(stores: &Stores, node_name: &str, base: &Config, finder: &mut NetnsFinder) -> Desired {
+fn build(
+    stores: &Stores,
+    node_name: &str,
+    base: &Config,
+    finder: &mut NetnsFinder,
+    last_good: &mut LastGoodPolicies,
+) -> Desired {
     let tag_label = &base.tags.pod_label;
     let pods = stores.pods.state();
     let tag_of: HashMap<(String, String), Option<config::Tag>> = pods
@@ -216,13 +232,29 @@ fn build(stores: &Stores, node_name: &str, base: &Config, finder: &mut NetnsFind
         }
     }
     let mut services = Vec::new();
+    let mut policy_errors = Vec::new();
     for svc in stores.services.state() {
         let key = (svc.namespace().unwrap_or_default(), svc.name_any());
         let slices = slices_by_service
             .get(&key)
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        if let Some(s) = service(&svc, slices, &tag_of) {
+        let annotations = svc
+            .annotations()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        let policy = match crate::policy::PolicySpec::from_annotations(annotations) {
+            Ok(spec) => {
+                last_good.insert(key.clone(), spec.clone());
+                spec
+            }
+            Err(e) => {
+                policy_errors.push((format!("{}/{}", key.0, key.1), e));
+                last_good.get(&key).cloned().flatten()
+            }
+        };
+        if let Some(mut s) = service(&svc, slices, &tag_of) {
+            s.policy = policy;
             services.push(s);
         }
     }
@@ -297,6 +329,7 @@ fn build(stores: &Stores, node_name: &str, base: &Config, finder: &mut NetnsFind
     Desired {
         config: Arc::new(config),
         unenrolled,
+        policy_errors,
     }
 }
 
@@ -422,6 +455,7 @@ fn service(
         vips,
         ports,
         endpoints,
+        policy: None,
     })
 }
 

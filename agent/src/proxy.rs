@@ -111,6 +111,9 @@ pub struct Target {
     /// Tag to write into `tag_header` upstream (replacing any value the client
     /// sent); `None` = remove the header.
     pub tag: Option<String>,
+    /// The `baggage` header to send upstream (the client's, with the tag
+    /// member set); `None` sends none.
+    pub baggage: Option<String>,
     /// If `Some`, add response header `x-laneway-route: <value>` to the final
     /// response sent to the client.
     pub route_header: Option<String>,

@@ -11,7 +11,12 @@
 //!    untagged traffic from all its endpoints;
 //! 4. among candidates: least-request power-of-two-choices.
 //!
-//! Pure functions over a [`Snapshot`], so `explain` can dry-run them.
+//! With a gray-release [`Policy`], a request without a tag header or
+//! baggage member is first matched against the policy's match rules, then
+//! takes the caller's lane, then may be sent to a lane by a canary share; a
+//! strict lane without endpoints answers 503 instead of falling back.
+//!
+//! Pure functions over a snapshot, so `explain` can dry-run them.
 
 use std::{fmt, net::SocketAddr, sync::atomic::Ordering};
 
@@ -20,6 +25,7 @@ use serde::Serialize;
 
 use crate::{
     config::Tag,
+    policy::{LaneMode, Policy},
     snapshot::{Backend, ServicePort, TagRules},
 };
 
@@ -31,10 +37,27 @@ pub enum TagSource {
     Header(String),
     /// The W3C `baggage` header.
     Baggage,
+    /// A match rule of the service's policy (its index).
+    Match(usize),
     /// The calling pod's own tag.
     Caller,
+    /// A canary share of the service's policy.
+    Canary,
     /// No tag.
     None,
+}
+
+impl fmt::Display for TagSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TagSource::Header(name) => write!(f, "header:{name}"),
+            TagSource::Baggage => f.write_str("baggage"),
+            TagSource::Match(i) => write!(f, "match:{i}"),
+            TagSource::Caller => f.write_str("caller"),
+            TagSource::Canary => f.write_str("canary"),
+            TagSource::None => f.write_str("none"),
+        }
+    }
 }
 
 /// The tag a request asks for, and why.
@@ -212,6 +235,103 @@ pub fn candidates<'a>(port: &'a ServicePort, tag: Option<&Tag>) -> Candidates<'a
     }
 }
 
+/// Where a request goes before an endpoint is picked: its tag, why, the
+/// decision, and the candidates (empty for a strict reject).
+#[derive(Clone, Debug)]
+pub struct Plan<'a> {
+    /// The request tag (the lane the request is in from here on).
+    pub tag: Option<Tag>,
+    /// Where the tag came from.
+    pub source: TagSource,
+    /// The decision.
+    pub decision: Decision,
+    /// Indices into the port's backends.
+    pub candidates: &'a [usize],
+}
+
+/// Plans a request to `port` under `policy`. `random` picks a canary bucket
+/// when the policy has no sticky key (or the request lacks it).
+pub fn plan<'a>(
+    port: &'a ServicePort,
+    policy: &Policy,
+    headers: &[(&str, &[u8])],
+    path: &str,
+    caller: Option<&Tag>,
+    rules: &TagRules,
+    random: u32,
+) -> Plan<'a> {
+    let explicit = resolve_tag(headers.iter().copied(), None, rules);
+    let (tag, source) = if explicit.tag.is_some() {
+        (explicit.tag, explicit.source)
+    } else if let Some((i, tag)) = policy.matched(headers, path) {
+        (Some(tag.clone()), TagSource::Match(i))
+    } else if let (true, Some(tag)) = (rules.inherit_caller_tag, caller) {
+        (Some(tag.clone()), TagSource::Caller)
+    } else {
+        let (bucket, _) = policy.bucket(headers, path, random);
+        if let Some(lane) = policy.canary_lane(bucket)
+            && let Some(indices) = port.by_tag.get(lane).filter(|l| !l.is_empty())
+        {
+            return Plan {
+                tag: Some(lane.clone()),
+                source: TagSource::Canary,
+                decision: Decision::Canary,
+                candidates: indices,
+            };
+        }
+        (None, TagSource::None)
+    };
+    let lane_is_strict = tag
+        .as_ref()
+        .is_some_and(|t| policy.lane_mode(t) == LaneMode::Strict);
+    let c = candidates(port, tag.as_ref());
+    if c.decision == Decision::Fallback && lane_is_strict {
+        return Plan {
+            tag,
+            source,
+            decision: Decision::StrictReject,
+            candidates: &[],
+        };
+    }
+    Plan {
+        tag,
+        source,
+        decision: c.decision,
+        candidates: c.indices,
+    }
+}
+
+/// The `baggage` header to send upstream: the request's baggage members with
+/// `key` set to `tag`, or `None` when the request came without baggage.
+pub fn propagated_baggage<'a>(
+    headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+    key: &str,
+    tag: Option<&Tag>,
+) -> Option<String> {
+    let values: Vec<&str> = headers
+        .filter(|(n, _)| n.eq_ignore_ascii_case("baggage"))
+        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+        .collect();
+    if values.is_empty() {
+        return None;
+    }
+    let mut members: Vec<String> = values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .filter(|m| {
+            let k = m.split(['=', ';']).next().unwrap_or("").trim();
+            tag.is_none() || k != key
+        })
+        .map(str::to_owned)
+        .collect();
+    if let Some(tag) = tag {
+        members.push(format!("{key}={tag}"));
+    }
+    Some(members.join(","))
+}
+
 /// Least-request power-of-two-choices among `indices`, skipping `exclude`.
 pub fn pick<'a>(
     port: &'a ServicePort,
@@ -384,5 +504,125 @@ mod tests {
             .map(|b| b.addr)
             .collect();
         assert_eq!(seen.len(), 3);
+    }
+
+    fn policy(yaml: &str) -> Policy {
+        let spec: crate::policy::PolicySpec = serde_yaml::from_str(yaml).expect("policy");
+        Policy::from(&spec)
+    }
+
+    fn plan_of<'a>(
+        p: &'a ServicePort,
+        pol: &Policy,
+        headers: &[(&'static str, &'static str)],
+        caller: Option<&str>,
+        random: u32,
+    ) -> Plan<'a> {
+        let h: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+        let caller = caller.map(tag);
+        let r = rules();
+        plan(p, pol, &h, "/x?lane=g", caller.as_ref(), &r, random)
+    }
+
+    #[test]
+    fn canary_share_sends_its_buckets_to_the_lane() {
+        let s = snapshot("      - {ip: 10.0.0.1}\n      - {ip: 10.0.0.2, tag: gray}\n");
+        let p = &s.ports[0];
+        let pol = policy("canary: gray=10");
+        let c = plan_of(p, &pol, &[], None, 999);
+        assert_eq!(
+            (
+                c.decision,
+                c.source.clone(),
+                c.tag.as_ref().map(Tag::as_str)
+            ),
+            (Decision::Canary, TagSource::Canary, Some("gray"))
+        );
+        let b = plan_of(p, &pol, &[], None, 1000);
+        assert_eq!((b.decision, b.tag), (Decision::Base, None));
+        // Tagged requests and tagged callers are not subject to shares.
+        assert_eq!(
+            plan_of(p, &pol, &[("x-mse-tag", "joint1")], None, 0).decision,
+            Decision::Fallback
+        );
+        assert_eq!(
+            plan_of(p, &pol, &[], Some("blue"), 0).source,
+            TagSource::Caller
+        );
+    }
+
+    #[test]
+    fn canary_to_a_lane_without_endpoints_stays_on_base() {
+        let s = snapshot("      - {ip: 10.0.0.1}\n");
+        let c = plan_of(&s.ports[0], &policy("canary: gray=100"), &[], None, 5);
+        assert_eq!(c.decision, Decision::Base);
+    }
+
+    #[test]
+    fn match_rules_come_before_the_caller_lane_and_after_headers() {
+        let s = snapshot(
+            "      - {ip: 10.0.0.1}\n      - {ip: 10.0.0.2, tag: gray}\n      - {ip: 10.0.0.3, tag: blue}\n",
+        );
+        let p = &s.ports[0];
+        let pol = policy("match: [{query: lane, exact: g, tag: gray}]");
+        let m = plan_of(p, &pol, &[], Some("blue"), 0);
+        assert_eq!(
+            (m.source.clone(), m.decision),
+            (TagSource::Match(0), Decision::Tagged)
+        );
+        let h = plan_of(p, &pol, &[("x-mse-tag", "blue")], None, 0);
+        assert_eq!(h.tag.as_ref().map(Tag::as_str), Some("blue"));
+    }
+
+    #[test]
+    fn strict_lanes_reject_and_permissive_lanes_fall_back() {
+        let s = snapshot("      - {ip: 10.0.0.1}\n");
+        let p = &s.ports[0];
+        let strict = plan_of(
+            p,
+            &policy("lanes: gray=strict"),
+            &[("x-mse-tag", "gray")],
+            None,
+            0,
+        );
+        assert_eq!(strict.decision, Decision::StrictReject);
+        assert!(strict.candidates.is_empty());
+        let other = plan_of(
+            p,
+            &policy("lanes: gray=strict"),
+            &[("x-mse-tag", "blue")],
+            None,
+            0,
+        );
+        assert_eq!(other.decision, Decision::Fallback);
+        let all_strict = plan_of(
+            p,
+            &policy("default_lane_mode: strict"),
+            &[("x-mse-tag", "blue")],
+            None,
+            0,
+        );
+        assert_eq!(all_strict.decision, Decision::StrictReject);
+    }
+
+    #[test]
+    fn baggage_carries_the_resolved_tag_only_when_the_request_had_baggage() {
+        let gray = tag("gray");
+        let h: Vec<(&str, &[u8])> = vec![
+            ("baggage", b"user=1, x-mse-tag=old;p=1".as_slice()),
+            ("Baggage", b"k=v".as_slice()),
+        ];
+        assert_eq!(
+            propagated_baggage(h.iter().copied(), "x-mse-tag", Some(&gray)).as_deref(),
+            Some("user=1,k=v,x-mse-tag=gray")
+        );
+        assert_eq!(
+            propagated_baggage(std::iter::empty(), "x-mse-tag", Some(&gray)),
+            None
+        );
+        assert_eq!(
+            propagated_baggage(h.iter().copied(), "x-mse-tag", None).as_deref(),
+            Some("user=1,x-mse-tag=old;p=1,k=v")
+        );
     }
 }

@@ -9,19 +9,29 @@
 //! iptables REDIRECT). A connection with neither, or whose destination is no
 //! service, is closed: the router is no open relay.
 
+pub mod conns;
+
 use std::{
     mem::MaybeUninit,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::AsRawFd,
     sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use arc_swap::ArcSwap;
 use laneway_common::{LANEWAY_SO_ORIGIN, OriginalDst, SO_ORIGINAL_DST};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::broadcast,
+};
 use tracing::{debug, warn};
 
 use crate::{
+    admin::{
+        api::TraceEvent,
+        metrics::{Metrics, RequestLabels, status_class},
+    },
     config::AppProtocol,
     proxy::{
         self, Pool, Protocol, ProxyConfig, RequestHead, RequestOutcome, Route, Routes, Target,
@@ -38,6 +48,8 @@ pub struct Applied {
     pub snapshot: Snapshot,
     /// Pod index by netns cookie, for the pods that were enrolled.
     pub pods_by_cookie: std::collections::HashMap<u64, usize>,
+    /// Pods that should be enrolled and are not: `(namespace/name, reason)`.
+    pub unenrolled: Vec<(String, String)>,
 }
 
 impl Applied {
@@ -54,6 +66,30 @@ pub struct Router {
     applied: ArcSwap<Applied>,
     pool: Arc<Pool>,
     proxy: Arc<ProxyConfig>,
+    /// What the router tells the admin API.
+    pub telemetry: Arc<Telemetry>,
+}
+
+/// Metrics, live decisions and open connections.
+#[derive(Debug)]
+pub struct Telemetry {
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Every routing decision as it completes (for `laneway trace`); sent
+    /// only while someone listens.
+    pub trace: broadcast::Sender<TraceEvent>,
+    /// Open client connections.
+    pub conns: Arc<conns::ConnTable>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self {
+            metrics: Metrics::default(),
+            trace: broadcast::channel(1024).0,
+            conns: Arc::default(),
+        }
+    }
 }
 
 /// Where a redirected connection was going, and who made it.
@@ -72,6 +108,7 @@ impl Router {
             applied: ArcSwap::from_pointee(applied),
             pool: Arc::new(Pool::new(&proxy)),
             proxy: Arc::new(proxy),
+            telemetry: Arc::default(),
         })
     }
 
@@ -117,19 +154,26 @@ impl Router {
             AppProtocol::Http => Protocol::Http,
             AppProtocol::Tcp => Protocol::Opaque,
         };
-        let caller = applied.caller(origin.netns_cookie, peer.ip());
-        debug!(
-            %peer,
-            destination = %origin.destination,
-            service = %applied.snapshot.service_of(port).id,
-            caller = caller.map(|p| p.to_string()),
-            "redirected connection"
-        );
+        let caller = applied
+            .caller(origin.netns_cookie, peer.ip())
+            .map(|p| p.to_string());
+        let service = applied.snapshot.service_of(port).id.to_string();
+        debug!(%peer, destination = %origin.destination, %service, caller, "redirected connection");
+        let registration = self.telemetry.conns.register(conns::NewConn {
+            fd: stream.as_raw_fd(),
+            peer,
+            local: stream.local_addr().unwrap_or(origin.destination),
+            destination: origin.destination,
+            caller: caller.clone(),
+            service: Some(service),
+        });
         let routes = Arc::new(ConnRoutes {
             router: self.clone(),
             origin,
             peer: peer.ip(),
-            held: Mutex::new(None),
+            caller,
+            conn: registration.entry.clone(),
+            current: Mutex::new(None),
         });
         drop(applied);
         proxy::serve_connection(
@@ -140,6 +184,7 @@ impl Router {
             protocol,
         )
         .await;
+        drop(registration);
     }
 }
 
@@ -156,33 +201,55 @@ struct ConnRoutes {
     router: Arc<Router>,
     origin: Origin,
     peer: IpAddr,
-    /// The endpoint load counted for the request (or stream) in progress.
-    held: Mutex<Option<Arc<EndpointLoad>>>,
+    /// `namespace/name` of the calling pod, if known.
+    caller: Option<String>,
+    /// This connection's entry in the connection table.
+    conn: Arc<conns::ConnEntry>,
+    /// The decision for the request (or stream) in progress, holding one
+    /// in-flight count on its endpoint.
+    current: Mutex<Option<Current>>,
+}
+
+/// The decision for the request in progress.
+struct Current {
+    service: String,
+    tag: Option<String>,
+    tag_source: String,
+    decision: Option<Decision>,
+    load: Option<Arc<EndpointLoad>>,
+}
+
+impl Drop for Current {
+    fn drop(&mut self) {
+        if let Some(load) = &self.load {
+            load.in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl ConnRoutes {
-    fn hold(&self, load: Option<Arc<EndpointLoad>>) {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = held.take() {
-            old.in_flight
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        if let Some(new) = &load {
-            new.in_flight
+    /// Replaces the current decision, returning the previous one.
+    fn set_current(&self, current: Option<Current>) -> Option<Current> {
+        if let Some(load) = current.as_ref().and_then(|c| c.load.as_ref()) {
+            load.in_flight
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        *held = load;
+        let mut slot = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *slot, current)
     }
 
     fn decide(
         &self,
         headers: &[httparse::Header<'_>],
-        exclude: &[std::net::SocketAddr],
+        path: &str,
+        exclude: &[SocketAddr],
         explain: bool,
+        protocol: &'static str,
     ) -> Route {
         let applied = self.router.applied.load();
         let Some(port) = applied.snapshot.port_for(self.origin.destination) else {
-            self.hold(None);
+            self.set_current(None);
             return Route::Reject {
                 status: 503,
                 body: format!(
@@ -191,40 +258,77 @@ impl ConnRoutes {
                 ),
             };
         };
-        let service = &applied.snapshot.service_of(port).id;
+        let service = applied.snapshot.service_of(port);
         let caller = applied.caller(self.origin.netns_cookie, self.peer);
-        let tag = route::resolve_tag(
-            headers.iter().map(|h| (h.name, h.value)),
+        let headers: Vec<(&str, &[u8])> = headers.iter().map(|h| (h.name, h.value)).collect();
+        if !exclude.is_empty() {
+            // Asked again for the same request only after a failed connect.
+            self.router
+                .telemetry
+                .metrics
+                .connect_error(&service.id.to_string());
+        }
+        let plan = route::plan(
+            port,
+            &service.policy,
+            &headers,
+            path,
             caller.and_then(|p| p.tag.as_ref()),
             &applied.snapshot.tags,
+            rand::random(),
         );
-        let candidates = route::candidates(port, tag.tag.as_ref());
-        let picked = route::pick(port, candidates.indices, exclude, &mut rand::rng());
-        let Some(backend) = picked else {
-            self.hold(None);
+        let tag_name = plan.tag.as_ref().map(|t| t.to_string());
+        let mut current = Current {
+            service: service.id.to_string(),
+            tag: tag_name.clone(),
+            tag_source: plan.source.to_string(),
+            decision: Some(plan.decision),
+            load: None,
+        };
+        if plan.decision == Decision::StrictReject {
+            self.set_current(Some(current));
+            return Route::Reject {
+                status: 503,
+                body: format!(
+                    "laneway: lane {} of service {} has no serving endpoint, and the lane is strict\n",
+                    tag_name.as_deref().unwrap_or("-"),
+                    service.id
+                ),
+            };
+        }
+        let Some(backend) = route::pick(port, plan.candidates, exclude, &mut rand::rng()) else {
+            current.decision = None;
+            self.set_current(Some(current));
             let err = route::NoEndpoint::Empty {
-                service: service.to_string(),
-                tag: tag.tag.clone(),
+                service: service.id.to_string(),
+                tag: plan.tag.clone(),
             };
             return Route::Reject {
                 status: 503,
                 body: format!("laneway: {err}\n"),
             };
         };
-        self.hold(Some(backend.load.clone()));
+        current.load = Some(backend.load.clone());
+        self.set_current(Some(current));
+        self.conn.routed(backend.addr, tag_name.clone(), protocol);
         debug!(
-            %service,
-            tag = tag.tag.as_ref().map(|t| t.as_str()),
-            decision = %candidates.decision,
+            service = %service.id,
+            tag = tag_name,
+            source = %plan.source,
+            decision = %plan.decision,
             endpoint = %backend.addr,
             "routed"
         );
         Route::Forward(Target {
             endpoint: backend.addr,
-            tag: tag.tag.as_ref().map(|t| t.to_string()),
-            route_header: explain.then(|| {
-                route_header(candidates.decision, service, tag.tag.as_ref(), backend.addr)
-            }),
+            baggage: route::propagated_baggage(
+                headers.iter().copied(),
+                &applied.snapshot.tags.baggage_key,
+                plan.tag.as_ref(),
+            ),
+            tag: tag_name,
+            route_header: explain
+                .then(|| route_header(plan.decision, &service.id, plan.tag.as_ref(), backend.addr)),
         })
     }
 }
@@ -249,16 +353,37 @@ impl Routes for ConnRoutes {
             .headers
             .iter()
             .any(|h| h.name.eq_ignore_ascii_case(ROUTE_HEADER));
-        self.decide(head.headers, exclude, explain)
+        self.decide(head.headers, head.path, exclude, explain, "http")
     }
 
     fn route_l4(&self, exclude: &[SocketAddr]) -> Route {
         // Opaque streams carry no header: the caller's lane, else base.
-        self.decide(&[], exclude, false)
+        self.decide(&[], "/", exclude, false, "tcp")
     }
 
     fn observe(&self, outcome: RequestOutcome) {
-        self.hold(None);
+        let current = self.set_current(None);
+        let telemetry = &self.router.telemetry;
+        let (service, tag, tag_source, decision) = match &current {
+            Some(c) => (
+                c.service.clone(),
+                c.tag.clone(),
+                c.tag_source.clone(),
+                c.decision,
+            ),
+            None => (String::new(), None, "none".to_owned(), None),
+        };
+        if !service.is_empty() {
+            telemetry.metrics.request(
+                RequestLabels {
+                    service: service.clone(),
+                    tag: tag.clone().unwrap_or_default(),
+                    decision: decision.map_or("none", Decision::as_str).to_owned(),
+                    status_class: status_class(outcome.status),
+                },
+                outcome.duration,
+            );
+        }
         debug!(
             status = outcome.status,
             endpoint = outcome.target.as_ref().map(|t| t.endpoint.to_string()),
@@ -266,12 +391,28 @@ impl Routes for ConnRoutes {
             error = outcome.error,
             "request done"
         );
+        if telemetry.trace.receiver_count() > 0 {
+            let _ = telemetry.trace.send(TraceEvent {
+                time_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                caller: self.caller.clone(),
+                service,
+                tag,
+                tag_source,
+                decision: decision.map(|d| d.as_str().to_owned()),
+                endpoint: outcome.target.map(|t| t.endpoint.to_string()),
+                status: outcome.status,
+                duration_us: outcome.duration.as_micros() as u64,
+                error: outcome.error,
+            });
+        }
     }
 }
 
 impl Drop for ConnRoutes {
     fn drop(&mut self) {
-        self.hold(None);
+        self.set_current(None);
     }
 }
 

@@ -20,7 +20,10 @@ use std::{
     time::Instant,
 };
 
-use crate::config::{AppProtocol, Config, Tag};
+use crate::{
+    config::{AppProtocol, Config, Tag},
+    policy::Policy,
+};
 
 /// A service's identity: `namespace/name`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -114,6 +117,11 @@ pub struct Service {
     pub vips: Vec<IpAddr>,
     /// Indices into [`Snapshot::ports`].
     pub ports: Vec<usize>,
+    /// The gray-release policy in force (its own over the cluster defaults).
+    pub policy: Arc<Policy>,
+    /// Why the policy the source gave could not be used (the last good one
+    /// stays in force).
+    pub policy_error: Option<String>,
 }
 
 /// A pod on this node to enrol.
@@ -226,6 +234,7 @@ impl Snapshot {
                 }
                 port_indices.push(index);
             }
+            let spec = svc.policy.clone().unwrap_or_default().over(&config.policy);
             services.push(Service {
                 id: ServiceId {
                     namespace: svc.namespace.to_string(),
@@ -233,6 +242,8 @@ impl Snapshot {
                 },
                 vips: svc.vips.clone(),
                 ports: port_indices,
+                policy: Arc::new(Policy::from(&spec)),
+                policy_error: None,
             });
         }
         let pods: Vec<Pod> = config

@@ -560,3 +560,56 @@ async fn pods_that_cannot_be_enrolled_are_reported_not_skipped() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_bad_policy_annotation_keeps_the_last_good_policy_and_is_reported() -> Result<()> {
+    let server = FakeApiServer::start_local();
+    base_cluster(&server);
+    let annotated = |canary: &str| {
+        let mut svc = service("shop", "reviews", "10.96.0.10", &[80]);
+        svc.metadata.annotations = Some(BTreeMap::from([(
+            "laneway.io/canary".to_string(),
+            canary.to_string(),
+        )]));
+        svc
+    };
+    server.apply(annotated("gray=10"));
+    let mut source = start(&server, FakeProc::new("policy", &["client"])?).await?;
+    let canary = |d: &Desired| {
+        d.config
+            .services
+            .iter()
+            .find(|s| s.name.as_str() == "reviews")
+            .and_then(|s| s.policy.as_ref())
+            .and_then(|p| p.canary.as_ref())
+            .map(|c| c.to_string())
+    };
+    let d = source.until("policy read", |d| canary(d).is_some()).await?;
+    assert_eq!(canary(&d).as_deref(), Some("gray=10"));
+    assert!(d.policy_errors.is_empty());
+
+    server.apply(annotated("gray=200"));
+    let d = source
+        .until("bad annotation reported", |d| !d.policy_errors.is_empty())
+        .await?;
+    assert_eq!(
+        canary(&d).as_deref(),
+        Some("gray=10"),
+        "last good policy kept"
+    );
+    let (svc, error) = &d.policy_errors[0];
+    assert_eq!(svc, "shop/reviews");
+    assert!(
+        error.contains("laneway.io/canary") && error.contains("0-100"),
+        "{error}"
+    );
+
+    server.apply(annotated("gray=25"));
+    let d = source
+        .until("fixed", |d| {
+            d.policy_errors.is_empty() && canary(d).as_deref() == Some("gray=25")
+        })
+        .await?;
+    assert!(d.policy_errors.is_empty());
+    Ok(())
+}

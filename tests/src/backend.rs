@@ -7,8 +7,9 @@
 //! and `x-seen-tag` (the tag header it received), and its name as the body.
 
 use std::{
+    fs::File,
     io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -33,7 +34,39 @@ impl Backend {
     /// Serves HTTP as `pod`'s name on `port`.
     pub fn http(pod: &Pod, port: u16) -> Result<Self> {
         let name = pod.name.clone();
-        Self::start(pod, port, move |stream| serve_http(stream, &name))
+        Self::start(pod, port, move |stream| {
+            serve_http(stream, &name, |_| Vec::new())
+        })
+    }
+
+    /// Serves HTTP as `pod`'s name on `port`, and for each request calls
+    /// `upstream` from inside the pod (so through laneway when the pod is
+    /// enrolled), forwarding the `x-mse-tag` header it got when
+    /// `forward_tag`, as an app that propagates its lane does. Answers with
+    /// `x-upstream-endpoint` and `x-upstream-seen-tag` from the upstream's
+    /// answer.
+    pub fn forwarder(
+        pod: &Pod,
+        port: u16,
+        upstream: SocketAddr,
+        forward_tag: bool,
+    ) -> Result<Self> {
+        let name = pod.name.clone();
+        let netns = Arc::new(File::open(pod.netns.path())?);
+        Self::start(pod, port, move |stream| {
+            // This connection's thread makes its upstream calls from the pod.
+            if crate::netns::enter(&netns).is_err() {
+                return;
+            }
+            serve_http(stream, &name, |headers| {
+                let tag = headers
+                    .iter()
+                    .find(|(n, _)| n == "x-mse-tag")
+                    .map(|(_, v)| v.clone())
+                    .filter(|_| forward_tag);
+                call(upstream, tag.as_deref())
+            })
+        })
     }
 
     /// Echoes bytes on `port` until the client half-closes, then closes.
@@ -103,7 +136,43 @@ fn serve_echo(mut stream: TcpStream) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
-fn serve_http(stream: TcpStream, name: &str) {
+/// One upstream call; its `x-endpoint` and `x-seen-tag` as response headers.
+fn call(upstream: SocketAddr, tag: Option<&str>) -> Vec<(String, String)> {
+    let answer = (|| -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&upstream, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let tag = tag
+            .map(|t| format!("x-mse-tag: {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET / HTTP/1.1\r\nhost: {upstream}\r\n{tag}connection: close\r\n\r\n"
+        )?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok(text)
+    })();
+    let Ok(text) = answer else {
+        return vec![("x-upstream-endpoint".into(), "error".into())];
+    };
+    let header = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or("-")
+            .trim()
+            .to_owned()
+    };
+    vec![
+        ("x-upstream-endpoint".into(), header("x-endpoint")),
+        ("x-upstream-seen-tag".into(), header("x-seen-tag")),
+    ]
+}
+
+fn serve_http(
+    stream: TcpStream,
+    name: &str,
+    extra: impl Fn(&[(String, String)]) -> Vec<(String, String)>,
+) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let peer = stream
         .peer_addr()
@@ -132,12 +201,17 @@ fn serve_http(stream: TcpStream, name: &str) {
             let _ = writer.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
             return;
         }
-        let header = |n: &str| {
-            req.headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(n))
-                .map(|h| String::from_utf8_lossy(h.value).into_owned())
-        };
+        let all: Vec<(String, String)> = req
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        let header = |n: &str| all.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
         let length: usize = header("content-length")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
@@ -148,9 +222,15 @@ fn serve_http(stream: TcpStream, name: &str) {
             return;
         }
         let reply = format!("{name}\n");
+        let extra: String = extra(&all)
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
+        let baggage = header("baggage").unwrap_or_else(|| "-".into());
         let response = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-endpoint: {name}\r\nx-peer: {peer}\r\n\
-             x-seen-tag: {seen_tag}\r\nx-body-bytes: {length}\r\ncontent-length: {}\r\n{}\r\n{reply}",
+             x-seen-tag: {seen_tag}\r\nx-seen-baggage: {baggage}\r\nx-body-bytes: {length}\r\n{extra}\
+             content-length: {}\r\n{}\r\n{reply}",
             reply.len(),
             if close { "connection: close\r\n" } else { "" }
         );

@@ -53,6 +53,9 @@ pub struct ServiceSpec {
     pub target_port: u16,
     /// `auto`, `http` or `tcp`.
     pub protocol: &'static str,
+    /// The service's gray-release policy as a YAML flow mapping (e.g.
+    /// `{canary: gray=10}`), if any.
+    pub policy: Option<String>,
     /// Endpoints: pod index in the node and tag.
     pub endpoints: Vec<(usize, Option<String>)>,
 }
@@ -195,6 +198,11 @@ impl Node {
         &self.cgroup.path
     }
 
+    /// The agent's admin socket.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
     /// A scratch directory for this node (configs, logs), removed on drop.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -334,6 +342,7 @@ impl Node {
             scenario.router_extra
         );
         let _ = writeln!(y, "bpf:\n  cgroup: {}", self.cgroup().display());
+        let _ = writeln!(y, "admin:\n  socket: {}", self.admin_socket().display());
         let _ = writeln!(y, "services:");
         for svc in &scenario.services {
             let vips = match svc.vip6 {
@@ -342,9 +351,13 @@ impl Node {
             };
             let _ = writeln!(
                 y,
-                "  - name: {}\n    vips: {vips}\n    ports: [{{port: {}, target_port: {}, protocol: {}}}]\n    endpoints:",
+                "  - name: {}\n    vips: {vips}\n    ports: [{{port: {}, target_port: {}, protocol: {}}}]",
                 svc.name, svc.port, svc.target_port, svc.protocol
             );
+            if let Some(policy) = &svc.policy {
+                let _ = writeln!(y, "    policy: {policy}");
+            }
+            let _ = writeln!(y, "    endpoints:");
             for (pod, tag) in &svc.endpoints {
                 let pod = &self.pods[*pod];
                 let tag = tag

@@ -88,6 +88,7 @@ pub fn scenario(node: &mut Node) -> Result<(Scenario, Pods)> {
                 port: 80,
                 target_port: 8080,
                 protocol: "auto",
+                policy: None,
                 endpoints: vec![
                     (base, None),
                     (joint1, Some("joint1".into())),
@@ -101,6 +102,7 @@ pub fn scenario(node: &mut Node) -> Result<(Scenario, Pods)> {
                 port: 80,
                 target_port: 8080,
                 protocol: "auto",
+                policy: None,
                 endpoints: vec![(ratings, None)],
             },
             ServiceSpec {
@@ -110,6 +112,7 @@ pub fn scenario(node: &mut Node) -> Result<(Scenario, Pods)> {
                 port: 9000,
                 target_port: 9000,
                 protocol: "auto",
+                policy: None,
                 endpoints: vec![(base, None)],
             },
         ],

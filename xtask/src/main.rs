@@ -257,8 +257,49 @@ fn install_bpf_linker(root: &Path, sysroot: &Path) -> Result<()> {
         .env("LLVM_PREFIX", &prefix))
 }
 
+/// Test counts summed over every `cargo test` run of a task.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+impl Tally {
+    /// Runs `cmd` (a `cargo test`), echoing its output as it comes and
+    /// adding up its `test result:` lines.
+    fn run(&mut self, cmd: &mut Command) -> Result<()> {
+        use std::io::{BufRead, BufReader};
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawn {cmd:?}"))?;
+        let stdout = child.stdout.take().context("test output")?;
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                let number = |word: &str| {
+                    rest.split(';')
+                        .find_map(|part| part.trim().strip_suffix(word))
+                        .and_then(|n| n.trim().rsplit(' ').next())
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                self.passed += number("passed");
+                self.failed += number("failed");
+            }
+        }
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("{cmd:?} failed ({status})");
+        }
+        Ok(())
+    }
+}
+
 fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     require_root("the integration tests")?;
+    let mut tally = Tally::default();
     let ebpf = root.join("ebpf/laneway-ebpf");
     if filter.is_none() {
         cargo(root, &["fmt", "--all", "--check"])?;
@@ -279,7 +320,13 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
         run(nightly_cargo(root, &ebpf)
             .args(["clippy", "--release", "--", "-D", "warnings"])
             .env("CARGO_TARGET_DIR", root.join("target/ebpf-clippy")))?;
-        cargo(root, &["test"])?;
+        step("cargo test (unit tests, no root needed)");
+        tally.run(
+            Command::new(env!("CARGO"))
+                .arg("test")
+                .current_dir(root)
+                .env("PATH", tools_path(root)),
+        )?;
         step("kubectl kustomize deploy/ (the manifests render)");
         if !have("kubectl") {
             bail!(
@@ -311,9 +358,14 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     // One at a time: each test's process joins the cgroup its agent attaches to.
     args.push("--test-threads=1");
     step("integration tests (root, real kernel)");
-    run(Command::new(env!("CARGO"))
-        .args(&args)
-        .current_dir(root)
-        .env("PATH", tools_path(root))
-        .env("LANEWAY_BIN", root.join("target/debug/laneway")))
+    tally.run(
+        Command::new(env!("CARGO"))
+            .args(&args)
+            .current_dir(root)
+            .env("PATH", tools_path(root))
+            .env("LANEWAY_BIN", root.join("target/debug/laneway")),
+    )?;
+    // One closing line for every test run above.
+    println!("summary: {} passed, {} failed", tally.passed, tally.failed);
+    Ok(())
 }

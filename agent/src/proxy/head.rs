@@ -233,8 +233,9 @@ pub(crate) fn valid_field_value(v: &[u8]) -> bool {
     v.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
-/// Write the request head for upstream into `out`, without the tag header
-/// and without the final blank line (see [`finish_request_head`]).
+/// Write the request head for upstream into `out`, without the tag header,
+/// without `baggage` (the router decides its value: [`finish_request_head`]
+/// writes it) and without the final blank line.
 pub(crate) fn write_request_head(
     out: &mut Vec<u8>,
     req: &httparse::Request<'_, '_>,
@@ -250,7 +251,7 @@ pub(crate) fn write_request_head(
         b" HTTP/1.1\r\n"
     });
     for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case(tag_header) {
+        if h.name.eq_ignore_ascii_case(tag_header) || h.name.eq_ignore_ascii_case("baggage") {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -260,8 +261,20 @@ pub(crate) fn write_request_head(
     }
 }
 
-/// Append the tag header (if any and valid) and the blank line.
-pub(crate) fn finish_request_head(out: &mut Vec<u8>, tag_header: &str, tag: Option<&str>) {
+/// Append the tag header and `baggage` (if any and valid) and the blank line.
+pub(crate) fn finish_request_head(
+    out: &mut Vec<u8>,
+    tag_header: &str,
+    tag: Option<&str>,
+    baggage: Option<&str>,
+) {
+    if let Some(baggage) = baggage
+        && valid_field_value(baggage.as_bytes())
+    {
+        out.extend_from_slice(b"baggage: ");
+        out.extend_from_slice(baggage.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     if let Some(tag) = tag
         && !tag_header.is_empty()
     {
@@ -522,19 +535,19 @@ mod tests {
         let mut out = Vec::new();
         with_request(raw, |req| write_request_head(&mut out, req, "x-mse-tag"));
         let base = out.clone();
-        finish_request_head(&mut out, "x-mse-tag", Some("blue"));
+        finish_request_head(&mut out, "x-mse-tag", Some("blue"), None);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /p?q=1 HTTP/1.1\r\nHost: svc\r\nX-Other: v w\r\nContent-Length: 0\r\nx-mse-tag: blue\r\n\r\n"
         );
         let mut out = base.clone();
-        finish_request_head(&mut out, "x-mse-tag", None);
+        finish_request_head(&mut out, "x-mse-tag", None, None);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /p?q=1 HTTP/1.1\r\nHost: svc\r\nX-Other: v w\r\nContent-Length: 0\r\n\r\n"
         );
         let mut out = base;
-        finish_request_head(&mut out, "x-mse-tag", Some("a\r\nx: y"));
+        finish_request_head(&mut out, "x-mse-tag", Some("a\r\nx: y"), None);
         assert!(!String::from_utf8(out).unwrap().contains("x: y"));
     }
 
@@ -543,7 +556,7 @@ mod tests {
         let raw = b"GET / HTTP/1.0\nHost: a\n\n";
         let mut out = Vec::new();
         with_request(raw, |req| write_request_head(&mut out, req, "x-mse-tag"));
-        finish_request_head(&mut out, "x-mse-tag", Some("t"));
+        finish_request_head(&mut out, "x-mse-tag", Some("t"), None);
         assert_eq!(out, b"GET / HTTP/1.0\r\nHost: a\r\nx-mse-tag: t\r\n\r\n");
     }
 

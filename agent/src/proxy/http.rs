@@ -514,6 +514,7 @@ impl Conn<'_> {
             &mut self.req_head,
             &self.cfg.tag_header,
             target.tag.as_deref(),
+            target.baggage.as_deref(),
         );
         let mut framing = std::mem::replace(&mut info.framing, Framing::Empty);
         let no_body = framing.is_empty();

@@ -407,6 +407,7 @@ fn to(endpoint: SocketAddr) -> Route {
     Route::Forward(Target {
         endpoint,
         tag: None,
+        baggage: None,
         route_header: None,
     })
 }
@@ -415,6 +416,7 @@ fn to_tagged(endpoint: SocketAddr, tag: Option<&str>, route: Option<&str>) -> Ro
     Route::Forward(Target {
         endpoint,
         tag: tag.map(str::to_owned),
+        baggage: None,
         route_header: route.map(str::to_owned),
     })
 }
@@ -1609,6 +1611,7 @@ async fn concurrent_keep_alive_clients_on_multi_thread_runtime() {
             Route::Forward(Target {
                 endpoint: ep,
                 tag,
+                baggage: None,
                 route_header: None,
             })
         }),

@@ -1,0 +1,241 @@
+//! Prometheus metrics: requests by service, tag, decision and status class,
+//! request duration, upstream connect errors, snapshot updates; plus, read at
+//! scrape time, active connections, endpoints by state and the kernel
+//! programs' own counters (redirected connections, fail-open events).
+
+use std::{sync::atomic::AtomicU64, time::Duration};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Labels of a request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `namespace/name`.
+    pub service: String,
+    /// The request tag, or empty.
+    pub tag: String,
+    /// `tagged`, `fallback`, `base`, `canary`, `strict-reject`, or `none`
+    /// when no decision could be made.
+    pub decision: String,
+    /// `2xx`, `3xx`, `4xx`, `5xx`.
+    pub status_class: String,
+}
+
+/// Labels naming a service.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// `namespace/name`.
+    pub service: String,
+}
+
+/// The agent's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<ServiceLabels, Histogram>,
+    connect_errors: Family<ServiceLabels, Counter>,
+    policy_errors: Family<ServiceLabels, Counter>,
+    snapshot_updates: Counter<u64, AtomicU64>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("laneway");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP requests routed, by service, tag, decision and status class",
+            requests.clone(),
+        );
+        let durations = Family::<ServiceLabels, Histogram>::new_with_constructor(|| {
+            // 50 µs .. ~26 s.
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.00005, 2.0, 20,
+            ))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head received to response done",
+            durations.clone(),
+        );
+        let connect_errors = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "upstream_connect_errors",
+            "Upstream connects that failed (each was retried on another endpoint if one was left)",
+            connect_errors.clone(),
+        );
+        let policy_errors = Family::<ServiceLabels, Counter>::default();
+        registry.register("policy_errors", "Snapshots in which a service's policy annotations were bad (it kept its last good policy)", policy_errors.clone());
+        let snapshot_updates = Counter::default();
+        registry.register(
+            "snapshot_updates",
+            "Snapshots applied to the maps and the router",
+            snapshot_updates.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            durations,
+            connect_errors,
+            policy_errors,
+            snapshot_updates,
+        }
+    }
+}
+
+/// Values read at scrape time.
+#[derive(Clone, Debug, Default)]
+pub struct Gauges {
+    /// Client connections open on the router.
+    pub active_connections: u64,
+    /// Endpoints by (service, state) with state `serving`, `terminating`, `not-serving`.
+    pub endpoints: Vec<(String, &'static str, u64)>,
+    /// Connects redirected by the kernel programs.
+    pub redirected: u64,
+    /// Connects left alone because the router's heartbeat was stale.
+    pub fail_open: u64,
+}
+
+impl Metrics {
+    /// Counts a finished request.
+    pub fn request(&self, labels: RequestLabels, duration: Duration) {
+        let service = ServiceLabels {
+            service: labels.service.clone(),
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.durations
+            .get_or_create(&service)
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Counts a failed upstream connect.
+    pub fn connect_error(&self, service: &str) {
+        self.connect_errors
+            .get_or_create(&ServiceLabels {
+                service: service.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a snapshot in which `service`'s policy was bad.
+    pub fn policy_error(&self, service: &str) {
+        self.policy_errors
+            .get_or_create(&ServiceLabels {
+                service: service.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an applied snapshot.
+    pub fn snapshot_applied(&self) {
+        self.snapshot_updates.inc();
+    }
+
+    /// Snapshots applied so far.
+    pub fn snapshot_updates(&self) -> u64 {
+        self.snapshot_updates.get()
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        // The registry ends with "# EOF"; the gauges read now go before it.
+        let body = out.strip_suffix("# EOF\n").unwrap_or(&out).to_owned();
+        let mut text = body;
+        text.push_str("# HELP laneway_active_connections Client connections open on the router.\n");
+        text.push_str("# TYPE laneway_active_connections gauge\n");
+        text.push_str(&format!(
+            "laneway_active_connections {}\n",
+            gauges.active_connections
+        ));
+        text.push_str("# HELP laneway_endpoints Endpoints by service and state.\n");
+        text.push_str("# TYPE laneway_endpoints gauge\n");
+        for (service, state, n) in &gauges.endpoints {
+            text.push_str(&format!(
+                "laneway_endpoints{{service=\"{}\",state=\"{state}\"}} {n}\n",
+                escape(service)
+            ));
+        }
+        text.push_str("# HELP laneway_redirected_connections Connects redirected to the router by the kernel programs.\n");
+        text.push_str("# TYPE laneway_redirected_connections counter\n");
+        text.push_str(&format!(
+            "laneway_redirected_connections_total {}\n",
+            gauges.redirected
+        ));
+        text.push_str("# HELP laneway_fail_open Connects the kernel programs left alone because the router's heartbeat was stale.\n");
+        text.push_str("# TYPE laneway_fail_open counter\n");
+        text.push_str(&format!("laneway_fail_open_total {}\n", gauges.fail_open));
+        text.push_str("# EOF\n");
+        text
+    }
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// `2xx` for 200 and so on.
+pub fn status_class(status: u16) -> String {
+    format!("{}xx", status / 100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histograms_and_scrape_time_values() {
+        let m = Metrics::default();
+        let labels = RequestLabels {
+            service: "default/reviews".into(),
+            tag: "joint1".into(),
+            decision: "tagged".into(),
+            status_class: status_class(200),
+        };
+        m.request(labels.clone(), Duration::from_millis(2));
+        m.request(labels, Duration::from_millis(3));
+        m.connect_error("default/reviews");
+        m.snapshot_applied();
+        let text = m.render(&Gauges {
+            active_connections: 3,
+            endpoints: vec![("default/reviews".into(), "serving", 2)],
+            redirected: 7,
+            fail_open: 1,
+        });
+        assert!(text.contains(
+            "laneway_requests_total{service=\"default/reviews\",tag=\"joint1\",decision=\"tagged\",status_class=\"2xx\"} 2"
+        ), "{text}");
+        assert!(
+            text.contains("laneway_request_duration_seconds_count{service=\"default/reviews\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("laneway_upstream_connect_errors_total{service=\"default/reviews\"} 1")
+        );
+        assert!(text.contains("laneway_snapshot_updates_total 1"));
+        assert!(text.contains("laneway_active_connections 3"));
+        assert!(
+            text.contains("laneway_endpoints{service=\"default/reviews\",state=\"serving\"} 2")
+        );
+        assert!(text.contains("laneway_redirected_connections_total 7"));
+        assert!(text.contains("laneway_fail_open_total 1"));
+        assert!(text.ends_with("# EOF\n"));
+        assert_eq!(text.matches("# EOF").count(), 1);
+    }
+}

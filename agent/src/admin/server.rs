@@ -1,0 +1,573 @@
+//! The admin servers: routing requests to the documents of [`super::api`].
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::{Method, Request, Response, StatusCode, body::Frame, service::service_fn};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, UnixListener},
+    sync::broadcast,
+};
+use tracing::{debug, warn};
+
+use super::{Health, api, metrics::Gauges};
+use crate::{bpf, bpf::Datapath, config::Config, explain, router::Router};
+
+/// Why the admin socket could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Another agent answers on the socket.
+    #[error("another laneway agent is serving {0}: stop it first")]
+    InUse(PathBuf),
+    /// The socket could not be created.
+    #[error("cannot create the admin socket {path}: {source}")]
+    Bind {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// What the admin API reads.
+pub struct AdminState {
+    /// The router (snapshot, telemetry).
+    pub router: Arc<Router>,
+    /// The kernel side.
+    pub datapath: Arc<Mutex<Datapath>>,
+    /// Readiness.
+    pub health: Arc<Health>,
+    /// The config the agent runs with.
+    pub config: Config,
+    /// Redirect mode.
+    pub mode: &'static str,
+    /// Router listeners.
+    pub listen: Vec<SocketAddr>,
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// Serves the JSON admin API on a Unix socket at `path` (mode 0600).
+pub fn serve_unix(
+    path: &Path,
+    state: Arc<AdminState>,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(Error::InUse(path.to_owned()));
+    }
+    let bind_err = |source| Error::Bind {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(bind_err)?;
+    }
+    // A socket file left by an agent that died: nobody answers on it.
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let state = state.clone();
+                    tokio::spawn(connection(stream, move |req| {
+                        api_response(req, state.clone())
+                    }));
+                }
+                Err(e) => {
+                    warn!(error = %e, "admin socket accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }))
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` on a TCP listener.
+pub async fn serve_http(listener: TcpListener, state: Arc<AdminState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(connection(stream, move |req| {
+            let state = state.clone();
+            async move { http_response(&req, &state) }
+        }));
+    }
+}
+
+async fn connection<S, F, Fut>(stream: S, handler: F)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let fut = handler(req);
+        async move { Ok::<_, Infallible>(fut.await) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        debug!(error = %e, "admin connection ended with an error");
+    }
+}
+
+fn text(status: StatusCode, body: String, content_type: &str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
+    *response.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, v);
+    }
+    response
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    match serde_json::to_string_pretty(value) {
+        Ok(body) => text(status, body + "\n", "application/json"),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode: {e}"),
+        ),
+    }
+}
+
+fn error(status: StatusCode, message: String) -> Response<Body> {
+    json(status, &api::ApiError { error: message })
+}
+
+fn http_response(req: &Request<hyper::body::Incoming>, state: &AdminState) -> Response<Body> {
+    let plain = "text/plain; charset=utf-8";
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".into(), plain),
+        "/readyz" if state.health.is_ready() => text(StatusCode::OK, "ready\n".into(), plain),
+        "/readyz" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: waiting for the first snapshot from the source of truth\n".into(),
+            plain,
+        ),
+        "/metrics" => text(
+            StatusCode::OK,
+            state.router.telemetry.metrics.render(&gauges(state)),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /healthz, /readyz or /metrics\n".into(),
+            plain,
+        ),
+    }
+}
+
+async fn api_response(
+    req: Request<hyper::body::Incoming>,
+    state: Arc<AdminState>,
+) -> Response<Body> {
+    let query = parse_query(req.uri().query().unwrap_or(""));
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/status") => json(StatusCode::OK, &status(&state)),
+        (&Method::GET, "/pods") => json(StatusCode::OK, &pods(&state)),
+        (&Method::GET, "/services") => {
+            let services = services(&state, query.get("name").map(String::as_str));
+            match (query.get("name"), services.services.is_empty()) {
+                (Some(name), true) => error(StatusCode::NOT_FOUND, format!("no service {name:?}")),
+                _ => json(StatusCode::OK, &services),
+            }
+        }
+        (&Method::GET, "/conns") => json(
+            StatusCode::OK,
+            &api::Conns {
+                connections: state.router.telemetry.conns.list(),
+            },
+        ),
+        (&Method::POST, "/explain") => {
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("cannot read the body: {e}"),
+                    );
+                }
+            };
+            let ask: api::ExplainRequest = match serde_json::from_slice(&body) {
+                Ok(a) => a,
+                Err(e) => {
+                    return error(StatusCode::BAD_REQUEST, format!("bad explain request: {e}"));
+                }
+            };
+            match explain::explain(&state.router.applied(), &ask) {
+                Ok(e) => json(StatusCode::OK, &e),
+                Err(e) => error(StatusCode::NOT_FOUND, e.to_string()),
+            }
+        }
+        (&Method::GET, "/trace") => trace(
+            &state,
+            query.get("service").cloned(),
+            query.get("tag").cloned(),
+        ),
+        (&Method::GET, "/maps") => match maps(&state) {
+            Ok(m) => json(StatusCode::OK, &m),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        (&Method::GET, "/config") => json(StatusCode::OK, &state.config),
+        (_, path) => error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no {path}: try /status, /pods, /services, /conns, /explain, /trace, /maps, /config"
+            ),
+        ),
+    }
+}
+
+/// `a=1&b=x%2Fy` as a map (percent-decoded; `+` as space).
+fn parse_query(query: &str) -> BTreeMap<String, String> {
+    query
+        .split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (!k.is_empty()).then(|| (decode(k), decode(v)))
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'+', _) => out.push(b' '),
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 2;
+            }
+            (b, _) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn gauges(state: &AdminState) -> Gauges {
+    let applied = state.router.applied();
+    let mut endpoints: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+    for port in &applied.snapshot.ports {
+        let service = applied.snapshot.service_of(port).id.to_string();
+        for b in &port.backends {
+            let st = if b.terminating {
+                "terminating"
+            } else if b.serving {
+                "serving"
+            } else {
+                "not-serving"
+            };
+            *endpoints.entry((service.clone(), st)).or_default() += 1;
+        }
+    }
+    let stats = state
+        .datapath
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .stats()
+        .unwrap_or_default();
+    Gauges {
+        active_connections: state.router.telemetry.conns.len() as u64,
+        endpoints: endpoints
+            .into_iter()
+            .map(|((s, st), n)| (s, st, n))
+            .collect(),
+        redirected: stats.redirected,
+        fail_open: stats.fail_open,
+    }
+}
+
+fn bpf_stats(stats: bpf::Stats) -> api::BpfStats {
+    api::BpfStats {
+        redirected: stats.redirected,
+        fail_open: stats.fail_open,
+        origdst_answered: stats.origdst_answered,
+        origdst_missed: stats.origdst_missed,
+    }
+}
+
+fn status(state: &AdminState) -> api::Status {
+    let applied = state.router.applied();
+    let snapshot = &applied.snapshot;
+    let dp = state.datapath.lock().unwrap_or_else(|p| p.into_inner());
+    let cgroup = dp.cgroup().display().to_string();
+    let router_entry = dp.router_entry().unwrap_or_default();
+    let now = bpf::monotonic_ns();
+    let age_ns = now.saturating_sub(router_entry.heartbeat_ns);
+    let alive = router_entry.heartbeat_ns != 0 && age_ns <= laneway_common::HEARTBEAT_TIMEOUT_NS;
+    api::Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        mode: state.mode.into(),
+        ready: state.health.is_ready(),
+        programs: Datapath::programs()
+            .map(|(name, hook)| api::ProgramStatus {
+                name: name.into(),
+                hook: hook.into(),
+                attached_to: cgroup.clone(),
+            })
+            .collect(),
+        cgroup,
+        maps: dp
+            .fill_levels()
+            .into_iter()
+            .map(|(name, entries, capacity)| api::MapFill {
+                name: name.into(),
+                entries,
+                capacity,
+            })
+            .collect(),
+        router: api::RouterStatus {
+            listen: state.listen.iter().map(ToString::to_string).collect(),
+            redirect_ipv4: state.config.router.redirect_ipv4.to_string(),
+            redirect_ipv6: state.config.router.redirect_ipv6.map(|a| a.to_string()),
+            heartbeat_age_ms: if router_entry.heartbeat_ns == 0 {
+                0
+            } else {
+                age_ns / 1_000_000
+            },
+            alive,
+        },
+        snapshot: api::SnapshotStatus {
+            source: snapshot.source.clone(),
+            age_ms: snapshot.built_at.elapsed().as_millis() as u64,
+            updates: state.router.telemetry.metrics.snapshot_updates(),
+            services: snapshot.services.len() as u64,
+            service_ports: snapshot.by_vip.len() as u64,
+            endpoints: snapshot.ports.iter().map(|p| p.backends.len() as u64).sum(),
+            pods_enrolled: applied.pods_by_cookie.len() as u64,
+            pods_unenrolled: applied.unenrolled.len() as u64,
+        },
+        bpf_stats: bpf_stats(dp.stats().unwrap_or_default()),
+        connections_active: state.router.telemetry.conns.len() as u64,
+    }
+}
+
+fn pods(state: &AdminState) -> api::Pods {
+    let applied = state.router.applied();
+    let mut enrolled: Vec<api::PodInfo> = applied
+        .pods_by_cookie
+        .iter()
+        .map(|(&cookie, &i)| {
+            let p = &applied.snapshot.pods[i];
+            api::PodInfo {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                tag: p.tag.as_ref().map(|t| t.to_string()),
+                netns_cookie: cookie,
+                netns: p.netns.display().to_string(),
+                ips: p.ips.iter().map(ToString::to_string).collect(),
+            }
+        })
+        .collect();
+    enrolled.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    api::Pods {
+        enrolled,
+        unenrolled: applied
+            .unenrolled
+            .iter()
+            .map(|(pod, reason)| api::UnenrolledPod {
+                pod: pod.clone(),
+                reason: reason.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn services(state: &AdminState, name: Option<&str>) -> api::Services {
+    let applied = state.router.applied();
+    let snapshot = &applied.snapshot;
+    let wanted = |id: &crate::snapshot::ServiceId| match name {
+        None => true,
+        Some(n) => match n.split_once('/') {
+            Some((ns, n)) => id.namespace == ns && id.name == n,
+            None => id.name == n,
+        },
+    };
+    let services = snapshot
+        .services
+        .iter()
+        .filter(|s| wanted(&s.id))
+        .map(|s| api::ServiceInfo {
+            namespace: s.id.namespace.clone(),
+            name: s.id.name.clone(),
+            vips: s.vips.iter().map(ToString::to_string).collect(),
+            ports: s
+                .ports
+                .iter()
+                .map(|&i| {
+                    let port = &snapshot.ports[i];
+                    let mut lanes: BTreeMap<Option<String>, Vec<api::EndpointInfo>> =
+                        BTreeMap::new();
+                    for b in &port.backends {
+                        lanes
+                            .entry(b.tag.as_ref().map(|t| t.to_string()))
+                            .or_default()
+                            .push(api::EndpointInfo {
+                                address: b.addr.to_string(),
+                                name: b.name.clone(),
+                                serving: b.serving,
+                                terminating: b.terminating,
+                                eligible: b.eligible(),
+                                in_flight: b.load.in_flight(),
+                                weight: if b.eligible() { 1.0 } else { 0.0 },
+                            });
+                    }
+                    api::PortInfo {
+                        port: port.port,
+                        target_port: port.target_port,
+                        protocol: format!("{:?}", port.protocol).to_lowercase(),
+                        lanes: lanes
+                            .into_iter()
+                            .map(|(tag, endpoints)| api::LaneInfo { tag, endpoints })
+                            .collect(),
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    api::Services { services }
+}
+
+fn maps(state: &AdminState) -> Result<api::Maps, bpf::Error> {
+    let applied = state.router.applied();
+    let snapshot = &applied.snapshot;
+    let dp = state.datapath.lock().unwrap_or_else(|p| p.into_inner());
+    let mut enrolled: Vec<api::EnrolledEntry> = dp
+        .enrolled_entries()
+        .into_iter()
+        .map(|(cookie, v)| api::EnrolledEntry {
+            netns_cookie: cookie,
+            pod_id: v.pod_id,
+            pod: snapshot
+                .pods
+                .get(v.pod_id as usize)
+                .map(ToString::to_string),
+        })
+        .collect();
+    enrolled.sort_by_key(|e| e.pod_id);
+    let mut services: Vec<api::ServiceEntry> = dp
+        .service_entries()
+        .into_iter()
+        .map(|(k, v)| api::ServiceEntry {
+            vip: bpf::socket_addr(&k.addr, k.port).to_string(),
+            service_id: v.service_id,
+            service: snapshot
+                .services
+                .get(v.service_id as usize)
+                .map(|s| s.id.to_string()),
+        })
+        .collect();
+    services.sort_by(|a, b| a.vip.cmp(&b.vip));
+    let r = dp.router_entry()?;
+    Ok(api::Maps {
+        enrolled,
+        services,
+        router: api::RouterEntry {
+            addr4: std::net::Ipv4Addr::from(u32::from_be(r.addr4)).to_string(),
+            addr6: bpf::socket_addr(&r.addr6, 0).ip().to_string(),
+            port: r.port,
+            mark: r.mark,
+            heartbeat_ns: r.heartbeat_ns,
+        },
+        orig_by_cookie: dp
+            .cookie_entries()
+            .into_iter()
+            .map(|(cookie, o)| api::CookieEntry {
+                socket_cookie: cookie,
+                destination: bpf::original_addr(&o).to_string(),
+                netns_cookie: o.netns_cookie,
+                pod_id: o.pod_id,
+            })
+            .collect(),
+        orig_by_conn: dp
+            .conn_entries()
+            .into_iter()
+            .map(|(k, o)| api::ConnEntry {
+                client: bpf::socket_addr(&k.client_addr, k.client_port).to_string(),
+                router: bpf::socket_addr(&k.router_addr, k.router_port).to_string(),
+                destination: bpf::original_addr(&o).to_string(),
+                netns_cookie: o.netns_cookie,
+            })
+            .collect(),
+        stats: bpf_stats(dp.stats()?),
+    })
+}
+
+/// Streams decisions as NDJSON until the client goes away.
+fn trace(state: &AdminState, service: Option<String>, tag: Option<String>) -> Response<Body> {
+    let rx = state.router.telemetry.trace.subscribe();
+    let events = futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(event) => return Some((event, rx)),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let wanted = move |e: &api::TraceEvent| {
+        let service_ok = service
+            .as_ref()
+            .is_none_or(|s| e.service == *s || e.service.rsplit('/').next() == Some(s.as_str()));
+        let tag_ok = tag
+            .as_ref()
+            .is_none_or(|t| e.tag.as_deref() == Some(t.as_str()));
+        service_ok && tag_ok
+    };
+    let lines = events
+        .filter(move |e| std::future::ready(wanted(e)))
+        .map(|e| {
+            let mut line = serde_json::to_vec(&e).unwrap_or_default();
+            line.push(b'\n');
+            Ok::<_, Infallible>(Frame::data(Bytes::from(line)))
+        });
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(lines)));
+    if let Ok(v) = "application/x-ndjson".parse() {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, v);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_are_decoded() {
+        let q = parse_query("name=default%2Freviews&tag=joint1&flag&x=a+b");
+        assert_eq!(q["name"], "default/reviews");
+        assert_eq!(q["tag"], "joint1");
+        assert_eq!(q["flag"], "");
+        assert_eq!(q["x"], "a b");
+        assert_eq!(decode("100%"), "100%");
+        assert_eq!(decode("%zz"), "%zz");
+    }
+}
