@@ -172,14 +172,15 @@ pub async fn run(options: Options) -> Result<(), Error> {
     };
     let applied = apply(
         &mut datapath,
-        Snapshot::from_config(&first, source.clone(), None),
+        Snapshot::from_config(&first, source.clone(), None, true),
         Vec::new(),
     )?;
     let router = Router::new(applied, proxy_config(&config));
     router.telemetry.metrics.snapshot_applied();
-    for listener in listeners {
-        tokio::spawn(router.clone().serve(listener));
-    }
+    let accepting: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| tokio::spawn(router.clone().serve(listener)))
+        .collect();
     let health = Arc::new(Health::default());
     let mark = config.router.socket_mark;
     let datapath = Arc::new(Mutex::new(datapath));
@@ -267,15 +268,41 @@ pub async fn run(options: Options) -> Result<(), Error> {
             }
         }
     }
-    info!("shutting down: clearing the heartbeat, pods go the direct way from now");
-    admin_socket.abort();
-    let _ = std::fs::remove_file(&config.admin.socket);
+    info!("shutting down: clearing the heartbeat, new connections go the direct way from now");
     heartbeat.abort();
     // Fail open at once rather than after the timeout.
     if let Err(e) = beat(&datapath, redirect4, redirect6, port, mark, 0) {
         warn!(error = %e, "could not clear the heartbeat");
     }
+    drain(&router, accepting, config.router.drain_timeout).await;
+    admin_socket.abort();
+    let _ = std::fs::remove_file(&config.admin.socket);
     Ok(())
+}
+
+/// How long the router keeps accepting after the heartbeat is cleared:
+/// connects that passed the programs just before still find a listener.
+const ACCEPT_GRACE: Duration = Duration::from_millis(300);
+
+/// Drains the router: stops taking connections, lets in-flight requests
+/// finish (each client connection closes after its current request), and
+/// returns when none is left or `timeout` passed.
+async fn drain(router: &Router, accepting: Vec<tokio::task::JoinHandle<()>>, timeout: Duration) {
+    router.begin_drain();
+    tokio::time::sleep(ACCEPT_GRACE).await;
+    for task in accepting {
+        task.abort();
+    }
+    let conns = &router.telemetry.conns;
+    let deadline = tokio::time::Instant::now() + timeout;
+    info!(open = conns.len(), ?timeout, "draining client connections");
+    while !conns.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match conns.len() {
+        0 => info!("drained: every client connection finished"),
+        open => warn!(open, "drain timeout: closing the remaining connections"),
+    }
 }
 
 /// Applies snapshots to the maps and the router, and says when the agent is
@@ -298,8 +325,12 @@ impl Reconciler {
         policy_errors: &[(String, String)],
     ) -> Result<(), Error> {
         let previous = self.router.applied();
-        let mut snapshot =
-            Snapshot::from_config(config, self.source.clone(), Some(&previous.snapshot));
+        let mut snapshot = Snapshot::from_config(
+            config,
+            self.source.clone(),
+            Some(&previous.snapshot),
+            !self.health.is_ready(),
+        );
         for (service, error) in policy_errors {
             if let Some(s) = snapshot
                 .services

@@ -106,6 +106,18 @@ pub struct RouterConfig {
     /// Idle upstream connections close after this.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
+    /// On SIGTERM, how long in-flight requests may take to finish before the
+    /// agent exits anyway (fit the DaemonSet's termination grace period).
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Consecutive failures (connect errors, 5xx) that eject an endpoint for
+    /// a while (passive outlier detection); 0 turns it off.
+    pub outlier_consecutive_failures: u32,
+    /// The first ejection; each next one in a row doubles (up to 64x).
+    #[serde(with = "humantime_serde")]
+    pub outlier_base_ejection: Duration,
+    /// At most this percentage of a service's candidates is ejected at once.
+    pub outlier_max_ejection_percent: u32,
 }
 
 impl Default for RouterConfig {
@@ -124,6 +136,10 @@ impl Default for RouterConfig {
             sniff_timeout: Duration::from_millis(300),
             pool_max_idle_per_endpoint: 64,
             pool_idle_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(20),
+            outlier_consecutive_failures: 5,
+            outlier_base_ejection: Duration::from_secs(10),
+            outlier_max_ejection_percent: 50,
         }
     }
 }

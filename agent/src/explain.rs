@@ -132,7 +132,14 @@ pub fn explain(applied: &Applied, req: &ExplainRequest) -> Result<Explanation, E
         ),
         _ => format!("untagged: the {} base endpoint(s)", addrs.len()),
     });
-    let picked = route::pick(port, plan.candidates, &[], &mut rand::rng());
+    let picked = route::pick(
+        port,
+        plan.candidates,
+        &[],
+        policy.warmup,
+        snapshot.outlier.max_ejection_percent,
+        &mut rand::rng(),
+    );
     let (endpoint, reject) = match picked {
         Some(b) if addrs.len() == 1 => {
             steps.push(format!("endpoint {} (the only candidate)", b.addr));
@@ -273,7 +280,7 @@ mod tests {
         )
         .expect("valid");
         Applied {
-            snapshot: Snapshot::from_config(&config, "t".into(), None),
+            snapshot: Snapshot::from_config(&config, "t".into(), None, true),
             pods_by_cookie: Default::default(),
             unenrolled: Vec::new(),
         }

@@ -12,7 +12,9 @@ use laneway::{agent, config::Config};
 /// the endpoints that carry the request's tag (header `x-mse-tag` by default),
 /// falling back to the untagged (base) endpoints.
 ///
-/// Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad config.
+/// Exit codes: 0 success; 1 runtime failure (or the agent answered with an
+/// error, or a preflight check failed); 2 bad usage or bad config; 3 the
+/// agent is not running; 4 permission denied on the admin socket (root only).
 #[derive(Parser, Debug)]
 #[command(name = "laneway", version, propagate_version = true)]
 struct Cli {

@@ -363,6 +363,14 @@ pub struct PolicySpec {
     /// Default mode of lanes not named in `lanes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_lane_mode: Option<LaneModeName>,
+    /// Slow start: a newly serving endpoint's share ramps up over this
+    /// window (`laneway.io/warmup: 30s`).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub warmup: Option<std::time::Duration>,
 }
 
 /// `strict` or `permissive`.
@@ -384,6 +392,7 @@ impl PolicySpec {
             matches: self.matches.clone().or_else(|| defaults.matches.clone()),
             lanes: self.lanes.clone().or_else(|| defaults.lanes.clone()),
             default_lane_mode: self.default_lane_mode.or(defaults.default_lane_mode),
+            warmup: self.warmup.or(defaults.warmup),
         }
     }
 
@@ -408,6 +417,11 @@ impl PolicySpec {
                         Some(serde_yaml::from_str(value).map_err(|e| bad(e.to_string()))?)
                 }
                 "lanes" => spec.lanes = Some(value.parse().map_err(bad)?),
+                "warmup" => {
+                    spec.warmup = Some(
+                        humantime::parse_duration(value.trim()).map_err(|e| bad(e.to_string()))?,
+                    )
+                }
                 "default-lane-mode" => {
                     spec.default_lane_mode =
                         Some(serde_yaml::from_str(value).map_err(|e| bad(e.to_string()))?)
@@ -433,6 +447,8 @@ pub struct Policy {
     pub lanes: LaneModes,
     /// Mode of lanes not in `lanes`.
     pub default_lane_mode: LaneMode,
+    /// Slow-start window (zero: none).
+    pub warmup: std::time::Duration,
 }
 
 impl From<&PolicySpec> for Policy {
@@ -446,6 +462,53 @@ impl From<&PolicySpec> for Policy {
                 Some(LaneModeName::Strict) => LaneMode::Strict,
                 _ => LaneMode::Permissive,
             },
+            warmup: spec.warmup.unwrap_or_default(),
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    /// A one-line summary: `canary gray=10; sticky header:x-user-id; ...`,
+    /// or `none`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if !self.canary.0.is_empty() {
+            parts.push(format!("canary {}", self.canary));
+        }
+        if let Some(k) = &self.sticky {
+            parts.push(format!("sticky {k}"));
+        }
+        if !self.matches.is_empty() {
+            let rules: Vec<String> = self
+                .matches
+                .iter()
+                .map(|r| {
+                    let pattern = match &r.pattern {
+                        Pattern::Exact(s) => format!("={s}"),
+                        Pattern::Prefix(s) => format!("^={s}"),
+                        Pattern::Regex(r) => format!("~{}", r.as_str()),
+                    };
+                    format!("{}{pattern}->{}", r.source, r.tag)
+                })
+                .collect();
+            parts.push(format!("match {}", rules.join(",")));
+        }
+        if !self.lanes.0.is_empty() {
+            parts.push(format!("lanes {}", self.lanes));
+        }
+        if self.default_lane_mode == LaneMode::Strict {
+            parts.push("lanes strict by default".into());
+        }
+        if !self.warmup.is_zero() {
+            parts.push(format!(
+                "warmup {}",
+                humantime::format_duration(self.warmup)
+            ));
+        }
+        if parts.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&parts.join("; "))
         }
     }
 }

@@ -457,7 +457,6 @@ fn attached(cgroup: &File, attach_type: u32) -> std::io::Result<Vec<u32>> {
 /// Other programs on the cgroup v2 root's connect4/connect6/sock_ops hooks,
 /// and known conflicting programs loaded anywhere.
 fn conflicts() -> Vec<Check> {
-    const NAME: &str = "conflicts";
     // Every loaded program: id -> name.
     let mut loaded: Vec<(u32, String)> = Vec::new();
     let mut list_error = None;
@@ -505,46 +504,59 @@ fn conflicts() -> Vec<Check> {
         Err(e) => query_error = Some(e),
     }
 
+    let loaded_names: Vec<String> = loaded.into_iter().map(|(_, name)| name).collect();
+    let error = query_error.or(list_error.map(|e| format!("cannot list BPF programs: {e}")));
+    conflict_checks(&on_root, &loaded_names, &laneway, error)
+}
+
+/// The conflict checks, from the programs attached to the root's hooks
+/// (`(name, hook)`), every loaded program's name, laneway's own program
+/// names, and why the lookup was incomplete, if it was.
+fn conflict_checks(
+    on_root: &[(String, &str)],
+    loaded: &[String],
+    laneway: &[&str],
+    error: Option<String>,
+) -> Vec<Check> {
+    const NAME: &str = "conflicts";
     let mut checks = Vec::new();
-    let mut reported: Vec<String> = Vec::new();
+    let mut reported: Vec<&str> = Vec::new();
     let mut own = false;
-    for (name, hook) in &on_root {
+    for (name, hook) in on_root {
         if laneway.contains(&name.as_str()) {
             own = true;
             continue;
         }
         let (what, fix) = match known(name) {
-            Some(k) => (k.what.to_owned(), k.fix.to_owned()),
+            Some(k) => (k.what, k.fix),
             None if *hook == "sock_ops" => (
-                "another sock_ops program".to_owned(),
+                "another sock_ops program",
                 "a sock_ops program usually coexists with laneway's; if it redirects \
                  sockets (sockmap acceleration), check that it leaves connections to the \
-                 laneway router alone"
-                    .to_owned(),
+                 laneway router alone",
             ),
             None => (
-                "another connect program".to_owned(),
+                "another connect program",
                 "a program that rewrites destinations in connect() before laneway sees \
                  them hides ClusterIPs from laneway: find its owner (`bpftool cgroup tree`) \
-                 and restrict it to the host network namespace, or disable it"
-                    .to_owned(),
+                 and restrict it to the host network namespace, or disable it",
             ),
         };
-        reported.push(name.clone());
+        reported.push(name);
         checks.push(check(
             NAME,
             WARN,
             format!("{what}: {name} is attached to the cgroup v2 root's {hook} hook"),
-            Some(fix),
+            Some(fix.to_owned()),
         ));
     }
     // Known conflicting programs loaded but not (or not visibly) attached to the root.
-    for (_, name) in &loaded {
-        if reported.contains(name) {
+    for name in loaded {
+        if reported.contains(&name.as_str()) {
             continue;
         }
         if let Some(k) = known(name) {
-            reported.push(name.clone());
+            reported.push(name);
             checks.push(check(
                 NAME,
                 WARN,
@@ -553,7 +565,7 @@ fn conflicts() -> Vec<Check> {
             ));
         }
     }
-    if let Some(e) = query_error.or(list_error.map(|e| format!("cannot list BPF programs: {e}"))) {
+    if let Some(e) = error {
         checks.push(check(
             NAME,
             WARN,
@@ -636,6 +648,54 @@ mod tests {
     }
 
     #[test]
+    fn conflicts_are_reported_with_what_to_do() {
+        let laneway = ["connect4", "connect6", "sock_ops"];
+        let on_root = vec![
+            ("connect4".to_owned(), "connect4"),
+            ("cil_sock4_conne".to_owned(), "connect4"),
+            ("mystery".to_owned(), "connect6"),
+            ("accel".to_owned(), "sock_ops"),
+        ];
+        let loaded = [
+            "connect4".to_owned(),
+            "cil_sock4_conne".to_owned(),
+            "calico_connect_".to_owned(),
+            "unrelated".to_owned(),
+        ];
+        let checks = conflict_checks(&on_root, &loaded, &laneway, None);
+        let details: Vec<&str> = checks.iter().map(|c| c.detail.as_str()).collect();
+        assert_eq!(
+            details,
+            [
+                "Cilium socket-level load balancing: cil_sock4_conne is attached to the \
+                 cgroup v2 root's connect4 hook",
+                "another connect program: mystery is attached to the cgroup v2 root's \
+                 connect6 hook",
+                "another sock_ops program: accel is attached to the cgroup v2 root's \
+                 sock_ops hook",
+                "Calico connect-time load balancing: program calico_connect_ is loaded",
+            ]
+        );
+        assert!(checks.iter().all(|c| c.result == WARN && c.fix.is_some()));
+        assert!(
+            checks[0]
+                .fix
+                .as_deref()
+                .unwrap()
+                .contains("socketLB.hostNamespaceOnly=true")
+        );
+
+        let own = conflict_checks(&on_root[..1], &loaded[..1], &laneway, None);
+        assert_eq!(own.len(), 1);
+        assert_eq!(own[0].result, PASS);
+        assert!(own[0].detail.contains("laneway's own programs"));
+
+        let unknown = conflict_checks(&[], &[], &laneway, Some("cannot list: EPERM".into()));
+        assert_eq!(unknown.len(), 1);
+        assert_eq!(unknown[0].result, WARN);
+    }
+
+    #[test]
     fn known_conflicts_match_truncated_names() {
         // The kernel keeps 15 bytes of a name: cil_sock4_connect -> cil_sock4_conne.
         assert_eq!(
@@ -650,6 +710,48 @@ mod tests {
         assert_eq!(known("cgroup_connect4").unwrap().what, "Kmesh");
         assert!(known("connect4").is_none());
         assert!(known("getsockopt").is_none());
+    }
+
+    /// Checks the `BPF_PROG_QUERY` layout against the kernel: laneway's own
+    /// programs attached to a throwaway child cgroup are found by name.
+    /// Needs root; skipped otherwise.
+    #[test]
+    fn attached_programs_are_found_on_a_cgroup() {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let Ok(root) = crate::cgroup::v2_root() else {
+            eprintln!("skipped: no cgroup v2");
+            return;
+        };
+        let dir = root.join(format!("laneway-preflight-test-{}", std::process::id()));
+        if let Err(e) = std::fs::create_dir(&dir) {
+            eprintln!("skipped: cannot create {}: {e}", dir.display());
+            return;
+        }
+        let result = std::panic::catch_unwind(|| {
+            let datapath = crate::bpf::Datapath::attach(&dir).expect("attach");
+            let cgroup = File::open(&dir).unwrap();
+            let names = |attach_type| -> Vec<String> {
+                let ids = attached(&cgroup, attach_type).unwrap();
+                aya::programs::loaded_programs()
+                    .filter_map(Result::ok)
+                    .filter(|p| ids.contains(&p.id()))
+                    .map(|p| p.name_as_str().unwrap_or_default().to_owned())
+                    .collect()
+            };
+            assert_eq!(names(10), ["connect4"]);
+            assert_eq!(names(11), ["connect6"]);
+            assert_eq!(names(3), ["sock_ops"]);
+            drop(datapath);
+            assert!(attached(&cgroup, 10).unwrap().is_empty());
+        });
+        let _ = std::fs::remove_dir(&dir);
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
     }
 
     #[test]

@@ -332,33 +332,62 @@ pub fn propagated_baggage<'a>(
     Some(members.join(","))
 }
 
-/// Least-request power-of-two-choices among `indices`, skipping `exclude`.
+/// Picks an endpoint among `indices`, skipping `exclude` (endpoints whose
+/// connect failed for this request) and ejected endpoints (unless more than
+/// `max_ejection_percent` of the candidates are: then ejections are ignored,
+/// so a sick service still gets its traffic spread).
+///
+/// All warm: least-request power-of-two-choices. Some warming up (slow
+/// start over `warmup`): weighted random by `weight / (in_flight + 1)`, so
+/// a new endpoint's share grows with its weight.
 pub fn pick<'a>(
     port: &'a ServicePort,
     indices: &[usize],
     exclude: &[SocketAddr],
+    warmup: std::time::Duration,
+    max_ejection_percent: u32,
     rng: &mut impl Rng,
 ) -> Option<&'a Backend> {
-    let usable = |i: &&usize| !exclude.contains(&port.backends[**i].addr);
-    let count = indices.iter().filter(usable).count();
-    let nth = |n: usize| {
-        indices
-            .iter()
-            .filter(usable)
-            .nth(n)
-            .map(|&i| &port.backends[i])
-    };
-    match count {
+    let mut usable: Vec<&Backend> = indices
+        .iter()
+        .map(|&i| &port.backends[i])
+        .filter(|b| !exclude.contains(&b.addr))
+        .collect();
+    let ejected = usable.iter().filter(|b| b.load.ejected()).count();
+    if ejected > 0 && ejected * 100 <= usable.len() * max_ejection_percent as usize {
+        usable.retain(|b| !b.load.ejected());
+    }
+    let load = |b: &Backend| b.load.in_flight.load(Ordering::Relaxed);
+    match usable.len() {
         0 => None,
-        1 => nth(0),
-        _ => {
-            let a = rng.random_range(0..count);
-            let mut b = rng.random_range(0..count - 1);
+        1 => usable.first().copied(),
+        n => {
+            let weights: Vec<f64> = usable
+                .iter()
+                .map(|b| b.load.warmup_weight(warmup))
+                .collect();
+            if weights.iter().any(|w| *w < 1.0) {
+                let scores: Vec<f64> = usable
+                    .iter()
+                    .zip(&weights)
+                    .map(|(b, w)| w / f64::from(load(b) + 1))
+                    .collect();
+                let total: f64 = scores.iter().sum();
+                let mut at = rng.random::<f64>() * total;
+                for (b, score) in usable.iter().zip(&scores) {
+                    if at < *score {
+                        return Some(b);
+                    }
+                    at -= score;
+                }
+                return usable.last().copied();
+            }
+            let a = rng.random_range(0..n);
+            let mut b = rng.random_range(0..n - 1);
             if b >= a {
                 b += 1;
             }
-            let (a, b) = (nth(a)?, nth(b)?);
-            let load = |x: &Backend| x.load.in_flight.load(Ordering::Relaxed);
+            let (a, b) = (usable[a], usable[b]);
             Some(if load(b) < load(a) { b } else { a })
         }
     }
@@ -431,7 +460,12 @@ mod tests {
         let text = format!(
             "services:\n  - name: s\n    vips: [10.96.0.1]\n    ports: [{{port: 80}}]\n    endpoints:\n{yaml_endpoints}"
         );
-        Snapshot::from_config(&Config::parse(&text).expect("valid"), "t".into(), None)
+        Snapshot::from_config(
+            &Config::parse(&text).expect("valid"),
+            "t".into(),
+            None,
+            true,
+        )
     }
 
     fn addrs(port: &ServicePort, c: &Candidates<'_>) -> HashSet<String> {
@@ -477,20 +511,90 @@ mod tests {
         p.backends[0].load.in_flight.store(10, Ordering::Relaxed);
         let mut rng = rand::rng();
         for _ in 0..50 {
-            let b = pick(p, &p.base, &[], &mut rng).expect("one");
+            let b = pick(p, &p.base, &[], Default::default(), 50, &mut rng).expect("one");
             assert_eq!(b.addr.ip().to_string(), "10.0.0.2");
         }
-        let b = pick(p, &p.base, &[p.backends[1].addr], &mut rng).expect("one");
+        let b = pick(
+            p,
+            &p.base,
+            &[p.backends[1].addr],
+            Default::default(),
+            50,
+            &mut rng,
+        )
+        .expect("one");
         assert_eq!(b.addr.ip().to_string(), "10.0.0.1");
         assert!(
             pick(
                 p,
                 &p.base,
                 &[p.backends[0].addr, p.backends[1].addr],
+                Default::default(),
+                50,
                 &mut rng
             )
             .is_none()
         );
+    }
+
+    #[test]
+    fn ejected_endpoints_are_skipped_unless_too_many_are() {
+        let s = snapshot("      - {ip: 10.0.0.1}\n      - {ip: 10.0.0.2}\n");
+        let p = &s.ports[0];
+        let rules = crate::snapshot::OutlierRules {
+            consecutive_failures: 2,
+            base_ejection: std::time::Duration::from_secs(60),
+            max_ejection_percent: 50,
+        };
+        assert!(!p.backends[0].load.record_failure(&rules));
+        assert!(
+            p.backends[0].load.record_failure(&rules),
+            "second failure in a row ejects"
+        );
+        let mut rng = rand::rng();
+        for _ in 0..50 {
+            let b = pick(p, &p.base, &[], Default::default(), 50, &mut rng).expect("one");
+            assert_eq!(b.addr.ip().to_string(), "10.0.0.2");
+        }
+        // 100% of candidates ejected is over the 50% limit: traffic spreads again.
+        let only = [p.base[0]];
+        assert!(pick(p, &only, &[], Default::default(), 50, &mut rng).is_some());
+    }
+
+    #[test]
+    fn warming_endpoints_get_a_growing_share() {
+        let mut config = crate::config::Config::parse(
+            "services:\n  - name: s\n    vips: [10.96.0.1]\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: 10.0.0.1}\n",
+        )
+        .expect("valid");
+        let first = Snapshot::from_config(&config, "t".into(), None, true);
+        config.services[0].endpoints.push(crate::config::Endpoint {
+            ip: "10.0.0.2".parse().expect("ip"),
+            tag: None,
+            serving: true,
+            terminating: false,
+            name: None,
+            ports: Default::default(),
+        });
+        let second = Snapshot::from_config(&config, "t".into(), Some(&first), false);
+        let p = &second.ports[0];
+        let window = std::time::Duration::from_secs(3600);
+        assert!(
+            p.backends[1].load.warmup_weight(window) < 0.1,
+            "just added: cold"
+        );
+        assert_eq!(
+            p.backends[0].load.warmup_weight(window),
+            1.0,
+            "there from the start: warm"
+        );
+        let mut rng = rand::rng();
+        let new = (0..2000)
+            .filter_map(|_| pick(p, &p.base, &[], window, 50, &mut rng))
+            .filter(|b| b.addr.ip().to_string() == "10.0.0.2")
+            .count();
+        // Weight 0.05 of 1.05: about 95 of 2000; P2C would give about 1000.
+        assert!((40..=200).contains(&new), "{new}");
     }
 
     #[test]
@@ -500,7 +604,7 @@ mod tests {
         let p = &s.ports[0];
         let mut rng = rand::rng();
         let seen: HashSet<_> = (0..200)
-            .filter_map(|_| pick(p, &p.base, &[], &mut rng))
+            .filter_map(|_| pick(p, &p.base, &[], Default::default(), 50, &mut rng))
             .map(|b| b.addr)
             .collect();
         assert_eq!(seen.len(), 3);

@@ -113,8 +113,25 @@ impl Router {
     }
 
     /// Swaps in a new state; connections pick it up at their next request.
+    /// Upstream connections to endpoints that can no longer take requests
+    /// (terminating, not serving, removed) are not reused.
     pub fn swap(&self, applied: Applied) {
+        let eligible = applied
+            .snapshot
+            .ports
+            .iter()
+            .flat_map(|p| p.backends.iter())
+            .filter(|b| b.eligible())
+            .map(|b| b.addr)
+            .collect();
         self.applied.store(Arc::new(applied));
+        self.pool.retain_endpoints(eligible);
+    }
+
+    /// Starts draining: each client connection closes after its current
+    /// request (`Connection: close`), idle ones at once.
+    pub fn begin_drain(&self) {
+        self.pool.begin_drain();
     }
 
     /// The current state.
@@ -261,12 +278,17 @@ impl ConnRoutes {
         let service = applied.snapshot.service_of(port);
         let caller = applied.caller(self.origin.netns_cookie, self.peer);
         let headers: Vec<(&str, &[u8])> = headers.iter().map(|h| (h.name, h.value)).collect();
-        if !exclude.is_empty() {
+        if let Some(failed) = exclude.last() {
             // Asked again for the same request only after a failed connect.
             self.router
                 .telemetry
                 .metrics
                 .connect_error(&service.id.to_string());
+            if let Some(b) = port.backends.iter().find(|b| b.addr == *failed)
+                && b.load.record_failure(&applied.snapshot.outlier)
+            {
+                warn!(service = %service.id, endpoint = %failed, "endpoint ejected after consecutive failures");
+            }
         }
         let plan = route::plan(
             port,
@@ -296,7 +318,15 @@ impl ConnRoutes {
                 ),
             };
         }
-        let Some(backend) = route::pick(port, plan.candidates, exclude, &mut rand::rng()) else {
+        let picked = route::pick(
+            port,
+            plan.candidates,
+            exclude,
+            service.policy.warmup,
+            applied.snapshot.outlier.max_ejection_percent,
+            &mut rand::rng(),
+        );
+        let Some(backend) = picked else {
             current.decision = None;
             self.set_current(Some(current));
             let err = route::NoEndpoint::Empty {
@@ -363,6 +393,18 @@ impl Routes for ConnRoutes {
 
     fn observe(&self, outcome: RequestOutcome) {
         let current = self.set_current(None);
+        if let Some(load) = current.as_ref().and_then(|c| c.load.as_ref())
+            && outcome.target.is_some()
+        {
+            if outcome.status >= 500 {
+                let outlier = self.router.applied.load().snapshot.outlier;
+                if load.record_failure(&outlier) {
+                    warn!(endpoint = ?outcome.target.as_ref().map(|t| t.endpoint), "endpoint ejected after consecutive failures");
+                }
+            } else if outcome.status >= 100 {
+                load.record_success();
+            }
+        }
         let telemetry = &self.router.telemetry;
         let (service, tag, tag_source, decision) = match &current {
             Some(c) => (

@@ -15,9 +15,9 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use crate::{
@@ -40,26 +40,127 @@ impl fmt::Display for ServiceId {
     }
 }
 
-/// Load shared by every snapshot that has this endpoint address.
+/// Milliseconds on a monotonic clock private to this process (0 = start).
+pub fn now_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// `eligible_since_ms` of an endpoint that was there from the start: warm.
+const WARM: u64 = 0;
+/// `eligible_since_ms` of an endpoint that takes no requests now.
+const NOT_ELIGIBLE: u64 = u64::MAX;
+
+/// Passive outlier detection settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutlierRules {
+    /// Consecutive failures (connect errors, 5xx) that eject an endpoint; 0 = off.
+    pub consecutive_failures: u32,
+    /// First ejection; each next one doubles, up to 64 times this.
+    pub base_ejection: Duration,
+    /// At most this share of a service's candidates is ejected at once.
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierRules {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(10),
+            max_ejection_percent: 50,
+        }
+    }
+}
+
+/// Load and health shared by every snapshot that has this endpoint address,
+/// so a reload resets neither load balancing, warm-up nor ejections.
 #[derive(Debug)]
 pub struct EndpointLoad {
     /// Requests (and L4 streams) in flight to the endpoint.
     pub in_flight: AtomicU32,
-    /// When the endpoint was first seen serving (for warm-up).
-    pub serving_since: Instant,
+    /// When it last became able to take requests ([`now_ms`]); `WARM` or
+    /// `NOT_ELIGIBLE`.
+    eligible_since_ms: AtomicU64,
+    /// Consecutive failures.
+    failures: AtomicU32,
+    /// Ejections in a row (each doubles the next).
+    ejections: AtomicU32,
+    /// Ejected until ([`now_ms`]); 0 = not ejected.
+    ejected_until_ms: AtomicU64,
 }
 
 impl EndpointLoad {
-    fn new() -> Self {
+    fn new(since: u64) -> Self {
         Self {
             in_flight: AtomicU32::new(0),
-            serving_since: Instant::now(),
+            eligible_since_ms: AtomicU64::new(since),
+            failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
         }
     }
 
     /// Requests in flight now.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn set_eligible(&self, eligible: bool, warm: bool) {
+        let since = self.eligible_since_ms.load(Ordering::Relaxed);
+        match (eligible, since) {
+            (true, NOT_ELIGIBLE) => {
+                let now = if warm { WARM } else { now_ms() };
+                self.eligible_since_ms.store(now, Ordering::Relaxed);
+            }
+            (false, _) => self
+                .eligible_since_ms
+                .store(NOT_ELIGIBLE, Ordering::Relaxed),
+            _ => {}
+        }
+    }
+
+    /// The slow-start weight: from 5% to 100% over `window` since the
+    /// endpoint became able to take requests.
+    pub fn warmup_weight(&self, window: Duration) -> f64 {
+        let since = self.eligible_since_ms.load(Ordering::Relaxed);
+        if window.is_zero() || since == WARM || since == NOT_ELIGIBLE {
+            return 1.0;
+        }
+        let age = now_ms().saturating_sub(since) as f64;
+        (age / window.as_millis() as f64).clamp(0.05, 1.0)
+    }
+
+    /// Whether the endpoint is ejected now.
+    pub fn ejected(&self) -> bool {
+        now_ms() < self.ejected_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// A connect error or a 5xx: ejects after enough in a row. Returns
+    /// whether this failure ejected the endpoint.
+    pub fn record_failure(&self, rules: &OutlierRules) -> bool {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if rules.consecutive_failures == 0
+            || failures < rules.consecutive_failures
+            || self.ejected()
+        {
+            return false;
+        }
+        let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(6);
+        let period = rules.base_ejection.as_millis() as u64 * (1 << n);
+        self.ejected_until_ms
+            .store(now_ms() + period, Ordering::Relaxed);
+        self.failures.store(0, Ordering::Relaxed);
+        true
+    }
+
+    /// A good answer: the failure streak and the ejection backoff reset.
+    pub fn record_success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        if self.ejections.load(Ordering::Relaxed) != 0 && !self.ejected() {
+            self.ejections.store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -175,12 +276,21 @@ pub struct Snapshot {
     pub pods_by_ip: HashMap<IpAddr, usize>,
     /// Tag rules.
     pub tags: TagRules,
+    /// Passive outlier detection.
+    pub outlier: OutlierRules,
 }
 
 impl Snapshot {
     /// Builds a snapshot from a static config; endpoint load counters are
-    /// carried over from `previous` for addresses it already had.
-    pub fn from_config(config: &Config, source: String, previous: Option<&Snapshot>) -> Self {
+    /// carried over from `previous` for addresses it already had. With
+    /// `warm`, endpoints new to this snapshot count as warm (the first full
+    /// state after start: they were serving before the agent came).
+    pub fn from_config(
+        config: &Config,
+        source: String,
+        previous: Option<&Snapshot>,
+        warm: bool,
+    ) -> Self {
         let mut loads: HashMap<SocketAddr, Arc<EndpointLoad>> = previous
             .map(|p| {
                 p.ports
@@ -208,16 +318,18 @@ impl Snapshot {
                             .and_then(|name| e.ports.get(name))
                             .map_or(target_port, |port| port.0);
                         let addr = SocketAddr::new(e.ip, port);
+                        let load = loads
+                            .entry(addr)
+                            .or_insert_with(|| Arc::new(EndpointLoad::new(NOT_ELIGIBLE)))
+                            .clone();
+                        load.set_eligible(e.serving && !e.terminating, warm);
                         Backend {
                             addr,
                             tag: e.tag.clone(),
                             serving: e.serving,
                             terminating: e.terminating,
                             name: e.name.clone(),
-                            load: loads
-                                .entry(addr)
-                                .or_insert_with(|| Arc::new(EndpointLoad::new()))
-                                .clone(),
+                            load,
                         }
                     })
                     .collect();
@@ -270,6 +382,11 @@ impl Snapshot {
             by_vip,
             pods,
             pods_by_ip,
+            outlier: OutlierRules {
+                consecutive_failures: config.router.outlier_consecutive_failures,
+                base_ejection: config.router.outlier_base_ejection,
+                max_ejection_percent: config.router.outlier_max_ejection_percent,
+            },
             tags: TagRules {
                 headers: config
                     .tags
@@ -361,7 +478,7 @@ pods:
 
     #[test]
     fn indexes_ports_by_every_vip_and_v4_mapped() {
-        let s = Snapshot::from_config(&config(), "test".into(), None);
+        let s = Snapshot::from_config(&config(), "test".into(), None, true);
         let by4 = s.port_for("10.96.0.10:80".parse().unwrap()).expect("v4");
         assert_eq!(by4.target_port, 8080);
         let mapped = s
@@ -380,7 +497,7 @@ pods:
 
     #[test]
     fn candidate_sets_leave_out_terminating_and_not_serving() {
-        let s = Snapshot::from_config(&config(), "test".into(), None);
+        let s = Snapshot::from_config(&config(), "test".into(), None, true);
         let p = s.port_for("10.96.0.10:80".parse().unwrap()).expect("port");
         assert_eq!(p.base, vec![0]);
         assert_eq!(p.eligible, vec![0, 1]);
@@ -389,12 +506,12 @@ pods:
 
     #[test]
     fn load_counters_survive_a_rebuild() {
-        let first = Snapshot::from_config(&config(), "test".into(), None);
+        let first = Snapshot::from_config(&config(), "test".into(), None, true);
         let p = first
             .port_for("10.96.0.10:80".parse().unwrap())
             .expect("port");
         p.backends[0].load.in_flight.fetch_add(3, Ordering::Relaxed);
-        let second = Snapshot::from_config(&config(), "test".into(), Some(&first));
+        let second = Snapshot::from_config(&config(), "test".into(), Some(&first), false);
         let p2 = second
             .port_for("10.96.0.10:80".parse().unwrap())
             .expect("port");

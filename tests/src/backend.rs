@@ -27,6 +27,8 @@ use crate::node::Pod;
 pub struct Backend {
     stop: Arc<AtomicBool>,
     accepted: Arc<AtomicU64>,
+    /// Every accepted connection, to cut them all when the backend stops.
+    open: Arc<std::sync::Mutex<Vec<TcpStream>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -89,13 +91,17 @@ impl Backend {
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU64::new(0));
-        let (stop2, accepted2) = (stop.clone(), accepted.clone());
+        let open = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop2, accepted2, open2) = (stop.clone(), accepted.clone(), open.clone());
         let thread = std::thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         accepted2.fetch_add(1, Ordering::Relaxed);
                         let _ = stream.set_nonblocking(false);
+                        if let (Ok(clone), Ok(mut open)) = (stream.try_clone(), open2.lock()) {
+                            open.push(clone);
+                        }
                         let serve = serve.clone();
                         std::thread::spawn(move || serve(stream));
                     }
@@ -106,16 +112,24 @@ impl Backend {
         Ok(Self {
             stop,
             accepted,
+            open,
             thread: Some(thread),
         })
     }
 }
 
 impl Drop for Backend {
+    /// Stops like a killed process: the listener closes and every open
+    /// connection is cut.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        if let Ok(open) = self.open.lock() {
+            for stream in open.iter() {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
         }
     }
 }

@@ -159,6 +159,14 @@ pub struct ServiceInfo {
     pub vips: Vec<String>,
     /// Ports with their endpoints.
     pub ports: Vec<PortInfo>,
+    /// The gray-release policy in force, summarised (`none` when none),
+    /// e.g. `canary gray=10; sticky header:x-user-id; lanes gray=strict`.
+    #[serde(default)]
+    pub policy: String,
+    /// Why the policy the source gave is not in force (bad annotations);
+    /// the last good one is.
+    #[serde(default)]
+    pub policy_error: Option<String>,
 }
 
 /// A service port.
@@ -200,6 +208,9 @@ pub struct EndpointInfo {
     pub in_flight: u32,
     /// Current load-balancing weight (1.0 = full; less while warming up).
     pub weight: f64,
+    /// Ejected for a while after consecutive failures.
+    #[serde(default)]
+    pub ejected: bool,
 }
 
 /// `GET /conns`.

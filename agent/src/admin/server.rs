@@ -417,6 +417,8 @@ fn services(state: &AdminState, name: Option<&str>) -> api::Services {
             namespace: s.id.namespace.clone(),
             name: s.id.name.clone(),
             vips: s.vips.iter().map(ToString::to_string).collect(),
+            policy: s.policy.to_string(),
+            policy_error: s.policy_error.clone(),
             ports: s
                 .ports
                 .iter()
@@ -435,7 +437,12 @@ fn services(state: &AdminState, name: Option<&str>) -> api::Services {
                                 terminating: b.terminating,
                                 eligible: b.eligible(),
                                 in_flight: b.load.in_flight(),
-                                weight: if b.eligible() { 1.0 } else { 0.0 },
+                                weight: if b.eligible() {
+                                    b.load.warmup_weight(s.policy.warmup)
+                                } else {
+                                    0.0
+                                },
+                                ejected: b.load.ejected(),
                             });
                     }
                     api::PortInfo {
@@ -547,7 +554,17 @@ fn trace(state: &AdminState, service: Option<String>, tag: Option<String>) -> Re
             line.push(b'\n');
             Ok::<_, Infallible>(Frame::data(Bytes::from(line)))
         });
-    let mut response = Response::new(BodyExt::boxed(StreamBody::new(lines)));
+    // A blank line now and then: a client that went away is noticed (and
+    // its subscription dropped) at the next write even when nothing routes.
+    let keepalive = futures::stream::unfold((), |()| async {
+        tokio::time::sleep(std::time::Duration::from_secs(15)).await;
+        Some((
+            Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"\n"))),
+            (),
+        ))
+    });
+    let body = futures::stream::select(lines, keepalive);
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(body)));
     if let Ok(v) = "application/x-ndjson".parse() {
         response
             .headers_mut()

@@ -112,6 +112,7 @@ fn pods_doc() -> Pods {
 
 fn endpoint(address: &str, name: &str, serving: bool, terminating: bool) -> EndpointInfo {
     EndpointInfo {
+        ejected: false,
         address: address.into(),
         name: Some(name.into()),
         serving,
@@ -126,6 +127,8 @@ fn services_doc() -> Services {
     Services {
         services: vec![
             ServiceInfo {
+                policy: "none".into(),
+                policy_error: None,
                 namespace: "default".into(),
                 name: "reviews".into(),
                 vips: vec!["10.96.0.10".into(), "fd00:96::10".into()],
@@ -154,6 +157,8 @@ fn services_doc() -> Services {
                 }],
             },
             ServiceInfo {
+                policy: "none".into(),
+                policy_error: None,
                 namespace: "default".into(),
                 name: "ratings".into(),
                 vips: vec!["10.96.0.11".into()],
@@ -453,13 +458,6 @@ impl FakeAgent {
 
     fn socket(&self) -> PathBuf {
         self.dir.0.join("admin.sock")
-    }
-
-    fn common(&self, output: Output) -> Common {
-        Common {
-            format: OutputArg { output },
-            socket: self.socket(),
-        }
     }
 }
 

@@ -197,6 +197,10 @@ struct Conn<'a> {
     exclude: Vec<SocketAddr>,
 }
 
+/// How long a connection idle between requests may still send one once the
+/// router drains.
+const DRAIN_IDLE_GRACE: std::time::Duration = std::time::Duration::from_millis(1000);
+
 /// Serve HTTP/1.x requests on `client` until the connection closes.
 pub(crate) async fn serve(
     mut client: TcpStream,
@@ -204,6 +208,7 @@ pub(crate) async fn serve(
     pool: &Pool,
     cfg: &ProxyConfig,
 ) {
+    let mut drain = pool.drain_signal();
     let mut conn = Conn {
         cfg,
         routes,
@@ -216,7 +221,7 @@ pub(crate) async fn serve(
     };
     loop {
         let read_start = Instant::now();
-        let next = match conn.read_head(&mut client).await {
+        let next = match conn.read_head(&mut client, &mut drain).await {
             HeadRead::Complete(head_len) => conn.request(&mut client, head_len).await,
             HeadRead::Closed => return,
             HeadRead::Failed(status, error) => {
@@ -259,12 +264,17 @@ fn bad_request_status(e: &head::Error) -> u16 {
 
 impl Conn<'_> {
     /// Read until `cbuf` starts with a complete request head.
-    async fn read_head(&mut self, client: &mut TcpStream) -> HeadRead {
+    async fn read_head(
+        &mut self,
+        client: &mut TcpStream,
+        drain: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> HeadRead {
         let max = self.cfg.max_header_bytes;
         let idle_deadline = deadline_after(self.cfg.idle_timeout);
         let mut head_deadline =
             (!self.cbuf.is_empty()).then(|| deadline_after(self.cfg.header_timeout));
         let mut scanned: usize = 0;
+        let mut drain_deadline = None;
         loop {
             if !self.cbuf.is_empty() {
                 if let Some(end) = head::find_head_end(&self.cbuf, scanned.saturating_sub(3)) {
@@ -291,7 +301,23 @@ impl Conn<'_> {
             if self.cbuf.capacity() - self.cbuf.len() < READ_BUF / 4 {
                 self.cbuf.reserve(READ_BUF);
             }
-            match tokio::time::timeout_at(deadline, client.read_buf(&mut self.cbuf)).await {
+            // While the router drains, a connection idle between requests
+            // gets a short grace to send its next request (answered with
+            // `Connection: close`) instead of being closed under a client
+            // that may be sending right now.
+            let idle = self.cbuf.is_empty();
+            if idle && drain_deadline.is_none() && *drain.borrow() {
+                drain_deadline = Some(deadline_after(DRAIN_IDLE_GRACE));
+            }
+            let deadline = match (head_deadline, drain_deadline) {
+                (None, Some(d)) => d.min(deadline),
+                _ => deadline,
+            };
+            let read = tokio::select! {
+                r = tokio::time::timeout_at(deadline, client.read_buf(&mut self.cbuf)) => r,
+                _ = drain.changed(), if idle && drain_deadline.is_none() => continue,
+            };
+            match read {
                 Err(_) => {
                     return match head_deadline {
                         Some(_) => {
@@ -469,7 +495,7 @@ impl Conn<'_> {
         } else {
             503
         };
-        let mut keep = info.keep_alive && info.version >= 1;
+        let mut keep = info.keep_alive && info.version >= 1 && !self.pool.is_draining();
         if keep && !info.framing.is_empty() {
             if info.expect_continue {
                 // The client waits for 100 before sending the body.
@@ -623,6 +649,7 @@ impl Conn<'_> {
             ubuf,
             req_head,
             resp_head,
+            pool,
             ..
         } = self;
         ubuf.clear();
@@ -775,7 +802,7 @@ impl Conn<'_> {
             };
         }
 
-        let close_client = !info.keep_alive || !rinfo.keep_alive || !body_ok;
+        let close_client = !info.keep_alive || !rinfo.keep_alive || !body_ok || pool.is_draining();
         head::write_response_head(
             resp_head,
             &ubuf[..head_len],

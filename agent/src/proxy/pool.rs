@@ -11,7 +11,7 @@
 //! sent no stray bytes.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io,
     mem::MaybeUninit,
     net::SocketAddr,
@@ -23,7 +23,10 @@ use std::{
 };
 
 use socket2::{Domain, SockRef, Socket, Type};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::{
+    net::{TcpSocket, TcpStream},
+    sync::watch,
+};
 
 use super::ProxyConfig;
 
@@ -49,6 +52,9 @@ struct Idle {
 struct Inner {
     idle: HashMap<SocketAddr, Vec<Idle>>,
     last_sweep: Instant,
+    /// Endpoints that may take new requests; `None` until the router says.
+    /// Connections to others are not kept (terminating, removed endpoints).
+    eligible: Option<HashSet<SocketAddr>>,
 }
 
 /// Upstream connection pool shared by all client connections (per endpoint).
@@ -59,6 +65,9 @@ pub struct Pool {
     connect_timeout: Duration,
     mark: u32,
     mark_warned: AtomicBool,
+    /// `true` once the router drains (agent shutting down): every client
+    /// connection closes after its current request, idle ones at once.
+    draining: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -88,13 +97,54 @@ impl Pool {
             inner: Mutex::new(Inner {
                 idle: HashMap::new(),
                 last_sweep: Instant::now(),
+                eligible: None,
             }),
             max_idle: cfg.pool_max_idle_per_endpoint,
             idle_timeout: cfg.pool_idle_timeout,
             connect_timeout: cfg.connect_timeout,
             mark: cfg.socket_mark,
             mark_warned: AtomicBool::new(false),
+            draining: watch::channel(false).0,
         }
+    }
+
+    /// Keeps connections only to `eligible` endpoints from now on: idle
+    /// connections to the others (terminating or removed) close now, and
+    /// connections to them in use close when their request is done.
+    pub fn retain_endpoints(&self, eligible: HashSet<SocketAddr>) {
+        let dropped: Vec<Idle> = {
+            let mut inner = self.lock();
+            let mut dropped = Vec::new();
+            inner.idle.retain(|endpoint, list| {
+                let keep = eligible.contains(endpoint);
+                if !keep {
+                    dropped.append(list);
+                }
+                keep
+            });
+            inner.eligible = Some(eligible);
+            dropped
+        };
+        drop(dropped);
+    }
+
+    /// Starts draining: client connections close after their current
+    /// request (with `Connection: close`), idle client and upstream
+    /// connections close now.
+    pub fn begin_drain(&self) {
+        self.draining.send_replace(true);
+        let idle = std::mem::take(&mut self.lock().idle);
+        drop(idle);
+    }
+
+    /// Whether the router is draining.
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// Changes of the draining state, for connections waiting idle.
+    pub(crate) fn drain_signal(&self) -> watch::Receiver<bool> {
+        self.draining.subscribe()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -163,7 +213,7 @@ impl Pool {
 
     /// Return a connection whose last response completed cleanly.
     pub(crate) fn put(&self, endpoint: SocketAddr, stream: TcpStream) {
-        if self.max_idle == 0 {
+        if self.max_idle == 0 || self.is_draining() {
             return;
         }
         let now = Instant::now();
@@ -175,6 +225,14 @@ impl Pool {
             } else {
                 Vec::new()
             };
+            if inner
+                .eligible
+                .as_ref()
+                .is_some_and(|e| !e.contains(&endpoint))
+            {
+                // Terminating or removed: not reused.
+                return;
+            }
             let list = inner.idle.entry(endpoint).or_default();
             let dropped = if list.len() >= self.max_idle {
                 Some(list.remove(0))

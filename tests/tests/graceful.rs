@@ -1,0 +1,393 @@
+//! Graceful up and down, under continuous load (a client pod sending
+//! requests on a keep-alive connection and on new connections, counting
+//! every failure): the agent restarted, endpoints rolled, an endpoint killed,
+//! a new endpoint warming up.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use laneway::admin::api;
+use laneway_tests::{
+    Agent, Node, Scenario, ServiceSpec, Standard,
+    agent::binary,
+    backend::Backend,
+    client::{Conn, Response},
+    node::NODE_IP,
+};
+
+/// Load from the client pod until dropped: one keep-alive worker (opening a
+/// new connection when the router says `Connection: close`, as HTTP clients
+/// do) and one new-connection-per-request worker.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    answers: Arc<Mutex<Vec<(Instant, String, bool)>>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(node: &Arc<Node>, client: usize, vip: std::net::SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let workers = (0..2)
+            .map(|worker| {
+                let (node, stop, ok, failures, answers) = (
+                    node.clone(),
+                    stop.clone(),
+                    ok.clone(),
+                    failures.clone(),
+                    answers.clone(),
+                );
+                std::thread::spawn(move || {
+                    let mut conn: Option<Conn> = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        if conn.is_none() || worker == 1 {
+                            match Conn::open(node.pod(client), vip) {
+                                Ok(c) => conn = Some(c),
+                                Err(e) => {
+                                    failures.lock().unwrap().push(format!("connect: {e:#}"));
+                                    continue;
+                                }
+                            }
+                        }
+                        let Some(c) = conn.as_mut() else { continue };
+                        match c.get("/", &[]) {
+                            Ok(r) if r.status == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                answers.lock().unwrap().push((
+                                    Instant::now(),
+                                    r.endpoint().to_owned(),
+                                    routed(&r),
+                                ));
+                                if r.header("connection") == Some("close") {
+                                    conn = None;
+                                }
+                            }
+                            Ok(r) => {
+                                failures.lock().unwrap().push(format!(
+                                    "status {}: {}",
+                                    r.status,
+                                    r.text()
+                                ));
+                                conn = None;
+                            }
+                            Err(e) => {
+                                failures.lock().unwrap().push(format!("request: {e:#}"));
+                                conn = None;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            ok,
+            failures,
+            answers,
+            workers,
+        }
+    }
+
+    /// Stops; returns (successes, failures, answers).
+    fn finish(mut self) -> (u64, Vec<String>, Vec<(Instant, String, bool)>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        let failures = std::mem::take(&mut *self.failures.lock().unwrap());
+        let answers = std::mem::take(&mut *self.answers.lock().unwrap());
+        (self.ok.load(Ordering::Relaxed), failures, answers)
+    }
+}
+
+fn routed(r: &Response) -> bool {
+    r.header("x-peer") == Some(&NODE_IP.to_string())
+}
+
+#[test]
+fn restarting_the_agent_five_times_under_load_fails_no_request() -> Result<()> {
+    let Standard {
+        agent,
+        backends,
+        scenario,
+        pods,
+        node,
+    } = Standard::start()?;
+    let node = Arc::new(node);
+    let mut agent = Some(agent);
+    let config = agent.as_ref().map(|a| a.config.clone()).unwrap_or_default();
+    let load = Load::start(&node, pods.client, Node::vip(&scenario.services[0]));
+    for round in 0..5 {
+        std::thread::sleep(Duration::from_millis(400));
+        if let Some(mut a) = agent.take() {
+            let status = a.terminate()?;
+            assert!(status.success(), "round {round}: {status}\n{}", a.log());
+            assert!(a.log().contains("drained"), "round {round}: {}", a.log());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        agent = Some(Agent::start_with(&node, config.clone())?);
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    let (ok, failures, answers) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed of {}: {:?}",
+        failures.len(),
+        ok + failures.len() as u64,
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok > 300, "load ran: {ok}");
+    let through_router = answers.iter().filter(|a| a.2).count();
+    assert!(
+        through_router > 100,
+        "the router served between restarts: {through_router}"
+    );
+    drop(agent);
+    drop(backends);
+    Ok(())
+}
+
+/// A node with service `reviews` (10.96.0.10:80) whose endpoints are the
+/// pods `names`, each serving HTTP; the client pod is enrolled.
+fn reviews_node(
+    names: &[&str],
+    router_extra: &str,
+    policy: Option<&str>,
+) -> Result<(Arc<Node>, usize, Vec<usize>, Scenario)> {
+    let mut node = Node::new()?;
+    let client = node.add_pod("client")?;
+    let pods: Vec<usize> = names
+        .iter()
+        .map(|n| node.add_pod(n))
+        .collect::<Result<_>>()?;
+    let scenario = Scenario {
+        services: vec![ServiceSpec {
+            name: "reviews".into(),
+            vip: "10.96.0.10".parse()?,
+            vip6: None,
+            port: 80,
+            target_port: 8080,
+            protocol: "auto",
+            policy: policy.map(Into::into),
+            endpoints: vec![(pods[0], None)],
+        }],
+        enrolled: vec![(client, None)],
+        router_extra: router_extra.into(),
+    };
+    node.install_kube_proxy(&scenario)?;
+    Ok((Arc::new(node), client, pods, scenario))
+}
+
+fn endpoint_line(node: &Node, pod: usize, state: &str) -> String {
+    let p = node.pod(pod);
+    format!("      - {{ip: {}, name: {}{state}}}\n", p.ip, p.name)
+}
+
+/// Rewrites the agent's config with `endpoints` for reviews and waits for
+/// the reload.
+fn set_endpoints(
+    agent: &Agent,
+    node: &Node,
+    scenario: &Scenario,
+    endpoints: &[(usize, &str)],
+) -> Result<()> {
+    let base = node.agent_config(scenario);
+    let first = endpoint_line(node, scenario.services[0].endpoints[0].0, "");
+    let lines: String = endpoints
+        .iter()
+        .map(|(p, st)| endpoint_line(node, *p, st))
+        .collect();
+    let before = agent.log().matches("config reloaded").count();
+    std::fs::write(&agent.config, base.replace(&first, &lines))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while agent.log().matches("config reloaded").count() == before {
+        anyhow::ensure!(Instant::now() < deadline, "no reload:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+#[test]
+fn rolling_endpoints_one_by_one_fails_no_request() -> Result<()> {
+    let (node, client, pods, scenario) =
+        reviews_node(&["reviews-a", "reviews-b", "reviews-c"], "", None)?;
+    let _backends: Vec<Backend> = pods
+        .iter()
+        .map(|p| Backend::http(node.pod(*p), 8080))
+        .collect::<Result<_>>()?;
+    let agent = Agent::start(&node, &scenario)?;
+    let load = Load::start(&node, client, Node::vip(&scenario.services[0]));
+    let [a, b, c] = [pods[0], pods[1], pods[2]];
+    let term = ", terminating: true";
+    let steps: [&[(usize, &str)]; 6] = [
+        &[(a, ""), (b, "")],
+        &[(a, term), (b, "")],
+        &[(b, "")],
+        &[(b, ""), (c, "")],
+        &[(b, term), (c, "")],
+        &[(c, "")],
+    ];
+    let mut terminated_at = BTreeMap::new();
+    for (i, step) in steps.iter().enumerate() {
+        std::thread::sleep(Duration::from_millis(500));
+        set_endpoints(&agent, &node, &scenario, step)?;
+        if i == 1 {
+            terminated_at.insert("reviews-a", Instant::now());
+        }
+        if i == 4 {
+            terminated_at.insert("reviews-b", Instant::now());
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, failures, answers) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed of {}: {:?}",
+        failures.len(),
+        ok,
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok > 200, "load ran: {ok}");
+    for (name, at) in terminated_at {
+        // In-flight requests may still finish there; nothing starts there 200 ms on.
+        let late = answers
+            .iter()
+            .filter(|(t, e, _)| e == name && *t > at + Duration::from_millis(200))
+            .count();
+        assert_eq!(
+            late, 0,
+            "{name} got {late} requests after it turned terminating"
+        );
+    }
+    let last: Vec<&str> = answers
+        .iter()
+        .rev()
+        .take(20)
+        .map(|a| a.1.as_str())
+        .collect();
+    assert!(last.iter().all(|e| *e == "reviews-c"), "{last:?}");
+    Ok(())
+}
+
+#[test]
+fn a_killed_endpoint_is_retried_ejected_and_comes_back() -> Result<()> {
+    let (node, client, pods, scenario) = reviews_node(
+        &["reviews-a", "reviews-b"],
+        "  outlier_consecutive_failures: 2\n  outlier_base_ejection: 3s\n",
+        None,
+    )?;
+    let _a = Backend::http(node.pod(pods[0]), 8080)?;
+    let b = Backend::http(node.pod(pods[1]), 8080)?;
+    let agent = Agent::start(&node, &scenario)?;
+    set_endpoints(&agent, &node, &scenario, &[(pods[0], ""), (pods[1], "")])?;
+    let vip = Node::vip(&scenario.services[0]);
+    let mut conn = Conn::open(node.pod(client), vip)?;
+    let mut seen = BTreeMap::<String, usize>::new();
+    for _ in 0..40 {
+        *seen
+            .entry(conn.get("/", &[])?.endpoint().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(seen.len(), 2, "both serve: {seen:?}");
+
+    drop(b); // Killed: connects are refused from now on.
+    std::thread::sleep(Duration::from_millis(100));
+    let ask = || -> Result<()> {
+        let r = Conn::open(node.pod(client), vip)?.get("/", &[])?;
+        anyhow::ensure!(
+            (r.status, r.endpoint()) == (200, "reviews-a"),
+            "not retried on the other endpoint: {r:?}"
+        );
+        Ok(())
+    };
+    for _ in 0..10 {
+        ask()?;
+    }
+    let services: api::Services = serde_json::from_slice(
+        &std::process::Command::new(binary())
+            .args(["services", "reviews", "-o", "json", "--socket"])
+            .arg(node.admin_socket())
+            .output()?
+            .stdout,
+    )?;
+    let ejected: Vec<&str> = services.services[0].ports[0].lanes[0]
+        .endpoints
+        .iter()
+        .filter(|e| e.ejected)
+        .filter_map(|e| e.name.as_deref())
+        .collect();
+    assert_eq!(ejected, ["reviews-b"], "{:?}", services.services[0]);
+    for _ in 0..90 {
+        ask()?;
+    }
+    let ejections = agent.log().matches("endpoint ejected").count();
+    assert!(
+        ejections <= 3,
+        "ejection stopped the connect attempts: {ejections} ejections"
+    );
+
+    let _b = Backend::http(node.pod(pods[1]), 8080)?; // Back.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = Conn::open(node.pod(client), vip)?.get("/", &[])?;
+        assert_eq!(r.status, 200);
+        if r.endpoint() == "reviews-b" {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "reviews-b never came back:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+#[test]
+fn a_new_endpoints_share_grows_over_its_warmup() -> Result<()> {
+    let (node, client, pods, scenario) =
+        reviews_node(&["reviews-a", "reviews-b"], "", Some("{warmup: 4s}"))?;
+    let _backends: Vec<Backend> = pods
+        .iter()
+        .map(|p| Backend::http(node.pod(*p), 8080))
+        .collect::<Result<_>>()?;
+    let agent = Agent::start(&node, &scenario)?;
+    let load = Load::start(&node, client, Node::vip(&scenario.services[0]));
+    std::thread::sleep(Duration::from_millis(300));
+    set_endpoints(&agent, &node, &scenario, &[(pods[0], ""), (pods[1], "")])?;
+    let added = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    let (_, failures, answers) = load.finish();
+    assert!(failures.is_empty(), "{failures:?}");
+    let share = |from: u64, to: u64| {
+        let window: Vec<_> = answers
+            .iter()
+            .filter(|(t, _, _)| {
+                *t >= added + Duration::from_millis(from) && *t < added + Duration::from_millis(to)
+            })
+            .collect();
+        let new = window.iter().filter(|(_, e, _)| e == "reviews-b").count();
+        (new as f64 / window.len().max(1) as f64, window.len())
+    };
+    let (early, n1) = share(0, 1000);
+    let (late, n2) = share(4000, 5000);
+    assert!(n1 > 20 && n2 > 20, "enough samples: {n1}, {n2}");
+    assert!(
+        early < 0.3,
+        "cold endpoint got {early:.2} in its first second"
+    );
+    assert!(late > early + 0.15, "share grew: {early:.2} -> {late:.2}");
+    Ok(())
+}
