@@ -739,4 +739,28 @@ pods:
         .expect("valid policy");
         assert!(ok.services[0].policy.is_some());
     }
+
+    #[test]
+    fn the_readme_example_is_a_valid_config_with_every_section() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("## Configuration").expect("section");
+        let block = &readme[start..];
+        let yaml_start = block.find("```yaml\n").expect("yaml block") + "```yaml\n".len();
+        let yaml = &block[yaml_start..];
+        let yaml = &yaml[..yaml.find("```").expect("block end")];
+        let c = Config::parse(yaml).expect("the README's config parses");
+        for section in [
+            "router:",
+            "tags:",
+            "bpf:",
+            "kube:",
+            "admin:",
+            "policy:",
+            "services:",
+            "pods:",
+        ] {
+            assert!(yaml.contains(section), "README example lacks {section}");
+        }
+        assert!(c.services[0].policy.is_some());
+    }
 }

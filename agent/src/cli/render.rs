@@ -141,6 +141,8 @@ pub(crate) fn pods(p: &Pods) -> String {
 pub(crate) fn endpoint_state(e: &EndpointInfo) -> &'static str {
     if e.terminating {
         "terminating"
+    } else if e.ejected {
+        "ejected"
     } else if e.serving {
         "serving"
     } else {
@@ -164,6 +166,21 @@ pub(crate) fn services(s: &Services) -> String {
             out.push('\n');
         }
         let _ = writeln!(out, "{}/{}  {}", svc.namespace, svc.name, list(&svc.vips));
+        let _ = writeln!(
+            out,
+            "  policy: {}",
+            if svc.policy.is_empty() {
+                "none"
+            } else {
+                &svc.policy
+            }
+        );
+        if let Some(e) = &svc.policy_error {
+            let _ = writeln!(
+                out,
+                "  policy error (the last good policy is in force): {e}"
+            );
+        }
         if svc.ports.is_empty() {
             out.push_str("  (no ports)\n");
         }

@@ -590,7 +590,7 @@ fn services_table_shows_lanes_and_states() {
         "{text}"
     );
     assert!(
-        text.contains("default/ratings  10.96.0.11\n  (no ports)\n"),
+        text.contains("default/ratings  10.96.0.11\n  policy: none\n  (no ports)\n"),
         "{text}"
     );
 

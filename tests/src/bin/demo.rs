@@ -189,5 +189,82 @@ fn demo() -> Result<bool> {
         rows.iter().filter(|r| r[5] == "ok").count(),
         rows.len()
     );
+    all_ok &= canary(&s)?;
+    debugging_session(&s)?;
     Ok(all_ok)
+}
+
+/// A gray release: 20% of untagged requests to `reviews` go to its gray
+/// endpoint, set by editing the config while the agent runs.
+fn canary(s: &Standard) -> Result<bool> {
+    println!("\n==> gray release: reviews gets policy {{canary: gray=20}} (config reloaded live)");
+    let text = std::fs::read_to_string(&s.agent.config)?;
+    let with_policy = text.replacen(
+        "    ports: [{port: 80, target_port: 8080, protocol: auto}]\n",
+        "    ports: [{port: 80, target_port: 8080, protocol: auto}]\n    policy: {canary: gray=20}\n",
+        1,
+    );
+    std::fs::write(&s.agent.config, with_policy)?;
+    s.agent
+        .wait_for_log("config reloaded", std::time::Duration::from_secs(5))?;
+    let mut conn = client::Conn::open(s.node.pod(s.pods.client), s.reviews())?;
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..1000 {
+        *counts
+            .entry(conn.get("/", &[])?.endpoint().to_owned())
+            .or_default() += 1;
+    }
+    for (endpoint, n) in &counts {
+        println!("    {endpoint:<16} {n:>4} of 1000 untagged requests");
+    }
+    let gray = counts.get("reviews-gray").copied().unwrap_or(0);
+    // 20% of 1000 is 200 (sd 13).
+    let ok = (140..=260).contains(&gray) && counts.get("reviews-joint1").is_none();
+    println!(
+        "    check: {}",
+        if ok {
+            "ok (about 20% on gray, none on joint1)"
+        } else {
+            "WRONG"
+        }
+    );
+    Ok(ok)
+}
+
+/// What a person debugging a lane runs on the node.
+fn debugging_session(s: &Standard) -> Result<()> {
+    let socket = s.node.admin_socket();
+    for args in [
+        vec!["services", "reviews"],
+        vec![
+            "explain",
+            "--from",
+            "client",
+            "--to",
+            "reviews",
+            "-H",
+            "x-mse-tag: joint2",
+        ],
+        vec!["pods"],
+    ] {
+        println!(
+            "\n$ laneway {}",
+            args.iter()
+                .map(|a| if a.contains(' ') {
+                    format!("'{a}'")
+                } else {
+                    a.to_string()
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let out = std::process::Command::new(laneway_tests::agent::binary())
+            .args(&args)
+            .arg("--socket")
+            .arg(&socket)
+            .output()?;
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
 }
