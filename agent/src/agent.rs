@@ -145,6 +145,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
     }
     let (redirect4, redirect6) = redirect_addrs(&config)?;
 
+    allow_listener_migration();
     // Listen before attaching: a redirected connect must find a listener.
     let mut listeners = vec![bind(config.router.listen)?];
     if let Some(v6) = config.router.listen_v6 {
@@ -153,7 +154,8 @@ pub async fn run(options: Options) -> Result<(), Error> {
     let admin = config.admin.listen.map(bind).transpose()?;
     let port = config.router.listen.port();
 
-    let mut datapath = Datapath::attach(&cgroup)?;
+    let mut datapath = Datapath::attach(&cgroup, &config.bpf.pin_path)?;
+    datapath.set_listeners(&listeners[0], listeners.get(1))?;
     info!(cgroup = %cgroup.display(), programs = ?Datapath::program_names().collect::<Vec<_>>(), "programs attached");
     let source = match &kube_client {
         Some(_) => "kubernetes".to_owned(),
@@ -184,6 +186,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
     let health = Arc::new(Health::default());
     let mark = config.router.socket_mark;
     let datapath = Arc::new(Mutex::new(datapath));
+    let (handover_tx, mut handover) = watch::channel(false);
     let admin_state = Arc::new(AdminState {
         router: router.clone(),
         datapath: datapath.clone(),
@@ -193,11 +196,8 @@ pub async fn run(options: Options) -> Result<(), Error> {
         listen: std::iter::once(config.router.listen)
             .chain(config.router.listen_v6)
             .collect(),
+        handover: handover_tx,
     });
-    let admin_socket = crate::admin::serve_unix(&config.admin.socket, admin_state.clone())?;
-    if let Some(listener) = admin {
-        tokio::spawn(crate::admin::serve_http(listener, admin_state));
-    }
     beat(
         &datapath,
         redirect4,
@@ -206,6 +206,15 @@ pub async fn run(options: Options) -> Result<(), Error> {
         mark,
         bpf::monotonic_ns(),
     )?;
+    // An agent still running here (an overlapping restart) hands over: it
+    // drains while this one serves, on the same port (SO_REUSEPORT).
+    if crate::admin::take_over(&config.admin.socket).await {
+        info!("took over from the agent that was running; it drains now");
+    }
+    let admin_socket = crate::admin::serve_unix(&config.admin.socket, admin_state.clone())?;
+    if let Some(listener) = admin {
+        tokio::spawn(crate::admin::serve_http(listener, admin_state));
+    }
     let heartbeat = tokio::spawn(heartbeat_loop(
         datapath.clone(),
         redirect4,
@@ -243,6 +252,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
                         }
                     }
                     _ = hangup.recv() => info!("SIGHUP: with --kube the API is the source; restart to change settings"),
+                    _ = handover.changed() => break,
                     _ = terminate.recv() => break,
                     _ = interrupt.recv() => break,
                 }
@@ -260,6 +270,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
                         if now == seen { continue; }
                         "file changed"
                     }
+                    _ = handover.changed() => break,
                     _ = terminate.recv() => break,
                     _ = interrupt.recv() => break,
                 };
@@ -268,16 +279,31 @@ pub async fn run(options: Options) -> Result<(), Error> {
             }
         }
     }
-    info!("shutting down: clearing the heartbeat, new connections go the direct way from now");
     heartbeat.abort();
-    // Fail open at once rather than after the timeout.
-    if let Err(e) = beat(&datapath, redirect4, redirect6, port, mark, 0) {
-        warn!(error = %e, "could not clear the heartbeat");
+    admin_socket.abort();
+    if *handover.borrow() {
+        // The successor serves the admin socket and writes the heartbeat.
+        info!("handing over: draining while the new agent serves");
+    } else {
+        let _ = std::fs::remove_file(&config.admin.socket);
+        info!("shutting down: clearing the heartbeat, new connections go the direct way from now");
+        // Fail open at once rather than after the timeout.
+        if let Err(e) = beat(&datapath, redirect4, redirect6, port, mark, 0) {
+            warn!(error = %e, "could not clear the heartbeat");
+        }
     }
     drain(&router, accepting, config.router.drain_timeout).await;
-    admin_socket.abort();
-    let _ = std::fs::remove_file(&config.admin.socket);
     Ok(())
+}
+
+/// `net.ipv4.tcp_migrate_req=1` in this network namespace: connections
+/// queued on a closing listener move to another listener of the same
+/// SO_REUSEPORT group instead of being reset (Linux 5.14+). Best effort.
+fn allow_listener_migration() {
+    const KNOB: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+    if let Err(e) = std::fs::write(KNOB, "1") {
+        warn!(error = %e, "cannot set {KNOB}: an overlapping restart may reset connections queued on the old listener");
+    }
 }
 
 /// How long the router keeps accepting after the heartbeat is cleared:
@@ -406,6 +432,10 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
             socket.set_only_v6(true)?;
         }
         socket.set_reuse_address(true)?;
+        // An overlapping restart binds the same port: the kernel spreads new
+        // connections over both, and (with tcp_migrate_req) moves those
+        // queued on the old listener to the new one when it closes.
+        socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
         socket.listen(4096)?;

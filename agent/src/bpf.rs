@@ -12,13 +12,17 @@ use std::{
     fs::File,
     hash::Hash,
     net::{IpAddr, SocketAddr},
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
 use aya::{
-    Ebpf, Pod,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
-    programs::{CgroupAttachMode, Program, ProgramError},
+    Ebpf, EbpfLoader, Pod,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, SockMap},
+    programs::{
+        CgroupAttachMode, Program, ProgramError,
+        links::{FdLink, PinnedLink},
+    },
 };
 use laneway_common::{
     ConnKey, OriginalDst, PodValue, RouterInfo, ServiceKey, ServiceValue, map_names, stat,
@@ -85,6 +89,27 @@ pub enum Error {
     /// A map is missing from the object.
     #[error("the BPF object has no map {0}")]
     MissingMap(&'static str),
+    /// The pin directory cannot be created.
+    #[error("cannot create the BPF pin directory {path}: {source}")]
+    Pin {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The pin directory is not on bpffs.
+    #[error(
+        "{0} is not on a bpf filesystem: mount one (`mount -t bpf bpf /sys/fs/bpf`) or set bpf.pin_path"
+    )]
+    NotBpffs(PathBuf),
+    /// A link could not be pinned.
+    #[error("cannot pin the link of {program}: {message}")]
+    Link {
+        /// The program.
+        program: &'static str,
+        /// What failed.
+        message: String,
+    },
     /// A map operation failed.
     #[error("BPF map {map}: {source}")]
     Map {
@@ -101,9 +126,11 @@ fn map_err(map: &'static str) -> impl FnOnce(MapError) -> Error {
 
 /// The loaded, attached programs and their maps.
 pub struct Datapath {
-    /// Owns the programs and their links: dropping it detaches everything.
+    /// Owns the programs and the unpinned `getsockopt` link.
     _ebpf: Ebpf,
     cgroup: PathBuf,
+    pin_dir: PathBuf,
+    listeners: SockMap<MapData>,
     enrolled: HashMap<MapData, u64, PodValue>,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     router: Array<MapData, RouterInfo>,
@@ -135,13 +162,33 @@ pub struct Stats {
 }
 
 impl Datapath {
-    /// Loads the programs and attaches them to the cgroup v2 directory `cgroup`.
-    pub fn attach(cgroup: &Path) -> Result<Self, Error> {
-        let mut ebpf = Ebpf::load(PROGRAMS)?;
+    /// Loads the programs and attaches them to the cgroup v2 directory
+    /// `cgroup`. Maps are pinned by name in `pin_dir` (reused when a previous
+    /// agent left them), and so are the links of every program but
+    /// `getsockopt` (only a live router asks it, and aya cannot pin its
+    /// link): they stay attached while no agent runs, steering to nobody, so
+    /// they fail open until the next agent. Links pinned by earlier agents
+    /// are removed once this agent's are in place.
+    pub fn attach(cgroup: &Path, pin_dir: &Path) -> Result<Self, Error> {
+        let pin_err = |source| Error::Pin {
+            path: pin_dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(pin_dir).map_err(pin_err)?;
+        if !is_bpffs(pin_dir) {
+            return Err(Error::NotBpffs(pin_dir.to_owned()));
+        }
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(PROGRAMS)?;
         let cgroup_file = File::open(cgroup).map_err(|source| Error::Cgroup {
             path: cgroup.to_owned(),
             source,
         })?;
+        let generation = format!("{}-{}", std::process::id(), monotonic_ns());
+        let links_dir = pin_dir.join("links");
+        let ours = links_dir.join(&generation);
+        std::fs::create_dir_all(&ours).map_err(pin_err)?;
         let attach_action = format!("attach to {}", cgroup.display());
         for &(name, feature) in SOCKET_PROGRAMS {
             let program = ebpf.program_mut(name).ok_or(Error::MissingProgram(name))?;
@@ -156,14 +203,31 @@ impl Datapath {
             // Single mode uses a bpf link, which coexists with any other
             // program on the same cgroup (a CNI's) and never replaces it.
             let mode = CgroupAttachMode::Single;
+            let pin_link = |link: Result<FdLink, _>| -> Result<(), Error> {
+                let link = link.map_err(|e: aya::programs::links::LinkError| Error::Link {
+                    program: name,
+                    message: e.to_string(),
+                })?;
+                link.pin(ours.join(name)).map_err(|e| Error::Link {
+                    program: name,
+                    message: e.to_string(),
+                })?;
+                Ok(())
+            };
             match program {
                 Program::CgroupSockAddr(p) => {
                     p.load().map_err(wrap("load"))?;
-                    p.attach(&cgroup_file, mode).map_err(wrap(&attach_action))?;
+                    let id = p.attach(&cgroup_file, mode).map_err(wrap(&attach_action))?;
+                    pin_link(FdLink::try_from(
+                        p.take_link(id).map_err(wrap("take the link of"))?,
+                    ))?;
                 }
                 Program::SockOps(p) => {
                     p.load().map_err(wrap("load"))?;
-                    p.attach(&cgroup_file, mode).map_err(wrap(&attach_action))?;
+                    let id = p.attach(&cgroup_file, mode).map_err(wrap(&attach_action))?;
+                    pin_link(FdLink::try_from(
+                        p.take_link(id).map_err(wrap("take the link of"))?,
+                    ))?;
                 }
                 Program::CgroupSockopt(p) => {
                     p.load().map_err(wrap("load"))?;
@@ -172,6 +236,7 @@ impl Datapath {
                 _ => return Err(Error::MissingProgram(name)),
             }
         }
+        remove_other_generations(&links_dir, &generation);
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(Error::MissingMap(name))
         };
@@ -181,8 +246,10 @@ impl Datapath {
         let stats = take(&mut ebpf, map_names::STATS)?;
         let orig_by_cookie = take(&mut ebpf, map_names::ORIG_BY_COOKIE)?;
         let orig_by_conn = take(&mut ebpf, map_names::ORIG_BY_CONN)?;
+        let listeners = take(&mut ebpf, map_names::ROUTER_LISTENER)?;
         Ok(Self {
             cgroup: cgroup.to_owned(),
+            pin_dir: pin_dir.to_owned(),
             enrolled: HashMap::try_from(enrolled).map_err(map_err(map_names::ENROLLED))?,
             services: HashMap::try_from(services).map_err(map_err(map_names::SERVICES))?,
             router: Array::try_from(router).map_err(map_err(map_names::ROUTER))?,
@@ -191,15 +258,57 @@ impl Datapath {
                 .map_err(map_err(map_names::ORIG_BY_COOKIE))?,
             orig_by_conn: HashMap::try_from(orig_by_conn)
                 .map_err(map_err(map_names::ORIG_BY_CONN))?,
+            listeners: SockMap::try_from(listeners).map_err(map_err(map_names::ROUTER_LISTENER))?,
             _ebpf: ebpf,
         })
+    }
+
+    /// Registers the router's listening sockets: while one is open, the
+    /// programs may redirect to it (IPv4 at index 0, IPv6 at 1).
+    pub fn set_listeners(
+        &mut self,
+        v4: &impl AsRawFd,
+        v6: Option<&impl AsRawFd>,
+    ) -> Result<(), Error> {
+        let name = map_names::ROUTER_LISTENER;
+        self.listeners.set(0, v4, 0).map_err(map_err(name))?;
+        match v6 {
+            Some(v6) => self.listeners.set(1, v6, 0).map_err(map_err(name))?,
+            None => match self.listeners.clear_index(&1) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(name)(e)),
+            },
+        }
+        Ok(())
+    }
+
+    /// Where the maps and links are pinned.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
     }
 
     /// Loads every program into the kernel (verifier included) without
     /// attaching it, then unloads it: whether this kernel runs laneway.
     /// Returns the names of the programs loaded.
     pub fn probe() -> Result<Vec<String>, Error> {
-        let mut ebpf = Ebpf::load(PROGRAMS)?;
+        // The maps are pinned by name: give them a throwaway directory.
+        let dir = PathBuf::from(format!("/sys/fs/bpf/laneway-probe-{}", std::process::id()));
+        let result = Self::probe_in(&dir);
+        let _ = unpin_all(&dir);
+        result
+    }
+
+    fn probe_in(dir: &Path) -> Result<Vec<String>, Error> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Pin {
+            path: dir.to_owned(),
+            source,
+        })?;
+        if !is_bpffs(dir) {
+            return Err(Error::NotBpffs(dir.to_owned()));
+        }
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(dir)
+            .load(PROGRAMS)?;
         let mut loaded = Vec::new();
         for &(name, feature) in SOCKET_PROGRAMS {
             let program = ebpf.program_mut(name).ok_or(Error::MissingProgram(name))?;
@@ -367,6 +476,49 @@ where
         }
     }
     Ok(counts)
+}
+
+/// Unpins (and so detaches, once no process holds them) the links of every
+/// generation but `keep`.
+fn remove_other_generations(links_dir: &Path, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(links_dir) else {
+        return;
+    };
+    for dir in entries.flatten().filter(|e| e.file_name() != keep) {
+        if let Ok(links) = std::fs::read_dir(dir.path()) {
+            for link in links.flatten() {
+                match PinnedLink::from_pin(link.path()).map(PinnedLink::unpin) {
+                    Ok(_) => {}
+                    Err(_) => {
+                        let _ = std::fs::remove_file(link.path());
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(dir.path());
+    }
+}
+
+/// Whether `path` is on a bpf filesystem.
+pub fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+}
+
+/// Removes everything laneway pinned under `pin_dir`: its maps and links
+/// (the programs detach), then the directory. For uninstalling.
+pub fn unpin_all(pin_dir: &Path) -> std::io::Result<()> {
+    remove_other_generations(&pin_dir.join("links"), "");
+    let _ = std::fs::remove_dir(pin_dir.join("links"));
+    if let Ok(entries) = std::fs::read_dir(pin_dir) {
+        for e in entries.flatten() {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    match std::fs::remove_dir(pin_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// The map key of a VIP and port.

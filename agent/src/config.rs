@@ -173,12 +173,24 @@ impl Default for TagConfig {
 }
 
 /// Where the programs attach.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BpfConfig {
     /// The cgroup v2 directory to attach to; default: the cgroup v2 root found
     /// in `/proc/self/mountinfo`. Tests use a child cgroup.
     pub cgroup: Option<PathBuf>,
+    /// The bpffs directory where maps and links are pinned, so the programs
+    /// and their state outlive an agent restart. Uninstalling removes it.
+    pub pin_path: PathBuf,
+}
+
+impl Default for BpfConfig {
+    fn default() -> Self {
+        Self {
+            cgroup: None,
+            pin_path: PathBuf::from("/sys/fs/bpf/laneway"),
+        }
+    }
 }
 
 /// The Kubernetes source.

@@ -74,6 +74,16 @@ enum Command {
     /// Check or print a config file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Remove everything the agent pinned in bpffs (maps and program links):
+    /// the programs detach. Run it on each node after deleting the DaemonSet
+    /// (a running agent would pin them again).
+    ///
+    /// Example: `laneway uninstall` or `laneway uninstall --pin-path /sys/fs/bpf/laneway`
+    Uninstall {
+        /// The agent's `bpf.pin_path`.
+        #[arg(long, default_value = "/sys/fs/bpf/laneway")]
+        pin_path: PathBuf,
+    },
     /// Commands that ask the running agent (or, for preflight, the node).
     #[command(flatten)]
     Node(laneway::cli::Command),
@@ -117,6 +127,19 @@ fn main() -> ExitCode {
             redirect_ipv4,
         }),
         Command::Node(command) => laneway::cli::run(command),
+        Command::Uninstall { pin_path } => match laneway::bpf::unpin_all(&pin_path) {
+            Ok(()) => {
+                println!(
+                    "removed {}: laneway's programs are detached",
+                    pin_path.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot remove {}: {e}", pin_path.display());
+                ExitCode::FAILURE
+            }
+        },
         Command::Config(ConfigCommand::Check { file }) => match Config::load(&file) {
             Ok(c) => {
                 let endpoints: usize = c.services.iter().map(|s| s.endpoints.len()).sum();

@@ -731,8 +731,12 @@ mod tests {
             eprintln!("skipped: cannot create {}: {e}", dir.display());
             return;
         }
+        let pins = std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/laneway-preflight-test-{}",
+            std::process::id()
+        ));
         let result = std::panic::catch_unwind(|| {
-            let datapath = crate::bpf::Datapath::attach(&dir).expect("attach");
+            let datapath = crate::bpf::Datapath::attach(&dir, &pins).expect("attach");
             let cgroup = File::open(&dir).unwrap();
             let names = |attach_type| -> Vec<String> {
                 let ids = attached(&cgroup, attach_type).unwrap();
@@ -746,8 +750,12 @@ mod tests {
             assert_eq!(names(11), ["connect6"]);
             assert_eq!(names(3), ["sock_ops"]);
             drop(datapath);
+            // The links are pinned: they stay until unpinned.
+            assert_eq!(names(10), ["connect4"]);
+            crate::bpf::unpin_all(&pins).expect("unpin");
             assert!(attached(&cgroup, 10).unwrap().is_empty());
         });
+        let _ = crate::bpf::unpin_all(&pins);
         let _ = std::fs::remove_dir(&dir);
         if let Err(panic) = result {
             std::panic::resume_unwind(panic);

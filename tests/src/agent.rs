@@ -16,6 +16,9 @@ use crate::{
     node::{Node, Scenario},
 };
 
+/// Agents started by this process: each writes its own log file.
+static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// The `laneway` binary under test: `LANEWAY_BIN`, else the workspace's
 /// debug build.
 pub fn binary() -> PathBuf {
@@ -72,9 +75,10 @@ impl Agent {
     fn launch(node: &Node, config: PathBuf, extra: &[std::ffi::OsString]) -> Result<Self> {
         let ready = node.dir().join("ready");
         let _ = std::fs::remove_file(&ready);
-        let log = node
-            .dir()
-            .join(format!("agent-{}.log", Instant::now().elapsed().as_nanos()));
+        let log = node.dir().join(format!(
+            "agent-{}.log",
+            STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let log_file = File::create(&log)?;
         let netns = File::open(node.netns.path())?;
         let bin = binary();
@@ -162,13 +166,18 @@ impl Agent {
     /// SIGTERM; waits for the exit status.
     pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
         self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(15);
+        self.wait_exit(Duration::from_secs(15))
+    }
+
+    /// Waits for the agent to exit by itself (e.g. after handing over).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
                 return Ok(status);
             }
             if Instant::now() > deadline {
-                bail!("agent did not exit 15 s after SIGTERM:\n{}", self.log());
+                bail!("agent did not exit within {timeout:?}:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

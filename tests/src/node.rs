@@ -125,6 +125,11 @@ pub fn cgroup2_root() -> Result<PathBuf> {
         .context("no cgroup2 mount: laneway needs cgroup v2")
 }
 
+/// Removes a bpffs pin directory and everything in it.
+fn remove_pins(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -142,6 +147,16 @@ fn sweep_stale_cgroups(root: &Path) {
             && pid.parse().is_ok_and(|p| !pid_alive(p))
         {
             let _ = std::fs::remove_dir(e.path());
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("lwt").and_then(|r| r.split('x').next())
+                && pid.parse().is_ok_and(|p| !pid_alive(p))
+            {
+                remove_pins(&e.path());
+            }
         }
     }
     if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
@@ -196,6 +211,11 @@ impl Node {
     /// The cgroup the agent attaches to.
     pub fn cgroup(&self) -> &Path {
         &self.cgroup.path
+    }
+
+    /// Where the agent pins its maps and links (removed with the node).
+    pub fn pin_path(&self) -> PathBuf {
+        PathBuf::from(format!("/sys/fs/bpf/{}", self.id))
     }
 
     /// The agent's admin socket.
@@ -341,7 +361,12 @@ impl Node {
              redirect_ipv4: {NODE_IP}\n  redirect_ipv6: \"{NODE_IP6}\"\n{}",
             scenario.router_extra
         );
-        let _ = writeln!(y, "bpf:\n  cgroup: {}", self.cgroup().display());
+        let _ = writeln!(
+            y,
+            "bpf:\n  cgroup: {}\n  pin_path: {}",
+            self.cgroup().display(),
+            self.pin_path().display()
+        );
         let _ = writeln!(y, "admin:\n  socket: {}", self.admin_socket().display());
         let _ = writeln!(y, "services:");
         for svc in &scenario.services {
@@ -394,8 +419,10 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        // Pods first (their veths go with them), then the node netns, then
-        // the cgroup (TestCgroup's own drop).
+        // Pinned links and maps first (the programs detach), pods (their
+        // veths go with them), then the node netns, then the cgroup
+        // (TestCgroup's own drop).
+        remove_pins(&self.pin_path());
         self.pods.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
     }

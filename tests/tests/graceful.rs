@@ -391,3 +391,56 @@ fn a_new_endpoints_share_grows_over_its_warmup() -> Result<()> {
     assert!(late > early + 0.15, "share grew: {early:.2} -> {late:.2}");
     Ok(())
 }
+
+#[test]
+fn overlapping_restarts_hand_over_the_listener_and_fail_no_request() -> Result<()> {
+    let Standard {
+        agent,
+        backends,
+        scenario,
+        pods,
+        node,
+    } = Standard::start()?;
+    let node = Arc::new(node);
+    let config = agent.config.clone();
+    let mut old = agent;
+    let load = Load::start(&node, pods.client, Node::vip(&scenario.services[0]));
+    for round in 0..5 {
+        std::thread::sleep(Duration::from_millis(400));
+        // The new agent starts while the old one still serves; it takes over.
+        let new = Agent::start_with(&node, config.clone())?;
+        assert!(
+            new.log().contains("took over"),
+            "round {round}:\n{}",
+            new.log()
+        );
+        let status = old.wait_exit(Duration::from_secs(15))?;
+        assert!(status.success(), "round {round}: {status}\n{}", old.log());
+        assert!(
+            old.log().contains("handing over") && old.log().contains("drained"),
+            "{}",
+            old.log()
+        );
+        old = new;
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    let (ok, failures, answers) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed of {}: {:?}",
+        failures.len(),
+        ok + failures.len() as u64,
+        &failures[..failures.len().min(5)]
+    );
+    let direct = answers.iter().filter(|a| !a.2).count();
+    assert_eq!(
+        direct, 0,
+        "never fell back to the direct path: a router always listened"
+    );
+    // The last agent's links are the only ones pinned.
+    let generations = std::fs::read_dir(node.pin_path().join("links"))?.count();
+    assert_eq!(generations, 1);
+    drop(old);
+    drop(backends);
+    Ok(())
+}

@@ -305,9 +305,34 @@ fn fails_open_within_a_second_when_the_router_stops_and_steers_again_after() -> 
 fn a_killed_agent_leaves_pods_on_the_direct_path_at_once() -> Result<()> {
     let mut s = Standard::start()?;
     s.agent.kill();
+    // The programs stay attached (pinned), but nobody listens: they fail open.
+    let pinned = std::fs::read_dir(s.node.pin_path().join("links"))?
+        .flatten()
+        .map(|generation| {
+            std::fs::read_dir(generation.path())
+                .map(|d| d.count())
+                .unwrap_or(0)
+        })
+        .sum::<usize>();
+    assert_eq!(
+        pinned, 5,
+        "connect4/6, sock_ops, getpeername4/6 stay pinned"
+    );
     let (r, took) = first_success(&s, Duration::from_secs(1))?;
     assert!(!routed_by_laneway(&r));
     assert!(took < Duration::from_millis(500), "took {took:?}");
+
+    // `laneway uninstall` detaches them.
+    let out = std::process::Command::new(laneway_tests::agent::binary())
+        .args(["uninstall", "--pin-path"])
+        .arg(s.node.pin_path())
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!s.node.pin_path().exists());
     Ok(())
 }
 

@@ -55,9 +55,41 @@ pub struct AdminState {
     pub mode: &'static str,
     /// Router listeners.
     pub listen: Vec<SocketAddr>,
+    /// Set when a new agent takes over: this one drains and exits.
+    pub handover: tokio::sync::watch::Sender<bool>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
+
+/// Asks an agent serving `path` to hand over (it drains and exits) and
+/// waits until it has released the socket. `false` when none answers.
+pub async fn take_over(path: &Path) -> bool {
+    use std::io::{Read, Write};
+    let path = path.to_owned();
+    let asked = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+        let mut s = match std::os::unix::net::UnixStream::connect(&path) {
+            Ok(s) => s,
+            Err(_) => return Ok(false),
+        };
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        s.write_all(b"POST /handover HTTP/1.1\r\nhost: laneway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")?;
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        if !answer.starts_with("HTTP/1.1 200") {
+            return Ok(false);
+        }
+        // It removes the socket file as it starts draining.
+        for _ in 0..250 {
+            if !path.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(true)
+    })
+    .await;
+    matches!(asked, Ok(Ok(true)))
+}
 
 /// Serves the JSON admin API on a Unix socket at `path` (mode 0600).
 pub fn serve_unix(
@@ -228,6 +260,18 @@ async fn api_response(
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },
         (&Method::GET, "/config") => json(StatusCode::OK, &state.config),
+        (&Method::POST, "/handover") => {
+            // Remove the socket now so the successor can bind it; this
+            // agent's API goes away as it drains.
+            let _ = std::fs::remove_file(&state.config.admin.socket);
+            state.handover.send_replace(true);
+            json(
+                StatusCode::OK,
+                &api::ApiError {
+                    error: String::new(),
+                },
+            )
+        }
         (_, path) => error(
             StatusCode::NOT_FOUND,
             format!(

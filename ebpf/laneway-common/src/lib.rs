@@ -21,6 +21,8 @@ pub mod map_names {
     pub const ORIG_BY_CONN: &str = "ORIG_BY_CONN";
     /// Per-CPU `u64` counters, indexed by [`crate::stat`].
     pub const STATS: &str = "STATS";
+    /// Sockmap of the router's listeners: 0 IPv4, 1 IPv6.
+    pub const ROUTER_LISTENER: &str = "ROUTER_LISTENER";
 }
 
 /// Capacity of the per-connection LRU maps. LRU eviction keeps them bounded
@@ -47,7 +49,7 @@ pub mod stat {
     /// Connects rewritten to the router.
     pub const REDIRECTED: u32 = 0;
     /// Connects from enrolled pods to services left alone because the router's
-    /// heartbeat was stale (fail-open).
+    /// heartbeat was stale or no router listens (fail-open).
     pub const FAIL_OPEN: u32 = 1;
     /// Original-destination queries answered from `ORIG_BY_CONN`.
     pub const ORIGDST_ANSWERED: u32 = 2;

@@ -10,7 +10,7 @@ use laneway_common::{
     HEARTBEAT_TIMEOUT_NS, OriginalDst, RouterInfo, ServiceKey, is_v4_mapped, stat, v4_mapped,
 };
 
-use crate::maps::{ENROLLED, ORIG_BY_COOKIE, ROUTER, SERVICES, count};
+use crate::maps::{ENROLLED, ORIG_BY_COOKIE, ROUTER, SERVICES, count, listener_alive};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -58,10 +58,19 @@ unsafe fn redirect_for(
     if router.mark != 0 && !sk.is_null() && unsafe { (*sk).mark } == router.mark {
         return None;
     }
-    // Fail-open: nobody (alive) listens, so let the connect go the normal way.
+    // Fail-open: nobody listens (crashed or stopped agent) or the router is
+    // hung (stale heartbeat): let the connect go the normal way.
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if router.heartbeat_ns == 0 || now.wrapping_sub(router.heartbeat_ns) > HEARTBEAT_TIMEOUT_NS {
+    let listener = if family == AF_INET6 && !is_v4_mapped(&addr) {
+        1
+    } else {
+        0
+    };
+    if router.heartbeat_ns == 0
+        || now.wrapping_sub(router.heartbeat_ns) > HEARTBEAT_TIMEOUT_NS
+        || !listener_alive(listener)
+    {
         count(stat::FAIL_OPEN);
         return None;
     }

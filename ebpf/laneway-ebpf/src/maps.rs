@@ -1,8 +1,15 @@
 //! The maps the programs share with the agent (see `laneway_common::map_names`).
+//!
+//! All are pinned by name in the agent's bpffs directory, so they outlive an
+//! agent restart: the next agent finds enrolment, services and the records
+//! of connections in flight where the last one left them.
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
+    helpers::{bpf_map_lookup_elem, bpf_sk_release},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockMap},
 };
 use laneway_common::{
     CONN_MAP_CAPACITY, ConnKey, ENROLLED_CAPACITY, OriginalDst, PodValue, RouterInfo,
@@ -11,30 +18,51 @@ use laneway_common::{
 
 /// Enrolled pods by netns cookie.
 #[map]
-pub static ENROLLED: HashMap<u64, PodValue> = HashMap::with_max_entries(ENROLLED_CAPACITY, 0);
+pub static ENROLLED: HashMap<u64, PodValue> = HashMap::pinned(ENROLLED_CAPACITY, 0);
 
 /// Service VIP:ports to redirect.
 #[map]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::with_max_entries(SERVICES_CAPACITY, 0);
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(SERVICES_CAPACITY, 0);
 
 /// The router's listener and heartbeat, at index 0.
 #[map]
-pub static ROUTER: Array<RouterInfo> = Array::with_max_entries(1, 0);
+pub static ROUTER: Array<RouterInfo> = Array::pinned(1, 0);
 
 /// Original destination by the pod socket's cookie.
 #[map]
-pub static ORIG_BY_COOKIE: LruHashMap<u64, OriginalDst> =
-    LruHashMap::with_max_entries(CONN_MAP_CAPACITY, 0);
+pub static ORIG_BY_COOKIE: LruHashMap<u64, OriginalDst> = LruHashMap::pinned(CONN_MAP_CAPACITY, 0);
 
 /// Original destination by the established connection's 4-tuple.
 #[map]
 pub static ORIG_BY_CONN: LruHashMap<ConnKey, OriginalDst> =
-    LruHashMap::with_max_entries(CONN_MAP_CAPACITY, 0);
+    LruHashMap::pinned(CONN_MAP_CAPACITY, 0);
+
+/// The router's listening sockets: index 0 IPv4, 1 IPv6. The kernel removes
+/// a socket from a sockmap when it closes, so an entry here means someone
+/// listens: redirecting to a dead port is impossible, even after a crash.
+#[map]
+pub static ROUTER_LISTENER: SockMap = SockMap::pinned(2, 0);
 
 /// Counters, see `laneway_common::stat`.
 #[map]
-pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
+
+/// Whether the router's listener at `index` exists (is in
+/// [`ROUTER_LISTENER`]).
+#[inline(always)]
+pub fn listener_alive(index: u32) -> bool {
+    let map = (&raw const ROUTER_LISTENER).cast_mut().cast::<c_void>();
+    // SAFETY: a lookup in our own sockmap with a valid key; a non-null answer
+    // is a referenced socket, released at once as the verifier demands.
+    unsafe {
+        let sk = bpf_map_lookup_elem(map, (&raw const index).cast());
+        if sk.is_null() {
+            return false;
+        }
+        bpf_sk_release(sk);
+    }
+    true
+}
 
 /// Adds one to counter `index`.
 #[inline(always)]

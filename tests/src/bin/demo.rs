@@ -219,7 +219,7 @@ fn canary(s: &Standard) -> Result<bool> {
     }
     let gray = counts.get("reviews-gray").copied().unwrap_or(0);
     // 20% of 1000 is 200 (sd 13).
-    let ok = (140..=260).contains(&gray) && counts.get("reviews-joint1").is_none();
+    let ok = (140..=260).contains(&gray) && !counts.contains_key("reviews-joint1");
     println!(
         "    check: {}",
         if ok {
