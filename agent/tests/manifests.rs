@@ -689,9 +689,10 @@ fn uninstall_overlay_removes_pinned_maps_on_every_node_and_checks() {
     assert_eq!((host.as_str(), read_only), ("/sys/fs/bpf", false));
     let script = cleanup.args.clone().unwrap_or_default().join("\n");
     assert!(
-        script
-            .lines()
-            .any(|l| l.trim() == "rm -rf /sys/fs/bpf/laneway"),
+        script.lines().any(
+            |l| l.contains("laneway uninstall --pin-path /sys/fs/bpf/laneway")
+                && l.contains("rm -rf /sys/fs/bpf/laneway")
+        ),
         "the cleanup removes /sys/fs/bpf/laneway: {script}"
     );
     assert!(script.contains("bpftool cgroup tree"), "{script}");
