@@ -118,6 +118,9 @@ pub struct RouterConfig {
     pub outlier_base_ejection: Duration,
     /// At most this percentage of a service's candidates is ejected at once.
     pub outlier_max_ejection_percent: u32,
+    /// Send an idempotent request without a body (GET, HEAD, OPTIONS, PUT,
+    /// DELETE) once more when the upstream closed or reset before answering.
+    pub retry_idempotent: bool,
 }
 
 impl Default for RouterConfig {
@@ -140,6 +143,7 @@ impl Default for RouterConfig {
             outlier_consecutive_failures: 5,
             outlier_base_ejection: Duration::from_secs(10),
             outlier_max_ejection_percent: 50,
+            retry_idempotent: true,
         }
     }
 }

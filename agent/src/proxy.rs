@@ -63,6 +63,10 @@ pub struct ProxyConfig {
     /// Lowercase header name written upstream with the resolved tag, e.g.
     /// `x-mse-tag`.
     pub tag_header: String,
+    /// Send an idempotent request without a body once more (on a fresh
+    /// connection) when the upstream closed or reset before any response
+    /// byte. A reused pooled connection found dead is always retried so.
+    pub retry_idempotent: bool,
 }
 
 impl Default for ProxyConfig {
@@ -78,6 +82,7 @@ impl Default for ProxyConfig {
             pool_idle_timeout: Duration::from_secs(30),
             socket_mark: 0,
             tag_header: "x-mse-tag".to_owned(),
+            retry_idempotent: true,
         }
     }
 }

@@ -191,6 +191,9 @@ pub(crate) struct RequestInfo {
     pub is_head: bool,
     /// CONNECT request.
     pub is_connect: bool,
+    /// An idempotent method (RFC 9110 §9.2.2): safe to send again when the
+    /// upstream failed before answering.
+    pub idempotent: bool,
 }
 
 /// Check a parsed request's framing (RFC 9112 §6.3) and collect its
@@ -224,6 +227,10 @@ pub(crate) fn analyze_request(req: &httparse::Request<'_, '_>) -> Result<Request
         expect_continue: f.expect_continue,
         is_head: method == "HEAD",
         is_connect: method == "CONNECT",
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        ),
     })
 }
 

@@ -546,7 +546,8 @@ impl Conn<'_> {
         let no_body = framing.is_empty();
         let mut retried = false;
         let result = loop {
-            let can_retry = reused && !retried && no_body;
+            let can_retry =
+                !retried && no_body && (reused || (self.cfg.retry_idempotent && info.idempotent));
             match self
                 .exchange(
                     client,
@@ -559,7 +560,7 @@ impl Conn<'_> {
                 .await
             {
                 Exchange::Retry(error) => {
-                    tracing::debug!(error = %error, "pooled connection dead, retrying on a fresh one");
+                    tracing::debug!(error = %error, reused, "upstream failed before answering, retrying once on a fresh connection");
                     retried = true;
                     match self.pool.connect(target.endpoint).await {
                         Ok(fresh) => {

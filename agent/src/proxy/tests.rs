@@ -1646,3 +1646,60 @@ async fn concurrent_keep_alive_clients_on_multi_thread_runtime() {
     // Upstream connections were reused, not opened per request.
     assert!(a.conn_count() <= 16 && b.conn_count() <= 16);
 }
+
+/// A server whose first connection reads the request and closes without a
+/// byte of answer; later connections answer 200.
+async fn flaky_first_connection() -> SocketAddr {
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    spawn_server(move |mut s| {
+        let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            let mut buf = BytesMut::new();
+            if read_until(&mut s, &mut buf, b"\r\n\r\n").await.is_none() {
+                return;
+            }
+            if n > 0 {
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn idempotent_request_is_retried_once_when_upstream_closes_before_answering() {
+    let addr = flaky_first_connection().await;
+    let proxy = Proxy::start(
+        test_cfg(),
+        TestRoutes::new(move |_, _| to(addr)),
+        Protocol::Http,
+    )
+    .await;
+    let mut c = proxy.client().await;
+    assert_eq!(
+        c.get("/").await.status,
+        200,
+        "GET retried on a fresh connection"
+    );
+
+    let addr = flaky_first_connection().await;
+    let mut cfg = test_cfg();
+    cfg.retry_idempotent = false;
+    let proxy = Proxy::start(cfg, TestRoutes::new(move |_, _| to(addr)), Protocol::Http).await;
+    let mut c = proxy.client().await;
+    assert_eq!(c.get("/").await.status, 502, "retry turned off");
+
+    let addr = flaky_first_connection().await;
+    let proxy = Proxy::start(
+        test_cfg(),
+        TestRoutes::new(move |_, _| to(addr)),
+        Protocol::Http,
+    )
+    .await;
+    let mut c = proxy.client().await;
+    c.send(b"POST / HTTP/1.1\r\nHost: svc\r\ncontent-length: 0\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await.status, 502, "POST is not idempotent");
+}
