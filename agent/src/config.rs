@@ -163,6 +163,14 @@ pub struct TagConfig {
     pub inherit_caller_tag: bool,
     /// The pod label holding a pod's tag (used by the Kubernetes source).
     pub pod_label: String,
+    /// If not empty, the only tags requests may ask for: any other tag in a
+    /// header, baggage member or match rule is ignored (and not written
+    /// upstream).
+    pub allowed: Vec<Tag>,
+    /// Ignore (and do not forward) tags in requests whose caller is not a
+    /// known enrolled pod (e.g. traffic that reached the router by another
+    /// redirect), so an outside client cannot pick a lane.
+    pub strip_from_unknown_callers: bool,
 }
 
 impl Default for TagConfig {
@@ -172,6 +180,8 @@ impl Default for TagConfig {
             baggage_key: "x-mse-tag".into(),
             inherit_caller_tag: true,
             pod_label: "laneway.io/tag".into(),
+            allowed: Vec::new(),
+            strip_from_unknown_callers: true,
         }
     }
 }

@@ -71,7 +71,11 @@ pub fn explain(applied: &Applied, req: &ExplainRequest) -> Result<Explanation, E
         caller.and_then(|p| p.tag.as_ref()),
         &snapshot.tags,
         bucket,
+        caller.is_some() || !snapshot.tags.strip_from_unknown_callers,
     );
+    if caller.is_none() && snapshot.tags.strip_from_unknown_callers {
+        steps.push("the caller is not a known enrolled pod: its tag headers and baggage are ignored (tags.strip_from_unknown_callers)".into());
+    }
     steps.push(match (&plan.tag, &plan.source) {
         (Some(t), route::TagSource::Header(h)) => format!("request tag {t}, from header {h}"),
         (Some(t), route::TagSource::Baggage) => format!(
@@ -302,7 +306,13 @@ mod tests {
 
     #[test]
     fn tagged_request_names_every_step() {
-        let e = ask("", "reviews", &[("x-mse-tag", "joint1")]).expect("explained");
+        let e = ask("client", "reviews", &[("x-mse-tag", "joint1")]).expect("explained");
+        let stripped = ask("", "reviews", &[("x-mse-tag", "joint1")]).expect("explained");
+        assert_eq!(
+            stripped.endpoint.as_deref(),
+            Some("10.0.0.1:8080"),
+            "unknown caller: tag ignored"
+        );
         assert_eq!(e.endpoint.as_deref(), Some("10.0.0.2:8080"));
         assert_eq!(e.decision.as_deref(), Some("tagged"));
         assert_eq!(e.tag_source, "header:x-mse-tag");

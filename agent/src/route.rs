@@ -111,11 +111,12 @@ pub fn resolve_tag<'a>(
     caller: Option<&Tag>,
     rules: &TagRules,
 ) -> RequestTag {
+    let allowed = |t: &Tag| rules.allowed.is_empty() || rules.allowed.contains(t);
     for wanted in &rules.headers {
         let found = headers
             .clone()
             .filter(|(name, _)| name.eq_ignore_ascii_case(wanted))
-            .find_map(|(_, value)| parse_tag(value));
+            .find_map(|(_, value)| parse_tag(value).filter(allowed));
         if let Some(tag) = found {
             return RequestTag {
                 tag: Some(tag),
@@ -125,7 +126,7 @@ pub fn resolve_tag<'a>(
     }
     let from_baggage = headers
         .filter(|(name, _)| name.eq_ignore_ascii_case("baggage"))
-        .find_map(|(_, value)| baggage_member(value, &rules.baggage_key));
+        .find_map(|(_, value)| baggage_member(value, &rules.baggage_key).filter(allowed));
     if let Some(tag) = from_baggage {
         return RequestTag {
             tag: Some(tag),
@@ -250,7 +251,10 @@ pub struct Plan<'a> {
 }
 
 /// Plans a request to `port` under `policy`. `random` picks a canary bucket
-/// when the policy has no sticky key (or the request lacks it).
+/// when the policy has no sticky key (or the request lacks it). Without
+/// `trust_request_tags` (an unknown caller), tag headers and baggage are
+/// ignored.
+#[allow(clippy::too_many_arguments)]
 pub fn plan<'a>(
     port: &'a ServicePort,
     policy: &Policy,
@@ -259,8 +263,16 @@ pub fn plan<'a>(
     caller: Option<&Tag>,
     rules: &TagRules,
     random: u32,
+    trust_request_tags: bool,
 ) -> Plan<'a> {
-    let explicit = resolve_tag(headers.iter().copied(), None, rules);
+    let explicit = if trust_request_tags {
+        resolve_tag(headers.iter().copied(), None, rules)
+    } else {
+        RequestTag {
+            tag: None,
+            source: TagSource::None,
+        }
+    };
     let (tag, source) = if explicit.tag.is_some() {
         (explicit.tag, explicit.source)
     } else if let Some((i, tag)) = policy.matched(headers, path) {
@@ -404,7 +416,59 @@ mod tests {
             headers: vec!["x-mse-tag".into(), "x-lane".into()],
             baggage_key: "lane".into(),
             inherit_caller_tag: true,
+            allowed: Vec::new(),
+            strip_from_unknown_callers: true,
         }
+    }
+
+    #[test]
+    fn tags_outside_the_allowlist_are_ignored() {
+        let mut r = rules();
+        r.allowed = vec![tag("gray")];
+        let t = resolve_tag(
+            [
+                ("x-mse-tag", b"joint1".as_slice()),
+                ("x-lane", b"gray".as_slice()),
+            ]
+            .into_iter(),
+            None,
+            &r,
+        );
+        assert_eq!(
+            t.tag,
+            Some(tag("gray")),
+            "joint1 is not allowed, the next header is"
+        );
+        let t = resolve_tag([("baggage", b"lane=evil".as_slice())].into_iter(), None, &r);
+        assert_eq!(t.tag, None);
+    }
+
+    #[test]
+    fn untrusted_callers_cannot_pick_a_lane() {
+        let s = snapshot("      - {ip: 10.0.0.1}\n      - {ip: 10.0.0.2, tag: gray}\n");
+        let h: Vec<(&str, &[u8])> = vec![("x-mse-tag", b"gray".as_slice())];
+        let trusted = plan(
+            &s.ports[0],
+            &Policy::default(),
+            &h,
+            "/",
+            None,
+            &rules(),
+            0,
+            true,
+        );
+        assert_eq!(trusted.decision, Decision::Tagged);
+        let untrusted = plan(
+            &s.ports[0],
+            &Policy::default(),
+            &h,
+            "/",
+            None,
+            &rules(),
+            0,
+            false,
+        );
+        assert_eq!((untrusted.decision, untrusted.tag), (Decision::Base, None));
     }
 
     fn tag(s: &str) -> Tag {
@@ -625,7 +689,7 @@ mod tests {
         let h: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
         let caller = caller.map(tag);
         let r = rules();
-        plan(p, pol, &h, "/x?lane=g", caller.as_ref(), &r, random)
+        plan(p, pol, &h, "/x?lane=g", caller.as_ref(), &r, random, true)
     }
 
     #[test]

@@ -298,6 +298,7 @@ impl ConnRoutes {
             caller.and_then(|p| p.tag.as_ref()),
             &applied.snapshot.tags,
             rand::random(),
+            caller.is_some() || !applied.snapshot.tags.strip_from_unknown_callers,
         );
         let tag_name = plan.tag.as_ref().map(|t| t.to_string());
         let mut current = Current {

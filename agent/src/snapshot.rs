@@ -255,6 +255,10 @@ pub struct TagRules {
     pub baggage_key: String,
     /// Untagged requests take the caller pod's tag.
     pub inherit_caller_tag: bool,
+    /// If not empty, the only tags a request may ask for.
+    pub allowed: Vec<Tag>,
+    /// Requests from unknown callers carry no tag.
+    pub strip_from_unknown_callers: bool,
 }
 
 /// The whole view.
@@ -396,6 +400,8 @@ impl Snapshot {
                     .collect(),
                 baggage_key: config.tags.baggage_key.clone(),
                 inherit_caller_tag: config.tags.inherit_caller_tag,
+                allowed: config.tags.allowed.clone(),
+                strip_from_unknown_callers: config.tags.strip_from_unknown_callers,
             },
         }
     }

@@ -1,0 +1,181 @@
+//! No open doors: the router relays only redirected connections to known
+//! services, the admin socket is root only, request tags can be limited to
+//! an allowlist, and per-connection state stays bounded under churn.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    os::unix::fs::PermissionsExt,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use laneway::admin::api;
+use laneway_tests::{
+    Standard,
+    agent::binary,
+    client,
+    node::{NODE_IP, ROUTER_PORT},
+};
+
+fn maps(s: &Standard) -> Result<api::Maps> {
+    let out = std::process::Command::new(binary())
+        .args(["maps", "-o", "json", "--socket"])
+        .arg(s.node.admin_socket())
+        .output()?;
+    serde_json::from_slice(&out.stdout).context("maps json")
+}
+
+#[test]
+fn the_router_is_no_open_relay() -> Result<()> {
+    let s = Standard::start()?;
+    let served_before: u64 = s.backends.iter().map(|b| b.accepted()).sum();
+    // A pod that dials the router's port itself: no original destination.
+    let router = SocketAddr::new(NODE_IP.into(), ROUTER_PORT);
+    let mut stream = s
+        .node
+        .pod(s.pods.bystander)
+        .netns
+        .run(move || TcpStream::connect_timeout(&router, Duration::from_secs(2)))??;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let _ = stream.write_all(b"GET / HTTP/1.1\r\nhost: reviews\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty(),
+        "the router answered a direct connection: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    let served_after: u64 = s.backends.iter().map(|b| b.accepted()).sum();
+    assert_eq!(
+        served_before, served_after,
+        "nothing was relayed to a backend"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_admin_socket_is_root_only() -> Result<()> {
+    let s = Standard::start()?;
+    let mode = std::fs::metadata(s.node.admin_socket())?
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    Ok(())
+}
+
+#[test]
+fn tags_outside_the_allowlist_are_ignored_and_not_forwarded() -> Result<()> {
+    let s = Standard::start()?;
+    let text = std::fs::read_to_string(&s.agent.config)?;
+    std::fs::write(&s.agent.config, format!("{text}tags:\n  allowed: [gray]\n"))?;
+    s.agent
+        .wait_for_log("config reloaded", Duration::from_secs(5))?;
+    let client = s.node.pod(s.pods.client);
+    let r = client::get(client, s.reviews(), &[("x-mse-tag", "joint1")])?;
+    assert_eq!(r.endpoint(), "reviews-base");
+    assert_eq!(
+        r.header("x-seen-tag"),
+        Some("-"),
+        "a tag that is not allowed is not forwarded"
+    );
+    let r = client::get(client, s.reviews(), &[("x-mse-tag", "gray")])?;
+    assert_eq!(r.endpoint(), "reviews-gray");
+    Ok(())
+}
+
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn per_connection_state_returns_to_baseline_after_100k_short_connections() -> Result<()> {
+    let s = Standard::start()?;
+    // Warm up (the pool, the runtime), then take the baseline.
+    for _ in 0..20 {
+        client::get(s.node.pod(s.pods.client), s.reviews(), &[])?;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = maps(&s)?;
+    let fds_before = open_fds(s.agent.pid());
+    let vip = s.reviews();
+    let pod = s.node.pod(s.pods.client);
+    let failed: usize = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(move || {
+                    pod.netns
+                        .run(|| {
+                            let mut failed = 0;
+                            for _ in 0..25_000 {
+                                match TcpStream::connect_timeout(&vip, Duration::from_secs(2)) {
+                                    // Reset on close: no TIME_WAIT to run out of ports.
+                                    Ok(c) => {
+                                        let _ = socket_linger_zero(&c);
+                                    }
+                                    Err(_) => failed += 1,
+                                }
+                            }
+                            failed
+                        })
+                        .unwrap_or(25_000)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or(25_000))
+            .sum()
+    });
+    assert_eq!(failed, 0, "connects failed");
+    std::thread::sleep(Duration::from_secs(1));
+    let after = maps(&s)?;
+    assert!(after.stats.redirected >= before.stats.redirected + 100_000);
+    assert!(
+        after.orig_by_cookie.len() <= before.orig_by_cookie.len() + 5,
+        "ORIG_BY_COOKIE grew from {} to {}",
+        before.orig_by_cookie.len(),
+        after.orig_by_cookie.len()
+    );
+    assert!(
+        after.orig_by_conn.len() <= before.orig_by_conn.len() + 5,
+        "ORIG_BY_CONN grew from {} to {}",
+        before.orig_by_conn.len(),
+        after.orig_by_conn.len()
+    );
+    let fds_after = open_fds(s.agent.pid());
+    assert!(
+        fds_after <= fds_before + 5,
+        "agent fds {fds_before} -> {fds_after}"
+    );
+    // And it still routes.
+    let r = client::get(pod, vip, &[("x-mse-tag", "joint1")])?;
+    assert_eq!(r.endpoint(), "reviews-joint1");
+    Ok(())
+}
+
+/// `SO_LINGER` 0: closing sends a reset and leaves no TIME_WAIT.
+fn socket_linger_zero(stream: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid fd and a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
