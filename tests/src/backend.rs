@@ -71,6 +71,17 @@ impl Backend {
         })
     }
 
+    /// Answers every connection with `reply` (whatever it is, e.g. not HTTP)
+    /// once it has read something, then closes.
+    pub fn raw(pod: &Pod, port: u16, reply: &'static [u8]) -> Result<Self> {
+        Self::start(pod, port, move |mut stream| {
+            let mut buf = [0u8; 4096];
+            if matches!(stream.read(&mut buf), Ok(n) if n > 0) {
+                let _ = stream.write_all(reply);
+            }
+        })
+    }
+
     /// Echoes bytes on `port` until the client half-closes, then closes.
     pub fn echo(pod: &Pod, port: u16) -> Result<Self> {
         Self::start(pod, port, serve_echo)

@@ -156,3 +156,26 @@ pub fn get(pod: &Pod, to: SocketAddr, headers: &[(&str, &str)]) -> Result<Respon
     all.extend_from_slice(headers);
     Conn::open(pod, to)?.get("/", &all)
 }
+
+/// `SO_LINGER` 0: closing the socket sends a reset and leaves no TIME_WAIT.
+pub fn reset_on_close(stream: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid fd and a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

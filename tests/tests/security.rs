@@ -114,7 +114,7 @@ fn per_connection_state_returns_to_baseline_after_100k_short_connections() -> Re
                                 match TcpStream::connect_timeout(&vip, Duration::from_secs(2)) {
                                     // Reset on close: no TIME_WAIT to run out of ports.
                                     Ok(c) => {
-                                        let _ = socket_linger_zero(&c);
+                                        let _ = client::reset_on_close(&c);
                                     }
                                     Err(_) => failed += 1,
                                 }
@@ -154,28 +154,5 @@ fn per_connection_state_returns_to_baseline_after_100k_short_connections() -> Re
     // And it still routes.
     let r = client::get(pod, vip, &[("x-mse-tag", "joint1")])?;
     assert_eq!(r.endpoint(), "reviews-joint1");
-    Ok(())
-}
-
-/// `SO_LINGER` 0: closing sends a reset and leaves no TIME_WAIT.
-fn socket_linger_zero(stream: &TcpStream) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid fd and a correctly sized option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
     Ok(())
 }
