@@ -14,6 +14,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod explain;
+pub mod fuzz;
 pub mod kube;
 pub mod netns;
 pub mod policy;

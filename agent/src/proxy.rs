@@ -18,8 +18,8 @@
 //! - `http`: the HTTP/1.x keep-alive request loop.
 //! - `l4`: opaque passthrough and raw tunnels (also used after `101`).
 
-mod body;
-mod head;
+pub(crate) mod body;
+pub(crate) mod head;
 mod http;
 mod l4;
 mod pool;

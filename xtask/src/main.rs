@@ -124,6 +124,32 @@ fn tools_path(root: &Path) -> String {
     )
 }
 
+/// The fuzz targets (`fuzz/`, cargo fuzz with nightly), each for a bounded
+/// time (`LANEWAY_FUZZ_SECS`, default 20) from the committed seed corpus.
+fn fuzz(root: &Path) -> Result<()> {
+    if !root.join("target/tools/bin/cargo-fuzz").exists() {
+        step("cargo install cargo-fuzz");
+        run(Command::new(env!("CARGO"))
+            .args(["install", "cargo-fuzz", "--locked", "--root"])
+            .arg(root.join("target/tools")))?;
+    }
+    let secs = std::env::var("LANEWAY_FUZZ_SECS").unwrap_or_else(|_| "20".into());
+    let dir = root.join("fuzz");
+    for target in ["request_head", "chunked", "tags", "config"] {
+        step(&format!("cargo fuzz run {target} ({secs} s)"));
+        // New inputs go to target/, the committed seeds stay as they are.
+        let corpus = root.join("target/fuzz-corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        run(nightly_cargo(root, &dir)
+            .args(["fuzz", "run", "-O", target])
+            .arg(&corpus)
+            .arg(dir.join("corpus").join(target))
+            .arg("--")
+            .arg(format!("-max_total_time={secs}")))?;
+    }
+    Ok(())
+}
+
 /// `cargo` of the nightly toolchain in `dir` (the kernel programs' crate),
 /// free of the outer stable cargo's environment.
 fn nightly_cargo(root: &Path, dir: &Path) -> Command {
@@ -327,6 +353,7 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
                 .current_dir(root)
                 .env("PATH", tools_path(root)),
         )?;
+        fuzz(root)?;
         step("kubectl kustomize deploy/ (the manifests render)");
         if !have("kubectl") {
             bail!(
