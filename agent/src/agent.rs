@@ -198,14 +198,13 @@ pub async fn run(options: Options) -> Result<(), Error> {
             .collect(),
         handover: handover_tx,
     });
-    beat(
-        &datapath,
+    let entry = RouterEntry {
         redirect4,
         redirect6,
         port,
         mark,
-        bpf::monotonic_ns(),
-    )?;
+    };
+    entry.beat(&datapath, bpf::monotonic_ns())?;
     // An agent still running here (an overlapping restart) hands over: it
     // drains while this one serves, on the same port (SO_REUSEPORT).
     if crate::admin::take_over(&config.admin.socket).await {
@@ -215,13 +214,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
     if let Some(listener) = admin {
         tokio::spawn(crate::admin::serve_http(listener, admin_state));
     }
-    let heartbeat = tokio::spawn(heartbeat_loop(
-        datapath.clone(),
-        redirect4,
-        redirect6,
-        port,
-        mark,
-    ));
+    let heartbeat = tokio::spawn(heartbeat_loop(datapath.clone(), entry));
     info!(listen = %config.router.listen, redirect = %config.router.redirect_ipv4, %source, "router up");
 
     let reconciler = Reconciler {
@@ -288,7 +281,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
         let _ = std::fs::remove_file(&config.admin.socket);
         info!("shutting down: clearing the heartbeat, new connections go the direct way from now");
         // Fail open at once rather than after the timeout.
-        if let Err(e) = beat(&datapath, redirect4, redirect6, port, mark, 0) {
+        if let Err(e) = entry.beat(&datapath, 0) {
             warn!(error = %e, "could not clear the heartbeat");
         }
     }
@@ -548,39 +541,31 @@ fn reload(path: &Path, running: &Config, reconciler: &Reconciler, reason: &str) 
     }
 }
 
-fn beat(
-    datapath: &Mutex<Datapath>,
+/// What the router writes into the programs' `ROUTER` entry.
+#[derive(Clone, Copy, Debug)]
+struct RouterEntry {
     redirect4: Option<std::net::Ipv4Addr>,
     redirect6: Option<std::net::Ipv6Addr>,
     port: u16,
     mark: u32,
-    now_ns: u64,
-) -> Result<(), bpf::Error> {
-    let info = bpf::router_info(redirect4, redirect6, port, mark, now_ns);
-    datapath
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .set_router(&info)
 }
 
-async fn heartbeat_loop(
-    datapath: Arc<Mutex<Datapath>>,
-    redirect4: Option<std::net::Ipv4Addr>,
-    redirect6: Option<std::net::Ipv6Addr>,
-    port: u16,
-    mark: u32,
-) {
+impl RouterEntry {
+    /// Writes the entry with heartbeat `now_ns` (0: gone, fail open now).
+    fn beat(&self, datapath: &Mutex<Datapath>, now_ns: u64) -> Result<(), bpf::Error> {
+        let info = bpf::router_info(self.redirect4, self.redirect6, self.port, self.mark, now_ns);
+        datapath
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_router(&info)
+    }
+}
+
+async fn heartbeat_loop(datapath: Arc<Mutex<Datapath>>, entry: RouterEntry) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     loop {
         tick.tick().await;
-        if let Err(e) = beat(
-            &datapath,
-            redirect4,
-            redirect6,
-            port,
-            mark,
-            bpf::monotonic_ns(),
-        ) {
+        if let Err(e) = entry.beat(&datapath, bpf::monotonic_ns()) {
             error!(error = %e, "heartbeat failed; programs fail open until it recovers");
         }
     }

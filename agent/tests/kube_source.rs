@@ -5,136 +5,29 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::{
-    api::{
-        core::v1::{
-            Namespace, ObjectReference, Pod, PodIP, PodSpec, PodStatus, Service, ServicePort,
-            ServiceSpec,
-        },
-        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
-    },
-    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
-};
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use laneway::{
     config::Config,
     kube::{Desired, run},
 };
-use laneway_kube_fake::FakeApiServer;
+use laneway_kube_fake::{
+    FakeApiServer,
+    objects::{self, namespace, pod, pod_uid as uid},
+};
 use tokio::sync::watch;
 
 const NODE: &str = "node-a";
 
-fn meta(ns: Option<&str>, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.into()),
-        namespace: ns.map(Into::into),
-        labels: Some(
-            labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<BTreeMap<_, _>>(),
-        ),
-        ..Default::default()
-    }
-}
-
-fn namespace(name: &str, enabled: bool) -> Namespace {
-    let labels: &[(&str, &str)] = if enabled {
-        &[("laneway.io/enabled", "true")]
-    } else {
-        &[]
-    };
-    Namespace {
-        metadata: meta(None, name, labels),
-        ..Default::default()
-    }
-}
-
-fn pod(ns: &str, name: &str, node: &str, ip: &str, tag: Option<&str>) -> Pod {
-    let labels: Vec<(&str, &str)> = tag.map(|t| ("laneway.io/tag", t)).into_iter().collect();
-    let mut metadata = meta(Some(ns), name, &labels);
-    metadata.uid = Some(uid(name));
-    Pod {
-        metadata,
-        spec: Some(PodSpec {
-            node_name: Some(node.into()),
-            ..Default::default()
-        }),
-        status: Some(PodStatus {
-            phase: Some("Running".into()),
-            pod_ip: Some(ip.into()),
-            pod_ips: Some(vec![PodIP { ip: ip.into() }]),
-            ..Default::default()
-        }),
-    }
-}
-
-/// A stable UID per pod name.
-fn uid(name: &str) -> String {
-    let n: u32 = name.bytes().map(u32::from).sum();
-    format!("{n:08x}-0000-4000-8000-00000000{:04x}", name.len())
-}
-
 fn service(ns: &str, name: &str, ip: &str, ports: &[i32]) -> Service {
-    Service {
-        metadata: meta(Some(ns), name, &[]),
-        spec: Some(ServiceSpec {
-            cluster_ip: Some(ip.into()),
-            cluster_ips: Some(vec![ip.into()]),
-            ports: Some(
-                ports
-                    .iter()
-                    .map(|p| ServicePort {
-                        name: Some(format!("p{p}")),
-                        port: *p,
-                        target_port: Some(IntOrString::Int(8080)),
-                        protocol: Some("TCP".into()),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    let ports: Vec<(String, i32, i32)> =
+        ports.iter().map(|p| (format!("p{p}"), *p, 8080)).collect();
+    let ports: Vec<(&str, i32, i32)> = ports.iter().map(|(n, p, t)| (n.as_str(), *p, *t)).collect();
+    objects::service(ns, name, ip, &ports)
 }
 
-/// One endpoint: (pod name, ip, terminating).
+/// The slice `SVC-abc` of port p80 (8080); endpoints (pod name, ip, terminating).
 fn slice(ns: &str, svc: &str, endpoints: &[(&str, &str, bool)]) -> EndpointSlice {
-    EndpointSlice {
-        metadata: meta(
-            Some(ns),
-            &format!("{svc}-abc"),
-            &[("kubernetes.io/service-name", svc)],
-        ),
-        address_type: "IPv4".into(),
-        endpoints: Some(
-            endpoints
-                .iter()
-                .map(|(pod, ip, terminating)| Endpoint {
-                    addresses: vec![ip.to_string()],
-                    conditions: Some(EndpointConditions {
-                        ready: Some(!terminating),
-                        serving: Some(true),
-                        terminating: Some(*terminating),
-                    }),
-                    target_ref: Some(ObjectReference {
-                        kind: Some("Pod".into()),
-                        name: Some(pod.to_string()),
-                        namespace: Some(ns.into()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-        ),
-        ports: Some(vec![EndpointPort {
-            name: Some("p80".into()),
-            port: Some(8080),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
-    }
+    objects::endpoint_slice(ns, svc, &format!("{svc}-abc"), ("p80", 8080), endpoints)
 }
 
 /// A fake /proc where each of `pods` has one process in its pod cgroup.

@@ -5,24 +5,18 @@
 //! node netns' loopback for the agent.
 
 use std::{
-    collections::BTreeMap,
     net::TcpListener,
     path::PathBuf,
     process::{Child, Stdio},
 };
 
 use anyhow::{Context, Result};
-use k8s_openapi::{
-    api::{
-        core::v1::{
-            Namespace, ObjectReference, Pod, PodIP, PodSpec, PodStatus, Service, ServicePort,
-            ServiceSpec,
-        },
-        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
-    },
-    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+use k8s_openapi::api::{
+    core::v1::{Pod, Service},
+    discovery::v1::EndpointSlice,
 };
-use laneway_kube_fake::FakeApiServer;
+pub use laneway_kube_fake::objects::namespace;
+use laneway_kube_fake::{FakeApiServer, objects};
 
 use crate::node::{Node, ServiceSpec as Spec};
 
@@ -70,7 +64,9 @@ impl Cluster {
     /// `kubepods/pod<UID>`, as kubelet and the container runtime would.
     pub fn run_pod_process(&mut self, node: &Node, index: usize) -> Result<()> {
         let pod = node.pod(index);
-        let cgroup = self.kubepods.join(format!("pod{}", uid(&pod.name)));
+        let cgroup = self
+            .kubepods
+            .join(format!("pod{}", objects::pod_uid(&pod.name)));
         std::fs::create_dir_all(&cgroup)?;
         let child = pod
             .netns
@@ -101,111 +97,42 @@ impl Drop for Cluster {
     }
 }
 
-/// A stable UID per pod name.
-pub fn uid(name: &str) -> String {
-    let sum: u32 = name.bytes().map(u32::from).sum();
-    format!("{sum:08x}-0000-4000-8000-{:012x}", name.len())
-}
-
-fn meta(ns: Option<&str>, name: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.into()),
-        namespace: ns.map(Into::into),
-        labels: Some(labels),
-        ..Default::default()
-    }
-}
-
-/// A namespace, enrolled (`laneway.io/enabled=true`) or not.
-pub fn namespace(name: &str, enabled: bool) -> Namespace {
-    let mut labels = BTreeMap::new();
-    if enabled {
-        labels.insert("laneway.io/enabled".into(), "true".into());
-    }
-    Namespace {
-        metadata: meta(None, name, labels),
-        ..Default::default()
-    }
-}
-
 /// Pod `index` of the node as a Pod object on `node_name`, with a tag label.
 pub fn pod(node: &Node, index: usize, namespace: &str, node_name: &str, tag: Option<&str>) -> Pod {
     let p = node.pod(index);
-    let mut labels = BTreeMap::new();
-    if let Some(t) = tag {
-        labels.insert("laneway.io/tag".into(), t.into());
-    }
-    let mut metadata = meta(Some(namespace), &p.name, labels);
-    metadata.uid = Some(uid(&p.name));
-    Pod {
-        metadata,
-        spec: Some(PodSpec {
-            node_name: Some(node_name.into()),
-            ..Default::default()
-        }),
-        status: Some(PodStatus {
-            phase: Some("Running".into()),
-            pod_ip: Some(p.ip.to_string()),
-            pod_ips: Some(vec![PodIP {
-                ip: p.ip.to_string(),
-            }]),
-            ..Default::default()
-        }),
-    }
+    objects::pod(namespace, &p.name, node_name, &p.ip.to_string(), tag)
 }
 
 /// A scenario service as a Service and its EndpointSlice.
 pub fn service(node: &Node, spec: &Spec, namespace: &str) -> (Service, EndpointSlice) {
-    let svc = Service {
-        metadata: meta(Some(namespace), &spec.name, BTreeMap::new()),
-        spec: Some(ServiceSpec {
-            cluster_ip: Some(spec.vip.to_string()),
-            cluster_ips: Some(vec![spec.vip.to_string()]),
-            ports: Some(vec![ServicePort {
-                name: Some("main".into()),
-                port: i32::from(spec.port),
-                target_port: Some(IntOrString::Int(i32::from(spec.target_port))),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let mut labels = BTreeMap::new();
-    labels.insert("kubernetes.io/service-name".into(), spec.name.clone());
-    let slice = EndpointSlice {
-        metadata: meta(Some(namespace), &format!("{}-1", spec.name), labels),
-        address_type: "IPv4".into(),
-        endpoints: Some(
-            spec.endpoints
-                .iter()
-                .map(|(index, _)| {
-                    let p = node.pod(*index);
-                    Endpoint {
-                        addresses: vec![p.ip.to_string()],
-                        conditions: Some(EndpointConditions {
-                            ready: Some(true),
-                            serving: Some(true),
-                            terminating: Some(false),
-                        }),
-                        target_ref: Some(ObjectReference {
-                            kind: Some("Pod".into()),
-                            name: Some(p.name.clone()),
-                            namespace: Some(namespace.into()),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }
-                })
-                .collect(),
-        ),
-        ports: Some(vec![EndpointPort {
-            name: Some("main".into()),
-            port: Some(i32::from(spec.target_port)),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
-    };
+    let port = i32::from(spec.port);
+    let target = i32::from(spec.target_port);
+    let svc = objects::service(
+        namespace,
+        &spec.name,
+        &spec.vip.to_string(),
+        &[("main", port, target)],
+    );
+    let endpoints: Vec<(String, String)> = spec
+        .endpoints
+        .iter()
+        .map(|(index, _)| {
+            (
+                node.pod(*index).name.clone(),
+                node.pod(*index).ip.to_string(),
+            )
+        })
+        .collect();
+    let endpoints: Vec<(&str, &str, bool)> = endpoints
+        .iter()
+        .map(|(n, ip)| (n.as_str(), ip.as_str(), false))
+        .collect();
+    let slice = objects::endpoint_slice(
+        namespace,
+        &spec.name,
+        &format!("{}-1", spec.name),
+        ("main", target),
+        &endpoints,
+    );
     (svc, slice)
 }

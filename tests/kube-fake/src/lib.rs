@@ -52,6 +52,7 @@
 //! ```
 
 mod http;
+pub mod objects;
 mod selector;
 mod status;
 mod store;
