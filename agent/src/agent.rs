@@ -22,7 +22,7 @@ use crate::{
     admin::{AdminState, Health},
     bpf::{self, Datapath},
     cgroup,
-    config::{self, Config},
+    config::{self, Config, RedirectMode},
     netns,
     proxy::ProxyConfig,
     router::{Applied, Router},
@@ -81,6 +81,9 @@ pub enum Error {
         "with --kube, services and pods come from the Kubernetes API: remove `services:` and `pods:` from {0}"
     )]
     KubeWithStatic(PathBuf),
+    /// TC mode's node setup failed.
+    #[error("TC mode: {0}")]
+    Tproxy(#[source] crate::tproxy::Error),
     /// The admin socket could not be served.
     #[error(transparent)]
     Admin(#[from] crate::admin::Error),
@@ -156,6 +159,20 @@ pub async fn run(options: Options) -> Result<(), Error> {
 
     let mut datapath = Datapath::attach(&cgroup, &config.bpf.pin_path)?;
     datapath.set_listeners(&listeners[0], listeners.get(1))?;
+    let transparent = match config.router.mode.tc() {
+        true => {
+            crate::tproxy::route_marked_packets_locally().map_err(Error::Tproxy)?;
+            let listener = crate::tproxy::bind(config.router.tproxy_listen).map_err(|source| {
+                Error::Listen {
+                    addr: config.router.tproxy_listen,
+                    source,
+                }
+            })?;
+            datapath.set_tc_listener(&listener)?;
+            Some(listener)
+        }
+        false => None,
+    };
     info!(cgroup = %cgroup.display(), programs = ?Datapath::program_names().collect::<Vec<_>>(), "programs attached");
     let source = match &kube_client {
         Some(_) => "kubernetes".to_owned(),
@@ -176,13 +193,17 @@ pub async fn run(options: Options) -> Result<(), Error> {
         &mut datapath,
         Snapshot::from_config(&first, source.clone(), None, true),
         Vec::new(),
+        config.router.mode,
     )?;
     let router = Router::new(applied, proxy_config(&config));
     router.telemetry.metrics.snapshot_applied();
-    let accepting: Vec<_> = listeners
+    let mut accepting: Vec<_> = listeners
         .into_iter()
-        .map(|listener| tokio::spawn(router.clone().serve(listener)))
+        .map(|listener| tokio::spawn(router.clone().serve(listener, false)))
         .collect();
+    if let Some(listener) = transparent {
+        accepting.push(tokio::spawn(router.clone().serve(listener, true)));
+    }
     let health = Arc::new(Health::default());
     let mark = config.router.socket_mark;
     let datapath = Arc::new(Mutex::new(datapath));
@@ -192,7 +213,11 @@ pub async fn run(options: Options) -> Result<(), Error> {
         datapath: datapath.clone(),
         health: health.clone(),
         config: config.clone(),
-        mode: "socket",
+        mode: match config.router.mode {
+            RedirectMode::Socket => "socket",
+            RedirectMode::Tc => "tc",
+            RedirectMode::Both => "both",
+        },
         listen: std::iter::once(config.router.listen)
             .chain(config.router.listen_v6)
             .collect(),
@@ -218,6 +243,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
     info!(listen = %config.router.listen, redirect = %config.router.redirect_ipv4, %source, "router up");
 
     let reconciler = Reconciler {
+        mode: config.router.mode,
         router: router.clone(),
         datapath: datapath.clone(),
         source,
@@ -327,6 +353,7 @@ async fn drain(router: &Router, accepting: Vec<tokio::task::JoinHandle<()>>, tim
 /// Applies snapshots to the maps and the router, and says when the agent is
 /// ready.
 struct Reconciler {
+    mode: RedirectMode,
     router: Arc<Router>,
     datapath: Arc<Mutex<Datapath>>,
     source: String,
@@ -362,7 +389,7 @@ impl Reconciler {
         }
         let applied = {
             let mut dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
-            apply(&mut dp, snapshot, unenrolled)?
+            apply(&mut dp, snapshot, unenrolled, self.mode)?
         };
         self.router.swap(applied);
         self.router.telemetry.metrics.snapshot_applied();
@@ -461,6 +488,7 @@ fn apply(
     datapath: &mut Datapath,
     snapshot: Snapshot,
     mut unenrolled: Vec<(String, String)>,
+    mode: RedirectMode,
 ) -> Result<Applied, Error> {
     let own_netns = netns::socket_cookie_here().ok();
     let mut services = HashMap::new();
@@ -485,13 +513,15 @@ fn apply(
                 unenrolled.push((pod.to_string(), reason.to_owned()));
             }
             Ok(cookie) => {
-                enrolled.insert(
-                    cookie,
-                    PodValue {
-                        pod_id: index as u32,
-                        flags: 0,
-                    },
-                );
+                if mode.socket() {
+                    enrolled.insert(
+                        cookie,
+                        PodValue {
+                            pod_id: index as u32,
+                            flags: 0,
+                        },
+                    );
+                }
                 pods_by_cookie.insert(cookie, index);
             }
             Err(e) => {
@@ -500,9 +530,45 @@ fn apply(
             }
         }
     }
+    let mut tc_enrolled = HashMap::new();
+    if mode.tc() {
+        for (index, pod) in snapshot.pods.iter().enumerate() {
+            let Some(interface) = &pod.interface else {
+                unenrolled.push((
+                    pod.to_string(),
+                    "TC mode needs the pod's host-side interface".into(),
+                ));
+                continue;
+            };
+            let attached = nix::net::if_::if_nametoindex(interface.as_str())
+                .map_err(|e| format!("interface {interface}: {e}"))
+                .and_then(|ifindex| {
+                    datapath
+                        .attach_tc(interface, ifindex)
+                        .map_err(|e| e.to_string())?;
+                    Ok(ifindex)
+                });
+            match attached {
+                Ok(ifindex) => {
+                    tc_enrolled.insert(
+                        ifindex,
+                        PodValue {
+                            pod_id: index as u32,
+                            flags: 0,
+                        },
+                    );
+                }
+                Err(reason) => {
+                    warn!(%pod, %reason, "not enrolled in TC mode");
+                    unenrolled.push((pod.to_string(), reason));
+                }
+            }
+        }
+    }
     // Services first: a newly enrolled pod must find its services in place.
     let s = datapath.sync_services(&services)?;
     let e = datapath.sync_enrolled(&enrolled)?;
+    datapath.sync_tc_enrolled(&tc_enrolled)?;
     info!(
         source = %snapshot.source,
         services = snapshot.services.len(),

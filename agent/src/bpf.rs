@@ -20,7 +20,7 @@ use aya::{
     Ebpf, EbpfLoader, Pod,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, SockMap},
     programs::{
-        CgroupAttachMode, Program, ProgramError,
+        CgroupAttachMode, Program, ProgramError, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
     },
 };
@@ -56,6 +56,12 @@ const SOCKET_PROGRAMS: &[(&str, &str)] = &[
         "cgroup/getpeername6 (BPF_CGROUP_INET6_GETPEERNAME, Linux 5.8+)",
     ),
 ];
+
+/// The TC program and the kernel feature it needs.
+const TC_PROGRAM: (&str, &str) = (
+    "tc_ingress",
+    "tc ingress classifier with bpf_sk_assign (TCX on Linux 6.6+, else clsact; Linux 5.7+)",
+);
 
 /// What went wrong with the kernel side.
 #[derive(Debug, thiserror::Error)]
@@ -126,8 +132,12 @@ fn map_err(map: &'static str) -> impl FnOnce(MapError) -> Error {
 
 /// The loaded, attached programs and their maps.
 pub struct Datapath {
-    /// Owns the programs and the unpinned `getsockopt` link.
-    _ebpf: Ebpf,
+    /// Owns the programs, the unpinned `getsockopt` link and the TC links.
+    ebpf: Ebpf,
+    tc_enrolled: HashMap<MapData, u32, PodValue>,
+    /// Interfaces the TC program is attached to, with their ifindex then (a
+    /// recreated veth has a new one and is attached again).
+    tc_attached: StdHashMap<String, u32>,
     cgroup: PathBuf,
     pin_dir: PathBuf,
     listeners: SockMap<MapData>,
@@ -247,6 +257,21 @@ impl Datapath {
         let orig_by_cookie = take(&mut ebpf, map_names::ORIG_BY_COOKIE)?;
         let orig_by_conn = take(&mut ebpf, map_names::ORIG_BY_CONN)?;
         let listeners = take(&mut ebpf, map_names::ROUTER_LISTENER)?;
+        let tc_enrolled = take(&mut ebpf, map_names::TC_ENROLLED)?;
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(TC_PROGRAM.0)
+            .ok_or(Error::MissingProgram(TC_PROGRAM.0))?
+            .try_into()
+            .map_err(|source| Error::Program {
+                action: "load".into(),
+                feature: TC_PROGRAM.1,
+                source,
+            })?;
+        tc.load().map_err(|source| Error::Program {
+            action: "load".into(),
+            feature: TC_PROGRAM.1,
+            source,
+        })?;
         Ok(Self {
             cgroup: cgroup.to_owned(),
             pin_dir: pin_dir.to_owned(),
@@ -259,7 +284,9 @@ impl Datapath {
             orig_by_conn: HashMap::try_from(orig_by_conn)
                 .map_err(map_err(map_names::ORIG_BY_CONN))?,
             listeners: SockMap::try_from(listeners).map_err(map_err(map_names::ROUTER_LISTENER))?,
-            _ebpf: ebpf,
+            tc_enrolled: HashMap::try_from(tc_enrolled).map_err(map_err(map_names::TC_ENROLLED))?,
+            tc_attached: Default::default(),
+            ebpf,
         })
     }
 
@@ -280,6 +307,51 @@ impl Datapath {
             },
         }
         Ok(())
+    }
+
+    /// TC mode: attaches the TC program to `interface`'s ingress (a TCX link
+    /// on Linux 6.6+, else clsact), after any program already there; once per
+    /// interface instance (`ifindex`).
+    pub fn attach_tc(&mut self, interface: &str, ifindex: u32) -> Result<(), Error> {
+        if self.tc_attached.get(interface) == Some(&ifindex) {
+            return Ok(());
+        }
+        // Only the netlink path needs clsact; it may exist already (a CNI's).
+        let _ = aya::programs::tc::qdisc_add_clsact(interface);
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(TC_PROGRAM.0)
+            .ok_or(Error::MissingProgram(TC_PROGRAM.0))?
+            .try_into()
+            .map_err(|source| Error::Program {
+                action: "find".into(),
+                feature: TC_PROGRAM.1,
+                source,
+            })?;
+        program
+            .attach(interface, TcAttachType::Ingress)
+            .map_err(|source| Error::Program {
+                action: format!("attach to {interface}"),
+                feature: TC_PROGRAM.1,
+                source,
+            })?;
+        self.tc_attached.insert(interface.to_owned(), ifindex);
+        Ok(())
+    }
+
+    /// Makes `TC_ENROLLED` hold exactly `desired` (veth ifindex to pod).
+    pub fn sync_tc_enrolled(
+        &mut self,
+        desired: &StdHashMap<u32, PodValue>,
+    ) -> Result<SyncCounts, Error> {
+        sync(&mut self.tc_enrolled, desired, map_names::TC_ENROLLED)
+    }
+
+    /// Registers the transparent listener of TC mode.
+    pub fn set_tc_listener(&mut self, listener: &impl AsRawFd) -> Result<(), Error> {
+        self.listeners
+            .set(laneway_common::TC_LISTENER, listener, 0)
+            .map_err(map_err(map_names::ROUTER_LISTENER))
     }
 
     /// Where the maps and links are pinned.
@@ -325,6 +397,22 @@ impl Datapath {
             })?;
             loaded.push(name.to_owned());
         }
+        let (name, feature) = TC_PROGRAM;
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(Error::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| Error::Program {
+                action: "find".into(),
+                feature,
+                source,
+            })?;
+        tc.load().map_err(|source| Error::Program {
+            action: "load".into(),
+            feature,
+            source,
+        })?;
+        loaded.push(name.to_owned());
         Ok(loaded)
     }
 

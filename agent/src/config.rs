@@ -67,10 +67,40 @@ pub struct Config {
     pub pods: Vec<Pod>,
 }
 
+/// How enrolled pods' connections are steered to the router.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedirectMode {
+    /// cgroup socket programs rewrite the connect (the default).
+    #[default]
+    Socket,
+    /// A TC ingress program on each pod's host-side veth hands the packets
+    /// to a transparent listener.
+    Tc,
+    /// Socket first; TC catches what the connect hooks did not see.
+    Both,
+}
+
+impl RedirectMode {
+    /// Whether the socket programs steer.
+    pub fn socket(self) -> bool {
+        matches!(self, RedirectMode::Socket | RedirectMode::Both)
+    }
+
+    /// Whether the TC program steers.
+    pub fn tc(self) -> bool {
+        matches!(self, RedirectMode::Tc | RedirectMode::Both)
+    }
+}
+
 /// The router.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouterConfig {
+    /// `socket`, `tc` or `both`.
+    pub mode: RedirectMode,
+    /// TC mode: the transparent (`IP_TRANSPARENT`) listener.
+    pub tproxy_listen: SocketAddr,
     /// IPv4 listener, e.g. `0.0.0.0:15001`.
     pub listen: SocketAddr,
     /// Optional IPv6 listener, e.g. `[::]:15001`; without it native IPv6
@@ -126,6 +156,8 @@ pub struct RouterConfig {
 impl Default for RouterConfig {
     fn default() -> Self {
         Self {
+            mode: RedirectMode::Socket,
+            tproxy_listen: SocketAddr::from(([0, 0, 0, 0], 15006)),
             listen: SocketAddr::from(([0, 0, 0, 0], 15001)),
             listen_v6: None,
             redirect_ipv4: IpAddr::from([127, 0, 0, 1]),
@@ -344,9 +376,12 @@ pub struct Pod {
     /// The pod's network namespace, e.g. `/run/netns/client` or `/proc/PID/ns/net`.
     pub netns: PathBuf,
     /// The pod's IPs, to know the caller of connections that arrive without
-    /// laneway's own original-destination record.
+    /// laneway's own original-destination record (TC mode).
     #[serde(default)]
     pub ips: Vec<IpAddr>,
+    /// TC mode: the pod's host-side veth, where the TC program attaches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
 }
 
 fn default_namespace() -> Name {

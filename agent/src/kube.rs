@@ -321,6 +321,7 @@ fn build(
             tag: pod_tag(pod, tag_label),
             netns,
             ips,
+            interface: None,
         });
     }
     let mut config = base.clone();

@@ -23,3 +23,4 @@ pub mod proxy;
 pub mod route;
 pub mod router;
 pub mod snapshot;
+pub mod tproxy;

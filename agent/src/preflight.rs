@@ -35,6 +35,7 @@ pub fn run() -> Preflight {
         bpffs(),
         privileges,
         programs(privileged),
+        tc_mode(),
         netns_cookie(),
     ];
     checks.extend(conflicts());
@@ -334,6 +335,31 @@ fn programs(privileged: bool) -> Check {
             };
             check(NAME, FAIL, e.to_string(), Some(fix.to_owned()))
         }
+    }
+}
+
+/// How TC mode (`router.mode: tc` or `both`) would attach here.
+fn tc_mode() -> Check {
+    const NAME: &str = "tc mode";
+    match kernel_release().as_deref().and_then(parse_release) {
+        Some(v) if v >= (6, 6) => check(
+            NAME,
+            PASS,
+            "TCX links (Linux 6.6+): attached after other components' programs, detached with the agent",
+            None,
+        ),
+        Some(_) => check(
+            NAME,
+            PASS,
+            "clsact with a cls_bpf filter (no TCX before Linux 6.6)",
+            None,
+        ),
+        None => check(
+            NAME,
+            WARN,
+            "unknown kernel version",
+            Some("socket mode does not depend on it".to_owned()),
+        ),
     }
 }
 

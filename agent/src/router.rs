@@ -139,13 +139,15 @@ impl Router {
         self.applied.load_full()
     }
 
-    /// Accepts connections until the listener fails.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    /// Accepts connections until the listener fails. On a `transparent`
+    /// listener (TC mode) a connection's local address is the VIP:port the
+    /// pod dialled.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, transparent: bool) {
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
                     let router = self.clone();
-                    tokio::spawn(async move { router.handle(stream, peer).await });
+                    tokio::spawn(async move { router.handle(stream, peer, transparent).await });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -156,8 +158,15 @@ impl Router {
         }
     }
 
-    async fn handle(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let Some(origin) = original_destination(&stream) else {
+    async fn handle(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, transparent: bool) {
+        let origin = match transparent {
+            true => stream.local_addr().ok().map(|local| Origin {
+                destination: SocketAddr::new(canonical(local.ip()), local.port()),
+                netns_cookie: None,
+            }),
+            false => original_destination(&stream),
+        };
+        let Some(origin) = origin else {
             debug!(%peer, "connection without an original destination: closed (not a relay)");
             return;
         };

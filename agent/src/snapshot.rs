@@ -238,6 +238,8 @@ pub struct Pod {
     pub netns: PathBuf,
     /// Its IPs.
     pub ips: Vec<IpAddr>,
+    /// Its host-side veth (TC mode).
+    pub interface: Option<String>,
 }
 
 impl fmt::Display for Pod {
@@ -371,6 +373,7 @@ impl Snapshot {
                 tag: p.tag.clone(),
                 netns: p.netns.clone(),
                 ips: p.ips.clone(),
+                interface: p.interface.clone(),
             })
             .collect();
         let pods_by_ip = pods

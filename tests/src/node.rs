@@ -36,6 +36,8 @@ pub struct Pod {
     pub ip6: Ipv6Addr,
     /// Its network namespace.
     pub netns: Netns,
+    /// Its veth's name on the node side (where TC mode attaches).
+    pub veth: String,
 }
 
 /// A service for the scenario: VIPs, a port, endpoints (pods with tags).
@@ -290,6 +292,7 @@ impl Node {
             ip,
             ip6,
             netns,
+            veth,
         });
         Ok(index)
     }
@@ -401,11 +404,12 @@ impl Node {
                 .unwrap_or_default();
             let _ = writeln!(
                 y,
-                "  - {{name: {}, netns: {}, ips: [{}, \"{}\"]{tag}}}",
+                "  - {{name: {}, netns: {}, ips: [{}, \"{}\"], interface: {}{tag}}}",
                 p.name,
                 p.netns.path().display(),
                 p.ip,
-                p.ip6
+                p.ip6,
+                p.veth
             );
         }
         y

@@ -21,8 +21,10 @@ pub mod map_names {
     pub const ORIG_BY_CONN: &str = "ORIG_BY_CONN";
     /// Per-CPU `u64` counters, indexed by [`crate::stat`].
     pub const STATS: &str = "STATS";
-    /// Sockmap of the router's listeners: 0 IPv4, 1 IPv6.
+    /// Sockmap of the router's listeners: 0 IPv4, 1 IPv6, 2 transparent (TC).
     pub const ROUTER_LISTENER: &str = "ROUTER_LISTENER";
+    /// [`crate::PodValue`] by host-side veth ifindex: pods enrolled in TC mode.
+    pub const TC_ENROLLED: &str = "TC_ENROLLED";
 }
 
 /// Capacity of the per-connection LRU maps. LRU eviction keeps them bounded
@@ -41,6 +43,15 @@ pub const HEARTBEAT_TIMEOUT_NS: u64 = 1_000_000_000;
 /// full [`OriginalDst`] (with the caller's netns cookie), where
 /// `SO_ORIGINAL_DST` can only carry an address. The value spells "LW".
 pub const LANEWAY_SO_ORIGIN: i32 = 0x4c57;
+/// Index of the transparent (TC mode) listener in `ROUTER_LISTENER`.
+pub const TC_LISTENER: u32 = 2;
+/// Mark of packets the TC program hands to the router: the node delivers
+/// them locally (an `ip rule`) and leaves them untracked (no kube-proxy DNAT).
+pub const TPROXY_MARK: u32 = 0x4c57_0001;
+/// Mark of the router's transparent sockets: their replies skip conntrack
+/// too (not [`TPROXY_MARK`], whose rule would route the replies locally).
+pub const TPROXY_REPLY_MARK: u32 = 0x4c57_0002;
+
 /// `SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`, as netfilter defines it.
 pub const SO_ORIGINAL_DST: i32 = 80;
 

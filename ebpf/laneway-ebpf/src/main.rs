@@ -22,10 +22,11 @@ mod maps;
 mod peername;
 mod sockops;
 mod sockopt;
+mod tc;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, cgroup_sockopt, sock_ops},
-    programs::{SockAddrContext, SockOpsContext, SockoptContext},
+    macros::{cgroup_sock_addr, cgroup_sockopt, classifier, sock_ops},
+    programs::{SockAddrContext, SockOpsContext, SockoptContext, TcContext},
 };
 
 /// Allow the syscall: the only verdict these programs give.
@@ -70,6 +71,11 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
     // SAFETY: as above.
     unsafe { peername::try_getpeername6(&ctx) };
     ALLOW
+}
+
+#[classifier]
+pub fn tc_ingress(ctx: TcContext) -> i32 {
+    tc::try_tc_ingress(&ctx).unwrap_or(tc::NEXT)
 }
 
 #[cfg(not(test))]

@@ -20,6 +20,10 @@ use laneway_common::{
 #[map]
 pub static ENROLLED: HashMap<u64, PodValue> = HashMap::pinned(ENROLLED_CAPACITY, 0);
 
+/// TC mode: enrolled pods by the ifindex of their host-side veth.
+#[map]
+pub static TC_ENROLLED: HashMap<u32, PodValue> = HashMap::pinned(ENROLLED_CAPACITY, 0);
+
 /// Service VIP:ports to redirect.
 #[map]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(SERVICES_CAPACITY, 0);
@@ -37,11 +41,12 @@ pub static ORIG_BY_COOKIE: LruHashMap<u64, OriginalDst> = LruHashMap::pinned(CON
 pub static ORIG_BY_CONN: LruHashMap<ConnKey, OriginalDst> =
     LruHashMap::pinned(CONN_MAP_CAPACITY, 0);
 
-/// The router's listening sockets: index 0 IPv4, 1 IPv6. The kernel removes
+/// The router's listening sockets: index 0 IPv4, 1 IPv6, 2 the transparent
+/// listener of TC mode. The kernel removes
 /// a socket from a sockmap when it closes, so an entry here means someone
 /// listens: redirecting to a dead port is impossible, even after a crash.
 #[map]
-pub static ROUTER_LISTENER: SockMap = SockMap::pinned(2, 0);
+pub static ROUTER_LISTENER: SockMap = SockMap::pinned(3, 0);
 
 /// Counters, see `laneway_common::stat`.
 #[map]

@@ -1,5 +1,7 @@
-//! The socket-mode data path, end to end on the real kernel: real programs,
-//! real sockets, real HTTP, on a node built from network namespaces.
+//! The data path, end to end on the real kernel: real programs, real
+//! sockets, real HTTP, on a node built from network namespaces. The same
+//! behaviour suite runs in every redirect mode (`socket`, `tc`, `both`), as
+//! `data_path::<mode>::<test>`; the TC-only cases are in `tc_mode.rs`.
 //!
 //! Run as root through `cargo xtask test` (one test at a time: each attaches
 //! its own programs to its own cgroup, which the test process joins).
@@ -18,15 +20,48 @@ use laneway_tests::{
 };
 use rand::RngCore;
 
+/// How the agent steers pods to the router.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Socket,
+    Tc,
+    Both,
+}
+
+/// The standard node with the agent in `mode`.
+fn start(mode: Mode) -> Result<Standard> {
+    Standard::start_with(|sc| {
+        sc.router_extra = match mode {
+            Mode::Socket => "  mode: socket\n",
+            Mode::Tc => "  mode: tc\n",
+            Mode::Both => "  mode: both\n",
+        }
+        .into();
+    })
+}
+
+/// One `#[test]` per mode and test function.
+macro_rules! in_modes {
+    ($($mode:ident => $variant:ident: [$($name:ident),* $(,)?]),* $(,)?) => {$(
+        mod $mode {
+            $(
+                #[test]
+                fn $name() -> anyhow::Result<()> {
+                    super::$name(super::Mode::$variant)
+                }
+            )*
+        }
+    )*};
+}
+
 fn routed_by_laneway(resp: &client::Response) -> bool {
     // The router connects from the node's address; the direct (DNAT) path
     // keeps the pod's.
     resp.header("x-peer") == Some(&NODE_IP.to_string())
 }
 
-#[test]
-fn tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base() -> Result<()> {
-    let s = Standard::start()?;
+fn tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base(mode: Mode) -> Result<()> {
+    let s = start(mode)?;
     let client = s.node.pod(s.pods.client);
 
     let r = client::get(client, s.reviews(), &[("x-mse-tag", "joint1")])?;
@@ -63,9 +98,8 @@ fn tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base() -> Result<()
     Ok(())
 }
 
-#[test]
-fn untagged_requests_never_reach_tagged_endpoints() -> Result<()> {
-    let s = Standard::start()?;
+fn untagged_requests_never_reach_tagged_endpoints(mode: Mode) -> Result<()> {
+    let s = start(mode)?;
     let client = s.node.pod(s.pods.client);
     for _ in 0..40 {
         let r = client::get(client, s.reviews(), &[])?;
@@ -75,9 +109,8 @@ fn untagged_requests_never_reach_tagged_endpoints() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn tagged_caller_pod_stays_in_its_lane_without_a_header() -> Result<()> {
-    let s = Standard::start()?;
+fn tagged_caller_pod_stays_in_its_lane_without_a_header(mode: Mode) -> Result<()> {
+    let s = start(mode)?;
     let caller = s.node.pod(s.pods.client_joint1);
     for _ in 0..10 {
         let r = client::get(caller, s.reviews(), &[])?;
@@ -99,9 +132,8 @@ fn tagged_caller_pod_stays_in_its_lane_without_a_header() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn baggage_member_selects_the_lane() -> Result<()> {
-    let s = Standard::start()?;
+fn baggage_member_selects_the_lane(mode: Mode) -> Result<()> {
+    let s = start(mode)?;
     let client = s.node.pod(s.pods.client);
     let r = client::get(client, s.reviews(), &[("baggage", "user=1,x-mse-tag=gray")])?;
     assert_eq!(r.endpoint(), "reviews-gray");
@@ -109,9 +141,8 @@ fn baggage_member_selects_the_lane() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn one_keep_alive_connection_routes_each_request_by_its_own_tag() -> Result<()> {
-    let s = Standard::start()?;
+fn one_keep_alive_connection_routes_each_request_by_its_own_tag(mode: Mode) -> Result<()> {
+    let s = start(mode)?;
     let mut conn = Conn::open(s.node.pod(s.pods.client), s.reviews())?;
     let plan = [
         (Some("joint1"), "reviews-joint1"),
@@ -132,9 +163,8 @@ fn one_keep_alive_connection_routes_each_request_by_its_own_tag() -> Result<()> 
     Ok(())
 }
 
-#[test]
-fn the_app_sees_the_vip_it_dialled() -> Result<()> {
-    let s = Standard::start()?;
+fn the_app_sees_the_vip_it_dialled(mode: Mode) -> Result<()> {
+    let s = start(mode)?;
     let conn = Conn::open(s.node.pod(s.pods.client), s.reviews())?;
     assert_eq!(
         conn.stream().peer_addr()?,
@@ -144,9 +174,8 @@ fn the_app_sees_the_vip_it_dialled() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn ipv6_and_v4_mapped_connects_are_steered() -> Result<()> {
-    let s = Standard::start()?;
+fn ipv6_and_v4_mapped_connects_are_steered(mode: Mode) -> Result<()> {
+    let s = start(mode)?;
     let client = s.node.pod(s.pods.client);
     let vip6: SocketAddr = "[fd00:96::10]:80".parse()?;
     let r = client::get(client, vip6, &[("x-mse-tag", "joint1")])?;
@@ -176,9 +205,8 @@ fn ipv6_and_v4_mapped_connects_are_steered() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn pods_not_enrolled_are_left_alone() -> Result<()> {
-    let s = Standard::start()?;
+fn pods_not_enrolled_are_left_alone(mode: Mode) -> Result<()> {
+    let s = start(mode)?;
     let r = client::get(
         s.node.pod(s.pods.bystander),
         s.reviews(),
@@ -207,9 +235,8 @@ fn echo_round_trip(s: &Standard, payload: &[u8]) -> Result<Vec<u8>> {
     Ok(back)
 }
 
-#[test]
-fn unknown_protocols_pass_through_byte_for_byte() -> Result<()> {
-    let s = Standard::start()?;
+fn unknown_protocols_pass_through_byte_for_byte(mode: Mode) -> Result<()> {
+    let s = start(mode)?;
     let mut random = vec![0u8; 1 << 20];
     rand::rng().fill_bytes(&mut random);
     random[0] = 0x00; // surely not an HTTP method
@@ -235,9 +262,10 @@ fn unknown_protocols_pass_through_byte_for_byte() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving() -> Result<()> {
-    let s = Standard::start()?;
+fn malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving(
+    mode: Mode,
+) -> Result<()> {
+    let s = start(mode)?;
     let client = s.node.pod(s.pods.client);
 
     let mut conn = Conn::open(client, s.reviews())?;
@@ -274,9 +302,10 @@ fn first_success(s: &Standard, limit: Duration) -> Result<(client::Response, Dur
     }
 }
 
-#[test]
-fn fails_open_within_a_second_when_the_router_stops_and_steers_again_after() -> Result<()> {
-    let s = Standard::start()?;
+fn fails_open_within_a_second_when_the_router_stops_and_steers_again_after(
+    mode: Mode,
+) -> Result<()> {
+    let s = start(mode)?;
     let (r, _) = first_success(&s, Duration::from_secs(1))?;
     assert!(routed_by_laneway(&r));
 
@@ -301,9 +330,8 @@ fn fails_open_within_a_second_when_the_router_stops_and_steers_again_after() -> 
     Ok(())
 }
 
-#[test]
-fn a_killed_agent_leaves_pods_on_the_direct_path_at_once() -> Result<()> {
-    let mut s = Standard::start()?;
+fn a_killed_agent_leaves_pods_on_the_direct_path_at_once(mode: Mode) -> Result<()> {
+    let mut s = start(mode)?;
     s.agent.kill();
     // The programs stay attached (pinned), but nobody listens: they fail open.
     let pinned = std::fs::read_dir(s.node.pin_path().join("links"))?
@@ -336,9 +364,8 @@ fn a_killed_agent_leaves_pods_on_the_direct_path_at_once() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn sigterm_fails_open_and_exits_cleanly() -> Result<()> {
-    let mut s = Standard::start()?;
+fn sigterm_fails_open_and_exits_cleanly(mode: Mode) -> Result<()> {
+    let mut s = start(mode)?;
     let status = s.agent.terminate()?;
     assert!(status.success(), "exit status {status}:\n{}", s.agent.log());
     let (r, _) = first_success(&s, Duration::from_secs(1))?;
@@ -346,9 +373,8 @@ fn sigterm_fails_open_and_exits_cleanly() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn config_reload_changes_routing_without_dropping_a_connection() -> Result<()> {
-    let s = Standard::start()?;
+fn config_reload_changes_routing_without_dropping_a_connection(mode: Mode) -> Result<()> {
+    let s = start(mode)?;
     let mut conn = Conn::open(s.node.pod(s.pods.client), s.reviews())?;
     assert_eq!(
         conn.get("/", &[("x-mse-tag", "joint1")])?.endpoint(),
@@ -386,4 +412,10 @@ fn config_reload_changes_routing_without_dropping_a_connection() -> Result<()> {
         "reviews-joint1"
     );
     Ok(())
+}
+
+in_modes! {
+    socket => Socket: [tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base, untagged_requests_never_reach_tagged_endpoints, tagged_caller_pod_stays_in_its_lane_without_a_header, baggage_member_selects_the_lane, one_keep_alive_connection_routes_each_request_by_its_own_tag, the_app_sees_the_vip_it_dialled, pods_not_enrolled_are_left_alone, unknown_protocols_pass_through_byte_for_byte, malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving, fails_open_within_a_second_when_the_router_stops_and_steers_again_after, a_killed_agent_leaves_pods_on_the_direct_path_at_once, sigterm_fails_open_and_exits_cleanly, config_reload_changes_routing_without_dropping_a_connection, ipv6_and_v4_mapped_connects_are_steered],
+    tc => Tc: [tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base, untagged_requests_never_reach_tagged_endpoints, tagged_caller_pod_stays_in_its_lane_without_a_header, baggage_member_selects_the_lane, one_keep_alive_connection_routes_each_request_by_its_own_tag, the_app_sees_the_vip_it_dialled, pods_not_enrolled_are_left_alone, unknown_protocols_pass_through_byte_for_byte, malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving, fails_open_within_a_second_when_the_router_stops_and_steers_again_after, a_killed_agent_leaves_pods_on_the_direct_path_at_once, sigterm_fails_open_and_exits_cleanly, config_reload_changes_routing_without_dropping_a_connection],
+    both => Both: [tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base, untagged_requests_never_reach_tagged_endpoints, tagged_caller_pod_stays_in_its_lane_without_a_header, baggage_member_selects_the_lane, one_keep_alive_connection_routes_each_request_by_its_own_tag, the_app_sees_the_vip_it_dialled, pods_not_enrolled_are_left_alone, unknown_protocols_pass_through_byte_for_byte, malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving, fails_open_within_a_second_when_the_router_stops_and_steers_again_after, a_killed_agent_leaves_pods_on_the_direct_path_at_once, sigterm_fails_open_and_exits_cleanly, config_reload_changes_routing_without_dropping_a_connection],
 }

@@ -1,0 +1,132 @@
+//! TC mode's node side: the transparent listener, and the routing that
+//! delivers the packets the TC program marked to it.
+//!
+//! A packet for a VIP is not local to the node, so even with a socket
+//! assigned it would be routed (and forwarded or dropped): an `ip rule` on the
+//! mark looks such packets up in a table whose default route is local, as
+//! TPROXY setups do. The marked packets are also left untracked by
+//! conntrack, so kube-proxy's DNAT of the VIP never rewrites them (the kernel
+//! drops a forwarded packet that carries an assigned socket); the router
+//! marks its transparent sockets the same, so their replies are untracked
+//! too.
+
+use std::{net::SocketAddr, process::Command};
+
+use laneway_common::{TPROXY_MARK, TPROXY_REPLY_MARK};
+use tokio::net::TcpListener;
+
+/// The routing table of marked packets.
+const TABLE: &str = "15006";
+
+/// Why the node could not be set up for TC mode.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A command failed.
+    #[error("`{command}` failed: {message} (TC mode needs iproute2 and iptables on the node)")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its error output.
+        message: String,
+    },
+}
+
+fn run(program: &str, args: &[&str]) -> Result<bool, Error> {
+    let command = format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| Error::Command {
+            command: command.clone(),
+            message: e.to_string(),
+        })?;
+    Ok(out.status.success())
+}
+
+/// Runs a command that must succeed.
+fn must(program: &str, args: &[&str]) -> Result<(), Error> {
+    let command = format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| Error::Command {
+            command: command.clone(),
+            message: e.to_string(),
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(Error::Command {
+        command,
+        message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    })
+}
+
+/// Runs `add` unless `check` succeeds.
+fn ensure(program: &str, check: &[&str], add: &[&str]) -> Result<(), Error> {
+    if run(program, check)? {
+        return Ok(());
+    }
+    must(program, add)
+}
+
+/// Idempotently: marked packets route locally and skip conntrack.
+pub fn route_marked_packets_locally() -> Result<(), Error> {
+    let mark = format!("{TPROXY_MARK:#x}");
+    let rules = Command::new("ip")
+        .args(["rule", "show"])
+        .output()
+        .map_err(|e| Error::Command {
+            command: "ip rule show".into(),
+            message: e.to_string(),
+        })?;
+    if !String::from_utf8_lossy(&rules.stdout).contains(&format!("lookup {TABLE}")) {
+        must(
+            "ip",
+            &[
+                "rule", "add", "fwmark", &mark, "lookup", TABLE, "pref", TABLE,
+            ],
+        )?;
+    }
+    must(
+        "ip",
+        &[
+            "route",
+            "replace",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            TABLE,
+        ],
+    )?;
+    let reply_mark = format!("{TPROXY_REPLY_MARK:#x}");
+    for (chain, mark) in [("PREROUTING", &mark), ("OUTPUT", &reply_mark)] {
+        let rule = |op| {
+            [
+                "-t", "raw", op, chain, "-m", "mark", "--mark", mark, "-j", "NOTRACK",
+            ]
+        };
+        ensure("iptables", &rule("-C"), &rule("-I"))?;
+    }
+    Ok(())
+}
+
+/// The transparent listener: accepts connections to any address (the
+/// VIPs), marked so its replies skip conntrack. No SO_REUSEPORT:
+/// `bpf_sk_assign` refuses reuseport sockets.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_ip_transparent_v4(true)?;
+    socket.set_mark(TPROXY_REPLY_MARK)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
