@@ -22,6 +22,7 @@ use aya::{
     programs::{
         CgroupAttachMode, Program, ProgramError, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
+        tc::{NlOptions, TcAttachOptions},
     },
 };
 use laneway_common::{
@@ -62,6 +63,9 @@ const TC_PROGRAM: (&str, &str) = (
     "tc_ingress",
     "tc ingress classifier with bpf_sk_assign (TCX on Linux 6.6+, else clsact; Linux 5.7+)",
 );
+
+/// The clsact filter priority of the TC program before Linux 6.6 ("LW").
+const TC_PRIORITY: u16 = 0x4c57;
 
 /// What went wrong with the kernel side.
 #[derive(Debug, thiserror::Error)]
@@ -328,8 +332,19 @@ impl Datapath {
                 feature: TC_PROGRAM.1,
                 source,
             })?;
+        let tcx = aya::util::KernelVersion::current()
+            .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+        let options = match tcx {
+            // A TCX link, after the programs already there.
+            true => TcAttachOptions::TcxOrder(Default::default()),
+            // clsact: a fixed priority of its own, so nothing is replaced.
+            false => TcAttachOptions::Netlink(NlOptions {
+                priority: TC_PRIORITY,
+                ..Default::default()
+            }),
+        };
         program
-            .attach(interface, TcAttachType::Ingress)
+            .attach_with_options(interface, TcAttachType::Ingress, options)
             .map_err(|source| Error::Program {
                 action: format!("attach to {interface}"),
                 feature: TC_PROGRAM.1,

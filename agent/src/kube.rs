@@ -315,13 +315,19 @@ fn build(
         ) else {
             continue;
         };
+        // The node side of the pod's veth, for TC mode.
+        let interface = crate::netns::host_peer_ifindex(&netns)
+            .ok()
+            .flatten()
+            .and_then(|index| nix::net::if_::if_indextoname(index).ok())
+            .map(|name| name.to_string_lossy().into_owned());
         enrolled.push(config::Pod {
             name,
             namespace,
             tag: pod_tag(pod, tag_label),
             netns,
             ips,
-            interface: None,
+            interface,
         });
     }
     let mut config = base.clone();

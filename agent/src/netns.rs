@@ -45,6 +45,14 @@ pub enum Error {
         /// The cause.
         source: io::Error,
     },
+    /// The namespace's links could not be listed (rtnetlink).
+    #[error("cannot list the interfaces of network namespace {path}: {source}")]
+    Links {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
     /// The helper thread died.
     #[error("the thread reading the netns cookie of {0} panicked")]
     Thread(PathBuf),
@@ -112,6 +120,19 @@ pub fn socket_cookie_here() -> io::Result<u64> {
 }
 
 #[cfg(test)]
+mod link_tests {
+    use super::*;
+
+    #[test]
+    fn the_host_namespace_has_no_pod_veth() {
+        // This process's own netns: interfaces here have no peer elsewhere
+        // (or, on a node, they might: then it is an ifindex).
+        let found = host_peer_ifindex(Path::new("/proc/self/ns/net")).expect("link dump works");
+        assert!(found.is_none_or(|i| i > 0));
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -127,5 +148,106 @@ mod tests {
     fn missing_namespace_is_a_clear_error() {
         let e = cookie_of(Path::new("/run/netns/does-not-exist")).expect_err("missing");
         assert!(e.to_string().contains("/run/netns/does-not-exist"), "{e}");
+    }
+}
+
+/// The node-side end of the pod's veth: the ifindex, in the caller's netns,
+/// of the peer of the first interface in the netns at `path` whose peer lives
+/// in another netns (a pod's `eth0`). Found with an rtnetlink link dump from
+/// inside the pod's netns.
+pub fn host_peer_ifindex(path: &Path) -> Result<Option<u32>, Error> {
+    let file = File::open(path).map_err(|source| Error::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let owned = path.to_owned();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                enter(&file).map_err(|source| Error::Enter {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                link_dump_peer().map_err(|source| Error::Links {
+                    path: path.to_owned(),
+                    source,
+                })
+            })
+            .join()
+            .map_err(|_| Error::Thread(owned))?
+    })
+}
+
+/// rtnetlink: dump the links of this thread's netns; the `IFLA_LINK` of the
+/// first one that also has `IFLA_LINK_NETNSID` (its peer is elsewhere).
+fn link_dump_peer() -> io::Result<Option<u32>> {
+    const RTM_GETLINK: u16 = 18;
+    const NLM_F_REQUEST: u16 = 1;
+    const NLM_F_DUMP: u16 = 0x300;
+    const NLMSG_DONE: u16 = 3;
+    const IFLA_LINK: u16 = 5;
+    const IFLA_LINK_NETNSID: u16 = 37;
+    // SAFETY: socket(2) returns a new fd or -1.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is ours, freshly created.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // nlmsghdr (16) + ifinfomsg (16), all zero but length, type and flags.
+    let mut request = [0u8; 32];
+    request[0..4].copy_from_slice(&32u32.to_ne_bytes());
+    request[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
+    request[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    // SAFETY: sending our buffer on our socket (to the kernel: no address).
+    if unsafe { libc::send(sock.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut found = None;
+    loop {
+        // SAFETY: receiving into our buffer.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut msg = &buf[..n as usize];
+        while msg.len() >= 16 {
+            let len = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]) as usize;
+            let kind = u16::from_ne_bytes([msg[4], msg[5]]);
+            if kind == NLMSG_DONE || len < 16 || len > msg.len() {
+                return Ok(found);
+            }
+            if kind == 16 && found.is_none() {
+                // RTM_NEWLINK: ifinfomsg (16 bytes), then attributes.
+                let mut attrs = msg.get(32..len).unwrap_or(&[]);
+                let (mut link, mut elsewhere) = (None, false);
+                while attrs.len() >= 4 {
+                    let alen = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+                    let atype = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+                    if alen < 4 || alen > attrs.len() {
+                        break;
+                    }
+                    match (atype, &attrs[4..alen]) {
+                        (IFLA_LINK, [a, b, c, d]) => {
+                            link = Some(u32::from_ne_bytes([*a, *b, *c, *d]))
+                        }
+                        (IFLA_LINK_NETNSID, _) => elsewhere = true,
+                        _ => {}
+                    }
+                    attrs = &attrs[((alen + 3) & !3).min(attrs.len())..];
+                }
+                if elsewhere {
+                    found = link;
+                }
+            }
+            msg = &msg[((len + 3) & !3).min(msg.len())..];
+        }
     }
 }

@@ -179,3 +179,38 @@ fn the_agent_is_ready_only_after_the_first_sync_and_keeps_routing_through_an_api
     drop(agent);
     Ok(())
 }
+
+#[test]
+fn tc_mode_finds_each_pods_veth_from_the_api_and_steers() -> Result<()> {
+    let mut node = Node::new()?;
+    let (mut scenario, pods) = standard::scenario(&mut node)?;
+    scenario.router_extra = "  mode: tc\n".into();
+    let _base = Backend::http(node.pod(pods.base), 8080)?;
+    let _joint1 = Backend::http(node.pod(pods.joint1), 8080)?;
+    node.install_kube_proxy(&scenario)?;
+    let mut cluster = Cluster::start(&node)?;
+    cluster.run_pod_process(&node, pods.client)?;
+    cluster.api.apply(namespace("shop", true));
+    cluster
+        .api
+        .apply(pod(&node, pods.client, "shop", NODE_NAME, None));
+    let svc = &scenario.services[0];
+    for (index, tag) in &svc.endpoints {
+        cluster
+            .api
+            .apply(pod(&node, *index, "backends", "node-2", tag.as_deref()));
+    }
+    let (s, slice) = service(&node, svc, "backends");
+    cluster.api.apply(s);
+    cluster.api.apply(slice);
+    let agent = Agent::start_kube(&node, &scenario, &cluster)?;
+    let client = node.pod(pods.client);
+    let r = eventually(
+        "steered through TC",
+        || client::get(client, Node::vip(svc), &[("x-mse-tag", "joint1")]),
+        |r| routed(r) && r.endpoint() == "reviews-joint1",
+    )?;
+    assert_eq!(r.header("x-seen-tag"), Some("joint1"));
+    drop(agent);
+    Ok(())
+}
