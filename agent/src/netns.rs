@@ -54,18 +54,28 @@ pub enum Error {
         source: io::Error,
     },
     /// The helper thread died.
-    #[error("the thread reading the netns cookie of {0} panicked")]
+    #[error("the thread working in network namespace {0} panicked")]
     Thread(PathBuf),
 }
 
 /// The cookie of the network namespace at `path` (e.g. `/run/netns/pod` or
 /// `/proc/PID/ns/net`).
 pub fn cookie_of(path: &Path) -> Result<u64, Error> {
+    inside(path, || {
+        socket_cookie_here().map_err(|source| Error::Cookie {
+            path: path.to_owned(),
+            source,
+        })
+    })
+}
+
+/// Runs `f` on a short-lived thread that entered the network namespace at
+/// `path`; the agent itself never changes namespace.
+fn inside<T: Send>(path: &Path, f: impl FnOnce() -> Result<T, Error> + Send) -> Result<T, Error> {
     let file = File::open(path).map_err(|source| Error::Open {
         path: path.to_owned(),
         source,
     })?;
-    let owned = path.to_owned();
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -73,13 +83,10 @@ pub fn cookie_of(path: &Path) -> Result<u64, Error> {
                     path: path.to_owned(),
                     source,
                 })?;
-                socket_cookie_here().map_err(|source| Error::Cookie {
-                    path: path.to_owned(),
-                    source,
-                })
+                f()
             })
             .join()
-            .map_err(|_| Error::Thread(owned))?
+            .map_err(|_| Error::Thread(path.to_owned()))?
     })
 }
 
@@ -156,25 +163,11 @@ mod tests {
 /// in another netns (a pod's `eth0`). Found with an rtnetlink link dump from
 /// inside the pod's netns.
 pub fn host_peer_ifindex(path: &Path) -> Result<Option<u32>, Error> {
-    let file = File::open(path).map_err(|source| Error::Open {
-        path: path.to_owned(),
-        source,
-    })?;
-    let owned = path.to_owned();
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                enter(&file).map_err(|source| Error::Enter {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                link_dump_peer().map_err(|source| Error::Links {
-                    path: path.to_owned(),
-                    source,
-                })
-            })
-            .join()
-            .map_err(|_| Error::Thread(owned))?
+    inside(path, || {
+        link_dump_peer().map_err(|source| Error::Links {
+            path: path.to_owned(),
+            source,
+        })
     })
 }
 

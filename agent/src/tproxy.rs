@@ -31,33 +31,29 @@ pub enum Error {
     },
 }
 
-fn run(program: &str, args: &[&str]) -> Result<bool, Error> {
-    let command = format!("{program} {}", args.join(" "));
-    let out = Command::new(program)
+/// Runs a command; an error only when it cannot be started.
+fn output(program: &str, args: &[&str]) -> Result<std::process::Output, Error> {
+    Command::new(program)
         .args(args)
         .output()
         .map_err(|e| Error::Command {
-            command: command.clone(),
+            command: format!("{program} {}", args.join(" ")),
             message: e.to_string(),
-        })?;
-    Ok(out.status.success())
+        })
+}
+
+fn run(program: &str, args: &[&str]) -> Result<bool, Error> {
+    Ok(output(program, args)?.status.success())
 }
 
 /// Runs a command that must succeed.
 fn must(program: &str, args: &[&str]) -> Result<(), Error> {
-    let command = format!("{program} {}", args.join(" "));
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| Error::Command {
-            command: command.clone(),
-            message: e.to_string(),
-        })?;
+    let out = output(program, args)?;
     if out.status.success() {
         return Ok(());
     }
     Err(Error::Command {
-        command,
+        command: format!("{program} {}", args.join(" ")),
         message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
     })
 }
@@ -73,13 +69,7 @@ fn ensure(program: &str, check: &[&str], add: &[&str]) -> Result<(), Error> {
 /// Idempotently: marked packets route locally and skip conntrack.
 pub fn route_marked_packets_locally() -> Result<(), Error> {
     let mark = format!("{TPROXY_MARK:#x}");
-    let rules = Command::new("ip")
-        .args(["rule", "show"])
-        .output()
-        .map_err(|e| Error::Command {
-            command: "ip rule show".into(),
-            message: e.to_string(),
-        })?;
+    let rules = output("ip", &["rule", "show"])?;
     if !String::from_utf8_lossy(&rules.stdout).contains(&format!("lookup {TABLE}")) {
         must(
             "ip",
