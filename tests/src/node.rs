@@ -220,6 +220,12 @@ impl Node {
         PathBuf::from(format!("/sys/fs/bpf/{}", self.id))
     }
 
+    /// Removes what agents left pinned (maps, the cgroup links, so their
+    /// programs detach), as an uninstall does.
+    pub fn remove_pins(&self) {
+        remove_pins(&self.pin_path());
+    }
+
     /// The agent's admin socket.
     pub fn admin_socket(&self) -> PathBuf {
         self.dir.join("admin.sock")

@@ -1,4 +1,4 @@
-//! laneway's tasks: `cargo xtask setup | build | test | demo`.
+//! laneway's tasks: `cargo xtask setup | build | test | demo | bench`.
 //!
 //! Every task does its own setup first (idempotent): Debian packages the
 //! tests and demo use, `rust-src` for the nightly toolchain, and bpf-linker
@@ -36,6 +36,18 @@ enum Task {
     /// Build a demo node, run the agent, send tagged and untagged requests,
     /// print where each went; exit 0 only if every answer is right.
     Demo,
+    /// Benchmark laneway against the direct path, its router behind iptables
+    /// REDIRECT, HAProxy and nginx (release builds; about 15 minutes); writes
+    /// target/bench/ and BENCHMARKS.md. `--smoke`: a one-minute check that
+    /// the harness works (debug builds; numbers not kept).
+    Bench {
+        /// The short check CI runs.
+        #[arg(long)]
+        smoke: bool,
+        /// Passed to the harness (`cargo xtask bench -- --help` lists them).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Debian packages: the binary each provides, and the package.
@@ -46,6 +58,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("curl", "curl"),
     ("socat", "socat"),
+    // The benchmark's baselines (and its backends).
+    ("haproxy", "haproxy"),
+    ("nginx", "nginx-light"),
 ];
 
 fn main() -> Result<()> {
@@ -76,6 +91,10 @@ fn main() -> Result<()> {
                 bail!("the demo failed ({status})");
             }
             Ok(())
+        }
+        Task::Bench { smoke, args } => {
+            setup(&root)?;
+            bench(&root, smoke, &args)
         }
     }
 }
@@ -392,7 +411,57 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
             .env("PATH", tools_path(root))
             .env("LANEWAY_BIN", root.join("target/debug/laneway")),
     )?;
+    if filter.is_none() {
+        bench(root, true, &[])?;
+        tally.passed += 1;
+    }
     // One closing line for every test run above.
     println!("summary: {} passed, {} failed", tally.passed, tally.failed);
     Ok(())
+}
+
+/// `cargo xtask bench`: builds oha (the load generator, from crates.io) into
+/// `target/tools`, then runs the harness (`bench/`) as root.
+fn bench(root: &Path, smoke: bool, args: &[String]) -> Result<()> {
+    require_root("the benchmark")?;
+    let oha = root.join("target/tools/bin/oha");
+    if !oha.exists() {
+        step("cargo install oha (the load generator)");
+        run(Command::new(env!("CARGO"))
+            .args(["install", "oha", "--version", "^1.16", "--locked", "--root"])
+            .arg(root.join("target/tools")))?;
+    }
+    // The smoke run checks the harness, not the numbers: debug builds
+    // (already there after the tests) will do.
+    let profile = if smoke { "debug" } else { "release" };
+    let mut build = vec!["build", "-p", "laneway", "-p", "laneway-bench"];
+    if !smoke {
+        build.push("--release");
+    }
+    cargo(root, &build)?;
+    step(&format!(
+        "benchmark{}",
+        if smoke {
+            " (smoke: numbers not kept)"
+        } else {
+            ""
+        }
+    ));
+    let mut cmd = Command::new(root.join("target").join(profile).join("laneway-bench"));
+    cmd.current_dir(root)
+        .env(
+            "LANEWAY_BIN",
+            root.join("target").join(profile).join("laneway"),
+        )
+        .env("LANEWAY_OHA", &oha)
+        .env("LANEWAY_TEST_LOG", "warn")
+        .args(["--out", "target/bench"]);
+    if smoke {
+        cmd.arg("--smoke");
+        cmd.env("LANEWAY_BENCH_COMMAND", "cargo xtask bench --smoke");
+    } else {
+        cmd.args(["--benchmarks", "BENCHMARKS.md"]);
+        cmd.env("LANEWAY_BENCH_COMMAND", "cargo xtask bench");
+    }
+    run(cmd.args(args))
 }

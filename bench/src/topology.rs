@@ -1,0 +1,255 @@
+//! The benchmark's node: a client pod, service `reviews` with one base and
+//! two `gray` endpoints (each an nginx serving a small and a 16 KiB answer),
+//! and the kube-proxy stand-in (iptables DNAT, which knows nothing of tags).
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use laneway_tests::{
+    client::Conn,
+    node::{NODE_IP, Node, Scenario, ServiceSpec},
+};
+
+/// The tag every benchmark request carries.
+pub const TAG: &str = "gray";
+/// The endpoints' port.
+pub const BACKEND_PORT: u16 = 8080;
+/// Size of the large answer, in bytes.
+pub const LARGE_BODY: usize = 16 * 1024;
+
+/// The running node. Dropped in field order: backends, then the node.
+pub struct BenchNode {
+    _backends: Vec<Process>,
+    /// The scenario (one service; the client pod enrolled, untagged).
+    pub scenario: Scenario,
+    /// The client pod's index.
+    pub client: usize,
+    /// The node.
+    pub node: Node,
+}
+
+impl BenchNode {
+    /// Builds the node and starts the backends.
+    pub fn start() -> Result<Self> {
+        let mut node = Node::new()?;
+        let client = node.add_pod("client")?;
+        let base = node.add_pod("reviews-base")?;
+        let gray1 = node.add_pod("reviews-gray-1")?;
+        let gray2 = node.add_pod("reviews-gray-2")?;
+        // Connection-per-request runs open tens of thousands of connections.
+        for pod in &node.pods {
+            pod.netns
+                .sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
+            pod.netns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+            pod.netns.sysctl("net.core.somaxconn", "8192")?;
+        }
+        node.netns
+            .sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
+        node.netns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+        node.netns.sysctl("net.core.somaxconn", "8192")?;
+        // iptables REDIRECT sends a packet to the first address of the
+        // interface it came in on: give the client's veth the node address.
+        node.netns.ip(&[
+            "addr",
+            "add",
+            &format!("{NODE_IP}/32"),
+            "dev",
+            &node.pods[client].veth,
+        ])?;
+        let scenario = Scenario {
+            services: vec![ServiceSpec {
+                name: "reviews".into(),
+                vip: "10.96.0.10".parse()?,
+                vip6: None,
+                port: 80,
+                target_port: BACKEND_PORT,
+                protocol: "http",
+                policy: None,
+                endpoints: vec![
+                    (base, None),
+                    (gray1, Some(TAG.into())),
+                    (gray2, Some(TAG.into())),
+                ],
+            }],
+            enrolled: vec![(client, None)],
+            router_extra: String::new(),
+        };
+        let large = node.dir().join("large.bin");
+        std::fs::write(&large, vec![b'x'; LARGE_BODY])?;
+        let mut backends = Vec::new();
+        for pod in [base, gray1, gray2] {
+            backends.push(backend(&node, pod, &large)?);
+        }
+        node.install_kube_proxy(&scenario)?;
+        Ok(Self {
+            _backends: backends,
+            scenario,
+            client,
+            node,
+        })
+    }
+
+    /// The service VIP the client dials.
+    pub fn vip(&self) -> SocketAddr {
+        Node::vip(&self.scenario.services[0])
+    }
+
+    /// Endpoints of the service: `(address, name, tag)`.
+    pub fn endpoints(&self) -> Vec<(SocketAddr, &str, Option<&str>)> {
+        self.scenario.services[0]
+            .endpoints
+            .iter()
+            .map(|(pod, tag)| {
+                let pod = self.node.pod(*pod);
+                (
+                    SocketAddr::new(pod.ip.into(), BACKEND_PORT),
+                    pod.name.as_str(),
+                    tag.as_deref(),
+                )
+            })
+            .collect()
+    }
+
+    /// Checks that a configuration routes: tagged requests reach a `gray`
+    /// endpoint (the numbers are worthless otherwise), both sizes answer in
+    /// full. `lanes` is false for the direct path, which cannot see tags.
+    pub fn check_routing(&self, lanes: bool) -> Result<()> {
+        let mut conn = Conn::open(self.node.pod(self.client), self.vip())?;
+        for (path, size) in [("/small", None), ("/large", Some(LARGE_BODY))] {
+            for _ in 0..6 {
+                let r = conn.get(path, &[("x-mse-tag", TAG)])?;
+                if r.status != 200 {
+                    bail!("{path}: status {} from {}", r.status, r.endpoint());
+                }
+                if lanes && !r.endpoint().starts_with("reviews-gray") {
+                    bail!("{path} with tag {TAG} went to {}", r.endpoint());
+                }
+                if let Some(size) = size
+                    && r.body.len() != size
+                {
+                    bail!("{path}: {} bytes, not {size}", r.body.len());
+                }
+            }
+        }
+        if lanes {
+            let r = Conn::open(self.node.pod(self.client), self.vip())?.get("/small", &[])?;
+            if r.endpoint() != "reviews-base" {
+                bail!("an untagged request went to {}", r.endpoint());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct Process(pub Child);
+
+impl Process {
+    /// Its pid.
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2); SIGTERM first so nginx and HAProxy tidy up.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns `cmd` (stdout and stderr to `log`) and waits until `probe` (an
+/// address in `netns`'s view, checked from a pod) accepts connections.
+pub fn spawn_listening(
+    mut cmd: Command,
+    log: &Path,
+    ready: impl Fn() -> bool,
+    what: &str,
+) -> Result<Process> {
+    let file = std::fs::File::create(log)?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .with_context(|| format!("spawn {what}"))?;
+    let mut process = Process(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready() {
+        if let Some(status) = process.0.try_wait()? {
+            bail!(
+                "{what} exited ({status}):\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("{what} not listening after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(process)
+}
+
+/// An nginx in `pod` answering `/small` with its name and `/large` with
+/// 16 KiB, with header `x-endpoint: NAME`, as the tests' backends do.
+fn backend(node: &Node, pod: usize, large: &Path) -> Result<Process> {
+    let pod = node.pod(pod);
+    let name = &pod.name;
+    let prefix = scratch(node, name)?;
+    let mut conf = String::new();
+    let _ = write!(
+        conf,
+        "worker_processes 1;\nmaster_process off;\ndaemon off;\npid {prefix}/nginx.pid;\n\
+         error_log {prefix}/error.log warn;\n\
+         events {{ worker_connections 19000; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 100000000;\n  keepalive_timeout 600s;\n\
+         \x20 server {{\n    listen {ip}:{BACKEND_PORT} backlog=8192;\n\
+         \x20   add_header x-endpoint {name} always;\n\
+         \x20   location = /small {{ return 200 \"{name}\\n\"; }}\n\
+         \x20   location = /large {{ default_type application/octet-stream; alias {large}; }}\n\
+         \x20 }}\n}}\n",
+        prefix = prefix.display(),
+        ip = pod.ip,
+        large = large.display(),
+    );
+    let conf_path = prefix.join("nginx.conf");
+    std::fs::write(&conf_path, conf)?;
+    let mut cmd = pod.netns.command("nginx");
+    cmd.arg("-p")
+        .arg(&prefix)
+        .arg("-e")
+        .arg(prefix.join("error.log"))
+        .arg("-c")
+        .arg(&conf_path);
+    let addr = SocketAddr::new(pod.ip.into(), BACKEND_PORT);
+    let client = &node.pods[0];
+    spawn_listening(
+        cmd,
+        &prefix.join("stdout.log"),
+        || laneway_tests::client::connect(client, addr).is_ok(),
+        &format!("nginx backend {name}"),
+    )
+}
+
+/// A fresh scratch directory under the node's.
+pub fn scratch(node: &Node, name: &str) -> Result<PathBuf> {
+    let dir = node.dir().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
