@@ -215,7 +215,7 @@ pub async fn serve_connection(
         },
     };
     match protocol {
-        Protocol::Opaque => l4::passthrough(client, &*routes, &pool).await,
+        Protocol::Opaque => Box::pin(l4::passthrough(client, &*routes, &pool)).await,
         _ => http::serve(client, &*routes, &pool, &cfg).await,
     }
 }

@@ -58,6 +58,16 @@ impl Workload {
         )
     }
 
+    /// Its short name for `--workloads`.
+    pub fn slug(self) -> &'static str {
+        match (self.keep_alive, self.large) {
+            (true, false) => "keepalive-small",
+            (true, true) => "keepalive-16k",
+            (false, false) => "newconn-small",
+            (false, true) => "newconn-16k",
+        }
+    }
+
     fn path(self) -> &'static str {
         if self.large { "/large" } else { "/small" }
     }

@@ -60,6 +60,14 @@ struct Args {
     /// and HAProxy are kept as the baselines).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Only these workloads (comma-separated): keepalive-small,
+    /// keepalive-16k, newconn-small, newconn-16k.
+    #[arg(long, value_delimiter = ',')]
+    workloads: Vec<String>,
+    /// Keep each configuration running this many seconds before its load
+    /// (time to attach `perf record -p PID`, which is printed).
+    #[arg(long, default_value_t = 0)]
+    pause: u64,
 }
 
 fn main() -> ExitCode {
@@ -148,7 +156,14 @@ fn measure(
     results: &mut Results,
 ) -> Result<Option<Memory>> {
     let running = config.start(bench)?;
-    for workload in Workload::ALL {
+    if args.pause > 0 {
+        eprintln!("    pid {:?}: starting in {} s", running.pid, args.pause);
+        std::thread::sleep(Duration::from_secs(args.pause));
+    }
+    let workloads = Workload::ALL
+        .into_iter()
+        .filter(|w| args.workloads.is_empty() || args.workloads.iter().any(|s| s == w.slug()));
+    for workload in workloads {
         let cpu = || running.pid.map(procstat::cpu_seconds).transpose();
         let before = cpu()?;
         let flat = load::run(

@@ -9,7 +9,9 @@
 //! upgrade request turns the connection into a raw tunnel.
 //!
 //! Buffers (client read buffer, upstream read buffer, head buffers) are
-//! allocated once per client connection and reused for every request.
+//! reused for every request of a client connection while requests keep
+//! coming, and given back while it waits idle for the next one: an idle
+//! keep-alive connection holds no buffer memory.
 
 use std::{io, net::SocketAddr, pin::pin, time::Duration};
 
@@ -31,6 +33,8 @@ use super::{
 
 /// Initial size of the per-connection read buffers.
 const READ_BUF: usize = 16 * 1024;
+/// Initial size of the buffers request and response heads are rewritten in.
+const HEAD_BUF: usize = 1024;
 /// A rejected request's body is read and discarded up to this size to keep
 /// the connection; larger bodies close it.
 const DRAIN_MAX: u64 = 256 * 1024;
@@ -213,16 +217,20 @@ pub(crate) async fn serve(
         cfg,
         routes,
         pool,
-        cbuf: BytesMut::with_capacity(READ_BUF),
+        // Allocated when the first request arrives (see `take_buffers`).
+        cbuf: BytesMut::new(),
         ubuf: BytesMut::new(),
-        req_head: Vec::with_capacity(1024),
-        resp_head: Vec::with_capacity(1024),
+        req_head: Vec::new(),
+        resp_head: Vec::new(),
         exclude: Vec::new(),
     };
     loop {
         let read_start = Instant::now();
         let next = match conn.read_head(&mut client, &mut drain).await {
-            HeadRead::Complete(head_len) => conn.request(&mut client, head_len).await,
+            // Boxed: a request's state is large (heads, bodies, retries)
+            // and lives only while it is served, not while the connection
+            // waits idle (every connection's task holds its own future).
+            HeadRead::Complete(head_len) => Box::pin(conn.request(&mut client, head_len)).await,
             HeadRead::Closed => return,
             HeadRead::Failed(status, error) => {
                 tracing::debug!(status, error = %error, "bad request head");
@@ -245,7 +253,14 @@ pub(crate) async fn serve(
                 return;
             }
             Next::Tunnel(mut upstream) => {
-                match l4::tunnel(&mut client, &conn.cbuf, &mut upstream, &conn.ubuf).await {
+                match Box::pin(l4::tunnel(
+                    &mut client,
+                    &conn.cbuf,
+                    &mut upstream,
+                    &conn.ubuf,
+                ))
+                .await
+                {
                     Ok((up, down)) => tracing::debug!(up, down, "upgraded connection finished"),
                     Err(e) => tracing::debug!(error = %e, "upgraded connection ended"),
                 }
@@ -298,9 +313,6 @@ impl Conn<'_> {
                 }
             }
             let deadline = head_deadline.unwrap_or(idle_deadline);
-            if self.cbuf.capacity() - self.cbuf.len() < READ_BUF / 4 {
-                self.cbuf.reserve(READ_BUF);
-            }
             // While the router drains, a connection idle between requests
             // gets a short grace to send its next request (answered with
             // `Connection: close`) instead of being closed under a client
@@ -313,9 +325,39 @@ impl Conn<'_> {
                 (None, Some(d)) => d.min(deadline),
                 _ => deadline,
             };
-            let read = tokio::select! {
-                r = tokio::time::timeout_at(deadline, client.read_buf(&mut self.cbuf)) => r,
-                _ = drain.changed(), if idle && drain_deadline.is_none() => continue,
+            let read = if idle && !self.holds_buffers() {
+                // Wait for the next request holding no buffers: they are
+                // taken back once it arrives.
+                let ready = tokio::select! {
+                    r = tokio::time::timeout_at(deadline, client.readable()) => r,
+                    _ = drain.changed(), if drain_deadline.is_none() => continue,
+                };
+                match ready {
+                    Ok(Ok(())) => {
+                        self.take_buffers();
+                        continue;
+                    }
+                    Ok(Err(e)) => Ok(Err(e)),
+                    Err(elapsed) => Err(elapsed),
+                }
+            } else {
+                if self.cbuf.capacity() - self.cbuf.len() < READ_BUF / 4 {
+                    self.cbuf.reserve(READ_BUF);
+                }
+                if idle {
+                    // Between requests: give the buffers back before
+                    // waiting, so idle keep-alive connections cost no
+                    // buffer memory.
+                    match client.try_read_buf(&mut self.cbuf) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            self.release_buffers();
+                            continue;
+                        }
+                        read => Ok(read),
+                    }
+                } else {
+                    tokio::time::timeout_at(deadline, client.read_buf(&mut self.cbuf)).await
+                }
             };
             match read {
                 Err(_) => {
@@ -338,6 +380,29 @@ impl Conn<'_> {
                 }
             }
         }
+    }
+
+    /// Whether the per-connection buffers are allocated.
+    fn holds_buffers(&self) -> bool {
+        self.cbuf.capacity() > 0
+    }
+
+    /// Frees the (empty) per-connection buffers while the connection waits
+    /// idle for its next request.
+    fn release_buffers(&mut self) {
+        self.cbuf = BytesMut::new();
+        if self.ubuf.is_empty() {
+            self.ubuf = BytesMut::new();
+        }
+        self.req_head = Vec::new();
+        self.resp_head = Vec::new();
+    }
+
+    /// Allocates the per-connection buffers for the next request.
+    fn take_buffers(&mut self) {
+        self.cbuf.reserve(READ_BUF);
+        self.req_head.reserve(HEAD_BUF);
+        self.resp_head.reserve(HEAD_BUF);
     }
 
     /// Handle one request whose head is the first `head_len` bytes of `cbuf`;
