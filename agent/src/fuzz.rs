@@ -20,11 +20,11 @@ pub fn request_head(data: &[u8]) {
     if !matches!(req.parse(&data[..end]), Ok(httparse::Status::Complete(_))) {
         return;
     }
-    if head::analyze_request(&req).is_err() {
+    let Ok(info) = head::analyze_request(&req) else {
         return;
-    }
+    };
     let mut out = Vec::new();
-    head::write_request_head(&mut out, &req, "x-mse-tag");
+    head::write_request_head(&mut out, &req, "x-mse-tag", info.upgrade);
     head::finish_request_head(&mut out, "x-mse-tag", Some("lane"), Some("k=v"));
     let mut again = [httparse::EMPTY_HEADER; head::MAX_HEADERS + 2];
     let mut parsed = httparse::Request::new(&mut again);

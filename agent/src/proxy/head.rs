@@ -247,6 +247,7 @@ pub(crate) fn write_request_head(
     out: &mut Vec<u8>,
     req: &httparse::Request<'_, '_>,
     tag_header: &str,
+    upgrade: bool,
 ) {
     out.clear();
     out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
@@ -258,7 +259,11 @@ pub(crate) fn write_request_head(
         b" HTTP/1.1\r\n"
     });
     for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case(tag_header) || h.name.eq_ignore_ascii_case("baggage") {
+        if h.name.eq_ignore_ascii_case(tag_header)
+            || h.name.eq_ignore_ascii_case("baggage")
+            || (connection_specific(h.name, req.headers)
+                && !(upgrade && h.name.eq_ignore_ascii_case("upgrade")))
+        {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -266,6 +271,24 @@ pub(crate) fn write_request_head(
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
+    if upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    }
+}
+
+/// Whether a field describes the client's connection rather than the
+/// request (RFC 9110 §7.6.1): `Connection`, the fields it names,
+/// `Keep-Alive` and `Proxy-Connection`. They are not forwarded: the router
+/// manages each connection itself, so a client's `Connection: close` does
+/// not close the pooled upstream connection.
+fn connection_specific(name: &str, headers: &[httparse::Header<'_>]) -> bool {
+    ["connection", "keep-alive", "proxy-connection"]
+        .iter()
+        .any(|f| name.eq_ignore_ascii_case(f))
+        || headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .any(|h| list_items(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
 }
 
 /// Append the tag header and `baggage` (if any and valid) and the blank line.
@@ -540,7 +563,9 @@ mod tests {
     fn request_rewrite_replaces_tag() {
         let raw = b"POST /p?q=1 HTTP/1.1\r\nHost: svc\r\nX-MSE-Tag: evil\r\nX-Other:  v w \r\nx-mse-tag: again\r\nContent-Length: 0\r\n\r\n";
         let mut out = Vec::new();
-        with_request(raw, |req| write_request_head(&mut out, req, "x-mse-tag"));
+        with_request(raw, |req| {
+            write_request_head(&mut out, req, "x-mse-tag", false)
+        });
         let base = out.clone();
         finish_request_head(&mut out, "x-mse-tag", Some("blue"), None);
         assert_eq!(
@@ -559,10 +584,36 @@ mod tests {
     }
 
     #[test]
+    fn request_rewrite_drops_connection_specific_fields() {
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n\
+                    Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nX-End: 2\r\n\r\n";
+        let mut out = Vec::new();
+        with_request(raw, |req| {
+            write_request_head(&mut out, req, "x-mse-tag", false)
+        });
+        finish_request_head(&mut out, "x-mse-tag", None, None);
+        assert_eq!(out, b"GET / HTTP/1.1\r\nHost: a\r\nX-End: 2\r\n\r\n");
+
+        let raw = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\n\
+                    Upgrade: websocket\r\n\r\n";
+        let mut out = Vec::new();
+        with_request(raw, |req| {
+            write_request_head(&mut out, req, "x-mse-tag", true)
+        });
+        finish_request_head(&mut out, "x-mse-tag", None, None);
+        assert_eq!(
+            out,
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nconnection: upgrade\r\n\r\n"
+        );
+    }
+
+    #[test]
     fn request_rewrite_keeps_http10_and_bare_lf() {
         let raw = b"GET / HTTP/1.0\nHost: a\n\n";
         let mut out = Vec::new();
-        with_request(raw, |req| write_request_head(&mut out, req, "x-mse-tag"));
+        with_request(raw, |req| {
+            write_request_head(&mut out, req, "x-mse-tag", false)
+        });
         finish_request_head(&mut out, "x-mse-tag", Some("t"), None);
         assert_eq!(out, b"GET / HTTP/1.0\r\nHost: a\r\nx-mse-tag: t\r\n\r\n");
     }

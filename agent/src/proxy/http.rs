@@ -473,7 +473,7 @@ impl Conn<'_> {
         if info.is_connect {
             return Decision::Invalid(405, Error::ConnectMethod);
         }
-        head::write_request_head(&mut self.req_head, &req, &self.cfg.tag_header);
+        head::write_request_head(&mut self.req_head, &req, &self.cfg.tag_header, info.upgrade);
         let method = req.method.unwrap_or("");
         let path = req.path.unwrap_or("");
         self.exclude.clear();
@@ -913,8 +913,12 @@ impl Conn<'_> {
                 Exchange::Done {
                     status,
                     keep_client: !close_client,
+                    // The client's own `Connection` fields are not
+                    // forwarded: an HTTP/1.1 upstream connection outlives a
+                    // client that closes (an HTTP/1.0 request asks the
+                    // upstream to close).
                     pool_upstream: rinfo.keep_alive
-                        && info.keep_alive
+                        && info.version >= 1
                         && body_ok
                         && ubuf.is_empty(),
                     error: None,
