@@ -126,15 +126,16 @@ fn oha() -> PathBuf {
         .unwrap_or_else(|| "oha".into())
 }
 
-/// Runs `workload` at `pace` for `duration` from the client pod to the VIP,
-/// every request with the tag header. Fails if any request failed.
+/// Runs `workload` at `pace` for `duration` from the `client` pod to the
+/// VIP, every request with the tag header. Fails if any request failed.
 pub fn run(
     bench: &BenchNode,
+    client: usize,
     workload: Workload,
     pace: Pace,
     duration: Duration,
 ) -> Result<Measured> {
-    let pod = bench.node.pod(bench.client);
+    let pod = bench.node.pod(client);
     let mut cmd = pod.netns.command(&oha().to_string_lossy());
     cmd.args(["--no-tui", "--output-format", "json", "-w"])
         .arg("-z")
@@ -205,12 +206,12 @@ pub fn run(
     })
 }
 
-/// Opens `count` connections from the client pod to the VIP, sends one
+/// Opens `count` connections from the `client` pod to the VIP, sends one
 /// tagged request on each (so the proxy holds its state for a live
 /// keep-alive connection) and keeps them open, idle, until dropped. One
 /// file descriptor each: the open-files limit may not be much above `count`.
-pub fn idle_connections(bench: &BenchNode, count: usize) -> Result<Vec<TcpStream>> {
-    let pod = bench.node.pod(bench.client);
+pub fn idle_connections(bench: &BenchNode, client: usize, count: usize) -> Result<Vec<TcpStream>> {
+    let pod = bench.node.pod(client);
     let request = format!(
         "GET /small HTTP/1.1\r\nhost: {}\r\nx-mse-tag: {TAG}\r\n\r\n",
         bench.vip()

@@ -56,8 +56,8 @@ struct Args {
     /// Also write the report into this BENCHMARKS.md.
     #[arg(long)]
     benchmarks: Option<PathBuf>,
-    /// Only these configurations (by report name, comma-separated; direct
-    /// and HAProxy are kept as the baselines).
+    /// Only these configurations (comma-separated: socket, tc, redirect,
+    /// nginx; direct and HAProxy always run, as the baselines).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only these workloads (comma-separated): keepalive-small,
@@ -93,7 +93,7 @@ fn run() -> Result<()> {
         .filter(|c| {
             args.only.is_empty()
                 || matches!(c, Config::Direct | Config::Haproxy)
-                || args.only.iter().any(|o| o.eq_ignore_ascii_case(c.name()))
+                || args.only.iter().any(|o| o == c.slug())
         })
         .collect();
     let bench = BenchNode::start().context("build the benchmark node")?;
@@ -156,6 +156,7 @@ fn measure(
     results: &mut Results,
 ) -> Result<Option<Memory>> {
     let running = config.start(bench)?;
+    let client = bench.client(config);
     if args.pause > 0 {
         eprintln!("    pid {:?}: starting in {} s", running.pid, args.pause);
         std::thread::sleep(Duration::from_secs(args.pause));
@@ -168,6 +169,7 @@ fn measure(
         let before = cpu()?;
         let flat = load::run(
             bench,
+            client,
             workload,
             Pace::Flat {
                 connections: args.connections,
@@ -178,6 +180,7 @@ fn measure(
         let after = cpu()?;
         let fixed = load::run(
             bench,
+            client,
             workload,
             Pace::Rate {
                 per_second: args.rate,
@@ -214,7 +217,7 @@ fn measure(
     let held = config
         .connection_cap()
         .map_or(args.idle, |cap| args.idle.min(cap - 20));
-    let idle = load::idle_connections(bench, held)
+    let idle = load::idle_connections(bench, client, held)
         .with_context(|| format!("hold idle connections\n{}", running.log()))?;
     std::thread::sleep(Duration::from_millis(500));
     let (idle_kib, _) = procstat::memory_kib(pid)?;

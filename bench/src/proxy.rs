@@ -64,6 +64,18 @@ impl Config {
         (self == Config::Haproxy).then(haproxy_maxconn)
     }
 
+    /// Its short name (pod names, `--only`).
+    pub fn slug(self) -> &'static str {
+        match self {
+            Config::Direct => "direct",
+            Config::LanewaySocket => "socket",
+            Config::LanewayTc => "tc",
+            Config::LanewayRedirect => "redirect",
+            Config::Haproxy => "haproxy",
+            Config::Nginx => "nginx",
+        }
+    }
+
     /// Whether it routes on the tag (all but the direct path).
     pub fn routes_lanes(self) -> bool {
         self != Config::Direct
@@ -71,6 +83,7 @@ impl Config {
 
     /// Starts it on `bench`; stopped when the result is dropped.
     pub fn start(self, bench: &BenchNode) -> Result<Running> {
+        let client = bench.client(self);
         let running = match self {
             Config::Direct => Running {
                 pid: None,
@@ -79,6 +92,7 @@ impl Config {
             },
             Config::LanewaySocket | Config::LanewayTc => {
                 let mut scenario = bench.scenario.clone();
+                scenario.enrolled = vec![(client, None)];
                 scenario.router_extra = match self {
                     Config::LanewaySocket => "  mode: socket\n".into(),
                     _ => "  mode: tc\n".into(),
@@ -94,20 +108,19 @@ impl Config {
                 // No pod enrolled: nothing is steered by eBPF. The router
                 // knows the caller by its source address only if enrolled,
                 // so tags from unknown callers must be honoured here.
-                let mut scenario = bench.scenario.clone();
-                scenario.enrolled.clear();
+                let scenario = &bench.scenario;
                 let config = bench.node.dir().join("laneway-redirect.yaml");
                 std::fs::write(
                     &config,
                     format!(
                         "{}tags:\n  strip_from_unknown_callers: false\n",
-                        bench.node.agent_config(&scenario)
+                        bench.node.agent_config(scenario)
                     ),
                 )?;
                 let agent = Agent::start_with(&bench.node, config)?;
                 Running {
                     pid: Some(agent.pid()),
-                    _redirect: Some(Redirect::install(bench, ROUTER_PORT)?),
+                    _redirect: Some(Redirect::install(bench, client, ROUTER_PORT)?),
                     proxy: Box::new(agent),
                 }
             }
@@ -116,7 +129,7 @@ impl Config {
                 Running {
                     pid: Some(process.pid()),
                     proxy: Box::new(process),
-                    _redirect: Some(Redirect::install(bench, HAPROXY_PORT)?),
+                    _redirect: Some(Redirect::install(bench, client, HAPROXY_PORT)?),
                 }
             }
             Config::Nginx => {
@@ -124,11 +137,11 @@ impl Config {
                 Running {
                     pid: Some(process.pid()),
                     proxy: Box::new(process),
-                    _redirect: Some(Redirect::install(bench, NGINX_PORT)?),
+                    _redirect: Some(Redirect::install(bench, client, NGINX_PORT)?),
                 }
             }
         };
-        bench.check_routing(self.routes_lanes())?;
+        bench.check_routing(client, self.routes_lanes())?;
         Ok(running)
     }
 }
@@ -162,11 +175,11 @@ struct Redirect {
 }
 
 impl Redirect {
-    fn install(bench: &BenchNode, port: u16) -> Result<Self> {
+    fn install(bench: &BenchNode, client: usize, port: u16) -> Result<Self> {
         let vip = bench.vip();
         let rule: Vec<String> = [
             "-s".into(),
-            bench.node.pod(bench.client).ip.to_string(),
+            bench.node.pod(client).ip.to_string(),
             "-d".into(),
             vip.ip().to_string(),
             "-p".into(),
@@ -298,11 +311,7 @@ fn nginx(bench: &BenchNode) -> Result<Process> {
 }
 
 /// Whether something accepts connections on `port` of the node (as seen
-/// from the client pod).
+/// from a pod).
 fn node_listens(bench: &BenchNode, port: u16) -> bool {
-    laneway_tests::client::connect(
-        bench.node.pod(bench.client),
-        SocketAddr::new(NODE_IP.into(), port),
-    )
-    .is_ok()
+    laneway_tests::client::connect(bench.node.pod(0), SocketAddr::new(NODE_IP.into(), port)).is_ok()
 }

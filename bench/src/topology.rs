@@ -1,6 +1,11 @@
-//! The benchmark's node: a client pod, service `reviews` with one base and
-//! two `gray` endpoints (each an nginx serving a small and a 16 KiB answer),
-//! and the kube-proxy stand-in (iptables DNAT, which knows nothing of tags).
+//! The benchmark's node: a client pod per configuration, service `reviews`
+//! with one base and two `gray` endpoints (each an nginx serving a small and
+//! a 16 KiB answer), and the kube-proxy stand-in (iptables DNAT, which knows
+//! nothing of tags).
+//!
+//! Each configuration has its own client pod (its own address), so the
+//! TIME_WAIT sockets and conntrack entries one leaves on the node cannot
+//! meet the next one's connections.
 
 use std::{
     fmt::Write as _,
@@ -11,6 +16,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+
+use crate::proxy::Config;
 use laneway_tests::{
     client::Conn,
     node::{NODE_IP, Node, Scenario, ServiceSpec},
@@ -26,10 +33,10 @@ pub const LARGE_BODY: usize = 16 * 1024;
 /// The running node. Dropped in field order: backends, then the node.
 pub struct BenchNode {
     _backends: Vec<Process>,
-    /// The scenario (one service; the client pod enrolled, untagged).
+    /// The scenario (one service; no pod enrolled yet).
     pub scenario: Scenario,
-    /// The client pod's index.
-    pub client: usize,
+    /// The client pods' indices, one per configuration (see [`Config::ALL`]).
+    clients: Vec<usize>,
     /// The node.
     pub node: Node,
 }
@@ -38,7 +45,10 @@ impl BenchNode {
     /// Builds the node and starts the backends.
     pub fn start() -> Result<Self> {
         let mut node = Node::new()?;
-        let client = node.add_pod("client")?;
+        let mut clients = Vec::new();
+        for config in Config::ALL {
+            clients.push(node.add_pod(&format!("client-{}", config.slug()))?);
+        }
         let base = node.add_pod("reviews-base")?;
         let gray1 = node.add_pod("reviews-gray-1")?;
         let gray2 = node.add_pod("reviews-gray-2")?;
@@ -54,14 +64,16 @@ impl BenchNode {
         node.netns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
         node.netns.sysctl("net.core.somaxconn", "8192")?;
         // iptables REDIRECT sends a packet to the first address of the
-        // interface it came in on: give the client's veth the node address.
-        node.netns.ip(&[
-            "addr",
-            "add",
-            &format!("{NODE_IP}/32"),
-            "dev",
-            &node.pods[client].veth,
-        ])?;
+        // interface it came in on: give the clients' veths the node address.
+        for client in &clients {
+            node.netns.ip(&[
+                "addr",
+                "add",
+                &format!("{NODE_IP}/32"),
+                "dev",
+                &node.pods[*client].veth,
+            ])?;
+        }
         let scenario = Scenario {
             services: vec![ServiceSpec {
                 name: "reviews".into(),
@@ -77,7 +89,7 @@ impl BenchNode {
                     (gray2, Some(TAG.into())),
                 ],
             }],
-            enrolled: vec![(client, None)],
+            enrolled: Vec::new(),
             router_extra: String::new(),
         };
         let large = node.dir().join("large.bin");
@@ -90,9 +102,14 @@ impl BenchNode {
         Ok(Self {
             _backends: backends,
             scenario,
-            client,
+            clients,
             node,
         })
+    }
+
+    /// The client pod of `config`.
+    pub fn client(&self, config: Config) -> usize {
+        self.clients[Config::ALL.iter().position(|c| *c == config).unwrap_or(0)]
     }
 
     /// The service VIP the client dials.
@@ -119,8 +136,8 @@ impl BenchNode {
     /// Checks that a configuration routes: tagged requests reach a `gray`
     /// endpoint (the numbers are worthless otherwise), both sizes answer in
     /// full. `lanes` is false for the direct path, which cannot see tags.
-    pub fn check_routing(&self, lanes: bool) -> Result<()> {
-        let mut conn = Conn::open(self.node.pod(self.client), self.vip())?;
+    pub fn check_routing(&self, client: usize, lanes: bool) -> Result<()> {
+        let mut conn = Conn::open(self.node.pod(client), self.vip())?;
         for (path, size) in [("/small", None), ("/large", Some(LARGE_BODY))] {
             for _ in 0..6 {
                 let r = conn.get(path, &[("x-mse-tag", TAG)])?;
@@ -138,7 +155,7 @@ impl BenchNode {
             }
         }
         if lanes {
-            let r = Conn::open(self.node.pod(self.client), self.vip())?.get("/small", &[])?;
+            let r = Conn::open(self.node.pod(client), self.vip())?.get("/small", &[])?;
             if r.endpoint() != "reviews-base" {
                 bail!("an untagged request went to {}", r.endpoint());
             }
