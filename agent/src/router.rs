@@ -147,7 +147,11 @@ impl Router {
             match listener.accept().await {
                 Ok((stream, peer)) => {
                     let router = self.clone();
-                    tokio::spawn(async move { router.handle(stream, peer, transparent).await });
+                    let accepted = self.telemetry.conns.accepted();
+                    tokio::spawn(async move {
+                        router.handle(stream, peer, transparent).await;
+                        drop(accepted);
+                    });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.

@@ -81,6 +81,20 @@ impl ConnEntry {
 pub struct ConnTable {
     next: AtomicU64,
     open: Mutex<HashMap<u64, Arc<ConnEntry>>>,
+    /// Connections from accept until their handler ends, registered or not.
+    handling: Arc<AtomicU64>,
+}
+
+/// Counts a connection from the moment it is accepted until its handler
+/// ends (drop), so a drain waits also for one accepted just before the
+/// listeners closed whose handler has not registered it yet.
+#[derive(Debug)]
+pub struct Accepted(Arc<AtomicU64>);
+
+impl Drop for Accepted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Removes its entry from the table when dropped.
@@ -119,6 +133,12 @@ pub struct NewConn {
 }
 
 impl ConnTable {
+    /// Counts an accepted connection until the returned guard drops.
+    pub fn accepted(&self) -> Accepted {
+        self.handling.fetch_add(1, Ordering::Relaxed);
+        Accepted(self.handling.clone())
+    }
+
     /// Adds a connection; it leaves the table when the registration drops.
     pub fn register(self: &Arc<Self>, conn: NewConn) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
@@ -152,9 +172,9 @@ impl ConnTable {
         self.open.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Whether none is open.
+    /// Whether none is open, nor accepted and still to be registered.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len() == 0 && self.handling.load(Ordering::Relaxed) == 0
     }
 
     /// Every open connection, oldest first.
@@ -288,6 +308,16 @@ mod tests {
         assert_eq!(c.endpoint.as_deref(), Some("10.244.0.5:8080"));
         assert_eq!((c.protocol.as_str(), c.requests), ("http", 1));
         drop(reg);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn an_accepted_connection_not_yet_registered_keeps_the_table_busy() {
+        let table = Arc::new(ConnTable::default());
+        let accepted = table.accepted();
+        assert!(!table.is_empty(), "a drain must wait for it");
+        assert_eq!(table.len(), 0, "not listed before it is registered");
+        drop(accepted);
         assert!(table.is_empty());
     }
 }
