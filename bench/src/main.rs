@@ -87,6 +87,12 @@ fn run() -> Result<()> {
         args.seconds = 1.0;
         args.idle = 500;
     }
+    check_names("--only", &args.only, Config::ALL.map(Config::slug))?;
+    check_names(
+        "--workloads",
+        &args.workloads,
+        Workload::ALL.map(Workload::slug),
+    )?;
     raise_fd_limit(args.idle as u64 + 2048)?;
     let configs: Vec<Config> = Config::ALL
         .into_iter()
@@ -234,6 +240,14 @@ fn measure(
     }))
 }
 
+/// Fails on a name in `given` that is not one of `known`, listing them.
+fn check_names<const N: usize>(option: &str, given: &[String], known: [&str; N]) -> Result<()> {
+    match given.iter().find(|g| !known.contains(&g.as_str())) {
+        Some(bad) => anyhow::bail!("{option}: no {bad:?}; one of {}", known.join(", ")),
+        None => Ok(()),
+    }
+}
+
 /// BENCHMARKS.md: the method and notes (kept in `bench/BENCHMARKS.head.md`),
 /// then this run's report.
 fn benchmarks_md(report: &str) -> String {
@@ -304,4 +318,20 @@ fn raise_fd_limit(needed: u64) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelt_configuration_is_an_error_naming_the_right_ones() {
+        let known = Config::ALL.map(Config::slug);
+        assert!(check_names("--only", &["tc".into(), "nginx".into()], known).is_ok());
+        let e = check_names("--only", &["sokcet".into()], known).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--only: no \"sokcet\"; one of direct, socket, tc, redirect, haproxy, nginx"
+        );
+    }
 }
