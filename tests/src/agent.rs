@@ -148,8 +148,29 @@ impl Agent {
     }
 
     /// Freezes it (SIGSTOP): programs stay attached, the heartbeat goes stale.
+    /// Returns once every thread is stopped: the signal is only delivered
+    /// when a thread next runs, and until then a worker thread may still
+    /// serve a request.
     pub fn pause(&self) {
         self.signal(libc::SIGSTOP);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.stopped() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Whether every thread is in the stopped state (`T` in `/proc`).
+    fn stopped(&self) -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return false;
+        };
+        tasks.flatten().all(|task| {
+            std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    == Some("T")
+            })
+        })
     }
 
     /// Thaws it (SIGCONT).
