@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
+use laneway_tests::proc_stat_fields;
 
 /// CPU seconds (user + system, dead threads included) of `root` and its
 /// descendants.
@@ -15,7 +16,7 @@ pub fn cpu_seconds(root: i32) -> Result<f64> {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue; // Exited since the scan.
         };
-        let fields = after_comm(&stat);
+        let fields = proc_stat_fields(&stat);
         // Fields 14 and 15 of stat(5): utime, stime (11 and 12 after comm).
         let number = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
         total += number(11).unwrap_or(0) + number(12).unwrap_or(0);
@@ -56,7 +57,9 @@ fn tree(root: i32) -> Result<BTreeSet<i32>> {
             continue;
         };
         if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            && let Some(ppid) = after_comm(&stat).get(1).and_then(|p| p.parse::<i32>().ok())
+            && let Some(ppid) = proc_stat_fields(&stat)
+                .get(1)
+                .and_then(|p| p.parse::<i32>().ok())
         {
             parents.push((pid, ppid));
         }
@@ -75,14 +78,6 @@ fn tree(root: i32) -> Result<BTreeSet<i32>> {
     }
 }
 
-/// The fields of a `/proc/PID/stat` line after `(comm)`, which may itself
-/// hold spaces: `state ppid ...`.
-fn after_comm(stat: &str) -> Vec<&str> {
-    stat.rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,11 +92,5 @@ mod tests {
         assert!(cpu_seconds(me).unwrap() > 0.0);
         let (rss, peak) = memory_kib(me).unwrap();
         assert!(rss > 0 && peak >= rss, "{rss} {peak}");
-    }
-
-    #[test]
-    fn comm_with_spaces_and_parens_is_skipped() {
-        let fields = after_comm("42 (a (b) c) S 7 42 42 0");
-        assert_eq!(&fields[..2], ["S", "7"]);
     }
 }

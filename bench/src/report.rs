@@ -117,7 +117,6 @@ impl Results {
 
     fn workloads(&self) -> Vec<Workload> {
         let mut w: Vec<Workload> = self.samples.keys().map(|(_, w)| *w).collect();
-        w.dedup();
         w.sort_by_key(|w| Workload::ALL.iter().position(|a| a == w));
         w.dedup();
         w

@@ -165,11 +165,8 @@ impl Agent {
             return false;
         };
         tasks.flatten().all(|task| {
-            std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().next())
-                    == Some("T")
-            })
+            std::fs::read_to_string(task.path().join("stat"))
+                .is_ok_and(|stat| crate::proc_stat_fields(&stat).first() == Some(&"T"))
         })
     }
 

@@ -22,6 +22,14 @@ pub use agent::Agent;
 pub use node::{Node, Pod, Scenario, ServiceSpec};
 pub use standard::Standard;
 
+/// The fields of a `/proc/PID/stat` (or `task/TID/stat`) line after
+/// `(comm)`, which may itself hold spaces and parentheses: `state ppid ...`.
+pub fn proc_stat_fields(stat: &str) -> Vec<&str> {
+    stat.rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default()
+}
+
 /// Fails unless running as root: the integration tests must never pass by
 /// being skipped.
 pub fn require_root() {
@@ -32,4 +40,13 @@ pub fn require_root() {
         "laneway's integration tests need root (they load BPF programs and create network \
          namespaces): run them with `cargo xtask test` as root"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn proc_stat_fields_skip_a_comm_with_spaces_and_parens() {
+        let fields = super::proc_stat_fields("42 (a (b) c) S 7 42 42 0");
+        assert_eq!(&fields[..2], ["S", "7"]);
+    }
 }
