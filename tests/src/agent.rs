@@ -170,6 +170,11 @@ impl Agent {
         })
     }
 
+    /// Asks it to read its config file again (SIGHUP).
+    pub fn hangup(&self) {
+        self.signal(libc::SIGHUP);
+    }
+
     /// Thaws it (SIGCONT).
     pub fn resume(&self) {
         self.signal(libc::SIGCONT);

@@ -165,7 +165,11 @@ fn one_keep_alive_connection_routes_each_request_by_its_own_tag(mode: Mode) -> R
 
 fn the_app_sees_the_vip_it_dialled(mode: Mode) -> Result<()> {
     let s = start(mode)?;
-    let conn = Conn::open(s.node.pod(s.pods.client), s.reviews())?;
+    let mut conn = Conn::open(s.node.pod(s.pods.client), s.reviews())?;
+    // The direct (DNAT) path shows the VIP too: the connection must be the
+    // router's for the check to mean anything.
+    let r = conn.get("/", &[("x-laneway-route", "1")])?;
+    assert!(routed_by_laneway(&r), "went through the router");
     assert_eq!(
         conn.stream().peer_addr()?,
         s.reviews(),
@@ -285,19 +289,21 @@ fn malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving
 }
 
 /// Retries a fresh request until it succeeds or `limit` passes; returns the
-/// response and how long it took.
+/// response and how long it took. An attempt that gets no answer within
+/// 100 ms (a frozen router) is given up, so the time measured is within
+/// about 120 ms of the moment the path changed.
 fn first_success(s: &Standard, limit: Duration) -> Result<(client::Response, Duration)> {
     let started = Instant::now();
     loop {
         let attempt = Conn::open(s.node.pod(s.pods.client), s.reviews()).and_then(|mut c| {
             c.stream()
-                .set_read_timeout(Some(Duration::from_millis(300)))?;
+                .set_read_timeout(Some(Duration::from_millis(100)))?;
             c.get("/", &[])
         });
         match attempt {
             Ok(r) if r.status == 200 => return Ok((r, started.elapsed())),
             _ if started.elapsed() > limit => anyhow::bail!("no success within {limit:?}"),
-            _ => std::thread::sleep(Duration::from_millis(50)),
+            _ => std::thread::sleep(Duration::from_millis(20)),
         }
     }
 }
@@ -315,10 +321,7 @@ fn fails_open_within_a_second_when_the_router_stops_and_steers_again_after(
     let (r, _) = first_success(&s, Duration::from_secs(3))?;
     let took = stopped.elapsed();
     assert!(!routed_by_laneway(&r), "went the direct (DNAT) way");
-    assert!(
-        took < Duration::from_millis(1500),
-        "fail-open took {took:?}"
-    );
+    assert!(took < Duration::from_secs(1), "fail-open took {took:?}");
 
     s.agent.resume();
     std::thread::sleep(Duration::from_millis(500));
@@ -327,6 +330,13 @@ fn fails_open_within_a_second_when_the_router_stops_and_steers_again_after(
         routed_by_laneway(&r),
         "steered again once the router is back"
     );
+    // The programs counted the connections they let go the direct way.
+    let (_, metrics) = s.node.admin_get("/metrics")?;
+    let fail_open = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("laneway_fail_open_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(fail_open.is_some_and(|n| n >= 1), "{metrics}");
     Ok(())
 }
 
@@ -414,8 +424,105 @@ fn config_reload_changes_routing_without_dropping_a_connection(mode: Mode) -> Re
     Ok(())
 }
 
+fn sighup_reloads_the_config(mode: Mode) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let s = start(mode)?;
+    let client = s.node.pod(s.pods.client);
+    assert_eq!(
+        client::get(client, s.reviews(), &[("x-mse-tag", "joint1")])?.endpoint(),
+        "reviews-joint1"
+    );
+    // Rewrite the file in place with the same length and modification time,
+    // so that only the signal can make the agent read it again.
+    let text = std::fs::read_to_string(&s.agent.config)?;
+    let edited = text.replace(
+        "name: reviews-joint1, tag: joint1",
+        "name: reviews-joint1, tag: joint2",
+    );
+    assert_eq!(edited.len(), text.len());
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&s.agent.config)?;
+    let modified = file.metadata()?.modified()?;
+    file.write_all_at(edited.as_bytes(), 0)?;
+    file.set_modified(modified)?;
+    drop(file);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !s.agent.log().contains("config reloaded"),
+        "the agent must not have noticed the edit by itself"
+    );
+
+    s.agent.hangup();
+    s.agent
+        .wait_for_log("config reloaded", Duration::from_secs(5))?;
+    assert!(
+        s.agent
+            .log()
+            .lines()
+            .any(|l| l.contains("config reloaded") && l.contains("SIGHUP")),
+        "{}",
+        s.agent.log()
+    );
+    assert_eq!(
+        client::get(client, s.reviews(), &[("x-mse-tag", "joint2")])?.endpoint(),
+        "reviews-joint1"
+    );
+    Ok(())
+}
+
+fn a_service_with_no_serving_endpoint_answers_503_naming_it(mode: Mode) -> Result<()> {
+    let s = start(mode)?;
+    let text = std::fs::read_to_string(&s.agent.config)?;
+    assert!(text.contains("name: ratings-base}"), "{text}");
+    std::fs::write(
+        &s.agent.config,
+        text.replace("name: ratings-base}", "name: ratings-base, serving: false}"),
+    )?;
+    s.agent
+        .wait_for_log("config reloaded", Duration::from_secs(5))?;
+    let client = s.node.pod(s.pods.client);
+    let r = client::get(client, s.ratings(), &[("x-mse-tag", "joint1")])?;
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.text().trim(),
+        "laneway: service default/ratings has no serving endpoint for tag joint1"
+    );
+    let r = client::get(client, s.ratings(), &[])?;
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("for untagged requests"), "{}", r.text());
+    // The other service is untouched.
+    assert_eq!(
+        client::get(client, s.reviews(), &[])?.endpoint(),
+        "reviews-base"
+    );
+    Ok(())
+}
+
+/// The test node is sealed: neither a pod nor the node has a route off the
+/// machine, so a redirect that fails cannot send a packet out.
+fn the_test_node_has_no_route_out(mode: Mode) -> Result<()> {
+    let s = start(mode)?;
+    let outside: SocketAddr = "192.0.2.1:80".parse()?;
+    let err = client::connect(s.node.pod(s.pods.client), outside)
+        .expect_err("a pod reached an outside address");
+    let io = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<std::io::Error>())
+        .map(|e| e.kind());
+    assert_eq!(io, Some(std::io::ErrorKind::NetworkUnreachable), "{err:#}");
+    let route = s
+        .node
+        .netns
+        .command("ip")
+        .args(["route", "get", "192.0.2.1"])
+        .output()?;
+    assert!(!route.status.success(), "the node netns routes outside");
+    Ok(())
+}
+
 in_modes! {
-    socket => Socket: [tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base, untagged_requests_never_reach_tagged_endpoints, tagged_caller_pod_stays_in_its_lane_without_a_header, baggage_member_selects_the_lane, one_keep_alive_connection_routes_each_request_by_its_own_tag, the_app_sees_the_vip_it_dialled, pods_not_enrolled_are_left_alone, unknown_protocols_pass_through_byte_for_byte, malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving, fails_open_within_a_second_when_the_router_stops_and_steers_again_after, a_killed_agent_leaves_pods_on_the_direct_path_at_once, sigterm_fails_open_and_exits_cleanly, config_reload_changes_routing_without_dropping_a_connection, ipv6_and_v4_mapped_connects_are_steered],
+    socket => Socket: [tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base, untagged_requests_never_reach_tagged_endpoints, tagged_caller_pod_stays_in_its_lane_without_a_header, baggage_member_selects_the_lane, one_keep_alive_connection_routes_each_request_by_its_own_tag, the_app_sees_the_vip_it_dialled, pods_not_enrolled_are_left_alone, unknown_protocols_pass_through_byte_for_byte, malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving, fails_open_within_a_second_when_the_router_stops_and_steers_again_after, a_killed_agent_leaves_pods_on_the_direct_path_at_once, sigterm_fails_open_and_exits_cleanly, config_reload_changes_routing_without_dropping_a_connection, ipv6_and_v4_mapped_connects_are_steered, sighup_reloads_the_config, a_service_with_no_serving_endpoint_answers_503_naming_it, the_test_node_has_no_route_out],
     tc => Tc: [tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base, untagged_requests_never_reach_tagged_endpoints, tagged_caller_pod_stays_in_its_lane_without_a_header, baggage_member_selects_the_lane, one_keep_alive_connection_routes_each_request_by_its_own_tag, the_app_sees_the_vip_it_dialled, pods_not_enrolled_are_left_alone, unknown_protocols_pass_through_byte_for_byte, malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving, fails_open_within_a_second_when_the_router_stops_and_steers_again_after, a_killed_agent_leaves_pods_on_the_direct_path_at_once, sigterm_fails_open_and_exits_cleanly, config_reload_changes_routing_without_dropping_a_connection],
     both => Both: [tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base, untagged_requests_never_reach_tagged_endpoints, tagged_caller_pod_stays_in_its_lane_without_a_header, baggage_member_selects_the_lane, one_keep_alive_connection_routes_each_request_by_its_own_tag, the_app_sees_the_vip_it_dialled, pods_not_enrolled_are_left_alone, unknown_protocols_pass_through_byte_for_byte, malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving, fails_open_within_a_second_when_the_router_stops_and_steers_again_after, a_killed_agent_leaves_pods_on_the_direct_path_at_once, sigterm_fails_open_and_exits_cleanly, config_reload_changes_routing_without_dropping_a_connection],
 }

@@ -36,8 +36,11 @@ pub const ENROLLED_CAPACITY: u32 = 4_096;
 pub const SERVICES_CAPACITY: u32 = 65_536;
 
 /// A router heartbeat older than this makes the programs stop redirecting
-/// (fail-open): pods then reach services the normal way.
-pub const HEARTBEAT_TIMEOUT_NS: u64 = 1_000_000_000;
+/// (fail-open): pods then reach services the normal way. Four missed beats
+/// (the agent writes one every 200 ms), so that a hung router is bypassed
+/// within the one second the design promises, with room for the first
+/// retried connect.
+pub const HEARTBEAT_TIMEOUT_NS: u64 = 800_000_000;
 
 /// `getsockopt(SOL_IP, LANEWAY_SO_ORIGIN)` on a redirected connection answers a
 /// full [`OriginalDst`] (with the caller's netns cookie), where
@@ -57,10 +60,12 @@ pub const SO_ORIGINAL_DST: i32 = 80;
 
 /// Indices of the [`map_names::STATS`] counters.
 pub mod stat {
-    /// Connects rewritten to the router.
+    /// Connects rewritten to the router (socket mode), or SYNs handed to its
+    /// transparent listener (TC mode).
     pub const REDIRECTED: u32 = 0;
-    /// Connects from enrolled pods to services left alone because the router's
-    /// heartbeat was stale or no router listens (fail-open).
+    /// Connects (or TC-mode SYNs) from enrolled pods to services left alone
+    /// because the router's heartbeat was stale or no router listens
+    /// (fail-open).
     pub const FAIL_OPEN: u32 = 1;
     /// Original-destination queries answered from `ORIG_BY_CONN`.
     pub const ORIGDST_ANSWERED: u32 = 2;
