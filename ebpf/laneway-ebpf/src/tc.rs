@@ -15,9 +15,9 @@ use aya_ebpf::{
     },
     programs::TcContext,
 };
-use laneway_common::{HEARTBEAT_TIMEOUT_NS, ServiceKey, TC_LISTENER, TPROXY_MARK, v4_mapped};
+use laneway_common::{HEARTBEAT_TIMEOUT_NS, ServiceKey, TC_LISTENER, TPROXY_MARK, stat, v4_mapped};
 
-use crate::maps::{ROUTER, ROUTER_LISTENER, SERVICES, TC_ENROLLED};
+use crate::maps::{ROUTER, ROUTER_LISTENER, SERVICES, TC_ENROLLED, count};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -98,6 +98,7 @@ pub fn try_tc_ingress(ctx: &TcContext) -> Result<i32, i64> {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if router.heartbeat_ns == 0 || now.wrapping_sub(router.heartbeat_ns) > HEARTBEAT_TIMEOUT_NS {
+        count(stat::FAIL_OPEN);
         return Ok(OK);
     }
     let index = TC_LISTENER;
@@ -109,14 +110,17 @@ pub fn try_tc_ingress(ctx: &TcContext) -> Result<i32, i64> {
     unsafe {
         let listener = bpf_map_lookup_elem(map, (&raw const index).cast());
         if listener.is_null() {
+            count(stat::FAIL_OPEN);
             return Ok(OK);
         }
         let assigned = bpf_sk_assign(ctx.skb.skb.cast(), listener, 0);
         bpf_sk_release(listener);
         if assigned != 0 {
+            count(stat::FAIL_OPEN);
             return Ok(OK);
         }
     }
+    count(stat::REDIRECTED);
     ctx.set_mark(TPROXY_MARK);
     Ok(OK)
 }
