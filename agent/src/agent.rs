@@ -212,7 +212,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
         router: router.clone(),
         datapath: datapath.clone(),
         health: health.clone(),
-        config: config.clone(),
+        config: arc_swap::ArcSwap::from_pointee(config.clone()),
         mode: match config.router.mode {
             RedirectMode::Socket => "socket",
             RedirectMode::Tc => "tc",
@@ -237,7 +237,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
     }
     let admin_socket = crate::admin::serve_unix(&config.admin.socket, admin_state.clone())?;
     if let Some(listener) = admin {
-        tokio::spawn(crate::admin::serve_http(listener, admin_state));
+        tokio::spawn(crate::admin::serve_http(listener, admin_state.clone()));
     }
     let heartbeat = tokio::spawn(heartbeat_loop(datapath.clone(), entry));
     info!(listen = %config.router.listen, redirect = %config.router.redirect_ipv4, %source, "router up");
@@ -294,7 +294,9 @@ pub async fn run(options: Options) -> Result<(), Error> {
                     _ = interrupt.recv() => break,
                 };
                 seen = fingerprint(&options.config);
-                reload(&options.config, &config, &reconciler, reason);
+                if let Some(in_force) = reload(&options.config, &config, &reconciler, reason) {
+                    admin_state.config.store(Arc::new(in_force));
+                }
             }
         }
     }
@@ -586,12 +588,16 @@ fn apply(
     })
 }
 
-fn reload(path: &Path, running: &Config, reconciler: &Reconciler, reason: &str) {
+/// Reads the file again and applies its services, pods, tags and policy.
+/// Returns the config now in force (the file's, with the running router, bpf,
+/// kube and admin settings, which change only at a restart), or `None` when
+/// the file was rejected or could not be applied.
+fn reload(path: &Path, running: &Config, reconciler: &Reconciler, reason: &str) -> Option<Config> {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             error!(%reason, error = %e, "config reload rejected; still routing by the last good one");
-            return;
+            return None;
         }
     };
     if serde_yaml::to_string(&config.router).ok() != serde_yaml::to_string(&running.router).ok()
@@ -602,8 +608,20 @@ fn reload(path: &Path, running: &Config, reconciler: &Reconciler, reason: &str) 
         );
     }
     match reconciler.apply(&config, Vec::new(), &[]) {
-        Ok(()) => info!(%reason, "config reloaded"),
-        Err(e) => error!(%reason, error = %e, "applying the reloaded config failed"),
+        Ok(()) => {
+            info!(%reason, "config reloaded");
+            Some(Config {
+                router: running.router.clone(),
+                bpf: running.bpf.clone(),
+                kube: running.kube.clone(),
+                admin: running.admin.clone(),
+                ..config
+            })
+        }
+        Err(e) => {
+            error!(%reason, error = %e, "applying the reloaded config failed");
+            None
+        }
     }
 }
 

@@ -423,6 +423,27 @@ pub fn run(command: Command) -> ExitCode {
     let mut out = stdout.lock();
     let result = execute(&command, &mut out);
     let _ = out.flush();
+    exit_code(result)
+}
+
+/// `laneway config show`: the running agent's config in force (YAML for
+/// people, JSON with `-o json`).
+pub fn show_config(common: &Common) -> ExitCode {
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let result = client(common)
+        .get::<serde_json::Value>("/config")
+        .and_then(|doc| {
+            emit(&mut out, common.format.output, &doc, |doc| {
+                serde_yaml::to_string(doc).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+            })
+        });
+    let _ = out.flush();
+    exit_code(result)
+}
+
+/// The exit code for a command's result, printing the error if any.
+fn exit_code(result: Result<(), Error>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // `laneway trace | head`: the reader is gone, which is no failure.

@@ -103,6 +103,16 @@ enum ConfigCommand {
         /// The file.
         file: PathBuf,
     },
+    /// Print the running agent's config in force: its settings from start,
+    /// and (static file) the services, pods, tags and policy of the last
+    /// reload that was applied. Asks the agent's admin socket.
+    ///
+    /// Example: `sudo laneway config show` or `sudo laneway config show -o json`
+    Show {
+        /// `--output` and `--socket`.
+        #[command(flatten)]
+        common: laneway::cli::Common,
+    },
 }
 
 fn main() -> ExitCode {
@@ -157,6 +167,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Config(ConfigCommand::Show { common }) => laneway::cli::show_config(&common),
         Command::Config(ConfigCommand::Dump { file }) => {
             match Config::load(&file).map(|c| serde_yaml::to_string(&c)) {
                 Ok(Ok(text)) => {

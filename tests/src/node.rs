@@ -231,6 +231,27 @@ impl Node {
         self.dir.join("admin.sock")
     }
 
+    /// `GET path` on the agent's admin HTTP listener (`127.0.0.1:15020` in
+    /// the node netns): the status code and the body.
+    pub fn admin_get(&self, path: &str) -> Result<(u16, String)> {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: laneway\r\nconnection: close\r\n\r\n");
+        let text = self.netns.run(move || -> Result<String> {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect("127.0.0.1:15020")?;
+            stream.write_all(request.as_bytes())?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text)?;
+            Ok(text)
+        })??;
+        let (head, body) = text.split_once("\r\n\r\n").context("no response head")?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("bad status line in {head:?}"))?;
+        Ok((status, body.to_owned()))
+    }
+
     /// A scratch directory for this node (configs, logs), removed on drop.
     pub fn dir(&self) -> &Path {
         &self.dir

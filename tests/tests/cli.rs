@@ -4,8 +4,7 @@
 //! requests just sent by decision).
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
+    io::{BufRead, BufReader},
     process::{Command, Output, Stdio},
     time::Duration,
 };
@@ -211,13 +210,9 @@ fn conns_shows_an_open_connection() -> Result<()> {
 }
 
 fn scrape(s: &Standard) -> Result<String> {
-    s.node.netns.run(|| -> Result<String> {
-        let mut stream = TcpStream::connect("127.0.0.1:15020")?;
-        stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text)?;
-        Ok(text)
-    })?
+    let (status, text) = s.node.admin_get("/metrics")?;
+    anyhow::ensure!(status == 200, "/metrics answered {status}: {text}");
+    Ok(text)
 }
 
 #[test]
@@ -251,39 +246,74 @@ fn metrics_count_the_requests_just_sent_by_decision() -> Result<()> {
         text.contains("laneway_endpoints{service=\"default/reviews\",state=\"serving\"} 3"),
         "{text}"
     );
+    assert!(
+        text.contains("laneway_request_duration_seconds_count{service=\"default/reviews\"} 6"),
+        "{text}"
+    );
+    assert!(
+        text.contains("laneway_snapshot_updates_total 1\n"),
+        "{text}"
+    );
+    assert!(text.contains("laneway_fail_open_total 0\n"), "{text}");
+    assert!(text.contains("laneway_active_connections 0\n"), "{text}");
+
+    // A connection held open counts.
+    let held = client::Conn::open(client, s.reviews())?;
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(scrape(&s)?.contains("laneway_active_connections 1\n"));
+    drop(held);
     Ok(())
+}
+
+/// Runs `laneway trace ARGS --count N -o json` while `send` makes requests;
+/// returns the events. Fails (instead of hanging) if fewer than `count`
+/// arrive within 10 s.
+fn trace(
+    s: &Standard,
+    args: &[&str],
+    count: usize,
+    send: impl FnOnce() -> Result<()>,
+) -> Result<Vec<api::TraceEvent>> {
+    let mut child = Command::new(binary())
+        .arg("trace")
+        .args(args)
+        .args(["--count", &count.to_string(), "-o", "json", "--socket"])
+        .arg(s.node.admin_socket())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    send()?;
+    let mut events = Vec::new();
+    while events.len() < count {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => events.push(serde_json::from_str::<api::TraceEvent>(&line)?),
+            Err(_) => {
+                let _ = child.kill();
+                anyhow::bail!("trace {args:?} printed only {events:?}");
+            }
+        }
+    }
+    assert!(child.wait()?.success(), "trace exits 0 after --count");
+    Ok(events)
 }
 
 #[test]
 fn trace_streams_decisions_as_they_happen() -> Result<()> {
     let s = Standard::start()?;
-    let mut child = Command::new(binary())
-        .args([
-            "trace",
-            "--service",
-            "reviews",
-            "--count",
-            "2",
-            "-o",
-            "json",
-            "--socket",
-        ])
-        .arg(s.node.admin_socket())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(300));
     let client = s.node.pod(s.pods.client);
-    client::get(client, s.ratings(), &[])?; // filtered out
-    client::get(client, s.reviews(), &[("x-mse-tag", "gray")])?;
-    client::get(client, s.reviews(), &[])?;
-    let out = BufReader::new(child.stdout.take().context("stdout")?);
-    let events: Vec<api::TraceEvent> = out
-        .lines()
-        .map_while(Result::ok)
-        .map(|l| serde_json::from_str(&l))
-        .collect::<Result<_, _>>()?;
-    assert!(child.wait()?.success());
-    assert_eq!(events.len(), 2, "{events:?}");
+    let events = trace(&s, &["--service", "reviews"], 2, || {
+        client::get(client, s.ratings(), &[])?; // filtered out
+        client::get(client, s.reviews(), &[("x-mse-tag", "gray")])?;
+        client::get(client, s.reviews(), &[])?;
+        Ok(())
+    })?;
     assert_eq!(events[0].service, "default/reviews");
     assert_eq!(
         (events[0].tag.as_deref(), events[0].decision.as_deref()),
@@ -294,6 +324,26 @@ fn trace_streams_decisions_as_they_happen() -> Result<()> {
         (None, Some("base"))
     );
     assert_eq!(events[0].caller.as_deref(), Some("default/client"));
+
+    // --tag keeps only that lane's decisions, across services.
+    let events = trace(&s, &["--tag", "joint1"], 2, || {
+        client::get(client, s.reviews(), &[("x-mse-tag", "gray")])?; // filtered out
+        client::get(client, s.reviews(), &[])?; // filtered out
+        client::get(client, s.ratings(), &[("x-mse-tag", "joint1")])?;
+        client::get(client, s.reviews(), &[("x-mse-tag", "joint1")])?;
+        Ok(())
+    })?;
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| (e.service.as_str(), e.tag.as_deref(), e.decision.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("default/ratings", Some("joint1"), Some("fallback")),
+            ("default/reviews", Some("joint1"), Some("tagged"))
+        ]
+    );
     Ok(())
 }
 
@@ -347,5 +397,66 @@ fn preflight_passes_on_this_machine() -> Result<()> {
             .iter()
             .any(|c| c.name.to_lowercase().contains("kernel"))
     );
+    Ok(())
+}
+
+#[test]
+fn health_readiness_and_the_config_in_force() -> Result<()> {
+    let s = Standard::start()?;
+    assert_eq!(s.node.admin_get("/healthz")?.0, 200);
+    assert_eq!(
+        s.node.admin_get("/readyz")?.0,
+        200,
+        "ready after the first snapshot"
+    );
+    // The config is on the admin socket only, not on the TCP port.
+    assert_eq!(s.node.admin_get("/config")?.0, 404);
+    let config: serde_json::Value = json(&s, &["config", "show"])?;
+    assert_eq!(config["router"]["listen"], "0.0.0.0:15001");
+    assert_eq!(config["services"][0]["name"], "reviews");
+
+    // After a reload, `laneway config show` prints the config now in force.
+    let text = std::fs::read_to_string(&s.agent.config)?;
+    std::fs::write(
+        &s.agent.config,
+        text.replace(
+            "name: reviews-joint1, tag: joint1",
+            "name: reviews-joint1, tag: joint2",
+        ),
+    )?;
+    s.agent
+        .wait_for_log("config reloaded", Duration::from_secs(5))?;
+    let shown: serde_json::Value = json(&s, &["config", "show"])?;
+    let tags: Vec<&str> = shown["services"][0]["endpoints"]
+        .as_array()
+        .context("endpoints")?
+        .iter()
+        .filter_map(|e| e["tag"].as_str())
+        .collect();
+    assert_eq!(tags, ["joint2", "gray"], "{shown:#}");
+    let yaml = laneway(&s, &["config", "show"])?;
+    assert!(yaml.status.success());
+    assert!(
+        String::from_utf8_lossy(&yaml.stdout).contains("tag: joint2"),
+        "the table form is YAML"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_caller_who_is_not_root_gets_a_clear_message_and_exit_code_4() -> Result<()> {
+    let s = Standard::start()?;
+    // nobody, with no groups: the 0600 admin socket refuses the connect.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(binary())
+        .arg("status")
+        .arg("--socket")
+        .arg(s.node.admin_socket())
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("root only"), "{err}");
+    assert!(!err.contains("panicked"));
     Ok(())
 }

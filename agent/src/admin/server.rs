@@ -49,8 +49,9 @@ pub struct AdminState {
     pub datapath: Arc<Mutex<Datapath>>,
     /// Readiness.
     pub health: Arc<Health>,
-    /// The config the agent runs with.
-    pub config: Config,
+    /// The config in force: the one the agent started with, then (static
+    /// file) the last reload that was applied.
+    pub config: arc_swap::ArcSwap<Config>,
     /// Redirect mode.
     pub mode: &'static str,
     /// Router listeners.
@@ -259,11 +260,11 @@ async fn api_response(
             Ok(m) => json(StatusCode::OK, &m),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },
-        (&Method::GET, "/config") => json(StatusCode::OK, &state.config),
+        (&Method::GET, "/config") => json(StatusCode::OK, &**state.config.load()),
         (&Method::POST, "/handover") => {
             // Remove the socket now so the successor can bind it; this
             // agent's API goes away as it drains.
-            let _ = std::fs::remove_file(&state.config.admin.socket);
+            let _ = std::fs::remove_file(&state.config.load().admin.socket);
             state.handover.send_replace(true);
             json(
                 StatusCode::OK,
@@ -388,8 +389,13 @@ fn status(state: &AdminState) -> api::Status {
             .collect(),
         router: api::RouterStatus {
             listen: state.listen.iter().map(ToString::to_string).collect(),
-            redirect_ipv4: state.config.router.redirect_ipv4.to_string(),
-            redirect_ipv6: state.config.router.redirect_ipv6.map(|a| a.to_string()),
+            redirect_ipv4: state.config.load().router.redirect_ipv4.to_string(),
+            redirect_ipv6: state
+                .config
+                .load()
+                .router
+                .redirect_ipv6
+                .map(|a| a.to_string()),
             heartbeat_age_ms: if router_entry.heartbeat_ns == 0 {
                 0
             } else {
