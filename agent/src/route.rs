@@ -111,7 +111,7 @@ pub fn resolve_tag<'a>(
     caller: Option<&Tag>,
     rules: &TagRules,
 ) -> RequestTag {
-    let allowed = |t: &Tag| rules.allowed.is_empty() || rules.allowed.contains(t);
+    let allowed = |t: &Tag| rules.allows(t);
     for wanted in &rules.headers {
         let found = headers
             .clone()
@@ -275,7 +275,10 @@ pub fn plan<'a>(
     };
     let (tag, source) = if explicit.tag.is_some() {
         (explicit.tag, explicit.source)
-    } else if let Some((i, tag)) = policy.matched(headers, path) {
+    } else if let Some((i, tag)) = policy
+        .matched(headers, path)
+        .filter(|(_, tag)| rules.allows(tag))
+    {
         (Some(tag.clone()), TagSource::Match(i))
     } else if let (true, Some(tag)) = (rules.inherit_caller_tag, caller) {
         (Some(tag.clone()), TagSource::Caller)
@@ -314,7 +317,10 @@ pub fn plan<'a>(
 }
 
 /// The `baggage` header to send upstream: the request's baggage members with
-/// `key` set to `tag`, or `None` when the request came without baggage.
+/// `key` set to `tag`, or `None` when the request came without baggage. With
+/// no `tag` the `key` member is dropped: the router did not accept it (not a
+/// valid tag, not allowed, or from a caller whose tags are ignored), and a
+/// later hop must not take it up again.
 pub fn propagated_baggage<'a>(
     headers: impl Iterator<Item = (&'a str, &'a [u8])>,
     key: &str,
@@ -332,10 +338,7 @@ pub fn propagated_baggage<'a>(
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|m| !m.is_empty())
-        .filter(|m| {
-            let k = m.split(['=', ';']).next().unwrap_or("").trim();
-            tag.is_none() || k != key
-        })
+        .filter(|m| m.split(['=', ';']).next().unwrap_or("").trim() != key)
         .map(str::to_owned)
         .collect();
     if let Some(tag) = tag {
@@ -743,6 +746,20 @@ mod tests {
     }
 
     #[test]
+    fn a_match_rule_cannot_give_a_tag_outside_the_allowlist() {
+        let s = snapshot("      - {ip: 10.0.0.1}\n      - {ip: 10.0.0.2, tag: gray}\n");
+        let p = &s.ports[0];
+        let pol = policy("match: [{query: lane, exact: g, tag: gray}]");
+        let mut r = rules();
+        r.allowed = vec![tag("blue")];
+        let refused = plan(p, &pol, &[], "/x?lane=g", None, &r, 0, true);
+        assert_eq!((refused.tag, refused.decision), (None, Decision::Base));
+        r.allowed.push(tag("gray"));
+        let allowed = plan(p, &pol, &[], "/x?lane=g", None, &r, 0, true);
+        assert_eq!(allowed.decision, Decision::Tagged);
+    }
+
+    #[test]
     fn strict_lanes_reject_and_permissive_lanes_fall_back() {
         let s = snapshot("      - {ip: 10.0.0.1}\n");
         let p = &s.ports[0];
@@ -790,7 +807,8 @@ mod tests {
         );
         assert_eq!(
             propagated_baggage(h.iter().copied(), "x-mse-tag", None).as_deref(),
-            Some("user=1,x-mse-tag=old;p=1,k=v")
+            Some("user=1,k=v"),
+            "a member the router did not accept is not passed on"
         );
     }
 }

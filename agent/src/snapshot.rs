@@ -263,6 +263,14 @@ pub struct TagRules {
     pub strip_from_unknown_callers: bool,
 }
 
+impl TagRules {
+    /// Whether a request may be put in lane `tag` (by a header, a baggage
+    /// member or a match rule): the allowlist is empty or names it.
+    pub fn allows(&self, tag: &Tag) -> bool {
+        self.allowed.is_empty() || self.allowed.contains(tag)
+    }
+}
+
 /// The whole view.
 #[derive(Clone, Debug)]
 pub struct Snapshot {

@@ -23,6 +23,21 @@ fn with_policy(policy: &'static str) -> Result<Standard> {
     Standard::start_with(|sc| sc.services[0].policy = Some(policy.into()))
 }
 
+/// The agent's count of `reviews` requests with `decision` (all tags and
+/// status classes), from `/metrics`.
+fn decisions_counted(s: &Standard, decision: &str) -> Result<u64> {
+    let (_, text) = s.node.admin_get("/metrics")?;
+    let label = format!("decision=\"{decision}\"");
+    Ok(text
+        .lines()
+        .filter(|l| {
+            l.starts_with("laneway_requests_total{service=\"default/reviews\"")
+                && l.contains(&label)
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum())
+}
+
 /// Sends `n` untagged requests over a few keep-alive connections; counts
 /// answers by endpoint.
 fn spread(
@@ -71,6 +86,11 @@ fn a_ten_percent_canary_gets_ten_percent_of_untagged_requests() -> Result<()> {
         }
     }
     assert!(seen_canary);
+    let canary = decisions_counted(&s, "canary")?;
+    assert!(
+        canary > gray as u64 && canary <= gray as u64 + 100,
+        "/metrics counts {canary} canary decisions, gray answered {gray} + the probe"
+    );
     // Tagged requests are not subject to shares.
     let tagged = spread(&s, 200, &[("x-mse-tag", "joint1")])?;
     assert_eq!(tagged.get("reviews-joint1"), Some(&200));
@@ -155,6 +175,61 @@ fn strict_lanes_answer_503_and_permissive_lanes_fall_back() -> Result<()> {
         (200, "reviews-base"),
         "permissive by default"
     );
+    assert_eq!(decisions_counted(&s, "strict-reject")?, 1);
+    assert_eq!(decisions_counted(&s, "fallback")?, 1);
+    Ok(())
+}
+
+#[test]
+fn a_sticky_cookie_keeps_each_user_on_one_side() -> Result<()> {
+    let s = with_policy("{canary: gray=50, sticky: 'cookie:uid'}")?;
+    let mut conn = Conn::open(s.node.pod(s.pods.client), s.reviews())?;
+    let mut gray_users = 0;
+    for user in 0..40 {
+        let cookie = format!("theme=dark; uid=u{user}");
+        let sides: std::collections::BTreeSet<String> = (0..4)
+            .map(|_| {
+                conn.get("/", &[("cookie", &cookie)])
+                    .map(|r| r.endpoint().to_owned())
+            })
+            .collect::<Result<_>>()?;
+        assert_eq!(sides.len(), 1, "uid=u{user} flipped between {sides:?}");
+        gray_users += usize::from(sides.contains("reviews-gray"));
+    }
+    // Half of 40 users (sd 3.2): both sides get users.
+    assert!((8..=32).contains(&gray_users), "{gray_users} of 40 on gray");
+    Ok(())
+}
+
+#[test]
+fn cluster_wide_defaults_apply_and_a_service_overrides_them_field_by_field() -> Result<()> {
+    let s = with_policy("{canary: joint1=100}")?;
+    let client = s.node.pod(s.pods.client);
+    // The agent config's top-level policy: every service's default.
+    let mut text = std::fs::read_to_string(&s.agent.config)?;
+    text.push_str("policy: {canary: gray=100, default_lane_mode: strict}\n");
+    std::fs::write(&s.agent.config, text)?;
+    s.agent
+        .wait_for_log("config reloaded", Duration::from_secs(5))?;
+
+    // reviews names its own canary; the lane mode comes from the default.
+    assert_eq!(
+        client::get(client, s.reviews(), &[])?.endpoint(),
+        "reviews-joint1"
+    );
+    assert_eq!(
+        client::get(client, s.reviews(), &[("x-mse-tag", "nolane")])?.status,
+        503
+    );
+    // ratings has no policy of its own: the default canary (gray has no
+    // endpoint there, so it takes nothing) and strict lanes.
+    assert_eq!(
+        client::get(client, s.ratings(), &[])?.endpoint(),
+        "ratings-base"
+    );
+    let r = client::get(client, s.ratings(), &[("x-mse-tag", "joint1")])?;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("default/ratings"), "{}", r.text());
     Ok(())
 }
 
