@@ -560,34 +560,38 @@ impl Config {
             let id = format!("{}/{}", svc.namespace, svc.name);
             let key = (svc.namespace.0.clone(), svc.name.0.clone());
             if let Some(first) = names.insert(key, i) {
-                return Err(at(
+                return Err(at_entry(
                     text,
-                    &format!("name: {}", svc.name),
+                    ("services", i),
+                    "name:",
                     &format!(
                         "services[{i}].name: service {id} is already defined at services[{first}]"
                     ),
                 ));
             }
             if svc.vips.is_empty() {
-                return Err(at(
+                return Err(at_entry(
                     text,
-                    &format!("name: {}", svc.name),
+                    ("services", i),
+                    "vips:",
                     &format!("services[{i}].vips: service {id} needs at least one VIP"),
                 ));
             }
             if svc.ports.is_empty() {
-                return Err(at(
+                return Err(at_entry(
                     text,
-                    &format!("name: {}", svc.name),
+                    ("services", i),
+                    "ports:",
                     &format!("services[{i}].ports: service {id} needs at least one port"),
                 ));
             }
             for vip in &svc.vips {
                 for port in &svc.ports {
                     if let Some(other) = seen.insert((*vip, port.port.0), id.clone()) {
-                        return Err(at(
+                        return Err(at_entry(
                             text,
-                            &vip.to_string(),
+                            ("services", i),
+                            "vips:",
                             &format!(
                                 "services[{i}].vips: {vip} port {} is already used by service {other}",
                                 port.port.0
@@ -601,9 +605,10 @@ impl Config {
         for (i, pod) in self.pods.iter().enumerate() {
             let key = (pod.namespace.0.clone(), pod.name.0.clone());
             if let Some(first) = pods.insert(key, i) {
-                return Err(at(
+                return Err(at_entry(
                     text,
-                    &format!("name: {}", pod.name),
+                    ("pods", i),
+                    "name:",
                     &format!(
                         "pods[{i}].name: pod {}/{} is already defined at pods[{first}]",
                         pod.namespace, pod.name
@@ -666,6 +671,54 @@ fn at(text: &str, needle: &str, message: &str) -> String {
         Some((n, _)) => format!("{message} at line {}", n + 1),
         None => message.to_owned(),
     }
+}
+
+/// Appends "at line N" for entry `index` of the top-level list `section`:
+/// the entry's first line containing `key`, else the entry's first line
+/// (cross-field errors have no line from serde_yaml). A list written in flow
+/// style (`[...]`) gets the section's line.
+fn at_entry(text: &str, (section, index): (&str, usize), key: &str, message: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(start) = lines
+        .iter()
+        .position(|l| l.strip_prefix(section).is_some_and(|r| r.starts_with(':')))
+    else {
+        return message.to_owned();
+    };
+    // The section ends at the next line that starts in column 0.
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| l.starts_with(|c: char| !c.is_whitespace() && c != '#'))
+        .map_or(lines.len(), |n| start + 1 + n);
+    let body = &lines[start + 1..end];
+    let item_indent = body.iter().find_map(|l| {
+        l.trim_start()
+            .starts_with("- ")
+            .then(|| l.len() - l.trim_start().len())
+    });
+    let entries: Vec<usize> = body
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| {
+            Some(l.len() - l.trim_start().len()) == item_indent && l.trim_start().starts_with("- ")
+        })
+        .map(|(n, _)| start + 1 + n)
+        .collect();
+    let line = match entries.get(index) {
+        Some(&first) => {
+            let last = entries.get(index + 1).copied().unwrap_or(end);
+            (first..last)
+                .find(|&n| {
+                    let l = lines[n].trim_start().trim_start_matches("- ");
+                    l.starts_with(key)
+                        || l.contains(&format!("{{{key}"))
+                        || l.contains(&format!(", {key}"))
+                })
+                .unwrap_or(first)
+        }
+        None => start,
+    };
+    format!("{message} at line {}", line + 1)
 }
 
 #[cfg(test)]
@@ -799,6 +852,45 @@ pods:
         ))
         .expect("valid policy");
         assert!(ok.services[0].policy.is_some());
+    }
+
+    #[test]
+    fn cross_field_errors_name_the_line_of_the_entry() {
+        let text = "\
+services:
+  - name: ratings
+    vips: [10.96.0.11]
+    ports: [{port: 80}]
+    endpoints:
+      - {ip: 10.0.1.2, name: reviews-1}
+  - name: reviews
+    vips: [10.96.0.10]
+    ports: []
+    endpoints:
+      - {ip: 10.0.1.3, name: reviews-2}
+pods:
+  - {name: a, netns: /run/netns/a}
+  - {name: a, netns: /run/netns/b}
+";
+        let err = Config::parse(text).unwrap_err().to_string();
+        assert!(err.contains("services[1].ports"), "{err}");
+        assert!(err.ends_with("at line 9"), "{err}");
+        let err = Config::parse(&text.replace("ports: []", "ports: [{port: 80}]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pods[1].name") && err.ends_with("at line 14"),
+            "{err}"
+        );
+        let err = Config::parse(
+            &text
+                .replace("ports: []", "ports: [{port: 80}]")
+                .replace("10.96.0.10]", "10.96.0.11]"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("services[1].vips"), "{err}");
+        assert!(err.ends_with("at line 8"), "{err}");
     }
 
     #[test]
