@@ -499,6 +499,87 @@ fn a_service_with_no_serving_endpoint_answers_503_naming_it(mode: Mode) -> Resul
     Ok(())
 }
 
+/// The router's own upstream connects are never sent back to the router,
+/// even when an endpoint is itself a service VIP and someone asks to enrol
+/// the router's network namespace (a host-network pod): the agent refuses
+/// that enrolment and says why (and the router's sockets carry a mark the
+/// connect programs leave alone, a second guard).
+fn the_routers_own_connects_are_never_redirected(mode: Mode) -> Result<()> {
+    let s = start(mode)?;
+    let base = s.node.pod(s.pods.base).ip;
+    // An `alias` service whose one endpoint is the reviews VIP, the node's
+    // own netns enrolled, and (for the node's own connects) a route and a
+    // kube-proxy rule for that VIP.
+    let text = std::fs::read_to_string(&s.agent.config)?;
+    std::fs::write(
+        &s.agent.config,
+        format!(
+            "{}  - {{name: host-network, netns: {}}}\n",
+            text.replace(
+                "\npods:\n",
+                "\n  - name: alias\n    vips: [10.96.0.30]\n    ports: [{port: 80}]\n    \
+                 endpoints:\n      - {ip: 10.96.0.10, name: reviews-vip}\npods:\n",
+            ),
+            s.node.netns.path().display()
+        ),
+    )?;
+    s.agent
+        .wait_for_log("config reloaded", Duration::from_secs(5))?;
+    assert!(
+        s.agent
+            .log()
+            .contains("not enrolled: its network namespace is the agent's own"),
+        "{}",
+        s.agent.log()
+    );
+    let base_veth = &s.node.pod(s.pods.base).veth;
+    s.node
+        .netns
+        .ip(&["route", "add", "10.96.0.10/32", "dev", base_veth])?;
+    s.node.netns.exec(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-d",
+            "10.96.0.10",
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &format!("{base}:8080"),
+        ],
+    )?;
+    let r = client::get(
+        s.node.pod(s.pods.client),
+        "10.96.0.30:80".parse()?,
+        &[("x-mse-tag", "joint1")],
+    )?;
+    assert_eq!(
+        r.endpoint(),
+        "reviews-base",
+        "the kube-proxy way, not laneway's: {} {}",
+        r.status,
+        r.text()
+    );
+    let (_, metrics) = s.node.admin_get("/metrics")?;
+    let routed: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("laneway_requests_total{"))
+        .collect();
+    assert_eq!(routed.len(), 1, "one request, routed once: {routed:?}");
+    assert!(
+        routed[0].contains("service=\"default/alias\""),
+        "{routed:?}"
+    );
+    Ok(())
+}
+
 /// The test node is sealed: neither a pod nor the node has a route off the
 /// machine, so a redirect that fails cannot send a packet out.
 fn the_test_node_has_no_route_out(mode: Mode) -> Result<()> {
@@ -522,7 +603,7 @@ fn the_test_node_has_no_route_out(mode: Mode) -> Result<()> {
 }
 
 in_modes! {
-    socket => Socket: [tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base, untagged_requests_never_reach_tagged_endpoints, tagged_caller_pod_stays_in_its_lane_without_a_header, baggage_member_selects_the_lane, one_keep_alive_connection_routes_each_request_by_its_own_tag, the_app_sees_the_vip_it_dialled, pods_not_enrolled_are_left_alone, unknown_protocols_pass_through_byte_for_byte, malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving, fails_open_within_a_second_when_the_router_stops_and_steers_again_after, a_killed_agent_leaves_pods_on_the_direct_path_at_once, sigterm_fails_open_and_exits_cleanly, config_reload_changes_routing_without_dropping_a_connection, ipv6_and_v4_mapped_connects_are_steered, sighup_reloads_the_config, a_service_with_no_serving_endpoint_answers_503_naming_it, the_test_node_has_no_route_out],
+    socket => Socket: [tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base, untagged_requests_never_reach_tagged_endpoints, tagged_caller_pod_stays_in_its_lane_without_a_header, baggage_member_selects_the_lane, one_keep_alive_connection_routes_each_request_by_its_own_tag, the_app_sees_the_vip_it_dialled, pods_not_enrolled_are_left_alone, unknown_protocols_pass_through_byte_for_byte, malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving, fails_open_within_a_second_when_the_router_stops_and_steers_again_after, a_killed_agent_leaves_pods_on_the_direct_path_at_once, sigterm_fails_open_and_exits_cleanly, config_reload_changes_routing_without_dropping_a_connection, ipv6_and_v4_mapped_connects_are_steered, sighup_reloads_the_config, a_service_with_no_serving_endpoint_answers_503_naming_it, the_test_node_has_no_route_out, the_routers_own_connects_are_never_redirected],
     tc => Tc: [tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base, untagged_requests_never_reach_tagged_endpoints, tagged_caller_pod_stays_in_its_lane_without_a_header, baggage_member_selects_the_lane, one_keep_alive_connection_routes_each_request_by_its_own_tag, the_app_sees_the_vip_it_dialled, pods_not_enrolled_are_left_alone, unknown_protocols_pass_through_byte_for_byte, malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving, fails_open_within_a_second_when_the_router_stops_and_steers_again_after, a_killed_agent_leaves_pods_on_the_direct_path_at_once, sigterm_fails_open_and_exits_cleanly, config_reload_changes_routing_without_dropping_a_connection],
     both => Both: [tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base, untagged_requests_never_reach_tagged_endpoints, tagged_caller_pod_stays_in_its_lane_without_a_header, baggage_member_selects_the_lane, one_keep_alive_connection_routes_each_request_by_its_own_tag, the_app_sees_the_vip_it_dialled, pods_not_enrolled_are_left_alone, unknown_protocols_pass_through_byte_for_byte, malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving, fails_open_within_a_second_when_the_router_stops_and_steers_again_after, a_killed_agent_leaves_pods_on_the_direct_path_at_once, sigterm_fails_open_and_exits_cleanly, config_reload_changes_routing_without_dropping_a_connection],
 }
