@@ -34,6 +34,9 @@ use crate::{
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(200);
 /// How often the config file is checked for changes.
 const RELOAD_POLL: Duration = Duration::from_millis(500);
+/// How often TC mode checks that each pod's veth still has the program (a
+/// recreated veth has a new ifindex and none).
+const RELINK_EVERY: Duration = Duration::from_millis(500);
 
 /// Why the agent could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +161,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
     let port = config.router.listen.port();
 
     let mut datapath = Datapath::attach(&cgroup, &config.bpf.pin_path)?;
+    datapath.set_tc_attach(config.bpf.tc_attach);
     datapath.set_listeners(&listeners[0], listeners.get(1))?;
     let transparent = match config.router.mode.tc() {
         true => {
@@ -249,7 +253,13 @@ pub async fn run(options: Options) -> Result<(), Error> {
         source,
         health,
         ready_file: options.ready_file.clone(),
+        last: Mutex::new(Some(LastInput {
+            config: first,
+            unenrolled: Vec::new(),
+            policy_errors: Vec::new(),
+        })),
     };
+    let mut relink = tokio::time::interval(RELINK_EVERY);
     let mut hangup = signal(SignalKind::hangup()).map_err(Error::Signals)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
@@ -270,6 +280,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
                             )?;
                         }
                     }
+                    _ = relink.tick() => reconciler.relink_or_warn(),
                     _ = hangup.recv() => info!("SIGHUP: with --kube the API is the source; restart to change settings"),
                     _ = handover.changed() => break,
                     _ = terminate.recv() => break,
@@ -283,6 +294,10 @@ pub async fn run(options: Options) -> Result<(), Error> {
             let mut poll = tokio::time::interval(RELOAD_POLL);
             loop {
                 let reason = tokio::select! {
+                    _ = relink.tick() => {
+                        reconciler.relink_or_warn();
+                        continue;
+                    }
                     _ = hangup.recv() => "SIGHUP",
                     _ = poll.tick() => {
                         let now = fingerprint(&options.config);
@@ -361,6 +376,16 @@ struct Reconciler {
     source: String,
     health: Arc<Health>,
     ready_file: Option<PathBuf>,
+    /// The last input applied, for [`Reconciler::relink`].
+    last: Mutex<Option<LastInput>>,
+}
+
+/// What [`Reconciler::apply`] was last given.
+#[derive(Clone)]
+struct LastInput {
+    config: Config,
+    unenrolled: Vec<(String, String)>,
+    policy_errors: Vec<(String, String)>,
 }
 
 impl Reconciler {
@@ -389,6 +414,11 @@ impl Reconciler {
             }
             self.router.telemetry.metrics.policy_error(service);
         }
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(LastInput {
+            config: config.clone(),
+            unenrolled: unenrolled.clone(),
+            policy_errors: policy_errors.to_vec(),
+        });
         let applied = {
             let mut dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
             apply(&mut dp, snapshot, unenrolled, self.mode)?
@@ -399,6 +429,41 @@ impl Reconciler {
             self.ready()?;
         }
         Ok(())
+    }
+
+    /// TC mode: applies the last input again when a pod's veth was
+    /// recreated, appeared or went away, so the program follows the veth.
+    /// Cheap when nothing changed (one `if_nametoindex` per pod).
+    fn relink(&self) -> Result<(), Error> {
+        if !self.mode.tc() {
+            return Ok(());
+        }
+        let applied = self.router.applied();
+        let wanted = applied
+            .snapshot
+            .pods
+            .iter()
+            .filter_map(|p| p.interface.as_deref());
+        let current = self
+            .datapath
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tc_links_current(wanted);
+        if current {
+            return Ok(());
+        }
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(last) = last else {
+            return Ok(());
+        };
+        info!("a pod's veth was recreated, appeared or went away: attaching the TC program again");
+        self.apply(&last.config, last.unenrolled, &last.policy_errors)
+    }
+
+    fn relink_or_warn(&self) {
+        if let Err(e) = self.relink() {
+            warn!(error = %e, "attaching the TC program to a changed veth failed; retrying");
+        }
     }
 
     fn ready(&self) -> Result<(), Error> {
@@ -533,6 +598,7 @@ fn apply(
         }
     }
     let mut tc_enrolled = HashMap::new();
+    let mut tc_interfaces = std::collections::HashSet::new();
     if mode.tc() {
         for (index, pod) in snapshot.pods.iter().enumerate() {
             let Some(interface) = &pod.interface else {
@@ -552,6 +618,7 @@ fn apply(
                 });
             match attached {
                 Ok(ifindex) => {
+                    tc_interfaces.insert(interface.as_str());
                     tc_enrolled.insert(
                         ifindex,
                         PodValue {
@@ -571,6 +638,8 @@ fn apply(
     let s = datapath.sync_services(&services)?;
     let e = datapath.sync_enrolled(&enrolled)?;
     datapath.sync_tc_enrolled(&tc_enrolled)?;
+    // Veths of pods that left, or that are gone, lose the program.
+    datapath.detach_tc_except(&tc_interfaces);
     info!(
         source = %snapshot.source,
         services = snapshot.services.len(),

@@ -22,9 +22,12 @@ use aya::{
     programs::{
         CgroupAttachMode, Program, ProgramError, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
-        tc::{NlOptions, TcAttachOptions},
+        tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions},
     },
 };
+use tracing::{debug, warn};
+
+use crate::config::TcAttach;
 use laneway_common::{
     ConnKey, OriginalDst, PodValue, RouterInfo, ServiceKey, ServiceValue, map_names, stat,
     v4_mapped,
@@ -64,8 +67,10 @@ const TC_PROGRAM: (&str, &str) = (
     "tc ingress classifier with bpf_sk_assign (TCX on Linux 6.6+, else clsact; Linux 5.7+)",
 );
 
-/// The clsact filter priority of the TC program before Linux 6.6 ("LW").
-const TC_PRIORITY: u16 = 0x4c57;
+/// The clsact filter priority of the TC program when it attaches by netlink
+/// ("LW"): a priority of its own, so it replaces nothing, and runs after
+/// the filters at lower priorities (a CNI's).
+pub const TC_PRIORITY: u16 = 0x4c57;
 
 /// What went wrong with the kernel side.
 #[derive(Debug, thiserror::Error)]
@@ -140,8 +145,10 @@ pub struct Datapath {
     ebpf: Ebpf,
     tc_enrolled: HashMap<MapData, u32, PodValue>,
     /// Interfaces the TC program is attached to, with their ifindex then (a
-    /// recreated veth has a new one and is attached again).
-    tc_attached: StdHashMap<String, u32>,
+    /// recreated veth has a new one and is attached again) and the link.
+    tc_attached: StdHashMap<String, (u32, SchedClassifierLinkId)>,
+    /// How the TC program attaches.
+    tc_attach: TcAttach,
     cgroup: PathBuf,
     pin_dir: PathBuf,
     listeners: SockMap<MapData>,
@@ -290,6 +297,7 @@ impl Datapath {
             listeners: SockMap::try_from(listeners).map_err(map_err(map_names::ROUTER_LISTENER))?,
             tc_enrolled: HashMap::try_from(tc_enrolled).map_err(map_err(map_names::TC_ENROLLED))?,
             tc_attached: Default::default(),
+            tc_attach: TcAttach::Auto,
             ebpf,
         })
     }
@@ -317,41 +325,120 @@ impl Datapath {
     /// on Linux 6.6+, else clsact), after any program already there; once per
     /// interface instance (`ifindex`).
     pub fn attach_tc(&mut self, interface: &str, ifindex: u32) -> Result<(), Error> {
-        if self.tc_attached.get(interface) == Some(&ifindex) {
-            return Ok(());
+        match self.tc_attached.get(interface) {
+            Some((attached, _)) if *attached == ifindex => return Ok(()),
+            // The veth was recreated: its old link went with it.
+            Some(_) => self.detach_tc(interface),
+            None => {}
         }
-        // Only the netlink path needs clsact; it may exist already (a CNI's).
-        let _ = aya::programs::tc::qdisc_add_clsact(interface);
-        let program: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(TC_PROGRAM.0)
-            .ok_or(Error::MissingProgram(TC_PROGRAM.0))?
-            .try_into()
-            .map_err(|source| Error::Program {
-                action: "find".into(),
-                feature: TC_PROGRAM.1,
-                source,
-            })?;
-        let tcx = aya::util::KernelVersion::current()
-            .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
-        let options = match tcx {
+        let options = match self.tcx() {
             // A TCX link, after the programs already there.
             true => TcAttachOptions::TcxOrder(Default::default()),
             // clsact: a fixed priority of its own, so nothing is replaced.
-            false => TcAttachOptions::Netlink(NlOptions {
-                priority: TC_PRIORITY,
-                ..Default::default()
-            }),
+            // A filter left there by an agent that was killed goes first
+            // (netlink filters outlive their process; TCX links do not).
+            false => {
+                let _ = aya::programs::tc::qdisc_add_clsact(interface);
+                if let Err(e) = crate::tproxy::remove_tc_filter(interface) {
+                    warn!(%interface, error = %e, "could not look for a stale laneway TC filter");
+                }
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: TC_PRIORITY,
+                    ..Default::default()
+                })
+            }
         };
-        program
+        let link = self
+            .tc_program("attach")?
             .attach_with_options(interface, TcAttachType::Ingress, options)
             .map_err(|source| Error::Program {
                 action: format!("attach to {interface}"),
                 feature: TC_PROGRAM.1,
                 source,
             })?;
-        self.tc_attached.insert(interface.to_owned(), ifindex);
+        self.tc_attached
+            .insert(interface.to_owned(), (ifindex, link));
         Ok(())
+    }
+
+    /// Detaches the TC program from every interface not in `keep` (pods
+    /// that left enrolment, or whose veth is gone).
+    pub fn detach_tc_except(&mut self, keep: &std::collections::HashSet<&str>) {
+        let gone: Vec<String> = self
+            .tc_attached
+            .keys()
+            .filter(|i| !keep.contains(i.as_str()))
+            .cloned()
+            .collect();
+        for interface in gone {
+            self.detach_tc(&interface);
+        }
+    }
+
+    /// Detaches the TC program from `interface`; a veth that is gone took
+    /// its link along, which is no error.
+    fn detach_tc(&mut self, interface: &str) {
+        let Some((_, link)) = self.tc_attached.remove(interface) else {
+            return;
+        };
+        if let Ok(program) = self.tc_program("detach")
+            && let Err(e) = program.detach(link)
+        {
+            debug!(%interface, error = %e, "TC link already gone");
+        }
+    }
+
+    /// Whether every interface in `wanted` that exists now carries the TC
+    /// program under its current ifindex, and every attached one still
+    /// exists: false after a veth was recreated, appeared or went away.
+    pub fn tc_links_current<'a>(&self, wanted: impl IntoIterator<Item = &'a str>) -> bool {
+        let current = |interface: &str| nix::net::if_::if_nametoindex(interface).ok();
+        wanted.into_iter().all(|interface| {
+            current(interface) == self.tc_attached.get(interface).map(|(ifindex, _)| *ifindex)
+        })
+    }
+
+    /// The interfaces the TC program is attached to, sorted.
+    pub fn tc_interfaces(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.tc_attached.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Whether the TC program attaches as a TCX link (else a clsact filter).
+    fn tcx(&self) -> bool {
+        match self.tc_attach {
+            TcAttach::Tcx => true,
+            TcAttach::Netlink => false,
+            TcAttach::Auto => aya::util::KernelVersion::current()
+                .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0)),
+        }
+    }
+
+    /// The TC program's hook, for people: `tc ingress (tcx)` or
+    /// `tc ingress (clsact, pref 19543)`.
+    pub fn tc_hook(&self) -> String {
+        match self.tcx() {
+            true => "tc ingress (tcx)".into(),
+            false => format!("tc ingress (clsact, pref {TC_PRIORITY})"),
+        }
+    }
+
+    /// Chooses how the TC program attaches from now on.
+    pub fn set_tc_attach(&mut self, how: TcAttach) {
+        self.tc_attach = how;
+    }
+
+    fn tc_program(&mut self, action: &str) -> Result<&mut SchedClassifier, Error> {
+        self.ebpf
+            .program_mut(TC_PROGRAM.0)
+            .ok_or(Error::MissingProgram(TC_PROGRAM.0))?
+            .try_into()
+            .map_err(|source| Error::Program {
+                action: action.into(),
+                feature: TC_PROGRAM.1,
+                source,
+            })
     }
 
     /// Makes `TC_ENROLLED` hold exactly `desired` (veth ifindex to pod).

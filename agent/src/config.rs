@@ -228,6 +228,8 @@ pub struct BpfConfig {
     /// The bpffs directory where maps and links are pinned, so the programs
     /// and their state outlive an agent restart. Uninstalling removes it.
     pub pin_path: PathBuf,
+    /// How the TC program attaches to pods' veths (TC mode).
+    pub tc_attach: TcAttach,
 }
 
 impl Default for BpfConfig {
@@ -235,8 +237,23 @@ impl Default for BpfConfig {
         Self {
             cgroup: None,
             pin_path: PathBuf::from("/sys/fs/bpf/laneway"),
+            tc_attach: TcAttach::Auto,
         }
     }
+}
+
+/// How the TC program attaches to a veth.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcAttach {
+    /// TCX on Linux 6.6 and newer, else netlink.
+    #[default]
+    Auto,
+    /// A TCX link, after the programs already there (Linux 6.6+).
+    Tcx,
+    /// A clsact filter at laneway's own priority (0x4c57), after lower
+    /// priorities (the way older CNIs attach).
+    Netlink,
 }
 
 /// The Kubernetes source.

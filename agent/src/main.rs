@@ -74,9 +74,12 @@ enum Command {
     /// Check or print a config file.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Remove everything the agent pinned in bpffs (maps and program links):
-    /// the programs detach. Run it on each node after deleting the DaemonSet
-    /// (a running agent would pin them again).
+    /// Remove everything the agent left on the node: what it pinned in bpffs
+    /// (maps and program links: the programs detach) and, from TC mode, its
+    /// clsact filters on any interface, the `ip rule` and table 15006 and
+    /// the NOTRACK rules. Run it on each node (in the host's network
+    /// namespace) after deleting the DaemonSet (a running agent would set
+    /// them up again).
     ///
     /// Example: `laneway uninstall` or `laneway uninstall --pin-path /sys/fs/bpf/laneway`
     Uninstall {
@@ -115,6 +118,41 @@ enum ConfigCommand {
     },
 }
 
+/// `laneway uninstall`: everything is tried; exit 1 if anything failed.
+fn uninstall(pin_path: &std::path::Path) -> ExitCode {
+    let mut failed = false;
+    match laneway::bpf::unpin_all(pin_path) {
+        Ok(()) => println!(
+            "removed {}: laneway's programs are detached",
+            pin_path.display()
+        ),
+        Err(e) => {
+            eprintln!("error: cannot remove {}: {e}", pin_path.display());
+            failed = true;
+        }
+    }
+    match laneway::tproxy::remove_tc_filters_everywhere() {
+        Ok(removed) if removed.is_empty() => {}
+        Ok(removed) => println!("removed laneway's TC filter from {}", removed.join(", ")),
+        Err(e) => {
+            eprintln!("error: cannot remove laneway's TC filters: {e}");
+            failed = true;
+        }
+    }
+    match laneway::tproxy::remove_node_setup() {
+        Ok(()) => println!("removed TC mode's ip rule, table 15006 and NOTRACK rules (if any)"),
+        Err(e) => {
+            eprintln!("error: cannot remove TC mode's routing rules: {e}");
+            failed = true;
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -137,19 +175,7 @@ fn main() -> ExitCode {
             redirect_ipv4,
         }),
         Command::Node(command) => laneway::cli::run(command),
-        Command::Uninstall { pin_path } => match laneway::bpf::unpin_all(&pin_path) {
-            Ok(()) => {
-                println!(
-                    "removed {}: laneway's programs are detached",
-                    pin_path.display()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: cannot remove {}: {e}", pin_path.display());
-                ExitCode::FAILURE
-            }
-        },
+        Command::Uninstall { pin_path } => uninstall(&pin_path),
         Command::Config(ConfigCommand::Check { file }) => match Config::load(&file) {
             Ok(c) => {
                 let endpoints: usize = c.services.iter().map(|s| s.endpoints.len()).sum();

@@ -66,6 +66,22 @@ fn ensure(program: &str, check: &[&str], add: &[&str]) -> Result<(), Error> {
     must(program, add)
 }
 
+/// The raw-table rules that keep marked packets (and the transparent
+/// listener's replies) out of conntrack, as `iptables` arguments after the
+/// operation (`-C`, `-I`, `-D`).
+fn notrack_rules() -> [(&'static str, String); 2] {
+    [
+        ("PREROUTING", format!("{TPROXY_MARK:#x}")),
+        ("OUTPUT", format!("{TPROXY_REPLY_MARK:#x}")),
+    ]
+}
+
+fn notrack_rule<'a>(op: &'a str, chain: &'a str, mark: &'a str) -> [&'a str; 10] {
+    [
+        "-t", "raw", op, chain, "-m", "mark", "--mark", mark, "-j", "NOTRACK",
+    ]
+}
+
 /// Idempotently: marked packets route locally and skip conntrack.
 pub fn route_marked_packets_locally() -> Result<(), Error> {
     let mark = format!("{TPROXY_MARK:#x}");
@@ -91,16 +107,74 @@ pub fn route_marked_packets_locally() -> Result<(), Error> {
             TABLE,
         ],
     )?;
-    let reply_mark = format!("{TPROXY_REPLY_MARK:#x}");
-    for (chain, mark) in [("PREROUTING", &mark), ("OUTPUT", &reply_mark)] {
-        let rule = |op| {
-            [
-                "-t", "raw", op, chain, "-m", "mark", "--mark", mark, "-j", "NOTRACK",
-            ]
-        };
-        ensure("iptables", &rule("-C"), &rule("-I"))?;
+    for (chain, mark) in notrack_rules() {
+        ensure(
+            "iptables",
+            &notrack_rule("-C", chain, &mark),
+            &notrack_rule("-I", chain, &mark),
+        )?;
     }
     Ok(())
+}
+
+/// Undoes [`route_marked_packets_locally`] (`laneway uninstall`): the
+/// `ip rule`, the table's route and the NOTRACK rules. What is not there is
+/// skipped. A running agent keeps them (another agent may be taking over),
+/// so only uninstall removes them.
+pub fn remove_node_setup() -> Result<(), Error> {
+    let mark = format!("{TPROXY_MARK:#x}");
+    while run(
+        "ip",
+        &[
+            "rule", "del", "fwmark", &mark, "lookup", TABLE, "pref", TABLE,
+        ],
+    )? {}
+    run("ip", &["route", "flush", "table", TABLE])?;
+    for (chain, mark) in notrack_rules() {
+        while run("iptables", &notrack_rule("-C", chain, &mark))? {
+            must("iptables", &notrack_rule("-D", chain, &mark))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes laneway's clsact filter (priority [`crate::bpf::TC_PRIORITY`],
+/// program `tc_ingress`) from `interface`'s ingress, if there is one: netlink
+/// filters outlive an agent that was killed. Another component's filter at
+/// that priority is left alone. Returns whether one was removed.
+pub fn remove_tc_filter(interface: &str) -> Result<bool, Error> {
+    let pref = crate::bpf::TC_PRIORITY.to_string();
+    let shown = output(
+        "tc",
+        &["filter", "show", "dev", interface, "ingress", "pref", &pref],
+    )?;
+    if !String::from_utf8_lossy(&shown.stdout).contains("tc_ingress") {
+        return Ok(false);
+    }
+    must(
+        "tc",
+        &["filter", "del", "dev", interface, "ingress", "pref", &pref],
+    )?;
+    Ok(true)
+}
+
+/// [`remove_tc_filter`] on every interface of this network namespace;
+/// returns the interfaces it was removed from.
+pub fn remove_tc_filters_everywhere() -> Result<Vec<String>, Error> {
+    let mut removed = Vec::new();
+    for interface in nix::net::if_::if_nameindex()
+        .map_err(|e| Error::Command {
+            command: "list interfaces".into(),
+            message: e.to_string(),
+        })?
+        .iter()
+    {
+        let name = interface.name().to_string_lossy().into_owned();
+        if remove_tc_filter(&name)? {
+            removed.push(name);
+        }
+    }
+    Ok(removed)
 }
 
 /// The transparent listener: accepts connections to any address (the
