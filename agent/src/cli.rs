@@ -241,11 +241,18 @@ pub enum Command {
     /// Columns: RESULT (pass, warn or fail), CHECK, DETAIL (what was found);
     /// under a warning or failure, `fix:` says what to do. Exits 1 if any
     /// check failed (warnings alone exit 0).
+    ///
+    /// With `--config FILE`, also checks that file and what its redirect
+    /// mode needs (TC mode: `ip`, `tc` and `iptables`, and how the program
+    /// attaches): `sudo laneway preflight --config /etc/laneway/laneway.yaml`
     #[command(verbatim_doc_comment, after_long_help = EXIT_CODES)]
     Preflight {
         /// `--output`.
         #[command(flatten)]
         output: OutputArg,
+        /// The agent's config file: check its mode's needs too.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -521,8 +528,8 @@ pub fn execute(command: &Command, out: &mut impl Write) -> Result<(), Error> {
             let doc: Maps = client(common).get("/maps")?;
             emit(out, common.format.output, &doc, render::maps)
         }
-        Command::Preflight { output } => {
-            let doc = crate::preflight::run();
+        Command::Preflight { output, config } => {
+            let doc = crate::preflight::run(config.as_deref());
             emit(out, output.output, &doc, render::preflight)?;
             match crate::preflight::failed(&doc) {
                 0 => Ok(()),

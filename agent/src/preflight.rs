@@ -7,7 +7,10 @@
 
 use std::{fs::File, os::fd::AsRawFd, path::Path};
 
-use crate::admin::api::{Check, Preflight};
+use crate::{
+    admin::api::{Check, Preflight},
+    config::{RedirectMode, TcAttach},
+};
 
 /// `Check::result` of a check that passed.
 pub const PASS: &str = "pass";
@@ -26,7 +29,7 @@ const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// Runs every check.
-pub fn run() -> Preflight {
+pub fn run(config: Option<&Path>) -> Preflight {
     let (privileges, privileged) = privileges();
     let mut checks = vec![
         kernel(),
@@ -39,7 +42,73 @@ pub fn run() -> Preflight {
         netns_cookie(),
     ];
     checks.extend(conflicts());
+    if let Some(path) = config {
+        checks.push(configured_mode(path));
+    }
     Preflight { checks }
+}
+
+/// The redirect mode `path` configures, and whether this node has what it
+/// needs.
+fn configured_mode(path: &Path) -> Check {
+    const NAME: &str = "configured mode";
+    let config = match crate::config::Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            return check(
+                NAME,
+                FAIL,
+                e.to_string(),
+                Some(format!(
+                    "fix the config: laneway config check {}",
+                    path.display()
+                )),
+            );
+        }
+    };
+    let mode = match config.router.mode {
+        RedirectMode::Socket => return check(NAME, PASS, "socket (cgroup programs)", None),
+        RedirectMode::Tc => "tc",
+        RedirectMode::Both => "both (socket first, then TC)",
+    };
+    let missing: Vec<&str> = ["ip", "tc", "iptables"]
+        .into_iter()
+        .filter(|tool| std::process::Command::new(tool).arg("-V").output().is_err())
+        .collect();
+    if !missing.is_empty() {
+        return check(
+            NAME,
+            FAIL,
+            format!("{mode}: {} not found", missing.join(", ")),
+            Some("TC mode sets up routing with iproute2 and iptables: install them".to_owned()),
+        );
+    }
+    let tcx_here = kernel_release()
+        .as_deref()
+        .and_then(parse_release)
+        .is_some_and(|v| v >= (6, 6));
+    let attach = match (config.bpf.tc_attach, tcx_here) {
+        (TcAttach::Tcx, false) => {
+            return check(
+                NAME,
+                FAIL,
+                format!("{mode}: bpf.tc_attach is tcx, but TCX needs Linux 6.6 or newer"),
+                Some("set bpf.tc_attach to auto or netlink".to_owned()),
+            );
+        }
+        (TcAttach::Tcx, true) | (TcAttach::Auto, true) => "TCX links".to_owned(),
+        (TcAttach::Netlink, _) | (TcAttach::Auto, false) => {
+            format!("clsact filters at pref {}", crate::bpf::TC_PRIORITY)
+        }
+    };
+    check(
+        NAME,
+        PASS,
+        format!(
+            "{mode}: the TC program attaches to pods' veths as {attach}; ip, tc and iptables found"
+        ),
+        None,
+    )
 }
 
 /// How many checks failed.
@@ -789,8 +858,41 @@ mod tests {
     }
 
     #[test]
+    fn a_config_file_adds_its_mode_and_what_it_needs() {
+        let dir = std::env::temp_dir().join(format!("laneway-preflight-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("laneway.yaml");
+        let mode_check = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            configured_mode(&file)
+        };
+        let socket = mode_check("router: {mode: socket}\n");
+        assert_eq!(
+            (socket.result.as_str(), socket.detail.as_str()),
+            (PASS, "socket (cgroup programs)")
+        );
+        let netlink = mode_check("router: {mode: tc}\nbpf: {tc_attach: netlink}\n");
+        assert_eq!(netlink.result, PASS, "{netlink:?}");
+        assert!(
+            netlink.detail.contains("clsact filters at pref 19543"),
+            "{netlink:?}"
+        );
+        let bad = mode_check("router: {mode: sideways}\n");
+        assert_eq!(bad.result, FAIL);
+        assert!(bad.detail.contains("line 1"), "{bad:?}");
+        assert!(
+            run(Some(&file))
+                .checks
+                .iter()
+                .any(|c| c.name == "configured mode")
+        );
+        assert!(!run(None).checks.iter().any(|c| c.name == "configured mode"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn this_machine_has_a_new_kernel_and_cgroup_v2() {
-        let doc = run();
+        let doc = run(None);
         let by_name = |n: &str| {
             doc.checks
                 .iter()

@@ -376,6 +376,17 @@ fn status(state: &AdminState) -> api::Status {
                 hook: hook.into(),
                 attached_to: cgroup.clone(),
             })
+            .chain((state.mode != "socket").then(|| {
+                let veths = dp.tc_interfaces();
+                api::ProgramStatus {
+                    name: "tc_ingress".into(),
+                    hook: dp.tc_hook(),
+                    attached_to: match veths.is_empty() {
+                        true => "(no pod veth yet)".into(),
+                        false => veths.join(", "),
+                    },
+                }
+            }))
             .collect(),
         cgroup,
         maps: dp
