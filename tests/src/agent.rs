@@ -55,6 +55,7 @@ impl Agent {
             services: Vec::new(),
             enrolled: Vec::new(),
             router_extra: scenario.router_extra.clone(),
+            bpf_extra: scenario.bpf_extra.clone(),
         };
         let text = node
             .agent_config(&settings)

@@ -71,6 +71,8 @@ pub struct Scenario {
     pub enrolled: Vec<(usize, Option<String>)>,
     /// Extra YAML under `router:` (e.g. timeouts), indented by the caller.
     pub router_extra: String,
+    /// Extra YAML under `bpf:` (e.g. `tc_attach`), indented by the caller.
+    pub bpf_extra: String,
 }
 
 /// The test cgroup: the test process joins it; removed on drop.
@@ -261,14 +263,39 @@ impl Node {
     pub fn add_pod(&mut self, name: &str) -> Result<usize> {
         let index = self.pods.len();
         let host = index + 10;
-        let ip = Ipv4Addr::new(10, 244, 0, host as u8);
-        let ip6 = Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, host as u16);
-        let netns = Netns::create(&format!("{}p{index}", self.id))?;
-        let veth = format!("{}v{index}", self.id.replace("lwt", "l"));
+        let pod = Pod {
+            name: name.to_owned(),
+            ip: Ipv4Addr::new(10, 244, 0, host as u8),
+            ip6: Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, host as u16),
+            netns: Netns::create(&format!("{}p{index}", self.id))?,
+            veth: format!("{}v{index}", self.id.replace("lwt", "l")),
+        };
+        self.plug(&pod)?;
+        self.pods.push(pod);
+        Ok(index)
+    }
+
+    /// Deletes the pod's veth pair and makes it again, as a CNI does when a
+    /// pod sandbox is recreated: same name, new ifindex.
+    pub fn recreate_veth(&self, index: usize) -> Result<()> {
+        let pod = &self.pods[index];
+        self.netns.ip(&["link", "del", &pod.veth])?;
+        self.plug(pod)
+    }
+
+    /// Joins a pod to the node: the veth pair, addresses and routes.
+    fn plug(&self, pod: &Pod) -> Result<()> {
+        let Pod {
+            ip,
+            ip6,
+            netns,
+            veth,
+            ..
+        } = pod;
         run(Command::new("ip").args([
             "link",
             "add",
-            &veth,
+            veth,
             "netns",
             self.netns.name(),
             "type",
@@ -286,14 +313,14 @@ impl Node {
             "add",
             &format!("{GATEWAY6}/64"),
             "dev",
-            &veth,
+            veth,
             "nodad",
         ])?;
-        self.netns.ip(&["link", "set", &veth, "up"])?;
+        self.netns.ip(&["link", "set", veth, "up"])?;
         self.netns
-            .ip(&["route", "add", &format!("{ip}/32"), "dev", &veth])?;
+            .ip(&["route", "add", &format!("{ip}/32"), "dev", veth])?;
         self.netns
-            .ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", &veth])?;
+            .ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", veth])?;
         // Pod side: its address, routes to pods, services and the node only.
         netns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
         netns.ip(&[
@@ -314,14 +341,7 @@ impl Node {
         for range in ["fd00:244::/32", "fd00:96::/64"] {
             netns.ip(&["-6", "route", "add", range, "via", GATEWAY6, "dev", "eth0"])?;
         }
-        self.pods.push(Pod {
-            name: name.to_owned(),
-            ip,
-            ip6,
-            netns,
-            veth,
-        });
-        Ok(index)
+        Ok(())
     }
 
     /// The pod at `index`.
@@ -393,9 +413,10 @@ impl Node {
         );
         let _ = writeln!(
             y,
-            "bpf:\n  cgroup: {}\n  pin_path: {}",
+            "bpf:\n  cgroup: {}\n  pin_path: {}\n{}",
             self.cgroup().display(),
-            self.pin_path().display()
+            self.pin_path().display(),
+            scenario.bpf_extra
         );
         let _ = writeln!(y, "admin:\n  socket: {}", self.admin_socket().display());
         let _ = writeln!(y, "services:");

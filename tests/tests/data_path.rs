@@ -24,8 +24,17 @@ use rand::RngCore;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
     Socket,
+    /// TC, attached the way this kernel prefers (TCX on 6.6+).
     Tc,
+    /// TC, attached as a clsact filter (the way before Linux 6.6).
+    TcNetlink,
     Both,
+}
+
+impl Mode {
+    fn tc(self) -> bool {
+        self != Mode::Socket
+    }
 }
 
 /// The standard node with the agent in `mode`.
@@ -33,10 +42,13 @@ fn start(mode: Mode) -> Result<Standard> {
     Standard::start_with(|sc| {
         sc.router_extra = match mode {
             Mode::Socket => "  mode: socket\n",
-            Mode::Tc => "  mode: tc\n",
+            Mode::Tc | Mode::TcNetlink => "  mode: tc\n",
             Mode::Both => "  mode: both\n",
         }
         .into();
+        if mode == Mode::TcNetlink {
+            sc.bpf_extra = "  tc_attach: netlink\n".into();
+        }
     })
 }
 
@@ -360,8 +372,23 @@ fn a_killed_agent_leaves_pods_on_the_direct_path_at_once(mode: Mode) -> Result<(
     assert!(!routed_by_laneway(&r));
     assert!(took < Duration::from_millis(500), "took {took:?}");
 
-    // `laneway uninstall` detaches them.
-    let out = std::process::Command::new(laneway_tests::agent::binary())
+    let shown = |args: &[&str]| -> Result<String> {
+        let out = s.node.netns.exec(args[0], &args[1..])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let veth = &s.node.pod(s.pods.client).veth;
+    let filters = || shown(&["tc", "filter", "show", "dev", veth, "ingress"]);
+    if mode == Mode::TcNetlink {
+        // A clsact filter outlives the process (a TCX link does not).
+        assert!(filters()?.contains("tc_ingress"), "{}", filters()?);
+    }
+
+    // `laneway uninstall`, run in the node's network namespace (with the
+    // host's /sys, where bpffs is), detaches them and removes what TC mode
+    // set up there.
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", s.node.netns.path().display()))
+        .arg(laneway_tests::agent::binary())
         .args(["uninstall", "--pin-path"])
         .arg(s.node.pin_path())
         .output()?;
@@ -371,6 +398,14 @@ fn a_killed_agent_leaves_pods_on_the_direct_path_at_once(mode: Mode) -> Result<(
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!s.node.pin_path().exists());
+    if mode.tc() {
+        let filters = filters()?;
+        assert!(!filters.contains("tc_ingress"), "{filters}");
+        let rules = shown(&["ip", "rule", "show"])?;
+        assert!(!rules.contains("lookup 15006"), "{rules}");
+        let raw = shown(&["iptables", "-t", "raw", "-S"])?;
+        assert!(!raw.contains("NOTRACK"), "{raw}");
+    }
     Ok(())
 }
 
@@ -605,5 +640,6 @@ fn the_test_node_has_no_route_out(mode: Mode) -> Result<()> {
 in_modes! {
     socket => Socket: [tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base, untagged_requests_never_reach_tagged_endpoints, tagged_caller_pod_stays_in_its_lane_without_a_header, baggage_member_selects_the_lane, one_keep_alive_connection_routes_each_request_by_its_own_tag, the_app_sees_the_vip_it_dialled, pods_not_enrolled_are_left_alone, unknown_protocols_pass_through_byte_for_byte, malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving, fails_open_within_a_second_when_the_router_stops_and_steers_again_after, a_killed_agent_leaves_pods_on_the_direct_path_at_once, sigterm_fails_open_and_exits_cleanly, config_reload_changes_routing_without_dropping_a_connection, ipv6_and_v4_mapped_connects_are_steered, sighup_reloads_the_config, a_service_with_no_serving_endpoint_answers_503_naming_it, the_test_node_has_no_route_out, the_routers_own_connects_are_never_redirected],
     tc => Tc: [tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base, untagged_requests_never_reach_tagged_endpoints, tagged_caller_pod_stays_in_its_lane_without_a_header, baggage_member_selects_the_lane, one_keep_alive_connection_routes_each_request_by_its_own_tag, the_app_sees_the_vip_it_dialled, pods_not_enrolled_are_left_alone, unknown_protocols_pass_through_byte_for_byte, malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving, fails_open_within_a_second_when_the_router_stops_and_steers_again_after, a_killed_agent_leaves_pods_on_the_direct_path_at_once, sigterm_fails_open_and_exits_cleanly, config_reload_changes_routing_without_dropping_a_connection],
+    tc_netlink => TcNetlink: [tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base, tagged_caller_pod_stays_in_its_lane_without_a_header, one_keep_alive_connection_routes_each_request_by_its_own_tag, the_app_sees_the_vip_it_dialled, pods_not_enrolled_are_left_alone, unknown_protocols_pass_through_byte_for_byte, malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving, fails_open_within_a_second_when_the_router_stops_and_steers_again_after, a_killed_agent_leaves_pods_on_the_direct_path_at_once, sigterm_fails_open_and_exits_cleanly],
     both => Both: [tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base, untagged_requests_never_reach_tagged_endpoints, tagged_caller_pod_stays_in_its_lane_without_a_header, baggage_member_selects_the_lane, one_keep_alive_connection_routes_each_request_by_its_own_tag, the_app_sees_the_vip_it_dialled, pods_not_enrolled_are_left_alone, unknown_protocols_pass_through_byte_for_byte, malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving, fails_open_within_a_second_when_the_router_stops_and_steers_again_after, a_killed_agent_leaves_pods_on_the_direct_path_at_once, sigterm_fails_open_and_exits_cleanly, config_reload_changes_routing_without_dropping_a_connection],
 }

@@ -184,6 +184,7 @@ fn reviews_node(
         }],
         enrolled: vec![(client, None)],
         router_extra: router_extra.into(),
+        bpf_extra: String::new(),
     };
     node.install_kube_proxy(&scenario)?;
     Ok((Arc::new(node), client, pods, scenario))

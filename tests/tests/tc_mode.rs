@@ -1,11 +1,18 @@
 //! What only TC mode has to show: a connection a pod opened before it was
-//! enrolled keeps working (its packets are not the router's), and a TC
-//! program another component installed on the same veth still runs and
-//! keeps its place. The behaviour suite runs in TC mode in `data_path.rs`.
+//! enrolled keeps working (its packets are not the router's); a TC program
+//! another component installed on the same veth still runs and keeps its
+//! place; the program follows a pod's veth when it is recreated and leaves
+//! it when the pod leaves; in `both` mode TC catches what the connect hooks
+//! did not see. The behaviour suite runs in TC mode (TCX and clsact) in
+//! `data_path.rs`.
+
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use laneway::admin::api;
 use laneway_tests::{
     Agent, Node, Standard,
+    agent::binary,
     backend::Backend,
     client::{self, Conn},
     node::NODE_IP,
@@ -73,20 +80,32 @@ fn counted(filters: &str) -> Result<u64> {
         .with_context(|| format!("packets in {sent:?}"))
 }
 
+/// Another component's TC filter on `veth`: its clsact qdisc and, at
+/// priority 1, a u32 filter that mirrors every IPv4 packet back to the pod
+/// (which drops them), counts them, and lets classification continue (a
+/// filter that ends it, e.g. with `ok`, hides the packet from any filter
+/// after it, laneway's clsact filter included; TCX runs before clsact).
+fn add_foreign_filter(node: &Node, veth: &str) -> Result<()> {
+    node.netns
+        .exec("tc", &["qdisc", "replace", "dev", veth, "clsact"])?;
+    node.netns.exec(
+        "tc",
+        &[
+            "filter", "add", "dev", veth, "ingress", "prio", "1", "protocol", "ip", "u32", "match",
+            "u32", "0", "0", "action", "mirred", "egress", "mirror", "dev", veth, "continue",
+        ],
+    )?;
+    Ok(())
+}
+
 #[test]
 fn another_components_tc_program_still_runs_and_keeps_its_place() -> Result<()> {
     let s = Standard::start_with(|sc| sc.router_extra = "  mode: tc\n".into())?;
     let client_pod = s.node.pod(s.pods.client);
     let veth = client_pod.veth.as_str();
-    // Another component's filter at priority 1: it mirrors every IPv4 packet
-    // back to the pod (which drops them) and counts them.
-    s.node.netns.exec(
-        "tc",
-        &[
-            "filter", "add", "dev", veth, "ingress", "prio", "1", "protocol", "ip", "u32", "match",
-            "u32", "0", "0", "action", "mirred", "egress", "mirror", "dev", veth,
-        ],
-    )?;
+    // Another component's clsact filter at priority 1: it mirrors every
+    // IPv4 packet back to the pod (which drops them) and counts them.
+    add_foreign_filter(&s.node, veth)?;
     let before = counted(&filters(&s.node, veth)?)?;
     for _ in 0..5 {
         let r = client::get(client_pod, s.reviews(), &[("x-mse-tag", "gray")])?;
@@ -105,5 +124,192 @@ fn another_components_tc_program_still_runs_and_keeps_its_place() -> Result<()> 
         shown.contains("pref 1 u32"),
         "still at its priority:\n{shown}"
     );
+    Ok(())
+}
+
+fn start_tc() -> Result<Standard> {
+    Standard::start_with(|sc| sc.router_extra = "  mode: tc\n".into())
+}
+
+/// Retries a tagged request from `pod` until the router answers it, for up
+/// to 3 s.
+fn routed_within(s: &Standard, pod: usize) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = client::get(s.node.pod(pod), s.reviews(), &[("x-mse-tag", "joint1")])
+            && routed(&r)
+            && r.endpoint() == "reviews-joint1"
+        {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(3),
+            "not steered within 3 s:\n{}",
+            s.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `laneway status -o json`.
+fn status(s: &Standard) -> Result<api::Status> {
+    let out = std::process::Command::new(binary())
+        .args(["status", "-o", "json", "--socket"])
+        .arg(s.node.admin_socket())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The TC program's row in `laneway status`.
+fn tc_program(s: &Standard) -> Result<api::ProgramStatus> {
+    status(s)?
+        .programs
+        .into_iter()
+        .find(|p| p.name == "tc_ingress")
+        .context("no tc_ingress in status")
+}
+
+#[test]
+fn a_recreated_veth_gets_the_program_again() -> Result<()> {
+    let s = start_tc()?;
+    routed_within(&s, s.pods.client)?;
+    let veth = s.node.pod(s.pods.client).veth.clone();
+    s.node.recreate_veth(s.pods.client)?;
+    routed_within(&s, s.pods.client)?;
+    let program = tc_program(&s)?;
+    assert!(program.attached_to.contains(&veth), "{program:?}");
+    assert!(program.hook.contains("tcx"), "{program:?}");
+    s.agent
+        .wait_for_log("attaching the TC program again", Duration::from_secs(1))?;
+    Ok(())
+}
+
+#[test]
+fn a_pod_that_leaves_enrolment_loses_the_program() -> Result<()> {
+    let s = start_tc()?;
+    let client_veth = s.node.pod(s.pods.client).veth.clone();
+    let tagged_veth = s.node.pod(s.pods.client_joint1).veth.clone();
+    // The kernel's own list of TCX programs on the veth (this bpftool
+    // predates TCX).
+    let attached = |veth: &str| -> Result<bool> {
+        let (_, programs) = s.node.netns.run(|| {
+            aya::programs::SchedClassifier::query_tcx(veth, aya::programs::TcAttachType::Ingress)
+        })??;
+        Ok(programs
+            .iter()
+            .any(|p| p.name_as_str() == Some("tc_ingress")))
+    };
+    assert!(attached(&client_veth)? && attached(&tagged_veth)?);
+    let program = tc_program(&s)?;
+    assert!(program.attached_to.contains(&client_veth), "{program:?}");
+
+    // The client pod leaves the config.
+    let text = std::fs::read_to_string(&s.agent.config)?;
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains(&format!("interface: {client_veth}")))
+        .collect();
+    assert_eq!(kept.len() + 1, text.lines().count());
+    std::fs::write(&s.agent.config, kept.join("\n") + "\n")?;
+    s.agent
+        .wait_for_log("config reloaded", Duration::from_secs(5))?;
+    assert!(!attached(&client_veth)?, "detached from the pod that left");
+    assert!(attached(&tagged_veth)?, "the other pod keeps it");
+    let r = client::get(s.node.pod(s.pods.client), s.reviews(), &[])?;
+    assert!(!routed(&r), "the pod that left goes the direct way");
+    let program = tc_program(&s)?;
+    assert_eq!(program.attached_to, tagged_veth);
+    Ok(())
+}
+
+#[test]
+fn with_clsact_a_filter_installed_before_keeps_its_place_and_restarts_leave_one_filter()
+-> Result<()> {
+    let mut node = Node::new()?;
+    let (mut scenario, pods) = standard::scenario(&mut node)?;
+    scenario.router_extra = "  mode: tc\n".into();
+    scenario.bpf_extra = "  tc_attach: netlink\n".into();
+    let _backends: Vec<Backend> = [pods.base, pods.joint1, pods.gray]
+        .iter()
+        .map(|p| Backend::http(node.pod(*p), 8080))
+        .collect::<Result<_>>()?;
+    node.install_kube_proxy(&scenario)?;
+    let veth = node.pod(pods.client).veth.clone();
+    // Another component (a CNI) was there first, at priority 1.
+    add_foreign_filter(&node, &veth)?;
+    let vip = Node::vip(&scenario.services[0]);
+    let steered = |node: &Node| -> Result<bool> {
+        let r = client::get(node.pod(pods.client), vip, &[("x-mse-tag", "gray")])?;
+        Ok(routed(&r) && r.endpoint() == "reviews-gray")
+    };
+    let laneway_filters = |node: &Node| -> Result<usize> {
+        let shown = filters(node, &veth)?;
+        Ok(shown.lines().filter(|l| l.contains("tc_ingress")).count())
+    };
+
+    let mut agent = Agent::start(&node, &scenario)?;
+    assert!(steered(&node)?);
+    let shown = filters(&node, &veth)?;
+    let foreign = shown.find("pref 1 u32").context(shown.clone())?;
+    let ours = shown.find("pref 19543 bpf").context(shown.clone())?;
+    assert!(
+        foreign < ours,
+        "the other filter still runs first:\n{shown}"
+    );
+    assert!(counted(&shown)? > 0, "and it still sees packets:\n{shown}");
+
+    // A killed agent leaves its filter (it fails open); the next agent
+    // replaces it rather than adding a second one.
+    agent.kill();
+    assert_eq!(laneway_filters(&node)?, 1);
+    assert!(!steered(&node)?, "fail-open");
+    let agent = Agent::start(&node, &scenario)?;
+    assert!(steered(&node)?);
+    assert_eq!(laneway_filters(&node)?, 1, "{}", filters(&node, &veth)?);
+    assert!(filters(&node, &veth)?.contains("pref 1 u32"));
+    drop(agent);
+    Ok(())
+}
+
+#[test]
+fn in_both_mode_tc_steers_what_the_connect_hooks_did_not_see() -> Result<()> {
+    let s = Standard::start_with(|sc| sc.router_extra = "  mode: both\n".into())?;
+    // A process of the client pod outside the cgroup the programs are
+    // attached to (as a pod under another cgroup tree would be): its
+    // connect is not rewritten, its SYN meets the TC program.
+    let root = laneway_tests::node::cgroup2_root()?;
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec nsenter --net={} curl -sS -i -m 5 \
+         -H 'x-mse-tag: joint1' http://{}/",
+        root.display(),
+        s.node.pod(s.pods.client).netns.path().display(),
+        s.reviews()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("x-endpoint: reviews-joint1"), "{text}");
+    assert!(
+        text.contains(&format!("x-peer: {NODE_IP}")),
+        "through the router:\n{text}"
+    );
+    // And the socket programs still steer what they see.
+    let r = client::get(
+        s.node.pod(s.pods.client),
+        s.reviews(),
+        &[("x-mse-tag", "gray")],
+    )?;
+    assert!(routed(&r) && r.endpoint() == "reviews-gray");
     Ok(())
 }
