@@ -91,6 +91,7 @@ impl BenchNode {
             }],
             enrolled: Vec::new(),
             router_extra: String::new(),
+            bpf_extra: String::new(),
         };
         let large = node.dir().join("large.bin");
         std::fs::write(&large, vec![b'x'; LARGE_BODY])?;
