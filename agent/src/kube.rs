@@ -282,6 +282,9 @@ fn build(
                 .unwrap_or(false)
         })
         .filter(|p| p.metadata.deletion_timestamp.is_none())
+        // A completed pod (a finished Job's) has no process left to find: it
+        // would be reported and looked for again every RETRY_UNRESOLVED forever.
+        .filter(|p| !is_completed(p))
         .collect();
     let uids: Vec<String> = local.iter().filter_map(|p| p.uid()).collect();
     let mut found = finder.find(&uids);
@@ -338,6 +341,15 @@ fn build(
         unenrolled,
         policy_errors,
     }
+}
+
+/// Whether the pod has finished for good (phase `Succeeded` or `Failed`):
+/// its containers will not run again.
+fn is_completed(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
 }
 
 fn pod_tag(pod: &Pod, label: &str) -> Option<config::Tag> {

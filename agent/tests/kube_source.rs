@@ -506,3 +506,29 @@ async fn a_bad_policy_annotation_keeps_the_last_good_policy_and_is_reported() ->
     assert!(d.policy_errors.is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn completed_pods_are_neither_enrolled_nor_reported() -> Result<()> {
+    let server = FakeApiServer::start_local();
+    base_cluster(&server);
+    // Finished Job pods keep their node, IP and labels but have no process left.
+    for (name, ip, phase) in [
+        ("job-done", "10.244.0.20", "Succeeded"),
+        ("job-failed", "10.244.0.21", "Failed"),
+    ] {
+        let mut p = pod("shop", name, NODE, ip, None);
+        if let Some(status) = p.status.as_mut() {
+            status.phase = Some(phase.into());
+        }
+        server.apply(p);
+    }
+    let mut source = start(&server, FakeProc::new("completed", &["client"])?).await?;
+    let d = source.until("first sync", |_| true).await?;
+    assert_eq!(enrolled(&d), vec![("shop/client".into(), None)]);
+    assert!(
+        d.unenrolled.is_empty(),
+        "completed pods are not looked for: {:?}",
+        d.unenrolled
+    );
+    Ok(())
+}
