@@ -392,14 +392,20 @@ fn service(
     if spec.type_.as_deref() == Some("ExternalName") {
         return None;
     }
-    let mut vips: Vec<IpAddr> = spec
+    // `clusterIP` is `clusterIPs[0]` on current servers; it is read too for
+    // objects written by older ones. Each VIP once, primary family first.
+    let mut vips: Vec<IpAddr> = Vec::new();
+    for ip in spec
         .cluster_ips
         .iter()
         .flatten()
         .chain(spec.cluster_ip.iter())
         .filter_map(|ip| ip.parse().ok())
-        .collect();
-    vips.dedup();
+    {
+        if !vips.contains(&ip) {
+            vips.push(ip);
+        }
+    }
     let ports: Vec<ServicePort> = spec
         .ports
         .iter()
@@ -487,5 +493,81 @@ fn app_protocol(value: Option<&str>) -> AppProtocol {
             "tcp" | "https" | "tls" | "grpc" | "http2" | "kubernetes.io/h2c" | "kubernetes.io/wss",
         ) => AppProtocol::Tcp,
         _ => AppProtocol::Auto,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use laneway_kube_fake::objects;
+
+    use super::*;
+
+    #[test]
+    fn a_dual_stack_service_has_each_vip_once_primary_family_first() {
+        let mut svc = objects::service("shop", "reviews", "10.96.0.10", &[("http", 80, 8080)]);
+        let spec = svc.spec.as_mut().expect("spec");
+        spec.cluster_ips = Some(vec!["10.96.0.10".into(), "fd00:96::10".into()]);
+        let s = service(&svc, &[], &HashMap::new()).expect("redirectable");
+        let v4: IpAddr = "10.96.0.10".parse().expect("ip");
+        let v6: IpAddr = "fd00:96::10".parse().expect("ip");
+        assert_eq!(s.vips, vec![v4, v6]);
+
+        // IPv6-primary: clusterIP is the IPv6 address.
+        let spec = svc.spec.as_mut().expect("spec");
+        spec.cluster_ip = Some("fd00:96::10".into());
+        spec.cluster_ips = Some(vec!["fd00:96::10".into(), "10.96.0.10".into()]);
+        let s = service(&svc, &[], &HashMap::new()).expect("redirectable");
+        assert_eq!(s.vips, vec![v6, v4]);
+    }
+
+    #[test]
+    fn a_headless_service_is_not_redirected() {
+        let mut svc = objects::service("shop", "reviews", "None", &[("http", 80, 8080)]);
+        assert!(service(&svc, &[], &HashMap::new()).is_none());
+        svc.spec.as_mut().expect("spec").cluster_ips = None;
+        assert!(service(&svc, &[], &HashMap::new()).is_none());
+    }
+
+    #[test]
+    fn app_protocol_http_is_parsed_known_non_http_passed_through_the_rest_sniffed() {
+        let ports = [
+            ("plain", 80, None),
+            ("web", 81, Some("http")),
+            ("web-upper", 82, Some("HTTP")),
+            ("grpc", 83, Some("grpc")),
+            ("h2c", 84, Some("kubernetes.io/h2c")),
+            ("tls", 85, Some("https")),
+            ("custom", 86, Some("example.com/thing")),
+        ];
+        let names: Vec<(&str, i32, i32)> = ports.iter().map(|(n, p, _)| (*n, *p, *p)).collect();
+        let mut svc = objects::service("shop", "reviews", "10.96.0.10", &names);
+        for (port, (_, _, app)) in svc
+            .spec
+            .as_mut()
+            .and_then(|s| s.ports.as_mut())
+            .expect("ports")
+            .iter_mut()
+            .zip(ports)
+        {
+            port.app_protocol = app.map(Into::into);
+        }
+        let s = service(&svc, &[], &HashMap::new()).expect("redirectable");
+        let got: Vec<(Option<&str>, AppProtocol)> = s
+            .ports
+            .iter()
+            .map(|p| (p.name.as_deref(), p.protocol))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some("plain"), AppProtocol::Auto),
+                (Some("web"), AppProtocol::Http),
+                (Some("web-upper"), AppProtocol::Http),
+                (Some("grpc"), AppProtocol::Tcp),
+                (Some("h2c"), AppProtocol::Tcp),
+                (Some("tls"), AppProtocol::Tcp),
+                (Some("custom"), AppProtocol::Auto),
+            ]
+        );
     }
 }
