@@ -2,11 +2,16 @@
 //! node: a list/watch API stand-in on the node's loopback, pods with
 //! processes in kubelet-style cgroups, real programs, real HTTP.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use laneway::admin::api;
 use laneway_tests::{
     Agent, Node,
+    admin::{json, scrape},
     backend::Backend,
     client::{self, Response},
     kube::{Cluster, NODE_NAME, namespace, pod, service},
@@ -211,6 +216,128 @@ fn tc_mode_finds_each_pods_veth_from_the_api_and_steers() -> Result<()> {
         |r| routed(r) && r.endpoint() == "reviews-joint1",
     )?;
     assert_eq!(r.header("x-seen-tag"), Some("joint1"));
+    drop(agent);
+    Ok(())
+}
+
+/// `laneway_policy_errors_total` of `service` on /metrics (0 when absent).
+fn policy_errors(node: &Node, service: &str) -> Result<u64> {
+    let needle = format!("laneway_policy_errors_total{{service=\"{service}\"}} ");
+    let text = scrape(node)?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .map(|v| v.trim().parse())
+        .transpose()?
+        .unwrap_or(0))
+}
+
+/// The service as `laneway services -o json` shows it.
+fn service_info(node: &Node, name: &str) -> Result<api::ServiceInfo> {
+    let services: api::Services = json(node, &["services", name])?;
+    services
+        .services
+        .into_iter()
+        .next()
+        .with_context(|| format!("no service {name}"))
+}
+
+#[test]
+fn a_bad_policy_annotation_keeps_the_last_good_policy_in_force_and_says_so() -> Result<()> {
+    let mut node = Node::new()?;
+    let (scenario, pods) = standard::scenario(&mut node)?;
+    let _backends = [pods.base, pods.joint1, pods.gray]
+        .into_iter()
+        .map(|p| Backend::http(node.pod(p), 8080))
+        .collect::<Result<Vec<_>>>()?;
+    node.install_kube_proxy(&scenario)?;
+    let mut cluster = Cluster::start(&node)?;
+    cluster.run_pod_process(&node, pods.client)?;
+    cluster.api.apply(namespace("shop", true));
+    cluster
+        .api
+        .apply(pod(&node, pods.client, "shop", NODE_NAME, None));
+    let svc = &scenario.services[0];
+    for (index, tag) in &svc.endpoints {
+        cluster
+            .api
+            .apply(pod(&node, *index, "backends", "node-2", tag.as_deref()));
+    }
+    let (reviews_svc, slice) = service(&node, svc, "backends");
+    let annotated = |canary: &str| {
+        let mut s = reviews_svc.clone();
+        s.metadata.annotations = Some(BTreeMap::from([(
+            "laneway.io/canary".to_string(),
+            canary.to_string(),
+        )]));
+        s
+    };
+    // All untagged traffic to gray: a policy whose loss shows in every request.
+    cluster.api.apply(annotated("gray=100"));
+    cluster.api.apply(slice);
+    let mut agent = Agent::start_kube(&node, &scenario, &cluster)?;
+    let reviews = Node::vip(svc);
+    let client = node.pod(pods.client);
+    let untagged = || client::get(client, reviews, &[]);
+    eventually("the canary policy routes", untagged, |r| {
+        routed(r) && r.endpoint() == "reviews-gray"
+    })?;
+    assert_eq!(policy_errors(&node, "backends/reviews")?, 0);
+    assert_eq!(service_info(&node, "reviews")?.policy_error, None);
+
+    cluster.api.apply(annotated("gray=200"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let info = loop {
+        let info = service_info(&node, "reviews")?;
+        if info.policy_error.is_some() || Instant::now() > deadline {
+            break info;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let error = info
+        .policy_error
+        .as_deref()
+        .context("the policy error is shown")?;
+    assert!(error.contains("laneway.io/canary"), "{error}");
+    assert!(
+        info.policy.contains("gray=100"),
+        "the last good policy is in force: {}",
+        info.policy
+    );
+    assert!(policy_errors(&node, "backends/reviews")? >= 1);
+    for _ in 0..20 {
+        let r = untagged()?;
+        assert!(
+            routed(&r) && r.endpoint() == "reviews-gray",
+            "routing keeps the last good policy: {r:?}"
+        );
+    }
+    let e: api::Explanation = json(
+        &node,
+        &["explain", "--from", "shop/client", "--to", "reviews"],
+    )?;
+    let gray = format!("{}:8080", node.pod(pods.gray).ip);
+    assert_eq!(e.endpoint.as_deref(), Some(gray.as_str()), "{e:#?}");
+    assert!(
+        e.steps
+            .iter()
+            .any(|s| s.contains("policy annotations are bad")
+                && s.contains("last good policy is in force")),
+        "{:#?}",
+        e.steps
+    );
+
+    // The last good policy lives in the agent's memory only: a restarted
+    // agent has none for this service, so the cluster defaults (no canary)
+    // apply until the annotation is fixed.
+    agent.terminate()?;
+    let agent = Agent::start_kube(&node, &scenario, &cluster)?;
+    let info = service_info(&node, "reviews")?;
+    assert!(info.policy_error.is_some(), "{info:?}");
+    assert_eq!(info.policy, "none");
+    eventually("base after a restart", untagged, |r| {
+        routed(r) && r.endpoint() == "reviews-base"
+    })?;
     drop(agent);
     Ok(())
 }
