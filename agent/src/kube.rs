@@ -26,10 +26,10 @@ use std::{
 use futures::{StreamExt, future::ready};
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, Pod, Service},
+        core::v1::{Namespace, Pod, PodSpec, PodStatus, Service},
         discovery::v1::EndpointSlice,
     },
-    apimachinery::pkg::util::intstr::IntOrString,
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -186,6 +186,7 @@ pub async fn run(
 fn reflect<K>(api: Api<K>, config: watcher::Config, changed: &Arc<Notify>) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
+        + Slim
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
@@ -196,7 +197,8 @@ where
     let (store, writer) = reflector::store();
     let changed = changed.clone();
     let kind = K::kind(&()).into_owned();
-    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+    let stream =
+        reflector::reflector(writer, watcher(api, config).modify(K::slim)).default_backoff();
     tokio::spawn(stream.for_each(move |event| {
         match event {
             Ok(_) => changed.notify_one(),
@@ -205,6 +207,78 @@ where
         ready(())
     }));
     store
+}
+
+/// Drops what [`build`] never reads before an object enters a store, so a
+/// big cluster's stores do not hold every object's `managedFields`,
+/// `last-applied-configuration` annotation or containers. Whatever `build`
+/// starts reading must be kept here (the `slim_objects_build_the_same`
+/// test compares).
+trait Slim {
+    fn slim(&mut self);
+}
+
+/// Keeps the identity, labels (tag and enrolment labels are configurable)
+/// and deletion mark; keeps only the annotations `keep_annotation` accepts.
+fn slim_meta(meta: &mut ObjectMeta, keep_annotation: impl Fn(&str) -> bool) {
+    let full = std::mem::take(meta);
+    *meta = ObjectMeta {
+        name: full.name,
+        namespace: full.namespace,
+        uid: full.uid,
+        resource_version: full.resource_version,
+        labels: full.labels,
+        deletion_timestamp: full.deletion_timestamp,
+        annotations: full
+            .annotations
+            .map(|a| {
+                a.into_iter()
+                    .filter(|(k, _)| keep_annotation(k))
+                    .collect::<BTreeMap<_, _>>()
+            })
+            .filter(|a| !a.is_empty()),
+        ..ObjectMeta::default()
+    };
+}
+
+impl Slim for Namespace {
+    fn slim(&mut self) {
+        slim_meta(&mut self.metadata, |_| false);
+        self.spec = None;
+        self.status = None;
+    }
+}
+
+impl Slim for Pod {
+    fn slim(&mut self) {
+        slim_meta(&mut self.metadata, |_| false);
+        self.spec = self.spec.take().map(|s| PodSpec {
+            node_name: s.node_name,
+            host_network: s.host_network,
+            ..PodSpec::default()
+        });
+        self.status = self.status.take().map(|s| PodStatus {
+            phase: s.phase,
+            pod_ip: s.pod_ip,
+            pod_ips: s.pod_ips,
+            ..PodStatus::default()
+        });
+    }
+}
+
+impl Slim for Service {
+    fn slim(&mut self) {
+        slim_meta(&mut self.metadata, |k| {
+            k.starts_with(crate::policy::ANNOTATION_PREFIX)
+        });
+        self.status = None;
+    }
+}
+
+impl Slim for EndpointSlice {
+    fn slim(&mut self) {
+        slim_meta(&mut self.metadata, |_| false);
+    }
 }
 
 /// Turns the stores into the desired services and pods.
@@ -282,6 +356,9 @@ fn build(
                 .unwrap_or(false)
         })
         .filter(|p| p.metadata.deletion_timestamp.is_none())
+        // A completed pod (a finished Job's) has no process left to find: it
+        // would be reported and looked for again every RETRY_UNRESOLVED forever.
+        .filter(|p| !is_completed(p))
         .collect();
     let uids: Vec<String> = local.iter().filter_map(|p| p.uid()).collect();
     let mut found = finder.find(&uids);
@@ -340,6 +417,15 @@ fn build(
     }
 }
 
+/// Whether the pod has finished for good (phase `Succeeded` or `Failed`):
+/// its containers will not run again.
+fn is_completed(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
 fn pod_tag(pod: &Pod, label: &str) -> Option<config::Tag> {
     let value = pod.labels().get(label)?;
     match value.parse() {
@@ -380,14 +466,20 @@ fn service(
     if spec.type_.as_deref() == Some("ExternalName") {
         return None;
     }
-    let mut vips: Vec<IpAddr> = spec
+    // `clusterIP` is `clusterIPs[0]` on current servers; it is read too for
+    // objects written by older ones. Each VIP once, primary family first.
+    let mut vips: Vec<IpAddr> = Vec::new();
+    for ip in spec
         .cluster_ips
         .iter()
         .flatten()
         .chain(spec.cluster_ip.iter())
         .filter_map(|ip| ip.parse().ok())
-        .collect();
-    vips.dedup();
+    {
+        if !vips.contains(&ip) {
+            vips.push(ip);
+        }
+    }
     let ports: Vec<ServicePort> = spec
         .ports
         .iter()
@@ -475,5 +567,243 @@ fn app_protocol(value: Option<&str>) -> AppProtocol {
             "tcp" | "https" | "tls" | "grpc" | "http2" | "kubernetes.io/h2c" | "kubernetes.io/wss",
         ) => AppProtocol::Tcp,
         _ => AppProtocol::Auto,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::{
+        api::core::v1::{Container, PodCondition},
+        apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry,
+    };
+    use laneway_kube_fake::objects;
+
+    use super::*;
+
+    /// What a real API server adds to every object and `build` never reads.
+    fn verbose(meta: &mut ObjectMeta) {
+        meta.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("kubectl-client-side-apply".into()),
+            operation: Some("Update".into()),
+            ..ManagedFieldsEntry::default()
+        }]);
+        meta.annotations.get_or_insert_default().insert(
+            "kubectl.kubernetes.io/last-applied-configuration".into(),
+            "{\"apiVersion\":\"v1\"}".into(),
+        );
+    }
+
+    fn store_of<K>(objects: &[K], slim: bool) -> Store<K>
+    where
+        K: kube::Resource<DynamicType = ()> + Slim + Clone,
+    {
+        let (store, mut writer) = reflector::store();
+        for obj in objects {
+            let mut obj = obj.clone();
+            if slim {
+                obj.slim();
+            }
+            writer.apply_watcher_event(&watcher::Event::Apply(obj));
+        }
+        store
+    }
+
+    #[test]
+    fn slim_objects_build_the_same() {
+        let mut namespaces = vec![objects::namespace("shop", true)];
+        let mut client = objects::pod("shop", "client", "node-a", "10.244.0.10", Some("gray"));
+        client.spec.get_or_insert_default().containers = vec![Container {
+            name: "app".into(),
+            image: Some("example/app:1".into()),
+            ..Container::default()
+        }];
+        client.status.get_or_insert_default().conditions = Some(vec![PodCondition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            ..PodCondition::default()
+        }]);
+        let mut done = objects::pod("shop", "job", "node-a", "10.244.0.11", None);
+        done.status.get_or_insert_default().phase = Some("Succeeded".into());
+        let mut host = objects::pod("shop", "host", "node-a", "10.0.0.5", None);
+        host.spec.get_or_insert_default().host_network = Some(true);
+        let mut pods = vec![
+            client,
+            done,
+            host,
+            objects::pod("shop", "lost", "node-a", "10.244.0.12", None),
+            objects::pod("shop", "reviews-1", "node-b", "10.244.1.20", Some("joint1")),
+        ];
+        let mut svc = objects::service("shop", "reviews", "10.96.0.10", &[("http", 80, 8080)]);
+        svc.metadata.annotations = Some(BTreeMap::from([(
+            "laneway.io/canary".to_string(),
+            "gray=10".to_string(),
+        )]));
+        svc.spec
+            .get_or_insert_default()
+            .ports
+            .get_or_insert_default()[0]
+            .app_protocol = Some("http".into());
+        let mut services = vec![svc];
+        let mut slices = vec![objects::endpoint_slice(
+            "shop",
+            "reviews",
+            "reviews-abc",
+            ("http", 8080),
+            &[("reviews-1", "10.244.1.20", false)],
+        )];
+        for meta in namespaces
+            .iter_mut()
+            .map(|o| &mut o.metadata)
+            .chain(pods.iter_mut().map(|o| &mut o.metadata))
+            .chain(services.iter_mut().map(|o| &mut o.metadata))
+            .chain(slices.iter_mut().map(|o| &mut o.metadata))
+        {
+            verbose(meta);
+        }
+
+        let proc_root = std::env::temp_dir().join(format!("laneway-slim-{}", std::process::id()));
+        let pid = proc_root.join("100");
+        std::fs::create_dir_all(pid.join("ns")).expect("fake /proc");
+        std::fs::write(
+            pid.join("cgroup"),
+            format!("0::/kubepods/pod{}/c\n", objects::pod_uid("client")),
+        )
+        .expect("fake /proc");
+        std::fs::write(pid.join("ns/net"), "").expect("fake /proc");
+        let mut base = Config::default();
+        base.kube.proc_root = proc_root.clone();
+        let desired = |slim: bool| {
+            let stores = Stores {
+                namespaces: store_of(&namespaces, slim),
+                pods: store_of(&pods, slim),
+                services: store_of(&services, slim),
+                slices: store_of(&slices, slim),
+            };
+            let mut finder = NetnsFinder::new(proc_root.clone());
+            let d = build(&stores, "node-a", &base, &mut finder, &mut HashMap::new());
+            (stores, d)
+        };
+        let (full_stores, full) = desired(false);
+        let (slim_stores, slim) = desired(true);
+        let _ = std::fs::remove_dir_all(&proc_root);
+
+        assert_eq!(full.config.pods.len(), 1, "{:?}", full.config.pods);
+        assert_eq!(full.unenrolled.len(), 1, "{:?}", full.unenrolled);
+        assert!(full.config.services[0].policy.is_some());
+        assert_eq!(format!("{:?}", slim.config), format!("{:?}", full.config));
+        assert_eq!(slim.unenrolled, full.unenrolled);
+        assert_eq!(slim.policy_errors, full.policy_errors);
+
+        // And the stores really hold less.
+        let slim_pod = slim_stores
+            .pods
+            .state()
+            .into_iter()
+            .find(|p| p.name_any() == "client")
+            .expect("client");
+        assert!(slim_pod.metadata.managed_fields.is_none());
+        assert!(slim_pod.metadata.annotations.is_none());
+        assert!(slim_pod.spec.as_ref().expect("spec").containers.is_empty());
+        assert!(
+            slim_pod
+                .status
+                .as_ref()
+                .expect("status")
+                .conditions
+                .is_none()
+        );
+        let slim_svc = &slim_stores.services.state()[0];
+        assert_eq!(
+            slim_svc.annotations().keys().collect::<Vec<_>>(),
+            vec!["laneway.io/canary"]
+        );
+        assert!(slim_svc.metadata.managed_fields.is_none());
+        assert!(
+            full_stores.services.state()[0]
+                .metadata
+                .managed_fields
+                .is_some()
+        );
+        assert!(
+            slim_stores.slices.state()[0]
+                .metadata
+                .managed_fields
+                .is_none()
+        );
+        assert!(
+            slim_stores.namespaces.state()[0]
+                .metadata
+                .annotations
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_dual_stack_service_has_each_vip_once_primary_family_first() {
+        let mut svc = objects::service("shop", "reviews", "10.96.0.10", &[("http", 80, 8080)]);
+        let spec = svc.spec.as_mut().expect("spec");
+        spec.cluster_ips = Some(vec!["10.96.0.10".into(), "fd00:96::10".into()]);
+        let s = service(&svc, &[], &HashMap::new()).expect("redirectable");
+        let v4: IpAddr = "10.96.0.10".parse().expect("ip");
+        let v6: IpAddr = "fd00:96::10".parse().expect("ip");
+        assert_eq!(s.vips, vec![v4, v6]);
+
+        // IPv6-primary: clusterIP is the IPv6 address.
+        let spec = svc.spec.as_mut().expect("spec");
+        spec.cluster_ip = Some("fd00:96::10".into());
+        spec.cluster_ips = Some(vec!["fd00:96::10".into(), "10.96.0.10".into()]);
+        let s = service(&svc, &[], &HashMap::new()).expect("redirectable");
+        assert_eq!(s.vips, vec![v6, v4]);
+    }
+
+    #[test]
+    fn a_headless_service_is_not_redirected() {
+        let mut svc = objects::service("shop", "reviews", "None", &[("http", 80, 8080)]);
+        assert!(service(&svc, &[], &HashMap::new()).is_none());
+        svc.spec.as_mut().expect("spec").cluster_ips = None;
+        assert!(service(&svc, &[], &HashMap::new()).is_none());
+    }
+
+    #[test]
+    fn app_protocol_http_is_parsed_known_non_http_passed_through_the_rest_sniffed() {
+        let ports = [
+            ("plain", 80, None),
+            ("web", 81, Some("http")),
+            ("web-upper", 82, Some("HTTP")),
+            ("grpc", 83, Some("grpc")),
+            ("h2c", 84, Some("kubernetes.io/h2c")),
+            ("tls", 85, Some("https")),
+            ("custom", 86, Some("example.com/thing")),
+        ];
+        let names: Vec<(&str, i32, i32)> = ports.iter().map(|(n, p, _)| (*n, *p, *p)).collect();
+        let mut svc = objects::service("shop", "reviews", "10.96.0.10", &names);
+        for (port, (_, _, app)) in svc
+            .spec
+            .as_mut()
+            .and_then(|s| s.ports.as_mut())
+            .expect("ports")
+            .iter_mut()
+            .zip(ports)
+        {
+            port.app_protocol = app.map(Into::into);
+        }
+        let s = service(&svc, &[], &HashMap::new()).expect("redirectable");
+        let got: Vec<(Option<&str>, AppProtocol)> = s
+            .ports
+            .iter()
+            .map(|p| (p.name.as_deref(), p.protocol))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some("plain"), AppProtocol::Auto),
+                (Some("web"), AppProtocol::Http),
+                (Some("web-upper"), AppProtocol::Http),
+                (Some("grpc"), AppProtocol::Tcp),
+                (Some("h2c"), AppProtocol::Tcp),
+                (Some("tls"), AppProtocol::Tcp),
+                (Some("custom"), AppProtocol::Auto),
+            ]
+        );
     }
 }

@@ -383,6 +383,9 @@ pub enum LaneModeName {
     Strict,
 }
 
+/// The prefix of a Service's policy annotations (`laneway.io/canary`, ...).
+pub const ANNOTATION_PREFIX: &str = "laneway.io/";
+
 impl PolicySpec {
     /// This policy with the fields it leaves out taken from `defaults`.
     pub fn over(&self, defaults: &PolicySpec) -> PolicySpec {
@@ -404,7 +407,7 @@ impl PolicySpec {
         let mut spec = PolicySpec::default();
         let mut any = false;
         for (key, value) in annotations {
-            let field = match key.strip_prefix("laneway.io/") {
+            let field = match key.strip_prefix(ANNOTATION_PREFIX) {
                 Some(f) => f,
                 None => continue,
             };

@@ -11,7 +11,7 @@ use laneway::{
     kube::{Desired, run},
 };
 use laneway_kube_fake::{
-    FakeApiServer,
+    FakeApiServer, Outage,
     objects::{self, namespace, pod, pod_uid as uid},
 };
 use tokio::sync::watch;
@@ -37,16 +37,24 @@ impl FakeProc {
     fn new(tag: &str, pods: &[&str]) -> Result<Self> {
         let root = std::env::temp_dir().join(format!("laneway-kube-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root)?;
+        let proc = Self(root);
         for (i, name) in pods.iter().enumerate() {
-            let dir = root.join((1000 + i).to_string());
-            std::fs::create_dir_all(dir.join("ns"))?;
-            std::fs::write(
-                dir.join("cgroup"),
-                format!("0::/kubepods/besteffort/pod{}/c{i}\n", uid(name)),
-            )?;
-            std::fs::write(dir.join("ns/net"), "")?;
+            proc.add(1000 + i, name)?;
         }
-        Ok(Self(root))
+        Ok(proc)
+    }
+
+    /// Process `pid` of pod `name` appears.
+    fn add(&self, pid: usize, name: &str) -> Result<()> {
+        let dir = self.0.join(pid.to_string());
+        std::fs::create_dir_all(dir.join("ns"))?;
+        std::fs::write(
+            dir.join("cgroup"),
+            format!("0::/kubepods/besteffort/pod{}/c{pid}\n", uid(name)),
+        )?;
+        std::fs::write(dir.join("ns/net"), "")?;
+        Ok(())
     }
 }
 
@@ -58,19 +66,24 @@ impl Drop for FakeProc {
 
 struct Source {
     rx: watch::Receiver<Option<Desired>>,
-    _proc: FakeProc,
+    proc: FakeProc,
 }
 
 async fn start(server: &FakeApiServer, proc: FakeProc) -> Result<Source> {
+    start_with(server, proc, "").await
+}
+
+/// Like [`start`], with more agent config (YAML top-level sections).
+async fn start_with(server: &FakeApiServer, proc: FakeProc, extra: &str) -> Result<Source> {
     let client = kube::Client::try_from(kube::Config::new(server.url().parse()?))?;
     let base = Config::parse(&format!(
-        "kube:\n  proc_root: {}\n  debounce: 20ms\n",
+        "kube:\n  proc_root: {}\n  debounce: 20ms\n{extra}",
         proc.0.display()
     ))
     .map_err(anyhow::Error::msg)?;
     let (tx, rx) = watch::channel(None);
     tokio::spawn(run(client, NODE.into(), base, tx));
-    Ok(Source { rx, _proc: proc })
+    Ok(Source { rx, proc })
 }
 
 impl Source {
@@ -504,5 +517,188 @@ async fn a_bad_policy_annotation_keeps_the_last_good_policy_and_is_reported() ->
         })
         .await?;
     assert!(d.policy_errors.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn completed_pods_are_neither_enrolled_nor_reported() -> Result<()> {
+    let server = FakeApiServer::start_local();
+    base_cluster(&server);
+    // Finished Job pods keep their node, IP and labels but have no process left.
+    for (name, ip, phase) in [
+        ("job-done", "10.244.0.20", "Succeeded"),
+        ("job-failed", "10.244.0.21", "Failed"),
+    ] {
+        let mut p = pod("shop", name, NODE, ip, None);
+        if let Some(status) = p.status.as_mut() {
+            status.phase = Some(phase.into());
+        }
+        server.apply(p);
+    }
+    let mut source = start(&server, FakeProc::new("completed", &["client"])?).await?;
+    let d = source.until("first sync", |_| true).await?;
+    assert_eq!(enrolled(&d), vec![("shop/client".into(), None)]);
+    assert!(
+        d.unenrolled.is_empty(),
+        "completed pods are not looked for: {:?}",
+        d.unenrolled
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_configured_tag_label_drives_pod_and_endpoint_tags() -> Result<()> {
+    const MSE_LABEL: &str = "alicloud.service.tag";
+    let server = FakeApiServer::start_local();
+    base_cluster(&server);
+    let label = |name: &str, node: &str, ip: &str, tag: &str| {
+        let mut p = pod("shop", name, node, ip, None);
+        p.metadata
+            .labels
+            .get_or_insert_default()
+            .insert(MSE_LABEL.into(), tag.into());
+        p
+    };
+    server.apply(label("client", NODE, "10.244.0.10", "gray"));
+    server.apply(label("reviews-1", "node-b", "10.244.1.20", "joint2"));
+    // reviews-2 keeps only `laneway.io/tag: joint1`, which is not the tag label now.
+    let mut source = start_with(
+        &server,
+        FakeProc::new("mse", &["client"])?,
+        &format!("tags:\n  pod_label: {MSE_LABEL}\n"),
+    )
+    .await?;
+    let d = source.until("first sync", |_| true).await?;
+    assert_eq!(
+        enrolled(&d),
+        vec![("shop/client".into(), Some("gray".into()))]
+    );
+    assert_eq!(
+        endpoints(&d, "reviews"),
+        vec![
+            ("10.244.1.20".into(), Some("joint2".into()), false),
+            ("10.244.1.21".into(), None, false)
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pod_created_after_the_first_sync_is_enrolled_and_removed_when_deleted() -> Result<()> {
+    let server = FakeApiServer::start_local();
+    base_cluster(&server);
+    let mut source = start(&server, FakeProc::new("late-pod", &["client", "newcomer"])?).await?;
+    let d = source.until("first sync", |_| true).await?;
+    assert_eq!(enrolled(&d), vec![("shop/client".into(), None)]);
+    server.apply(pod("shop", "newcomer", NODE, "10.244.0.30", Some("joint1")));
+    let d = source
+        .until("newcomer enrolled", |d| enrolled(d).len() == 2)
+        .await?;
+    assert_eq!(
+        enrolled(&d),
+        vec![
+            ("shop/client".into(), None),
+            ("shop/newcomer".into(), Some("joint1".into()))
+        ]
+    );
+    let newcomer = d
+        .config
+        .pods
+        .iter()
+        .find(|p| p.name.as_str() == "newcomer")
+        .context("newcomer")?;
+    assert!(newcomer.netns.ends_with("1001/ns/net"));
+    assert_eq!(
+        newcomer.ips,
+        vec!["10.244.0.30".parse::<std::net::IpAddr>()?]
+    );
+    server.delete::<k8s_openapi::api::core::v1::Pod>(Some("shop"), "newcomer");
+    let d = source
+        .until("newcomer removed", |d| enrolled(d).len() == 1)
+        .await?;
+    assert_eq!(enrolled(&d), vec![("shop/client".into(), None)]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pod_whose_process_appears_late_is_enrolled_on_the_retry() -> Result<()> {
+    let server = FakeApiServer::start_local();
+    base_cluster(&server);
+    let proc = FakeProc::new("late-process", &["client"])?;
+    server.apply(pod("shop", "slow-start", NODE, "10.244.0.31", None));
+    let mut source = start(&server, proc).await?;
+    let d = source.until("first sync", |_| true).await?;
+    assert_eq!(
+        d.unenrolled
+            .iter()
+            .map(|u| u.pod.as_str())
+            .collect::<Vec<_>>(),
+        vec!["shop/slow-start"],
+        "reported while its process is missing"
+    );
+    // Nothing changes in the API: only the periodic retry can find it.
+    let requests = server.requests().len();
+    source.proc.add(2000, "slow-start")?;
+    let d = source
+        .until("enrolled on the retry", |d| enrolled(d).len() == 2)
+        .await?;
+    assert!(d.unenrolled.is_empty(), "{:?}", d.unenrolled);
+    assert!(
+        enrolled(&d).contains(&("shop/slow-start".into(), None)),
+        "{:?}",
+        enrolled(&d)
+    );
+    assert!(
+        !server.requests()[requests..]
+            .iter()
+            .any(|r| !r.contains("watch=")),
+        "no re-list needed: {:?}",
+        &server.requests()[requests..]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn watchers_back_off_and_recover_when_the_api_drops_connections() -> Result<()> {
+    let server = FakeApiServer::start_local();
+    base_cluster(&server);
+    let mut source = start(&server, FakeProc::new("closing", &["client"])?).await?;
+    source.until("first sync", |_| true).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.open_watches() < 4 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A crashed API server: open watches end, every new request gets a
+    // transport error, which kube's client does not retry: the watchers' own
+    // backoff does.
+    server.clear_requests();
+    server.set_outage(Some(Outage::CloseConnections));
+    server.apply(pod("shop", "client", NODE, "10.244.0.10", Some("joint1")));
+    server.delete::<EndpointSlice>(Some("shop"), "reviews-abc");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let last = source.rx.borrow().clone().context("state")?;
+    assert_eq!(
+        enrolled(&last),
+        vec![("shop/client".into(), None)],
+        "the last good state is kept"
+    );
+    assert_eq!(endpoints(&last, "reviews").len(), 2);
+    let attempts = server.requests().len();
+    // Four watchers, each failing at once and then retrying with kube's
+    // default backoff (first retry after 0.8-1.6 s, the next 1.6-3.2 s
+    // later): two or three attempts each within 3 s. A loop without backoff
+    // would make thousands.
+    assert!(
+        (8..=12).contains(&attempts),
+        "{attempts} requests during the outage: {:?}",
+        server.requests()
+    );
+    server.set_outage(None);
+    source
+        .until("converged after the outage", |d| {
+            enrolled(d) == vec![("shop/client".to_string(), Some("joint1".to_string()))]
+                && endpoints(d, "reviews").is_empty()
+        })
+        .await?;
     Ok(())
 }

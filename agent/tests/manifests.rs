@@ -8,8 +8,9 @@
 //! asserted: host namespaces, downward-API environment, probes on the admin
 //! port, capabilities, mounts, read-only RBAC on exactly what the agent
 //! watches, and a config whose `kube` and `admin` sections agree with the
-//! DaemonSet. The agent's own `Config` type is deliberately not used: the
-//! config is checked as plain YAML.
+//! DaemonSet. The config is also parsed by the agent's own
+//! `Config::parse`, so a field the agent would refuse at start (a typo, a
+//! bad value) fails here rather than in a crash-looping DaemonSet.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -255,15 +256,19 @@ fn container_port(container: &Container, name: &str) -> i32 {
     port.container_port
 }
 
-/// The agent's config (`laneway.yaml` of the ConfigMap), as YAML.
-fn agent_config(objects: &Objects) -> Value {
+/// The agent's config file (`laneway.yaml` of the ConfigMap).
+fn agent_config_text(objects: &Objects) -> &str {
     let cm = only(&objects.config_maps, "ConfigMap");
-    let text = cm
-        .data
+    cm.data
         .as_ref()
         .and_then(|d| d.get("laneway.yaml"))
-        .expect("the ConfigMap has a `laneway.yaml` key");
-    serde_yaml::from_str(text).unwrap_or_else(|e| panic!("laneway.yaml is not YAML: {e}"))
+        .expect("the ConfigMap has a `laneway.yaml` key")
+}
+
+/// The agent's config, as YAML.
+fn agent_config(objects: &Objects) -> Value {
+    serde_yaml::from_str(agent_config_text(objects))
+        .unwrap_or_else(|e| panic!("laneway.yaml is not YAML: {e}"))
 }
 
 fn port_of(addr: &str) -> i32 {
@@ -633,6 +638,22 @@ fn config_map_holds_a_kube_mode_config_that_matches_the_daemonset() {
             .and_then(|r| r.get("redirect_ipv4"))
             .is_none(),
         "router.redirect_ipv4 comes from LANEWAY_REDIRECT_IPV4 (the node's address)"
+    );
+}
+
+#[test]
+fn config_map_config_is_accepted_by_the_agent() {
+    let objects = base();
+    let config = laneway::config::Config::parse(agent_config_text(&objects))
+        .unwrap_or_else(|e| panic!("the agent refuses deploy/configmap.yaml's laneway.yaml: {e}"));
+    assert!(
+        config.services.is_empty() && config.pods.is_empty(),
+        "`agent --kube` refuses a file with services or pods"
+    );
+    assert_eq!(
+        config.kube.proc_root,
+        Path::new("/host/proc"),
+        "parsed as written"
     );
 }
 

@@ -10,6 +10,7 @@
 //! the machine is. Everything is removed on drop, also after a failed test,
 //! and leftovers of killed runs are swept at the next start.
 
+pub mod admin;
 pub mod agent;
 pub mod backend;
 pub mod client;

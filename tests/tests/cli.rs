@@ -5,42 +5,23 @@
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use anyhow::{Context, Result};
 use laneway::admin::api;
-use laneway_tests::{Standard, agent::binary, client};
-use serde::de::DeserializeOwned;
-
-fn laneway(s: &Standard, args: &[&str]) -> Result<Output> {
-    Command::new(binary())
-        .args(args)
-        .arg("--socket")
-        .arg(s.node.admin_socket())
-        .output()
-        .context("run laneway")
-}
-
-fn json<T: DeserializeOwned>(s: &Standard, args: &[&str]) -> Result<T> {
-    let mut all = args.to_vec();
-    all.extend(["-o", "json"]);
-    let out = laneway(s, &all)?;
-    anyhow::ensure!(
-        out.status.success(),
-        "laneway {args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .with_context(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use laneway_tests::{
+    Standard,
+    admin::{json, laneway, scrape},
+    agent::binary,
+    client,
+};
 
 #[test]
 fn status_shows_programs_maps_router_and_snapshot() -> Result<()> {
     let s = Standard::start()?;
-    let st: api::Status = json(&s, &["status"])?;
+    let st: api::Status = json(&s.node, &["status"])?;
     assert!(st.ready);
     assert_eq!(st.mode, "socket");
     let names: Vec<&str> = st.programs.iter().map(|p| p.name.as_str()).collect();
@@ -69,7 +50,7 @@ fn status_shows_programs_maps_router_and_snapshot() -> Result<()> {
         .find(|m| m.name == "ENROLLED")
         .context("ENROLLED")?;
     assert_eq!(enrolled.entries, 2);
-    let table = laneway(&s, &["status"])?;
+    let table = laneway(&s.node, &["status"])?;
     assert!(table.status.success());
     assert!(String::from_utf8_lossy(&table.stdout).contains("connect4"));
     Ok(())
@@ -78,7 +59,7 @@ fn status_shows_programs_maps_router_and_snapshot() -> Result<()> {
 #[test]
 fn pods_lists_enrolled_pods_and_the_ones_that_could_not_be() -> Result<()> {
     let s = Standard::start()?;
-    let pods: api::Pods = json(&s, &["pods"])?;
+    let pods: api::Pods = json(&s.node, &["pods"])?;
     let names: Vec<(String, Option<String>)> = pods
         .enrolled
         .iter()
@@ -101,7 +82,7 @@ fn pods_lists_enrolled_pods_and_the_ones_that_could_not_be() -> Result<()> {
     )?;
     s.agent
         .wait_for_log("config reloaded", Duration::from_secs(5))?;
-    let pods: api::Pods = json(&s, &["pods"])?;
+    let pods: api::Pods = json(&s.node, &["pods"])?;
     assert_eq!(pods.unenrolled.len(), 1, "{pods:?}");
     assert_eq!(pods.unenrolled[0].pod, "default/ghost");
     assert!(
@@ -117,7 +98,7 @@ fn pods_lists_enrolled_pods_and_the_ones_that_could_not_be() -> Result<()> {
 #[test]
 fn services_group_endpoints_by_lane() -> Result<()> {
     let s = Standard::start()?;
-    let svcs: api::Services = json(&s, &["services", "reviews"])?;
+    let svcs: api::Services = json(&s.node, &["services", "reviews"])?;
     assert_eq!(svcs.services.len(), 1);
     let port = &svcs.services[0].ports[0];
     let lanes: Vec<Option<&str>> = port.lanes.iter().map(|l| l.tag.as_deref()).collect();
@@ -125,7 +106,7 @@ fn services_group_endpoints_by_lane() -> Result<()> {
     let joint1 = &port.lanes[2].endpoints[0];
     assert_eq!(joint1.name.as_deref(), Some("reviews-joint1"));
     assert!(joint1.eligible);
-    let missing = laneway(&s, &["services", "nope"])?;
+    let missing = laneway(&s.node, &["services", "nope"])?;
     assert_eq!(
         missing.status.code(),
         Some(1),
@@ -149,7 +130,7 @@ fn explain_predicts_the_endpoint_that_then_answers() -> Result<()> {
     ] {
         let mut args = vec!["explain", "--from", from, "--to", "reviews"];
         args.extend(headers.iter().copied());
-        let e: api::Explanation = json(&s, &args)?;
+        let e: api::Explanation = json(&s.node, &args)?;
         let predicted = e.endpoint.clone().context("an endpoint")?;
         let pod = if from == "client-joint1" {
             s.pods.client_joint1
@@ -172,7 +153,7 @@ fn explain_predicts_the_endpoint_that_then_answers() -> Result<()> {
         assert_eq!(predicted, actual, "explain {args:?}: {:#?}", e.steps);
         assert!(e.steps.len() >= 4, "{:?}", e.steps);
     }
-    let bad = laneway(&s, &["explain", "--to", "reviews", "-H", "no-colon"])?;
+    let bad = laneway(&s.node, &["explain", "--to", "reviews", "-H", "no-colon"])?;
     assert_eq!(
         bad.status.code(),
         Some(2),
@@ -186,7 +167,7 @@ fn conns_shows_an_open_connection() -> Result<()> {
     let s = Standard::start()?;
     let mut conn = client::Conn::open(s.node.pod(s.pods.client), s.reviews())?;
     conn.get("/", &[("x-mse-tag", "gray")])?;
-    let conns: api::Conns = json(&s, &["conns"])?;
+    let conns: api::Conns = json(&s.node, &["conns"])?;
     let c = conns
         .connections
         .iter()
@@ -201,18 +182,12 @@ fn conns_shows_an_open_connection() -> Result<()> {
     assert!(c.endpoint.as_deref().is_some_and(|e| e.ends_with(":8080")));
     drop(conn);
     std::thread::sleep(Duration::from_millis(200));
-    let conns: api::Conns = json(&s, &["conns"])?;
+    let conns: api::Conns = json(&s.node, &["conns"])?;
     assert!(
         conns.connections.is_empty(),
         "closed connections leave the table: {conns:?}"
     );
     Ok(())
-}
-
-fn scrape(s: &Standard) -> Result<String> {
-    let (status, text) = s.node.admin_get("/metrics")?;
-    anyhow::ensure!(status == 200, "/metrics answered {status}: {text}");
-    Ok(text)
 }
 
 #[test]
@@ -226,7 +201,7 @@ fn metrics_count_the_requests_just_sent_by_decision() -> Result<()> {
         client::get(client, s.reviews(), &[("x-mse-tag", "nolane")])?;
     }
     client::get(client, s.reviews(), &[])?;
-    let text = scrape(&s)?;
+    let text = scrape(&s.node)?;
     let count = |decision: &str, tag: &str| {
         let needle = format!(
             "laneway_requests_total{{service=\"default/reviews\",tag=\"{tag}\",decision=\"{decision}\",status_class=\"2xx\"}} "
@@ -260,7 +235,7 @@ fn metrics_count_the_requests_just_sent_by_decision() -> Result<()> {
     // A connection held open counts.
     let held = client::Conn::open(client, s.reviews())?;
     std::thread::sleep(Duration::from_millis(200));
-    assert!(scrape(&s)?.contains("laneway_active_connections 1\n"));
+    assert!(scrape(&s.node)?.contains("laneway_active_connections 1\n"));
     drop(held);
     Ok(())
 }
@@ -351,7 +326,7 @@ fn trace_streams_decisions_as_they_happen() -> Result<()> {
 fn maps_decode_the_kernel_maps() -> Result<()> {
     let s = Standard::start()?;
     let conn = client::Conn::open(s.node.pod(s.pods.client), s.reviews())?;
-    let maps: api::Maps = json(&s, &["maps"])?;
+    let maps: api::Maps = json(&s.node, &["maps"])?;
     assert_eq!(maps.enrolled.len(), 2);
     assert!(
         maps.services
@@ -375,7 +350,7 @@ fn maps_decode_the_kernel_maps() -> Result<()> {
 fn a_stopped_agent_gets_a_clear_message_and_exit_code_3() -> Result<()> {
     let mut s = Standard::start()?;
     s.agent.terminate()?;
-    let out = laneway(&s, &["status"])?;
+    let out = laneway(&s.node, &["status"])?;
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not running"), "{err}");
@@ -411,7 +386,7 @@ fn health_readiness_and_the_config_in_force() -> Result<()> {
     );
     // The config is on the admin socket only, not on the TCP port.
     assert_eq!(s.node.admin_get("/config")?.0, 404);
-    let config: serde_json::Value = json(&s, &["config", "show"])?;
+    let config: serde_json::Value = json(&s.node, &["config", "show"])?;
     assert_eq!(config["router"]["listen"], "0.0.0.0:15001");
     assert_eq!(config["services"][0]["name"], "reviews");
 
@@ -426,7 +401,7 @@ fn health_readiness_and_the_config_in_force() -> Result<()> {
     )?;
     s.agent
         .wait_for_log("config reloaded", Duration::from_secs(5))?;
-    let shown: serde_json::Value = json(&s, &["config", "show"])?;
+    let shown: serde_json::Value = json(&s.node, &["config", "show"])?;
     let tags: Vec<&str> = shown["services"][0]["endpoints"]
         .as_array()
         .context("endpoints")?
@@ -434,7 +409,7 @@ fn health_readiness_and_the_config_in_force() -> Result<()> {
         .filter_map(|e| e["tag"].as_str())
         .collect();
     assert_eq!(tags, ["joint2", "gray"], "{shown:#}");
-    let yaml = laneway(&s, &["config", "show"])?;
+    let yaml = laneway(&s.node, &["config", "show"])?;
     assert!(yaml.status.success());
     assert!(
         String::from_utf8_lossy(&yaml.stdout).contains("tag: joint2"),

@@ -343,7 +343,7 @@ fn fails_open_within_a_second_when_the_router_stops_and_steers_again_after(
         "steered again once the router is back"
     );
     // The programs counted the connections they let go the direct way.
-    let (_, metrics) = s.node.admin_get("/metrics")?;
+    let metrics = laneway_tests::admin::scrape(&s.node)?;
     let fail_open = metrics
         .lines()
         .find_map(|l| l.strip_prefix("laneway_fail_open_total "))
@@ -602,7 +602,7 @@ fn the_routers_own_connects_are_never_redirected(mode: Mode) -> Result<()> {
         r.status,
         r.text()
     );
-    let (_, metrics) = s.node.admin_get("/metrics")?;
+    let metrics = laneway_tests::admin::scrape(&s.node)?;
     let routed: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("laneway_requests_total{"))

@@ -26,7 +26,7 @@ fn with_policy(policy: &'static str) -> Result<Standard> {
 /// The agent's count of `reviews` requests with `decision` (all tags and
 /// status classes), from `/metrics`.
 fn decisions_counted(s: &Standard, decision: &str) -> Result<u64> {
-    let (_, text) = s.node.admin_get("/metrics")?;
+    let text = laneway_tests::admin::scrape(&s.node)?;
     let label = format!("decision=\"{decision}\"");
     Ok(text
         .lines()

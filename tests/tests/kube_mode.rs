@@ -2,13 +2,20 @@
 //! node: a list/watch API stand-in on the node's loopback, pods with
 //! processes in kubelet-style cgroups, real programs, real HTTP.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Service;
+use laneway::admin::api;
 use laneway_tests::{
-    Agent, Node,
+    Agent, Node, Scenario, ServiceSpec,
+    admin::{json, scrape},
     backend::Backend,
-    client::{self, Response},
+    client::{self, Conn, Response},
     kube::{Cluster, NODE_NAME, namespace, pod, service},
     node::NODE_IP,
     standard,
@@ -211,6 +218,219 @@ fn tc_mode_finds_each_pods_veth_from_the_api_and_steers() -> Result<()> {
         |r| routed(r) && r.endpoint() == "reviews-joint1",
     )?;
     assert_eq!(r.header("x-seen-tag"), Some("joint1"));
+    drop(agent);
+    Ok(())
+}
+
+/// Backends for the reviews endpoints of the standard scenario.
+fn start_reviews_backends(node: &Node, pods: &standard::Pods) -> Result<Vec<Backend>> {
+    [pods.base, pods.joint1, pods.gray]
+        .into_iter()
+        .map(|p| Backend::http(node.pod(p), 8080))
+        .collect()
+}
+
+/// The reviews Service (in namespace `backends`) annotated
+/// `laneway.io/canary: CANARY`.
+fn reviews_with_canary(node: &Node, svc: &ServiceSpec, canary: &str) -> Service {
+    let (mut s, _) = service(node, svc, "backends");
+    s.metadata.annotations = Some(BTreeMap::from([(
+        "laneway.io/canary".to_string(),
+        canary.to_string(),
+    )]));
+    s
+}
+
+/// The API with the enrolled client (namespace `shop`) and the reviews
+/// Service with its endpoints, annotated `laneway.io/canary: CANARY`.
+fn canary_cluster(
+    node: &Node,
+    scenario: &Scenario,
+    pods: &standard::Pods,
+    canary: &str,
+) -> Result<Cluster> {
+    let mut cluster = Cluster::start(node)?;
+    cluster.run_pod_process(node, pods.client)?;
+    cluster.api.apply(namespace("shop", true));
+    cluster
+        .api
+        .apply(pod(node, pods.client, "shop", NODE_NAME, None));
+    let svc = &scenario.services[0];
+    for (index, tag) in &svc.endpoints {
+        cluster
+            .api
+            .apply(pod(node, *index, "backends", "node-2", tag.as_deref()));
+    }
+    let (_, slice) = service(node, svc, "backends");
+    cluster.api.apply(reviews_with_canary(node, svc, canary));
+    cluster.api.apply(slice);
+    Ok(cluster)
+}
+
+/// `laneway_policy_errors_total` of `service` on /metrics (0 when absent).
+fn policy_errors(node: &Node, service: &str) -> Result<u64> {
+    let needle = format!("laneway_policy_errors_total{{service=\"{service}\"}} ");
+    let text = scrape(node)?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .map(|v| v.trim().parse())
+        .transpose()?
+        .unwrap_or(0))
+}
+
+/// The service as `laneway services -o json` shows it.
+fn service_info(node: &Node, name: &str) -> Result<api::ServiceInfo> {
+    let services: api::Services = json(node, &["services", name])?;
+    services
+        .services
+        .into_iter()
+        .next()
+        .with_context(|| format!("no service {name}"))
+}
+
+#[test]
+fn a_bad_policy_annotation_keeps_the_last_good_policy_in_force_and_says_so() -> Result<()> {
+    let mut node = Node::new()?;
+    let (scenario, pods) = standard::scenario(&mut node)?;
+    let _backends = start_reviews_backends(&node, &pods)?;
+    node.install_kube_proxy(&scenario)?;
+    // All untagged traffic to gray: a policy whose loss shows in every request.
+    let cluster = canary_cluster(&node, &scenario, &pods, "gray=100")?;
+    let mut agent = Agent::start_kube(&node, &scenario, &cluster)?;
+    let svc = &scenario.services[0];
+    let reviews = Node::vip(svc);
+    let client = node.pod(pods.client);
+    let untagged = || client::get(client, reviews, &[]);
+    eventually("the canary policy routes", untagged, |r| {
+        routed(r) && r.endpoint() == "reviews-gray"
+    })?;
+    assert_eq!(policy_errors(&node, "backends/reviews")?, 0);
+    assert_eq!(service_info(&node, "reviews")?.policy_error, None);
+
+    cluster
+        .api
+        .apply(reviews_with_canary(&node, svc, "gray=200"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let info = loop {
+        let info = service_info(&node, "reviews")?;
+        if info.policy_error.is_some() || Instant::now() > deadline {
+            break info;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let error = info
+        .policy_error
+        .as_deref()
+        .context("the policy error is shown")?;
+    assert!(error.contains("laneway.io/canary"), "{error}");
+    assert!(
+        info.policy.contains("gray=100"),
+        "the last good policy is in force: {}",
+        info.policy
+    );
+    assert!(policy_errors(&node, "backends/reviews")? >= 1);
+    for _ in 0..20 {
+        let r = untagged()?;
+        assert!(
+            routed(&r) && r.endpoint() == "reviews-gray",
+            "routing keeps the last good policy: {r:?}"
+        );
+    }
+    let e: api::Explanation = json(
+        &node,
+        &["explain", "--from", "shop/client", "--to", "reviews"],
+    )?;
+    let gray = format!("{}:8080", node.pod(pods.gray).ip);
+    assert_eq!(e.endpoint.as_deref(), Some(gray.as_str()), "{e:#?}");
+    assert!(
+        e.steps
+            .iter()
+            .any(|s| s.contains("policy annotations are bad")
+                && s.contains("last good policy is in force")),
+        "{:#?}",
+        e.steps
+    );
+
+    // The last good policy lives in the agent's memory only: a restarted
+    // agent has none for this service, so the cluster defaults (no canary)
+    // apply until the annotation is fixed.
+    agent.terminate()?;
+    let agent = Agent::start_kube(&node, &scenario, &cluster)?;
+    let info = service_info(&node, "reviews")?;
+    assert!(info.policy_error.is_some(), "{info:?}");
+    assert_eq!(info.policy, "none");
+    eventually("base after a restart", untagged, |r| {
+        routed(r) && r.endpoint() == "reviews-base"
+    })?;
+    drop(agent);
+    Ok(())
+}
+
+#[test]
+fn changing_the_canary_annotation_under_load_drops_no_request() -> Result<()> {
+    let mut node = Node::new()?;
+    let (scenario, pods) = standard::scenario(&mut node)?;
+    let _backends = start_reviews_backends(&node, &pods)?;
+    node.install_kube_proxy(&scenario)?;
+    let cluster = canary_cluster(&node, &scenario, &pods, "gray=0")?;
+    let agent = Agent::start_kube(&node, &scenario, &cluster)?;
+    let svc = &scenario.services[0];
+    let reviews = Node::vip(svc);
+    let client = node.pod(pods.client);
+    eventually("routed", || client::get(client, reviews, &[]), routed)?;
+    let stop = AtomicBool::new(false);
+    let (ok, failed, gray) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    std::thread::scope(|scope| -> Result<()> {
+        for worker in 0..2 {
+            let (stop, ok, failed, gray) = (&stop, &ok, &failed, &gray);
+            scope.spawn(move || {
+                let mut conn = None;
+                while !stop.load(Ordering::Relaxed) {
+                    // Worker 0 keeps one connection alive; worker 1 opens one per request.
+                    if conn.is_none() || worker == 1 {
+                        conn = Conn::open(client, reviews).ok();
+                    }
+                    match conn.as_mut().map(|c| c.get("/", &[])) {
+                        Some(Ok(r)) if r.status == 200 && routed(&r) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            if r.endpoint() == "reviews-gray" {
+                                gray.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            conn = None;
+                        }
+                    }
+                }
+            });
+        }
+        let result = (|| -> Result<()> {
+            for share in ["50", "100", "0", "25"] {
+                std::thread::sleep(Duration::from_millis(400));
+                let canary = format!("gray={share}");
+                cluster.api.apply(reviews_with_canary(&node, svc, &canary));
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !service_info(&node, "reviews")?.policy.contains(&canary) {
+                    anyhow::ensure!(Instant::now() < deadline, "{canary} not in force");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(400));
+            Ok(())
+        })();
+        stop.store(true, Ordering::Relaxed);
+        result
+    })?;
+    let (ok, failed, gray) = (
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        gray.load(Ordering::Relaxed),
+    );
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    assert!(ok > 200, "load ran: {ok} requests");
+    assert!(gray > 0, "the new shares took effect: {gray} on gray");
     drop(agent);
     Ok(())
 }

@@ -12,7 +12,6 @@ use anyhow::{Context, Result};
 use laneway::admin::api;
 use laneway_tests::{
     Agent, Node, Standard,
-    agent::binary,
     backend::Backend,
     client::{self, Conn},
     node::NODE_IP,
@@ -151,23 +150,9 @@ fn routed_within(s: &Standard, pod: usize) -> Result<Duration> {
     }
 }
 
-/// `laneway status -o json`.
-fn status(s: &Standard) -> Result<api::Status> {
-    let out = std::process::Command::new(binary())
-        .args(["status", "-o", "json", "--socket"])
-        .arg(s.node.admin_socket())
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
 /// The TC program's row in `laneway status`.
 fn tc_program(s: &Standard) -> Result<api::ProgramStatus> {
-    status(s)?
+    laneway_tests::admin::json::<api::Status>(&s.node, &["status"])?
         .programs
         .into_iter()
         .find(|p| p.name == "tc_ingress")

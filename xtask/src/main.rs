@@ -373,28 +373,31 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
                 .env("PATH", tools_path(root)),
         )?;
         fuzz(root)?;
-        step("kubectl kustomize deploy/ (the manifests render)");
+        step("kubectl kustomize deploy/ and deploy/uninstall/ (the manifests render)");
         if !have("kubectl") {
             bail!(
                 "kubectl is needed to render deploy/ (it ships on these machines at /usr/bin/kubectl)"
             );
         }
-        let out = Command::new("kubectl")
-            .args(["kustomize", "deploy/"])
-            .current_dir(root)
-            .output()
-            .context("run kubectl kustomize")?;
-        if !out.status.success() {
-            bail!(
-                "kubectl kustomize deploy/ failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+        // The install base and the uninstall overlay a platform engineer applies.
+        for dir in ["deploy/", "deploy/uninstall/"] {
+            let out = Command::new("kubectl")
+                .args(["kustomize", dir])
+                .current_dir(root)
+                .output()
+                .context("run kubectl kustomize")?;
+            if !out.status.success() {
+                bail!(
+                    "kubectl kustomize {dir} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let objects = String::from_utf8_lossy(&out.stdout)
+                .matches("\nkind: ")
+                .count()
+                + 1;
+            eprintln!("    {dir}: rendered {objects} objects");
         }
-        let objects = String::from_utf8_lossy(&out.stdout)
-            .matches("\nkind: ")
-            .count()
-            + 1;
-        eprintln!("    rendered {objects} objects");
     }
     cargo(root, &["build", "-p", "laneway", "-p", "laneway-tests"])?;
     let mut args = vec!["test", "-p", "laneway-tests", "--"];
