@@ -190,14 +190,25 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// `2xx` for 200 and so on.
+/// `2xx` for 200 and so on; `none` when there was no HTTP status (an L4
+/// stream, or a request whose connection ended before an answer).
 pub fn status_class(status: u16) -> String {
-    format!("{}xx", status / 100)
+    match status {
+        100..=999 => format!("{}xx", status / 100),
+        _ => "none".to_owned(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(status_class(204), "2xx");
+        assert_eq!(status_class(503), "5xx");
+        assert_eq!(status_class(0), "none", "L4 streams have no status");
+    }
 
     #[test]
     fn renders_counters_histograms_and_scrape_time_values() {
