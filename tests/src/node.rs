@@ -20,6 +20,8 @@ pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 255, 1);
 pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 0xffff, 0, 0, 0, 0, 1);
 /// The router's port.
 pub const ROUTER_PORT: u16 = 15001;
+/// The agent's metrics port (its default, on the node's 127.0.0.1).
+pub const METRICS_PORT: u16 = 15020;
 /// Link-local gateway on every host-side veth (IPv6 next hop for pods).
 const GATEWAY6: &str = "fe80::1";
 
@@ -419,6 +421,19 @@ impl Node {
             );
         }
         y
+    }
+
+    /// The agent's `/metrics` response (head and text), scraped from
+    /// inside the node netns where it listens.
+    pub fn scrape_metrics(&self) -> Result<String> {
+        use std::io::{Read, Write};
+        self.netns.run(|| -> Result<String> {
+            let mut stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, METRICS_PORT))?;
+            stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text)?;
+            Ok(text)
+        })?
     }
 
     /// `ip:port` of a VIP.

@@ -85,6 +85,38 @@ fn tags_outside_the_allowlist_are_ignored_and_not_forwarded() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn random_request_tags_do_not_mint_metric_series() -> Result<()> {
+    let s = Standard::start()?;
+    let mut conn = client::Conn::open(s.node.pod(s.pods.client), s.reviews())?;
+    for i in 0..1_000 {
+        let r = conn.get("/", &[("x-mse-tag", &format!("probe{i:04}"))])?;
+        assert_eq!(r.endpoint(), "reviews-base", "an unknown lane falls back");
+    }
+    conn.get("/", &[("x-mse-tag", "joint1")])?;
+    let text = s.node.scrape_metrics()?;
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("laneway_requests_total{"))
+        .collect();
+    // One series for all the made-up lanes, one for the real one.
+    assert_eq!(series.len(), 2, "{series:#?}");
+    assert!(
+        series.iter().any(|l| l.ends_with(
+            "{service=\"default/reviews\",tag=\"_other\",decision=\"fallback\",status_class=\"2xx\"} 1000"
+        )),
+        "{series:#?}"
+    );
+    assert!(
+        series
+            .iter()
+            .any(|l| l.contains("tag=\"joint1\",decision=\"tagged\"")),
+        "{series:#?}"
+    );
+    assert!(!text.contains("probe"), "request content in /metrics");
+    Ok(())
+}
+
 fn open_fds(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
