@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result};
 use laneway::admin::api;
 use laneway_tests::{
-    Standard,
+    Pod, Standard,
     agent::binary,
     client,
     node::{NODE_IP, ROUTER_PORT},
@@ -123,46 +123,65 @@ fn open_fds(pid: i32) -> usize {
         .unwrap_or(0)
 }
 
-#[test]
-fn per_connection_state_returns_to_baseline_after_100k_short_connections() -> Result<()> {
-    let s = Standard::start()?;
-    // Warm up (the pool, the runtime), then take the baseline.
-    for _ in 0..20 {
-        client::get(s.node.pod(s.pods.client), s.reviews(), &[])?;
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let before = maps(&s)?;
-    let fds_before = open_fds(s.agent.pid());
-    let vip = s.reviews();
-    let pod = s.node.pod(s.pods.client);
-    let failed: usize = std::thread::scope(|scope| {
+/// Opens `per_worker` connections from `pod` to `vip` on each of four
+/// threads and closes them three ways: of every eight, one carries a real
+/// request that the router closes (`connection: close`, FIN from its side
+/// first), one a keep-alive request the client closes with FIN once
+/// answered, and six are reset right after the connect. The requests churn
+/// the router's HTTP and upstream pool path; the resets leave no TIME_WAIT,
+/// and the client-closed share (12,500 in 100,000) stays well inside the
+/// pod's ephemeral ports while its TIME_WAITs last. Returns how many
+/// connects or requests failed.
+fn churn(pod: &Pod, vip: SocketAddr, per_worker: usize) -> usize {
+    let one = move |i: usize| -> Result<()> {
+        let mut c = TcpStream::connect_timeout(&vip, Duration::from_secs(2))?;
+        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+        match i % 8 {
+            0 => {
+                c.write_all(b"GET / HTTP/1.1\r\nhost: reviews\r\nconnection: close\r\n\r\n")?;
+                let mut answer = Vec::new();
+                c.read_to_end(&mut answer)?;
+                anyhow::ensure!(answer.starts_with(b"HTTP/1.1 200"), "router-closed request");
+            }
+            4 => {
+                let r = client::Conn::over(c, vip)?.get("/", &[])?;
+                anyhow::ensure!(r.status == 200, "client-closed request: {}", r.status);
+            }
+            // Reset on close: no TIME_WAIT to run out of ports.
+            _ => client::reset_on_close(&c)?,
+        }
+        Ok(())
+    };
+    std::thread::scope(|scope| {
         let workers: Vec<_> = (0..4)
             .map(|_| {
                 scope.spawn(move || {
                     pod.netns
-                        .run(|| {
-                            let mut failed = 0;
-                            for _ in 0..25_000 {
-                                match TcpStream::connect_timeout(&vip, Duration::from_secs(2)) {
-                                    // Reset on close: no TIME_WAIT to run out of ports.
-                                    Ok(c) => {
-                                        let _ = client::reset_on_close(&c);
-                                    }
-                                    Err(_) => failed += 1,
-                                }
-                            }
-                            failed
-                        })
-                        .unwrap_or(25_000)
+                        .run(|| (0..per_worker).filter(|&i| one(i).is_err()).count())
+                        .unwrap_or(per_worker)
                 })
             })
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().unwrap_or(25_000))
+            .map(|w| w.join().unwrap_or(per_worker))
             .sum()
-    });
-    assert_eq!(failed, 0, "connects failed");
+    })
+}
+
+#[test]
+fn per_connection_state_returns_to_baseline_after_100k_short_connections() -> Result<()> {
+    let s = Standard::start()?;
+    let vip = s.reviews();
+    let pod = s.node.pod(s.pods.client);
+    // Warm up (the pool, the runtime's threads and the allocator's arenas
+    // reach their working size), then take the baseline.
+    assert_eq!(churn(pod, vip, 500), 0, "warm-up connections failed");
+    std::thread::sleep(Duration::from_secs(1));
+    let before = maps(&s)?;
+    let fds_before = open_fds(s.agent.pid());
+    let rss_before = s.agent.rss_kib();
+    assert_eq!(churn(pod, vip, 25_000), 0, "connects or requests failed");
     std::thread::sleep(Duration::from_secs(1));
     let after = maps(&s)?;
     assert!(after.stats.redirected >= before.stats.redirected + 100_000);
@@ -182,6 +201,13 @@ fn per_connection_state_returns_to_baseline_after_100k_short_connections() -> Re
     assert!(
         fds_after <= fds_before + 5,
         "agent fds {fds_before} -> {fds_after}"
+    );
+    let rss_after = s.agent.rss_kib();
+    eprintln!("agent RSS {rss_before} -> {rss_after} KiB");
+    // A leak of 80 bytes a connection would be 8 MiB here.
+    assert!(
+        rss_after <= rss_before + 8 * 1024,
+        "agent RSS grew from {rss_before} to {rss_after} KiB over 100,000 connections"
     );
     // And it still routes.
     let r = client::get(pod, vip, &[("x-mse-tag", "joint1")])?;
