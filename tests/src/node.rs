@@ -20,6 +20,8 @@ pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 255, 1);
 pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 0xffff, 0, 0, 0, 0, 1);
 /// The router's port.
 pub const ROUTER_PORT: u16 = 15001;
+/// TC mode's transparent listener port (the agent's default).
+pub const TPROXY_PORT: u16 = 15006;
 /// The agent's metrics port (its default, on the node's 127.0.0.1).
 pub const METRICS_PORT: u16 = 15020;
 /// Link-local gateway on every host-side veth (IPv6 next hop for pods).

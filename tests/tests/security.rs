@@ -15,7 +15,7 @@ use laneway_tests::{
     Pod, Standard,
     agent::binary,
     client,
-    node::{NODE_IP, ROUTER_PORT},
+    node::{NODE_IP, ROUTER_PORT, TPROXY_PORT},
 };
 
 fn maps(s: &Standard) -> Result<api::Maps> {
@@ -26,30 +26,130 @@ fn maps(s: &Standard) -> Result<api::Maps> {
     serde_json::from_slice(&out.stdout).context("maps json")
 }
 
-#[test]
-fn the_router_is_no_open_relay() -> Result<()> {
-    let s = Standard::start()?;
+/// Sends a request on a connection from `from` to `to` (which must reach
+/// the router) and asserts the router closed it without a byte, relayed
+/// nothing to any backend, and logged `why`.
+fn refused(s: &Standard, from: &Pod, to: SocketAddr, why: &str) -> Result<()> {
     let served_before: u64 = s.backends.iter().map(|b| b.accepted()).sum();
-    // A pod that dials the router's port itself: no original destination.
-    let router = SocketAddr::new(NODE_IP.into(), ROUTER_PORT);
-    let mut stream = s
-        .node
-        .pod(s.pods.bystander)
+    let mut stream = from
         .netns
-        .run(move || TcpStream::connect_timeout(&router, Duration::from_secs(2)))??;
+        .run(move || TcpStream::connect_timeout(&to, Duration::from_secs(2)))??;
     stream.set_read_timeout(Some(Duration::from_secs(3)))?;
     let _ = stream.write_all(b"GET / HTTP/1.1\r\nhost: reviews\r\n\r\n");
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
     assert!(
         answer.is_empty(),
-        "the router answered a direct connection: {}",
+        "the router answered a connection to {to}: {}",
         String::from_utf8_lossy(&answer)
     );
+    s.agent.wait_for_log(why, Duration::from_secs(2))?;
     let served_after: u64 = s.backends.iter().map(|b| b.accepted()).sum();
     assert_eq!(
         served_before, served_after,
         "nothing was relayed to a backend"
+    );
+    Ok(())
+}
+
+/// Whether one line of the agent's log has both `message` and `destination`.
+fn logged_for(s: &Standard, message: &str, destination: &str) -> bool {
+    s.agent
+        .log()
+        .lines()
+        .any(|l| l.contains(message) && l.contains(destination))
+}
+
+#[test]
+fn the_router_refuses_a_connection_without_an_original_destination() -> Result<()> {
+    let s = Standard::start()?;
+    let bystander = s.node.pod(s.pods.bystander);
+    // A pod that dials the router's port itself, with conntrack off for the
+    // connection: neither laneway's programs nor netfilter know an original
+    // destination for it.
+    let (pod, node) = (bystander.ip.to_string(), NODE_IP.to_string());
+    let port = ROUTER_PORT.to_string();
+    for (chain, addrs) in [
+        ("PREROUTING", ["-s", &pod, "-d", &node, "--dport", &port]),
+        ("OUTPUT", ["-s", &node, "-d", &pod, "--sport", &port]),
+    ] {
+        let mut args = vec!["-t", "raw", "-A", chain, "-p", "tcp"];
+        args.extend(addrs);
+        args.extend(["-j", "CT", "--notrack"]);
+        s.node.netns.exec("iptables", &args)?;
+    }
+    refused(
+        &s,
+        bystander,
+        SocketAddr::new(NODE_IP.into(), ROUTER_PORT),
+        "connection without an original destination: closed",
+    )
+}
+
+#[test]
+fn the_router_refuses_an_original_destination_that_is_no_service() -> Result<()> {
+    let s = Standard::start()?;
+    let bystander = s.node.pod(s.pods.bystander);
+    // netfilter sends the bystander's connection to a real endpoint
+    // (not its service's VIP) to the router: the router must not relay it
+    // there, or it would reach any address the node can.
+    let base = s.node.pod(s.pods.base);
+    // (DNAT to the node's address: REDIRECT would pick the veth's, and the
+    // node side of a pod's veth has no IPv4 address.)
+    let (pod, endpoint) = (bystander.ip.to_string(), base.ip.to_string());
+    let router = format!("{NODE_IP}:{ROUTER_PORT}");
+    let rule = [
+        "-t",
+        "nat",
+        "-I",
+        "PREROUTING",
+        "-s",
+        &pod,
+        "-d",
+        &endpoint,
+        "-p",
+        "tcp",
+        "--dport",
+        "8080",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &router,
+    ];
+    s.node.netns.exec("iptables", &rule)?;
+    refused(
+        &s,
+        bystander,
+        SocketAddr::new(base.ip.into(), 8080),
+        "destination is no service: closed",
+    )?;
+    assert!(
+        logged_for(&s, "destination is no service", &format!("{endpoint}:8080")),
+        "{}",
+        s.agent.log()
+    );
+    Ok(())
+}
+
+#[test]
+fn the_transparent_listener_refuses_a_connection_to_itself() -> Result<()> {
+    let s = Standard::start_with(|sc| sc.router_extra = "  mode: tc\n".into())?;
+    // In TC mode a connection's local address is its destination; dialled
+    // directly, that is the node's own address, no service.
+    refused(
+        &s,
+        s.node.pod(s.pods.bystander),
+        SocketAddr::new(NODE_IP.into(), TPROXY_PORT),
+        "destination is no service: closed",
+    )?;
+    assert!(
+        logged_for(
+            &s,
+            "destination is no service",
+            &format!("{NODE_IP}:{TPROXY_PORT}")
+        ),
+        "{}",
+        s.agent.log()
     );
     Ok(())
 }
