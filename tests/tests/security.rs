@@ -14,6 +14,7 @@ use laneway::admin::api;
 use laneway_tests::{
     Pod, Standard,
     agent::binary,
+    backend::Backend,
     client,
     node::{NODE_IP, ROUTER_PORT, TPROXY_PORT},
 };
@@ -214,6 +215,108 @@ fn random_request_tags_do_not_mint_metric_series() -> Result<()> {
         "{series:#?}"
     );
     assert!(!text.contains("probe"), "request content in /metrics");
+    Ok(())
+}
+
+#[test]
+fn tags_from_callers_that_are_not_enrolled_are_ignored_and_not_passed_on() -> Result<()> {
+    let s = Standard::start()?;
+    // The bystander is not enrolled; netfilter sends its connections to the
+    // reviews VIP to the router anyway (as a REDIRECT setup would), where
+    // no pod is known by its address.
+    let bystander = s.node.pod(s.pods.bystander);
+    let (vip, pod) = (s.reviews(), bystander.ip.to_string());
+    let (vip_ip, router) = (vip.ip().to_string(), format!("{NODE_IP}:{ROUTER_PORT}"));
+    let rule = [
+        "-t",
+        "nat",
+        "-I",
+        "PREROUTING",
+        "-s",
+        &pod,
+        "-d",
+        &vip_ip,
+        "-p",
+        "tcp",
+        "--dport",
+        "80",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &router,
+    ];
+    s.node.netns.exec("iptables", &rule)?;
+    let asks = [
+        ("x-mse-tag", "joint1"),
+        ("baggage", "x-mse-tag=gray,user=7"),
+    ];
+    let r = client::get(bystander, vip, &asks)?;
+    assert_eq!(
+        r.header("x-peer"),
+        Some(NODE_IP.to_string().as_str()),
+        "through the router: {r:?}"
+    );
+    assert_eq!(r.endpoint(), "reviews-base", "{r:?}");
+    assert!(
+        r.header("x-laneway-route")
+            .unwrap_or("")
+            .contains("decision=base"),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.header("x-seen-tag"),
+        Some("-"),
+        "the tag header is not passed on"
+    );
+    assert_eq!(
+        r.header("x-seen-baggage"),
+        Some("user=7"),
+        "nor is the baggage member, or the next hop would take it"
+    );
+    // Stripping off: the same requests pick their lane.
+    let text = std::fs::read_to_string(&s.agent.config)?;
+    std::fs::write(
+        &s.agent.config,
+        format!("{text}tags:\n  strip_from_unknown_callers: false\n"),
+    )?;
+    s.agent
+        .wait_for_log("config reloaded", Duration::from_secs(5))?;
+    let r = client::get(bystander, vip, &asks)?;
+    assert_eq!(r.endpoint(), "reviews-joint1", "{r:?}");
+    assert_eq!(r.header("x-seen-baggage"), Some("user=7,x-mse-tag=joint1"));
+    Ok(())
+}
+
+#[test]
+fn a_tag_never_reaches_an_endpoint_of_another_service() -> Result<()> {
+    let mut s = Standard::start()?;
+    // Namespace `other` has its own `reviews`, whose only endpoint is in lane
+    // joint2; the default namespace's `reviews` has no joint2 endpoint.
+    let other = s.node.add_pod("other-reviews")?;
+    let _backend = Backend::http(s.node.pod(other), 8080)?;
+    let other_vip: SocketAddr = "10.96.0.20:80".parse()?;
+    let service = format!(
+        "  - name: reviews\n    namespace: other\n    vips: [{}]\n    ports: [{{port: 80, target_port: 8080}}]\n    endpoints:\n      - {{ip: {}, name: other-reviews, tag: joint2}}\npods:\n",
+        other_vip.ip(),
+        s.node.pod(other).ip
+    );
+    let text = std::fs::read_to_string(&s.agent.config)?;
+    std::fs::write(&s.agent.config, text.replacen("pods:\n", &service, 1))?;
+    s.agent
+        .wait_for_log("config reloaded", Duration::from_secs(5))?;
+    let client = s.node.pod(s.pods.client);
+    let r = client::get(client, other_vip, &[("x-mse-tag", "joint2")])?;
+    assert_eq!(r.endpoint(), "other-reviews", "the lane exists: {r:?}");
+    let mut conn = client::Conn::open(client, s.reviews())?;
+    for _ in 0..20 {
+        let r = conn.get("/", &[("x-mse-tag", "joint2"), ("x-laneway-route", "1")])?;
+        assert_eq!(r.endpoint(), "reviews-base", "{r:?}");
+        let route = r.header("x-laneway-route").unwrap_or("");
+        assert!(
+            route.contains("decision=fallback") && route.contains("service=default/reviews"),
+            "{route}"
+        );
+    }
     Ok(())
 }
 
