@@ -1,6 +1,9 @@
 //! No open doors: the router relays only redirected connections to known
-//! services, the admin socket is root only, request tags can be limited to
-//! an allowlist, and per-connection state stays bounded under churn.
+//! services (also in TC mode), the admin socket is root only, request tags
+//! can be limited to an allowlist and are ignored from callers that are not
+//! enrolled, a tag never reaches another service's endpoints, clients cannot
+//! mint metric series, and per-connection state and the agent's memory stay
+//! bounded under churn.
 
 use std::{
     io::{Read, Write},
