@@ -244,6 +244,9 @@ pub async fn run(options: Options) -> Result<(), Error> {
         tokio::spawn(crate::admin::serve_http(listener, admin_state.clone()));
     }
     let heartbeat = tokio::spawn(heartbeat_loop(datapath.clone(), entry));
+    tokio::spawn(crate::memory::trim_after_spikes(
+        router.telemetry.conns.clone(),
+    ));
     info!(listen = %config.router.listen, redirect = %config.router.redirect_ipv4, %source, "router up");
 
     let reconciler = Reconciler {

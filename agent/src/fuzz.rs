@@ -73,20 +73,34 @@ pub fn chunked(data: &[u8]) {
     }
 }
 
-/// Tag headers and baggage: resolving never panics and yields only valid tags.
+/// Tag headers and baggage: resolving never panics and yields only valid
+/// tags, and with an allowlist only allowed ones.
 pub fn tags(data: &[u8]) {
-    let rules = TagRules {
+    let open = TagRules {
         headers: vec!["x-mse-tag".into()],
         baggage_key: "x-mse-tag".into(),
         inherit_caller_tag: true,
         allowed: Vec::new(),
         strip_from_unknown_callers: true,
     };
+    let limited = TagRules {
+        allowed: vec![
+            "gray".parse().expect("a valid tag"),
+            "joint1".parse().expect("a valid tag"),
+        ],
+        ..open.clone()
+    };
     let (first, second) = data.split_at(data.len() / 2);
     let headers = [("x-mse-tag", first), ("baggage", second)];
-    let resolved = route::resolve_tag(headers.into_iter(), None, &rules);
-    if let Some(tag) = resolved.tag {
-        assert!(tag.as_str().parse::<crate::config::Tag>().is_ok());
+    for rules in [&open, &limited] {
+        let resolved = route::resolve_tag(headers.into_iter(), None, rules);
+        if let Some(tag) = resolved.tag {
+            assert!(tag.as_str().parse::<crate::config::Tag>().is_ok());
+            assert!(
+                rules.allowed.is_empty() || rules.allowed.contains(&tag),
+                "{tag} is not in the allowlist"
+            );
+        }
     }
     let _ = route::propagated_baggage(headers.into_iter(), "x-mse-tag", None);
 }
@@ -115,6 +129,7 @@ mod tests {
         chunked(b"\x035\r\nhello\r\n0\r\nx: y\r\n\r\n");
         chunked(b"\x01zz\r\n");
         tags(b"joint1x-mse-tag=gray");
+        tags(b"blue00x-mse-tag=joint1");
         config(b"services: []\n");
         config(b"\x00\xff");
     }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod explain;
 pub mod fuzz;
 pub mod kube;
+pub mod memory;
 pub mod netns;
 pub mod policy;
 pub mod preflight;

@@ -526,6 +526,14 @@ impl Policy {
             .unwrap_or(self.default_lane_mode)
     }
 
+    /// Whether the policy names `tag` (a canary share, a match rule or a
+    /// lane mode).
+    pub fn names(&self, tag: &Tag) -> bool {
+        self.canary.0.iter().any(|(t, _)| t == tag)
+            || self.matches.iter().any(|r| &r.tag == tag)
+            || self.lanes.0.contains_key(tag)
+    }
+
     /// The tag of the first match rule the request matches.
     pub fn matched(&self, headers: &[(&str, &[u8])], path: &str) -> Option<(usize, &Tag)> {
         self.matches.iter().enumerate().find_map(|(i, rule)| {

@@ -317,10 +317,11 @@ pub fn plan<'a>(
 }
 
 /// The `baggage` header to send upstream: the request's baggage members with
-/// `key` set to `tag`, or `None` when the request came without baggage. With
-/// no `tag` the `key` member is dropped: the router did not accept it (not a
-/// valid tag, not allowed, or from a caller whose tags are ignored), and a
-/// later hop must not take it up again.
+/// `key` set to `tag`, or `None` when none are left (or the request came
+/// without baggage). In no lane, the `key` member is dropped: it is one the
+/// router did not accept (from a caller that is not enrolled, not in
+/// `tags.allowed`, or no valid tag), and passed on it would pick the lane
+/// at the next hop.
 pub fn propagated_baggage<'a>(
     headers: impl Iterator<Item = (&'a str, &'a [u8])>,
     key: &str,
@@ -344,7 +345,8 @@ pub fn propagated_baggage<'a>(
     if let Some(tag) = tag {
         members.push(format!("{key}={tag}"));
     }
-    Some(members.join(","))
+    // Nothing left: no empty `baggage` field.
+    (!members.is_empty()).then(|| members.join(","))
 }
 
 /// Picks an endpoint among `indices`, skipping `exclude` (endpoints whose
@@ -805,10 +807,15 @@ mod tests {
             propagated_baggage(std::iter::empty(), "x-mse-tag", Some(&gray)),
             None
         );
+        // In no lane the member the router did not accept goes, the rest stays.
         assert_eq!(
             propagated_baggage(h.iter().copied(), "x-mse-tag", None).as_deref(),
-            Some("user=1,k=v"),
-            "a member the router did not accept is not passed on"
+            Some("user=1,k=v")
+        );
+        let only_the_tag: Vec<(&str, &[u8])> = vec![("baggage", b"x-mse-tag=old".as_slice())];
+        assert_eq!(
+            propagated_baggage(only_the_tag.into_iter(), "x-mse-tag", None),
+            None
         );
     }
 }

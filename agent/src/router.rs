@@ -244,6 +244,9 @@ struct ConnRoutes {
 struct Current {
     service: String,
     tag: Option<String>,
+    /// The `tag` metric label: bounded by the configuration, not the client
+    /// (see [`Snapshot::metric_tag`]).
+    metric_tag: String,
     tag_source: String,
     decision: Option<Decision>,
     load: Option<Arc<EndpointLoad>>,
@@ -317,6 +320,7 @@ impl ConnRoutes {
         let mut current = Current {
             service: service.id.to_string(),
             tag: tag_name.clone(),
+            metric_tag: applied.snapshot.metric_tag(service, plan.tag.as_ref()),
             tag_source: plan.source.to_string(),
             decision: Some(plan.decision),
             load: None,
@@ -429,11 +433,11 @@ impl Routes for ConnRoutes {
             ),
             None => (String::new(), None, "none".to_owned(), None),
         };
-        if !service.is_empty() {
+        if let Some(c) = &current {
             telemetry.metrics.request(
                 RequestLabels {
                     service: service.clone(),
-                    tag: tag.clone().unwrap_or_default(),
+                    tag: c.metric_tag.clone(),
                     decision: decision.map_or("none", Decision::as_str).to_owned(),
                     status_class: status_class(outcome.status),
                 },

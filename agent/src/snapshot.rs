@@ -271,6 +271,11 @@ impl TagRules {
     }
 }
 
+/// The metric `tag` label of requests in a lane the service does not know
+/// (see [`Snapshot::metric_tag`]). It starts with `_`, which no tag can, so
+/// it never clashes with a real lane.
+pub const OTHER_LANE: &str = "_other";
+
 /// The whole view.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
@@ -434,6 +439,29 @@ impl Snapshot {
     pub fn service_of(&self, port: &ServicePort) -> &Service {
         &self.services[port.service]
     }
+
+    /// The `tag` label of a request to `service` in lane `tag`: the tag when
+    /// it is a lane the configuration knows for that service (an endpoint of
+    /// the service carries it, whatever its condition; the service's policy
+    /// names it; or `tags.allowed` lists it), [`OTHER_LANE`] for any other
+    /// tag, empty for none. Request tags come from clients, so labelling
+    /// them verbatim would let one pod create a series per random tag; this
+    /// bounds the series by the configuration.
+    pub fn metric_tag(&self, service: &Service, tag: Option<&Tag>) -> String {
+        let Some(tag) = tag else {
+            return String::new();
+        };
+        let carried = service
+            .ports
+            .iter()
+            .flat_map(|&p| self.ports[p].backends.iter())
+            .any(|b| b.tag.as_ref() == Some(tag));
+        if carried || service.policy.names(tag) || self.tags.allowed.contains(tag) {
+            tag.to_string()
+        } else {
+            OTHER_LANE.to_owned()
+        }
+    }
 }
 
 impl ServicePort {
@@ -519,6 +547,52 @@ pods:
         assert_eq!(p.base, vec![0]);
         assert_eq!(p.eligible, vec![0, 1]);
         assert_eq!(p.by_tag.len(), 1, "gray is terminating: no gray candidates");
+    }
+
+    #[test]
+    fn metric_tags_are_lanes_the_configuration_knows_and_other_for_the_rest() {
+        let yaml = r#"
+tags: {allowed: [gray, joint1, joint9, canary1, matched, strictly]}
+services:
+  - name: reviews
+    vips: [10.96.0.10]
+    ports: [{port: 80}]
+    policy: {canary: canary1=10, match: [{header: x-beta, exact: "1", tag: matched}], lanes: strictly=strict}
+    endpoints:
+      - {ip: 10.0.1.2}
+      - {ip: 10.0.1.3, tag: joint1}
+      - {ip: 10.0.1.4, tag: gray, terminating: true}
+  - name: ratings
+    vips: [10.96.0.11]
+    ports: [{port: 80}]
+    endpoints:
+      - {ip: 10.0.1.5, tag: joint2}
+"#;
+        let s = Snapshot::from_config(&Config::parse(yaml).expect("valid"), "t".into(), None, true);
+        let reviews = &s.services[0];
+        let label = |tag: &str| s.metric_tag(reviews, Some(&tag.parse().unwrap()));
+        // Carried by an endpoint (also a terminating one), named by the
+        // policy, or allowed by the operator: the lane's own name.
+        for known in ["joint1", "gray", "canary1", "matched", "strictly", "joint9"] {
+            assert_eq!(label(known), known);
+        }
+        // Another service's lane, or anything a client makes up: `_other`.
+        for unknown in ["joint2", "x7f3a", "other"] {
+            assert_eq!(label(unknown), OTHER_LANE, "{unknown}");
+        }
+        assert_eq!(s.metric_tag(reviews, None), "");
+        // Without an allowlist only the service's own lanes keep their name.
+        let open = Config::parse(&yaml.replacen(
+            "tags: {allowed: [gray, joint1, joint9, canary1, matched, strictly]}",
+            "",
+            1,
+        ))
+        .expect("valid");
+        let s = Snapshot::from_config(&open, "t".into(), None, true);
+        assert_eq!(
+            s.metric_tag(&s.services[0], Some(&"joint9".parse().unwrap())),
+            OTHER_LANE
+        );
     }
 
     #[test]

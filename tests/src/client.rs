@@ -63,7 +63,12 @@ pub struct Conn {
 impl Conn {
     /// Connects from `pod` to `to`.
     pub fn open(pod: &Pod, to: SocketAddr) -> Result<Self> {
-        let stream = connect(pod, to)?;
+        Self::over(connect(pod, to)?, to)
+    }
+
+    /// Speaks over a connection already made to `to` (e.g. from a thread
+    /// that is inside the pod's netns already).
+    pub fn over(stream: TcpStream, to: SocketAddr) -> Result<Self> {
         Ok(Self {
             writer: stream.try_clone()?,
             reader: BufReader::new(stream),

@@ -20,6 +20,10 @@ pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 255, 1);
 pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 0xffff, 0, 0, 0, 0, 1);
 /// The router's port.
 pub const ROUTER_PORT: u16 = 15001;
+/// TC mode's transparent listener port (the agent's default).
+pub const TPROXY_PORT: u16 = 15006;
+/// The agent's metrics port (its default, on the node's 127.0.0.1).
+pub const METRICS_PORT: u16 = 15020;
 /// Link-local gateway on every host-side veth (IPv6 next hop for pods).
 const GATEWAY6: &str = "fe80::1";
 
@@ -233,13 +237,13 @@ impl Node {
         self.dir.join("admin.sock")
     }
 
-    /// `GET path` on the agent's admin HTTP listener (`127.0.0.1:15020` in
-    /// the node netns): the status code and the body.
+    /// `GET path` on the agent's admin HTTP listener (`127.0.0.1`,
+    /// [`METRICS_PORT`], in the node netns): the status code and the body.
     pub fn admin_get(&self, path: &str) -> Result<(u16, String)> {
         let request = format!("GET {path} HTTP/1.1\r\nhost: laneway\r\nconnection: close\r\n\r\n");
         let text = self.netns.run(move || -> Result<String> {
             use std::io::{Read, Write};
-            let mut stream = std::net::TcpStream::connect("127.0.0.1:15020")?;
+            let mut stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, METRICS_PORT))?;
             stream.write_all(request.as_bytes())?;
             let mut text = String::new();
             stream.read_to_string(&mut text)?;

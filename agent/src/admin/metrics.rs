@@ -16,7 +16,8 @@ use prometheus_client::{
 pub struct RequestLabels {
     /// `namespace/name`.
     pub service: String,
-    /// The request tag, or empty.
+    /// The lane: the request tag when the service knows it, `_other` for
+    /// any other tag, empty for none (`Snapshot::metric_tag`).
     pub tag: String,
     /// `tagged`, `fallback`, `base`, `canary`, `strict-reject`, or `none`
     /// when no decision could be made.

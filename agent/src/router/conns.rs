@@ -13,7 +13,7 @@ use std::{
     os::fd::RawFd,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Instant,
 };
@@ -83,6 +83,8 @@ pub struct ConnTable {
     open: Mutex<HashMap<u64, Arc<ConnEntry>>>,
     /// Connections from accept until their handler ends, registered or not.
     handling: Arc<AtomicU64>,
+    /// The most connections open at once since [`ConnTable::take_peak`].
+    peak: AtomicUsize,
 }
 
 /// Counts a connection from the moment it is accepted until its handler
@@ -157,10 +159,10 @@ impl ConnTable {
                 ..Default::default()
             }),
         });
-        self.open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, entry.clone());
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.insert(id, entry.clone());
+        self.peak.fetch_max(open.len(), Ordering::Relaxed);
+        drop(open);
         Registration {
             table: self.clone(),
             entry,
@@ -170,6 +172,13 @@ impl ConnTable {
     /// Open connections now.
     pub fn len(&self) -> usize {
         self.open.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The most connections open at once since the last call (or since
+    /// start); the count starts again from the connections open now.
+    pub fn take_peak(&self) -> usize {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        self.peak.swap(open.len(), Ordering::Relaxed)
     }
 
     /// Whether none is open, nor accepted and still to be registered.
@@ -309,6 +318,27 @@ mod tests {
         assert_eq!((c.protocol.as_str(), c.requests), ("http", 1));
         drop(reg);
         assert!(table.is_empty());
+    }
+
+    #[test]
+    fn the_peak_counts_connections_open_at_once_since_it_was_last_taken() {
+        let table = Arc::new(ConnTable::default());
+        let conn = || NewConn {
+            fd: -1,
+            peer: "10.244.0.2:40000".parse().unwrap(),
+            local: "10.244.255.1:15001".parse().unwrap(),
+            destination: "10.96.0.10:80".parse().unwrap(),
+            caller: None,
+            service: None,
+        };
+        let held: Vec<_> = (0..3).map(|_| table.register(conn())).collect();
+        let short = table.register(conn());
+        drop(short);
+        assert_eq!(table.take_peak(), 4);
+        assert_eq!(table.take_peak(), 3, "starts again from those open");
+        drop(held);
+        assert_eq!(table.take_peak(), 3);
+        assert_eq!(table.take_peak(), 0);
     }
 
     #[test]
