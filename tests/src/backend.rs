@@ -27,8 +27,9 @@ use crate::node::Pod;
 pub struct Backend {
     stop: Arc<AtomicBool>,
     accepted: Arc<AtomicU64>,
-    /// Every accepted connection, to cut them all when the backend stops.
-    open: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+    /// The connections being served (by accept number), to cut them all
+    /// when the backend stops.
+    open: Arc<std::sync::Mutex<Vec<(u64, TcpStream)>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -82,6 +83,18 @@ impl Backend {
         })
     }
 
+    /// Like [`Backend::raw`], but resets the connection (RST) after `reply`
+    /// instead of closing it.
+    pub fn raw_then_reset(pod: &Pod, port: u16, reply: &'static [u8]) -> Result<Self> {
+        Self::start(pod, port, move |mut stream| {
+            let mut buf = [0u8; 4096];
+            if matches!(stream.read(&mut buf), Ok(n) if n > 0) {
+                let _ = stream.write_all(reply);
+                let _ = crate::client::reset_on_close(&stream);
+            }
+        })
+    }
+
     /// Echoes bytes on `port` until the client half-closes, then closes.
     pub fn echo(pod: &Pod, port: u16) -> Result<Self> {
         Self::start(pod, port, serve_echo)
@@ -108,13 +121,19 @@ impl Backend {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        accepted2.fetch_add(1, Ordering::Relaxed);
+                        let id = accepted2.fetch_add(1, Ordering::Relaxed);
                         let _ = stream.set_nonblocking(false);
                         if let (Ok(clone), Ok(mut open)) = (stream.try_clone(), open2.lock()) {
-                            open.push(clone);
+                            open.push((id, clone));
                         }
-                        let serve = serve.clone();
-                        std::thread::spawn(move || serve(stream));
+                        let (serve, open) = (serve.clone(), open2.clone());
+                        std::thread::spawn(move || {
+                            serve(stream);
+                            // Served: the last handle goes, the socket closes.
+                            if let Ok(mut open) = open.lock() {
+                                open.retain(|(other, _)| *other != id);
+                            }
+                        });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -138,7 +157,7 @@ impl Drop for Backend {
             let _ = t.join();
         }
         if let Ok(open) = self.open.lock() {
-            for stream in open.iter() {
+            for (_, stream) in open.iter() {
                 let _ = stream.shutdown(std::net::Shutdown::Both);
             }
         }

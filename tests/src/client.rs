@@ -98,6 +98,20 @@ impl Conn {
         Ok(())
     }
 
+    /// Whether the peer closed the connection (nothing more to read, end of
+    /// stream) within `within`. Bytes that arrive instead are an error: after
+    /// the answer this was asked about, nothing else was due.
+    pub fn closed_within(&mut self, within: Duration) -> Result<bool> {
+        self.writer.set_read_timeout(Some(within))?;
+        let mut byte = [0u8; 1];
+        match self.reader.read(&mut byte) {
+            Ok(0) => Ok(true),
+            Ok(_) => bail!("more bytes after the answer"),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset) => Ok(true),
+            Err(_) => Ok(false),
+        }
+    }
+
     /// Reads one response (Content-Length or chunked body, or until close).
     pub fn read_response(&mut self) -> Result<Response> {
         let mut head = Vec::new();
