@@ -166,12 +166,29 @@ pub async fn run(options: Options) -> Result<(), Error> {
     let transparent = match config.router.mode.tc() {
         true => {
             crate::tproxy::route_marked_packets_locally().map_err(Error::Tproxy)?;
-            let listener = crate::tproxy::bind(config.router.tproxy_listen).map_err(|source| {
-                Error::Listen {
-                    addr: config.router.tproxy_listen,
-                    source,
+            let addr = config.router.tproxy_listen;
+            let listener = match crate::tproxy::bind(addr) {
+                Ok(listener) => listener,
+                // An agent still running here (an overlapping restart):
+                // share its listener, as the other listeners share their
+                // port, before it hands over.
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    let socket = config.admin.socket.clone();
+                    let inherited =
+                        tokio::task::spawn_blocking(move || crate::tproxy::inherit(&socket))
+                            .await
+                            .map_err(|e| {
+                                Error::Tproxy(crate::tproxy::Error::Inherit {
+                                    message: e.to_string(),
+                                })
+                            })?
+                            .map_err(Error::Tproxy)?;
+                    info!(%addr, "sharing the running agent's transparent listener");
+                    TcpListener::from_std(inherited)
+                        .map_err(|source| Error::Listen { addr, source })?
                 }
-            })?;
+                Err(source) => return Err(Error::Listen { addr, source }),
+            };
             datapath.set_tc_listener(&listener)?;
             Some(listener)
         }
@@ -205,6 +222,10 @@ pub async fn run(options: Options) -> Result<(), Error> {
         .into_iter()
         .map(|listener| tokio::spawn(router.clone().serve(listener, false)))
         .collect();
+    let transparent_fd = transparent.as_ref().map(|l| {
+        use std::os::fd::AsRawFd;
+        l.as_raw_fd()
+    });
     if let Some(listener) = transparent {
         accepting.push(tokio::spawn(router.clone().serve(listener, true)));
     }
@@ -226,6 +247,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
             .chain(config.router.listen_v6)
             .collect(),
         handover: handover_tx,
+        transparent_fd,
     });
     let entry = RouterEntry {
         redirect4,

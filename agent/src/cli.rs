@@ -24,7 +24,7 @@
 //! tested without a terminal; [`run`] prints to stdout and maps errors to exit
 //! codes.
 
-mod client;
+pub(crate) mod client;
 mod render;
 mod table;
 #[cfg(test)]

@@ -403,13 +403,26 @@ fn a_new_endpoints_share_grows_over_its_warmup() -> Result<()> {
 
 #[test]
 fn overlapping_restarts_hand_over_the_listener_and_fail_no_request() -> Result<()> {
+    overlapping_restarts("  mode: socket\n")
+}
+
+/// TC mode's transparent listener cannot share its port (`bpf_sk_assign`
+/// refuses `SO_REUSEPORT` sockets): the new agent takes a duplicate of the
+/// old one's listener instead.
+#[test]
+fn overlapping_restarts_in_tc_mode_share_the_transparent_listener_and_fail_no_request() -> Result<()>
+{
+    overlapping_restarts("  mode: tc\n")
+}
+
+fn overlapping_restarts(router_extra: &str) -> Result<()> {
     let Standard {
         agent,
         backends,
         scenario,
         pods,
         node,
-    } = Standard::start()?;
+    } = Standard::start_with(|sc| sc.router_extra = router_extra.into())?;
     let node = Arc::new(node);
     let config = agent.config.clone();
     let mut old = agent;
@@ -423,6 +436,14 @@ fn overlapping_restarts_hand_over_the_listener_and_fail_no_request() -> Result<(
             "round {round}:\n{}",
             new.log()
         );
+        if router_extra.contains("tc") {
+            assert!(
+                new.log()
+                    .contains("sharing the running agent's transparent listener"),
+                "round {round}:\n{}",
+                new.log()
+            );
+        }
         let status = old.wait_exit(Duration::from_secs(15))?;
         assert!(status.success(), "round {round}: {status}\n{}", old.log());
         assert!(

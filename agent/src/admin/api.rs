@@ -415,6 +415,18 @@ pub struct Check {
     pub fix: Option<String>,
 }
 
+/// `GET /handover/listener`: where a successor finds the running agent's
+/// transparent listener (TC mode), to take a duplicate of it with
+/// `pidfd_getfd` (a transparent socket cannot share its port by
+/// `SO_REUSEPORT`: `bpf_sk_assign` refuses such sockets).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InheritedListener {
+    /// The running agent's process id.
+    pub pid: i32,
+    /// The listener's file descriptor number in that process.
+    pub fd: i32,
+}
+
 /// An error from the admin API (any non-2xx answer carries one).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ApiError {

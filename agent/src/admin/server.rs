@@ -58,6 +58,8 @@ pub struct AdminState {
     pub listen: Vec<SocketAddr>,
     /// Set when a new agent takes over: this one drains and exits.
     pub handover: tokio::sync::watch::Sender<bool>,
+    /// TC mode: the transparent listener's fd, for a successor to duplicate.
+    pub transparent_fd: Option<i32>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -261,6 +263,19 @@ async fn api_response(
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },
         (&Method::GET, "/config") => json(StatusCode::OK, &**state.config.load()),
+        (&Method::GET, "/handover/listener") => match state.transparent_fd {
+            Some(fd) => json(
+                StatusCode::OK,
+                &api::InheritedListener {
+                    pid: std::process::id() as i32,
+                    fd,
+                },
+            ),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "no transparent listener (not in TC mode)".into(),
+            ),
+        },
         (&Method::POST, "/handover") => {
             // Remove the socket now so the successor can bind it; this
             // agent's API goes away as it drains.
