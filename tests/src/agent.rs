@@ -228,6 +228,22 @@ impl Agent {
         }
     }
 
+    /// Rewrites its config file with `edit` applied to the current text and
+    /// waits until the agent has reloaded it.
+    pub fn rewrite_config(&self, edit: impl FnOnce(&str) -> String) -> Result<()> {
+        let before = self.log().matches("config reloaded").count();
+        let text = std::fs::read_to_string(&self.config)?;
+        std::fs::write(&self.config, edit(&text))?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.log().matches("config reloaded").count() == before {
+            if Instant::now() > deadline {
+                bail!("the agent did not reload its config:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// Waits until its log contains `needle`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;

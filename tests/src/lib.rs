@@ -20,6 +20,17 @@ pub mod node;
 pub mod standard;
 
 pub use agent::Agent;
+
+/// Sets its flag when dropped: a test's background workers loop until the
+/// flag is set, and a scope waits for them, so a failed assertion (or an
+/// early `?`) in the scope must still stop them.
+pub struct StopOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 pub use node::{Node, Pod, Scenario, ServiceSpec};
 pub use standard::Standard;
 

@@ -87,15 +87,6 @@ fn answer_to(s: &Standard, raw: &[u8]) -> Result<(u16, bool)> {
     Ok((status, closed))
 }
 
-/// Sets the flag when dropped.
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 #[test]
 fn bad_requests_get_the_right_status_and_nobody_else_notices() -> Result<()> {
     let (s, _garbage) = node()?;
@@ -104,9 +95,7 @@ fn bad_requests_get_the_right_status_and_nobody_else_notices() -> Result<()> {
     let good = Arc::new(AtomicU64::new(0));
     let bad = Arc::new(AtomicU64::new(0));
     std::thread::scope(|scope| -> Result<()> {
-        // Stops the client on every way out of this scope, a failed
-        // assertion included (the scope waits for it).
-        let _stop_on_exit = StopOnDrop(stop.clone());
+        let _stop_on_exit = laneway_tests::StopOnDrop(&stop);
         {
             let (stop, good, bad, s) = (stop.clone(), good.clone(), bad.clone(), &s);
             scope.spawn(move || {

@@ -75,13 +75,9 @@ fn pods_lists_enrolled_pods_and_the_ones_that_could_not_be() -> Result<()> {
     assert!(pods.enrolled.iter().all(|p| p.netns_cookie != 0));
     assert!(pods.unenrolled.is_empty());
 
-    let text = std::fs::read_to_string(&s.agent.config)?;
-    std::fs::write(
-        &s.agent.config,
-        format!("{text}  - {{name: ghost, netns: /run/netns/laneway-no-such-ns}}\n"),
-    )?;
-    s.agent
-        .wait_for_log("config reloaded", Duration::from_secs(5))?;
+    s.agent.rewrite_config(|text| {
+        format!("{text}  - {{name: ghost, netns: /run/netns/laneway-no-such-ns}}\n")
+    })?;
     let pods: api::Pods = json(&s.node, &["pods"])?;
     assert_eq!(pods.unenrolled.len(), 1, "{pods:?}");
     assert_eq!(pods.unenrolled[0].pod, "default/ghost");
@@ -394,16 +390,12 @@ fn health_readiness_and_the_config_in_force() -> Result<()> {
     assert_eq!(config["services"][0]["name"], "reviews");
 
     // After a reload, `laneway config show` prints the config now in force.
-    let text = std::fs::read_to_string(&s.agent.config)?;
-    std::fs::write(
-        &s.agent.config,
+    s.agent.rewrite_config(|text| {
         text.replace(
             "name: reviews-joint1, tag: joint1",
             "name: reviews-joint1, tag: joint2",
-        ),
-    )?;
-    s.agent
-        .wait_for_log("config reloaded", Duration::from_secs(5))?;
+        )
+    })?;
     let shown: serde_json::Value = json(&s.node, &["config", "show"])?;
     let tags: Vec<&str> = shown["services"][0]["endpoints"]
         .as_array()

@@ -427,16 +427,12 @@ fn config_reload_changes_routing_without_dropping_a_connection(mode: Mode) -> Re
     );
 
     // Retag: the joint1 pod becomes joint2.
-    let text = std::fs::read_to_string(&s.agent.config)?;
-    std::fs::write(
-        &s.agent.config,
+    s.agent.rewrite_config(|text| {
         text.replace(
             "name: reviews-joint1, tag: joint1",
             "name: reviews-joint1, tag: joint2",
-        ),
-    )?;
-    s.agent
-        .wait_for_log("config reloaded", Duration::from_secs(5))?;
+        )
+    })?;
     assert_eq!(
         conn.get("/", &[("x-mse-tag", "joint1")])?.endpoint(),
         "reviews-base",
@@ -508,14 +504,10 @@ fn sighup_reloads_the_config(mode: Mode) -> Result<()> {
 
 fn a_service_with_no_serving_endpoint_answers_503_naming_it(mode: Mode) -> Result<()> {
     let s = start(mode)?;
-    let text = std::fs::read_to_string(&s.agent.config)?;
-    assert!(text.contains("name: ratings-base}"), "{text}");
-    std::fs::write(
-        &s.agent.config,
-        text.replace("name: ratings-base}", "name: ratings-base, serving: false}"),
-    )?;
-    s.agent
-        .wait_for_log("config reloaded", Duration::from_secs(5))?;
+    s.agent.rewrite_config(|text| {
+        assert!(text.contains("name: ratings-base}"), "{text}");
+        text.replace("name: ratings-base}", "name: ratings-base, serving: false}")
+    })?;
     let client = s.node.pod(s.pods.client);
     let r = client::get(client, s.ratings(), &[("x-mse-tag", "joint1")])?;
     assert_eq!(r.status, 503);
@@ -545,9 +537,7 @@ fn the_routers_own_connects_are_never_redirected(mode: Mode) -> Result<()> {
     // An `alias` service whose one endpoint is the reviews VIP, the node's
     // own netns enrolled, and (for the node's own connects) a route and a
     // kube-proxy rule for that VIP.
-    let text = std::fs::read_to_string(&s.agent.config)?;
-    std::fs::write(
-        &s.agent.config,
+    s.agent.rewrite_config(|text| {
         format!(
             "{}  - {{name: host-network, netns: {}}}\n",
             text.replace(
@@ -556,10 +546,8 @@ fn the_routers_own_connects_are_never_redirected(mode: Mode) -> Result<()> {
                  endpoints:\n      - {ip: 10.96.0.10, name: reviews-vip}\npods:\n",
             ),
             s.node.netns.path().display()
-        ),
-    )?;
-    s.agent
-        .wait_for_log("config reloaded", Duration::from_secs(5))?;
+        )
+    })?;
     assert!(
         s.agent
             .log()

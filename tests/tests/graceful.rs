@@ -209,14 +209,7 @@ fn set_endpoints(
         .iter()
         .map(|(p, st)| endpoint_line(node, *p, st))
         .collect();
-    let before = agent.log().matches("config reloaded").count();
-    std::fs::write(&agent.config, base.replace(&first, &lines))?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while agent.log().matches("config reloaded").count() == before {
-        anyhow::ensure!(Instant::now() < deadline, "no reload:\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
+    agent.rewrite_config(|_| base.replace(&first, &lines))
 }
 
 #[test]

@@ -206,11 +206,9 @@ fn cluster_wide_defaults_apply_and_a_service_overrides_them_field_by_field() -> 
     let s = with_policy("{canary: joint1=100}")?;
     let client = s.node.pod(s.pods.client);
     // The agent config's top-level policy: every service's default.
-    let mut text = std::fs::read_to_string(&s.agent.config)?;
-    text.push_str("policy: {canary: gray=100, default_lane_mode: strict}\n");
-    std::fs::write(&s.agent.config, text)?;
-    s.agent
-        .wait_for_log("config reloaded", Duration::from_secs(5))?;
+    s.agent.rewrite_config(|text| {
+        format!("{text}policy: {{canary: gray=100, default_lane_mode: strict}}\n")
+    })?;
 
     // reviews names its own canary; the lane mode comes from the default.
     assert_eq!(
@@ -320,6 +318,7 @@ fn changing_the_policy_under_load_drops_no_request() -> Result<()> {
     let failed = Arc::new(AtomicU64::new(0));
     let gray = Arc::new(AtomicU64::new(0));
     std::thread::scope(|scope| -> Result<()> {
+        let _stop_on_exit = laneway_tests::StopOnDrop(&stop);
         for worker in 0..2 {
             let (stop, ok, failed, gray) = (stop.clone(), ok.clone(), failed.clone(), gray.clone());
             let s = &s;
@@ -346,19 +345,10 @@ fn changing_the_policy_under_load_drops_no_request() -> Result<()> {
             });
         }
         let text = std::fs::read_to_string(&s.agent.config)?;
-        for (i, share) in ["50", "100", "0", "25"].iter().enumerate() {
+        for share in ["50", "100", "0", "25"] {
             std::thread::sleep(Duration::from_millis(400));
-            std::fs::write(
-                &s.agent.config,
-                text.replace("gray=0", &format!("gray={share}")),
-            )?;
-            let reloads = i + 1;
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while s.agent.log().matches("config reloaded").count() < reloads
-                && std::time::Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            s.agent
+                .rewrite_config(|_| text.replace("gray=0", &format!("gray={share}")))?;
         }
         std::thread::sleep(Duration::from_millis(400));
         stop.store(true, Ordering::Relaxed);

@@ -382,6 +382,7 @@ fn changing_the_canary_annotation_under_load_drops_no_request() -> Result<()> {
     let stop = AtomicBool::new(false);
     let (ok, failed, gray) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     std::thread::scope(|scope| -> Result<()> {
+        let _stop_on_exit = laneway_tests::StopOnDrop(&stop);
         for worker in 0..2 {
             let (stop, ok, failed, gray) = (&stop, &ok, &failed, &gray);
             scope.spawn(move || {

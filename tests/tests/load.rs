@@ -180,6 +180,7 @@ fn ten_thousand_connections_for_a_minute_drop_nothing() -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let (rss_early, rss_late, timed_out, greedy_requests) =
         std::thread::scope(|scope| -> Result<(u64, u64, u64, u64)> {
+            let _stop_on_exit = laneway_tests::StopOnDrop(&stop);
             let slow = scope.spawn(|| slowloris(pod, vip, &stop));
             let greedy: Vec<_> = (0..GREEDY_CONNECTIONS)
                 .map(|_| scope.spawn(|| greedy(pod, vip, &stop)))

@@ -172,10 +172,8 @@ fn the_admin_socket_is_root_only() -> Result<()> {
 #[test]
 fn tags_outside_the_allowlist_are_ignored_and_not_forwarded() -> Result<()> {
     let s = Standard::start()?;
-    let text = std::fs::read_to_string(&s.agent.config)?;
-    std::fs::write(&s.agent.config, format!("{text}tags:\n  allowed: [gray]\n"))?;
     s.agent
-        .wait_for_log("config reloaded", Duration::from_secs(5))?;
+        .rewrite_config(|text| format!("{text}tags:\n  allowed: [gray]\n"))?;
     let client = s.node.pod(s.pods.client);
     let r = client::get(client, s.reviews(), &[("x-mse-tag", "joint1")])?;
     assert_eq!(r.endpoint(), "reviews-base");
@@ -277,13 +275,8 @@ fn tags_from_callers_that_are_not_enrolled_are_ignored_and_not_passed_on() -> Re
         "nor is the baggage member, or the next hop would take it"
     );
     // Stripping off: the same requests pick their lane.
-    let text = std::fs::read_to_string(&s.agent.config)?;
-    std::fs::write(
-        &s.agent.config,
-        format!("{text}tags:\n  strip_from_unknown_callers: false\n"),
-    )?;
     s.agent
-        .wait_for_log("config reloaded", Duration::from_secs(5))?;
+        .rewrite_config(|text| format!("{text}tags:\n  strip_from_unknown_callers: false\n"))?;
     let r = client::get(bystander, vip, &asks)?;
     assert_eq!(r.endpoint(), "reviews-joint1", "{r:?}");
     assert_eq!(r.header("x-seen-baggage"), Some("user=7,x-mse-tag=joint1"));
@@ -303,10 +296,8 @@ fn a_tag_never_reaches_an_endpoint_of_another_service() -> Result<()> {
         other_vip.ip(),
         s.node.pod(other).ip
     );
-    let text = std::fs::read_to_string(&s.agent.config)?;
-    std::fs::write(&s.agent.config, text.replacen("pods:\n", &service, 1))?;
     s.agent
-        .wait_for_log("config reloaded", Duration::from_secs(5))?;
+        .rewrite_config(|text| text.replacen("pods:\n", &service, 1))?;
     let client = s.node.pod(s.pods.client);
     let r = client::get(client, other_vip, &[("x-mse-tag", "joint2")])?;
     assert_eq!(r.endpoint(), "other-reviews", "the lane exists: {r:?}");

@@ -194,15 +194,14 @@ fn a_pod_that_leaves_enrolment_loses_the_program() -> Result<()> {
     assert!(program.attached_to.contains(&client_veth), "{program:?}");
 
     // The client pod leaves the config.
-    let text = std::fs::read_to_string(&s.agent.config)?;
-    let kept: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.contains(&format!("interface: {client_veth}")))
-        .collect();
-    assert_eq!(kept.len() + 1, text.lines().count());
-    std::fs::write(&s.agent.config, kept.join("\n") + "\n")?;
-    s.agent
-        .wait_for_log("config reloaded", Duration::from_secs(5))?;
+    s.agent.rewrite_config(|text| {
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains(&format!("interface: {client_veth}")))
+            .collect();
+        assert_eq!(kept.len() + 1, text.lines().count());
+        kept.join("\n") + "\n"
+    })?;
     assert!(!attached(&client_veth)?, "detached from the pod that left");
     assert!(attached(&tagged_veth)?, "the other pod keeps it");
     let r = client::get(s.node.pod(s.pods.client), s.reviews(), &[])?;
