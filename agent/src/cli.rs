@@ -170,6 +170,10 @@ pub enum Command {
         /// A request header, `NAME: VALUE` (repeatable), e.g. `-H 'x-mse-tag: joint1'`.
         #[arg(short = 'H', long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
         headers: Vec<(String, String)>,
+        /// The request's path and query, for match rules on a query
+        /// parameter, e.g. `--path '/items?lane=g42'`.
+        #[arg(long, value_name = "PATH", default_value = "/")]
+        path: String,
         /// `--output` and `--socket`.
         #[command(flatten)]
         common: Common,
@@ -501,12 +505,14 @@ pub fn execute(command: &Command, out: &mut impl Write) -> Result<(), Error> {
             from,
             to,
             headers,
+            path,
             common,
         } => {
             let request = ExplainRequest {
                 from: from.clone().unwrap_or_default(),
                 to: to.clone(),
                 headers: headers.clone(),
+                path: Some(path.clone()),
             };
             let doc: Explanation = client(common).post("/explain", &request)?;
             emit(out, common.format.output, &doc, render::explanation)

@@ -62,12 +62,13 @@ pub fn explain(applied: &Applied, req: &ExplainRequest) -> Result<Explanation, E
         .map(|(n, v)| (n.as_str(), v.as_slice()))
         .collect();
     let policy = &snapshot.service_of(port).policy;
-    let (bucket, sticky) = policy.bucket(&headers, "/", rand::random());
+    let path = req.path.as_deref().unwrap_or("/");
+    let (bucket, sticky) = policy.bucket(&headers, path, rand::random());
     let plan = route::plan(
         port,
         policy,
         &headers,
-        "/",
+        path,
         caller.and_then(|p| p.tag.as_ref()),
         &snapshot.tags,
         bucket,
@@ -280,7 +281,7 @@ mod tests {
 
     fn applied() -> Applied {
         let config = Config::parse(
-            "services:\n  - name: reviews\n    vips: [10.96.0.10]\n    ports: [{port: 80, target_port: 8080}]\n    endpoints:\n      - {ip: 10.0.0.1}\n      - {ip: 10.0.0.2, tag: joint1}\npods:\n  - {name: client, netns: /x, tag: gray, ips: [10.244.0.5]}\n",
+            "services:\n  - name: reviews\n    vips: [10.96.0.10]\n    ports: [{port: 80, target_port: 8080}]\n    policy: {match: [{query: lane, exact: j1, tag: joint1}]}\n    endpoints:\n      - {ip: 10.0.0.1}\n      - {ip: 10.0.0.2, tag: joint1}\npods:\n  - {name: client, netns: /x, tag: gray, ips: [10.244.0.5]}\n",
         )
         .expect("valid");
         Applied {
@@ -291,6 +292,15 @@ mod tests {
     }
 
     fn ask(from: &str, to: &str, headers: &[(&str, &str)]) -> Result<Explanation, Error> {
+        ask_path(from, to, headers, None)
+    }
+
+    fn ask_path(
+        from: &str,
+        to: &str,
+        headers: &[(&str, &str)],
+        path: Option<&str>,
+    ) -> Result<Explanation, Error> {
         explain(
             &applied(),
             &ExplainRequest {
@@ -300,8 +310,18 @@ mod tests {
                     .iter()
                     .map(|(n, v)| (n.to_string(), v.to_string()))
                     .collect(),
+                path: path.map(Into::into),
             },
         )
+    }
+
+    #[test]
+    fn a_query_match_rule_is_explained_with_the_path() {
+        let plain = ask_path("", "reviews", &[], None).expect("explained");
+        assert_eq!(plain.endpoint.as_deref(), Some("10.0.0.1:8080"));
+        let matched = ask_path("", "reviews", &[], Some("/items?lane=j1")).expect("explained");
+        assert_eq!(matched.endpoint.as_deref(), Some("10.0.0.2:8080"));
+        assert_eq!(matched.tag_source, "match:0");
     }
 
     #[test]

@@ -260,6 +260,10 @@ pub struct ExplainRequest {
     pub to: String,
     /// Request headers, as `(name, value)`.
     pub headers: Vec<(String, String)>,
+    /// The request target (path and query), for match rules on the query;
+    /// default `/`.
+    #[serde(default)]
+    pub path: Option<String>,
 }
 
 /// `POST /explain` answer: each step of the decision.
