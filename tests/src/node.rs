@@ -467,6 +467,41 @@ impl Node {
         y
     }
 
+    /// Inserts an iptables DNAT rule in the node netns: TCP to `dest` (from
+    /// `source`, or anyone) goes to `to` instead. `chain` is `PREROUTING` for
+    /// pods' packets, `OUTPUT` for the node's own.
+    pub fn dnat(
+        &self,
+        chain: &str,
+        source: Option<IpAddr>,
+        dest: SocketAddr,
+        to: SocketAddr,
+    ) -> Result<()> {
+        let (ip, port, to) = (
+            dest.ip().to_string(),
+            dest.port().to_string(),
+            to.to_string(),
+        );
+        let source = source.map(|s| s.to_string());
+        let mut args = vec!["-t", "nat", "-I", chain];
+        if let Some(source) = &source {
+            args.extend(["-s", source]);
+        }
+        args.extend([
+            "-d",
+            &ip,
+            "-p",
+            "tcp",
+            "--dport",
+            &port,
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to,
+        ]);
+        self.netns.exec("iptables", &args).map(drop)
+    }
+
     /// `ip:port` of a VIP.
     pub fn vip(svc: &ServiceSpec) -> SocketAddr {
         SocketAddr::new(IpAddr::V4(svc.vip), svc.port)

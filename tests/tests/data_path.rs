@@ -559,24 +559,11 @@ fn the_routers_own_connects_are_never_redirected(mode: Mode) -> Result<()> {
     s.node
         .netns
         .ip(&["route", "add", "10.96.0.10/32", "dev", base_veth])?;
-    s.node.netns.exec(
-        "iptables",
-        &[
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "-d",
-            "10.96.0.10",
-            "-p",
-            "tcp",
-            "--dport",
-            "80",
-            "-j",
-            "DNAT",
-            "--to-destination",
-            &format!("{base}:8080"),
-        ],
+    s.node.dnat(
+        "OUTPUT",
+        None,
+        s.reviews(),
+        SocketAddr::new(base.into(), 8080),
     )?;
     let r = client::get(
         s.node.pod(s.pods.client),

@@ -100,27 +100,14 @@ fn the_router_refuses_an_original_destination_that_is_no_service() -> Result<()>
     let base = s.node.pod(s.pods.base);
     // (DNAT to the node's address: REDIRECT would pick the veth's, and the
     // node side of a pod's veth has no IPv4 address.)
-    let (pod, endpoint) = (bystander.ip.to_string(), base.ip.to_string());
-    let router = format!("{NODE_IP}:{ROUTER_PORT}");
-    let rule = [
-        "-t",
-        "nat",
-        "-I",
+    let endpoint = base.ip;
+    let router = SocketAddr::new(NODE_IP.into(), ROUTER_PORT);
+    s.node.dnat(
         "PREROUTING",
-        "-s",
-        &pod,
-        "-d",
-        &endpoint,
-        "-p",
-        "tcp",
-        "--dport",
-        "8080",
-        "-j",
-        "DNAT",
-        "--to-destination",
-        &router,
-    ];
-    s.node.netns.exec("iptables", &rule)?;
+        Some(bystander.ip.into()),
+        SocketAddr::new(endpoint.into(), 8080),
+        router,
+    )?;
     refused(
         &s,
         bystander,
@@ -226,27 +213,13 @@ fn tags_from_callers_that_are_not_enrolled_are_ignored_and_not_passed_on() -> Re
     // reviews VIP to the router anyway (as a REDIRECT setup would), where
     // no pod is known by its address.
     let bystander = s.node.pod(s.pods.bystander);
-    let (vip, pod) = (s.reviews(), bystander.ip.to_string());
-    let (vip_ip, router) = (vip.ip().to_string(), format!("{NODE_IP}:{ROUTER_PORT}"));
-    let rule = [
-        "-t",
-        "nat",
-        "-I",
+    let vip = s.reviews();
+    s.node.dnat(
         "PREROUTING",
-        "-s",
-        &pod,
-        "-d",
-        &vip_ip,
-        "-p",
-        "tcp",
-        "--dport",
-        "80",
-        "-j",
-        "DNAT",
-        "--to-destination",
-        &router,
-    ];
-    s.node.netns.exec("iptables", &rule)?;
+        Some(bystander.ip.into()),
+        vip,
+        SocketAddr::new(NODE_IP.into(), ROUTER_PORT),
+    )?;
     let asks = [
         ("x-mse-tag", "joint1"),
         ("baggage", "x-mse-tag=gray,user=7"),
