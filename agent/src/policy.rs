@@ -526,12 +526,15 @@ impl Policy {
             .unwrap_or(self.default_lane_mode)
     }
 
-    /// Whether the policy names `tag` (a canary share, a match rule or a
-    /// lane mode).
-    pub fn names(&self, tag: &Tag) -> bool {
-        self.canary.0.iter().any(|(t, _)| t == tag)
-            || self.matches.iter().any(|r| &r.tag == tag)
-            || self.lanes.0.contains_key(tag)
+    /// The tags the policy names: in canary shares, match rules and lane
+    /// modes.
+    pub fn named_lanes(&self) -> impl Iterator<Item = &Tag> {
+        self.canary
+            .0
+            .iter()
+            .map(|(t, _)| t)
+            .chain(self.matches.iter().map(|r| &r.tag))
+            .chain(self.lanes.0.keys())
     }
 
     /// The tag of the first match rule the request matches.

@@ -245,7 +245,7 @@ struct Current {
     service: String,
     tag: Option<String>,
     /// The `tag` metric label: bounded by the configuration, not the client
-    /// (see [`Snapshot::metric_tag`]).
+    /// (see [`crate::snapshot::Service::metric_tag`]).
     metric_tag: String,
     tag_source: String,
     decision: Option<Decision>,
@@ -320,7 +320,7 @@ impl ConnRoutes {
         let mut current = Current {
             service: service.id.to_string(),
             tag: tag_name.clone(),
-            metric_tag: applied.snapshot.metric_tag(service, plan.tag.as_ref()),
+            metric_tag: service.metric_tag(plan.tag.as_ref()),
             tag_source: plan.source.to_string(),
             decision: Some(plan.decision),
             load: None,

@@ -9,7 +9,7 @@
 //! reload does not reset load balancing.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fmt,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
@@ -223,6 +223,11 @@ pub struct Service {
     /// Why the policy the source gave could not be used (the last good one
     /// stays in force).
     pub policy_error: Option<String>,
+    /// The lanes the configuration knows for this service: its endpoints'
+    /// tags (whatever their condition), the tags its policy names and the
+    /// allowed tags. Built once here, so labelling a request's metrics
+    /// (see [`Service::metric_tag`]) is one lookup.
+    pub known_lanes: HashSet<Tag>,
 }
 
 /// A pod on this node to enrol.
@@ -272,7 +277,7 @@ impl TagRules {
 }
 
 /// The metric `tag` label of requests in a lane the service does not know
-/// (see [`Snapshot::metric_tag`]). It starts with `_`, which no tag can, so
+/// (see [`Service::metric_tag`]). It starts with `_`, which no tag can, so
 /// it never clashes with a real lane.
 pub const OTHER_LANE: &str = "_other";
 
@@ -366,6 +371,15 @@ impl Snapshot {
                 port_indices.push(index);
             }
             let spec = svc.policy.clone().unwrap_or_default().over(&config.policy);
+            let policy = Policy::from(&spec);
+            let known_lanes = svc
+                .endpoints
+                .iter()
+                .filter_map(|e| e.tag.as_ref())
+                .chain(policy.named_lanes())
+                .chain(&config.tags.allowed)
+                .cloned()
+                .collect();
             services.push(Service {
                 id: ServiceId {
                     namespace: svc.namespace.to_string(),
@@ -373,8 +387,9 @@ impl Snapshot {
                 },
                 vips: svc.vips.clone(),
                 ports: port_indices,
-                policy: Arc::new(Policy::from(&spec)),
+                policy: Arc::new(policy),
                 policy_error: None,
+                known_lanes,
             });
         }
         let pods: Vec<Pod> = config
@@ -439,27 +454,19 @@ impl Snapshot {
     pub fn service_of(&self, port: &ServicePort) -> &Service {
         &self.services[port.service]
     }
+}
 
-    /// The `tag` label of a request to `service` in lane `tag`: the tag when
-    /// it is a lane the configuration knows for that service (an endpoint of
-    /// the service carries it, whatever its condition; the service's policy
-    /// names it; or `tags.allowed` lists it), [`OTHER_LANE`] for any other
-    /// tag, empty for none. Request tags come from clients, so labelling
-    /// them verbatim would let one pod create a series per random tag; this
-    /// bounds the series by the configuration.
-    pub fn metric_tag(&self, service: &Service, tag: Option<&Tag>) -> String {
-        let Some(tag) = tag else {
-            return String::new();
-        };
-        let carried = service
-            .ports
-            .iter()
-            .flat_map(|&p| self.ports[p].backends.iter())
-            .any(|b| b.tag.as_ref() == Some(tag));
-        if carried || service.policy.names(tag) || self.tags.allowed.contains(tag) {
-            tag.to_string()
-        } else {
-            OTHER_LANE.to_owned()
+impl Service {
+    /// The `tag` label of a request to this service in lane `tag`: the tag
+    /// when it is one of the service's [`Service::known_lanes`],
+    /// [`OTHER_LANE`] for any other tag, empty for none. Request tags come
+    /// from clients, so labelling them verbatim would let one pod create a
+    /// series per random tag; this bounds the series by the configuration.
+    pub fn metric_tag(&self, tag: Option<&Tag>) -> String {
+        match tag {
+            None => String::new(),
+            Some(tag) if self.known_lanes.contains(tag) => tag.to_string(),
+            Some(_) => OTHER_LANE.to_owned(),
         }
     }
 }
@@ -570,7 +577,7 @@ services:
 "#;
         let s = Snapshot::from_config(&Config::parse(yaml).expect("valid"), "t".into(), None, true);
         let reviews = &s.services[0];
-        let label = |tag: &str| s.metric_tag(reviews, Some(&tag.parse().unwrap()));
+        let label = |tag: &str| reviews.metric_tag(Some(&tag.parse().unwrap()));
         // Carried by an endpoint (also a terminating one), named by the
         // policy, or allowed by the operator: the lane's own name.
         for known in ["joint1", "gray", "canary1", "matched", "strictly", "joint9"] {
@@ -580,7 +587,7 @@ services:
         for unknown in ["joint2", "x7f3a", "other"] {
             assert_eq!(label(unknown), OTHER_LANE, "{unknown}");
         }
-        assert_eq!(s.metric_tag(reviews, None), "");
+        assert_eq!(reviews.metric_tag(None), "");
         // Without an allowlist only the service's own lanes keep their name.
         let open = Config::parse(&yaml.replacen(
             "tags: {allowed: [gray, joint1, joint9, canary1, matched, strictly]}",
@@ -590,7 +597,7 @@ services:
         .expect("valid");
         let s = Snapshot::from_config(&open, "t".into(), None, true);
         assert_eq!(
-            s.metric_tag(&s.services[0], Some(&"joint9".parse().unwrap())),
+            s.services[0].metric_tag(Some(&"joint9".parse().unwrap())),
             OTHER_LANE
         );
     }

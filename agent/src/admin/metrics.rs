@@ -17,7 +17,7 @@ pub struct RequestLabels {
     /// `namespace/name`.
     pub service: String,
     /// The lane: the request tag when the service knows it, `_other` for
-    /// any other tag, empty for none (`Snapshot::metric_tag`).
+    /// any other tag, empty for none (`Service::metric_tag`).
     pub tag: String,
     /// `tagged`, `fallback`, `base`, `canary`, `strict-reject`, or `none`
     /// when no decision could be made.
