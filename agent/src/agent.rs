@@ -305,7 +305,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
                             )?;
                         }
                     }
-                    _ = relink.tick() => reconciler.relink_or_warn(),
+                    _ = relink.tick(), if config.router.mode.tc() => reconciler.relink_or_warn(),
                     _ = hangup.recv() => info!("SIGHUP: with --kube the API is the source; restart to change settings"),
                     _ = handover.changed() => break,
                     _ = terminate.recv() => break,
@@ -319,7 +319,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
             let mut poll = tokio::time::interval(RELOAD_POLL);
             loop {
                 let reason = tokio::select! {
-                    _ = relink.tick() => {
+                    _ = relink.tick(), if config.router.mode.tc() => {
                         reconciler.relink_or_warn();
                         continue;
                     }
@@ -460,9 +460,6 @@ impl Reconciler {
     /// recreated, appeared or went away, so the program follows the veth.
     /// Cheap when nothing changed (one `if_nametoindex` per pod).
     fn relink(&self) -> Result<(), Error> {
-        if !self.mode.tc() {
-            return Ok(());
-        }
         let applied = self.router.applied();
         let wanted = applied
             .snapshot
