@@ -62,7 +62,7 @@ const SOCKET_PROGRAMS: &[(&str, &str)] = &[
 ];
 
 /// The TC program and the kernel feature it needs.
-const TC_PROGRAM: (&str, &str) = (
+pub(crate) const TC_PROGRAM: (&str, &str) = (
     "tc_ingress",
     "tc ingress classifier with bpf_sk_assign (TCX on Linux 6.6+, else clsact; Linux 5.7+)",
 );

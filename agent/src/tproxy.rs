@@ -154,7 +154,7 @@ pub fn remove_tc_filter(interface: &str) -> Result<bool, Error> {
         "tc",
         &["filter", "show", "dev", interface, "ingress", "pref", &pref],
     )?;
-    if !String::from_utf8_lossy(&shown.stdout).contains("tc_ingress") {
+    if !String::from_utf8_lossy(&shown.stdout).contains(crate::bpf::TC_PROGRAM.0) {
         return Ok(false);
     }
     must(

@@ -394,7 +394,7 @@ fn status(state: &AdminState) -> api::Status {
             .chain((state.mode != "socket").then(|| {
                 let veths = dp.tc_interfaces();
                 api::ProgramStatus {
-                    name: "tc_ingress".into(),
+                    name: bpf::TC_PROGRAM.0.into(),
                     hook: dp.tc_hook(),
                     attached_to: match veths.is_empty() {
                         true => "(no pod veth yet)".into(),
