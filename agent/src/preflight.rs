@@ -83,10 +83,7 @@ fn configured_mode(path: &Path) -> Check {
             Some("TC mode sets up routing with iproute2 and iptables: install them".to_owned()),
         );
     }
-    let tcx_here = kernel_release()
-        .as_deref()
-        .and_then(parse_release)
-        .is_some_and(|v| v >= (6, 6));
+    let tcx_here = tcx_available() == Some(true);
     let attach = match (config.bpf.tc_attach, tcx_here) {
         (TcAttach::Tcx, false) => {
             return check(
@@ -408,16 +405,25 @@ fn programs(privileged: bool) -> Check {
 }
 
 /// How TC mode (`router.mode: tc` or `both`) would attach here.
+/// Whether this kernel has TCX links (Linux 6.6+); `None` when its version
+/// is unknown.
+fn tcx_available() -> Option<bool> {
+    kernel_release()
+        .as_deref()
+        .and_then(parse_release)
+        .map(|v| v >= (6, 6))
+}
+
 fn tc_mode() -> Check {
     const NAME: &str = "tc mode";
-    match kernel_release().as_deref().and_then(parse_release) {
-        Some(v) if v >= (6, 6) => check(
+    match tcx_available() {
+        Some(true) => check(
             NAME,
             PASS,
             "TCX links (Linux 6.6+): attached after other components' programs, detached with the agent",
             None,
         ),
-        Some(_) => check(
+        Some(false) => check(
             NAME,
             PASS,
             "clsact with a cls_bpf filter (no TCX before Linux 6.6)",
