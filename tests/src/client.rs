@@ -42,6 +42,12 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Whether the request went through laneway's router: the backend saw
+    /// the node's address (the direct, DNAT path keeps the pod's).
+    pub fn routed(&self) -> bool {
+        self.header("x-peer") == Some(&crate::node::NODE_IP.to_string())
+    }
+
     /// The endpoint that answered (`x-endpoint`), or "" for laneway's own answers.
     pub fn endpoint(&self) -> &str {
         self.header("x-endpoint").unwrap_or("")

@@ -16,7 +16,6 @@ use anyhow::Result;
 use laneway_tests::{
     Standard,
     client::{self, Conn},
-    node::NODE_IP,
 };
 use rand::RngCore;
 
@@ -66,12 +65,6 @@ macro_rules! in_modes {
     )*};
 }
 
-fn routed_by_laneway(resp: &client::Response) -> bool {
-    // The router connects from the node's address; the direct (DNAT) path
-    // keeps the pod's.
-    resp.header("x-peer") == Some(&NODE_IP.to_string())
-}
-
 fn tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base(mode: Mode) -> Result<()> {
     let s = start(mode)?;
     let client = s.node.pod(s.pods.client);
@@ -89,7 +82,7 @@ fn tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base(mode: Mode) ->
             .unwrap_or("")
             .contains("decision=tagged")
     );
-    assert!(routed_by_laneway(&r));
+    assert!(r.routed());
 
     let r = client::get(client, s.reviews(), &[("x-mse-tag", "gray")])?;
     assert_eq!(r.endpoint(), "reviews-gray");
@@ -181,7 +174,7 @@ fn the_app_sees_the_vip_it_dialled(mode: Mode) -> Result<()> {
     // The direct (DNAT) path shows the VIP too: the connection must be the
     // router's for the check to mean anything.
     let r = conn.get("/", &[("x-laneway-route", "1")])?;
-    assert!(routed_by_laneway(&r), "went through the router");
+    assert!(r.routed(), "went through the router");
     assert_eq!(
         conn.stream().peer_addr()?,
         s.reviews(),
@@ -212,7 +205,7 @@ fn ipv6_and_v4_mapped_connects_are_steered(mode: Mode) -> Result<()> {
     let mut conn = Conn::open(client, mapped)?;
     let r = conn.get("/", &[("x-mse-tag", "gray"), ("x-laneway-route", "1")])?;
     assert_eq!(r.endpoint(), "reviews-gray");
-    assert!(routed_by_laneway(&r));
+    assert!(r.routed());
     assert_eq!(
         conn.stream().peer_addr()?,
         mapped,
@@ -229,7 +222,7 @@ fn pods_not_enrolled_are_left_alone(mode: Mode) -> Result<()> {
         &[("x-mse-tag", "joint1")],
     )?;
     assert_eq!(r.status, 200);
-    assert!(!routed_by_laneway(&r), "bystander went through the router");
+    assert!(!r.routed(), "bystander went through the router");
     assert!(r.header("x-laneway-route").is_none());
     Ok(())
 }
@@ -325,23 +318,20 @@ fn fails_open_within_a_second_when_the_router_stops_and_steers_again_after(
 ) -> Result<()> {
     let s = start(mode)?;
     let (r, _) = first_success(&s, Duration::from_secs(1))?;
-    assert!(routed_by_laneway(&r));
+    assert!(r.routed());
 
     // A frozen agent: programs attached, nobody accepting.
     s.agent.pause();
     let stopped = Instant::now();
     let (r, _) = first_success(&s, Duration::from_secs(3))?;
     let took = stopped.elapsed();
-    assert!(!routed_by_laneway(&r), "went the direct (DNAT) way");
+    assert!(!r.routed(), "went the direct (DNAT) way");
     assert!(took < Duration::from_secs(1), "fail-open took {took:?}");
 
     s.agent.resume();
     std::thread::sleep(Duration::from_millis(500));
     let (r, _) = first_success(&s, Duration::from_secs(2))?;
-    assert!(
-        routed_by_laneway(&r),
-        "steered again once the router is back"
-    );
+    assert!(r.routed(), "steered again once the router is back");
     // The programs counted the connections they let go the direct way.
     let metrics = laneway_tests::admin::scrape(&s.node)?;
     let fail_open = metrics
@@ -369,7 +359,7 @@ fn a_killed_agent_leaves_pods_on_the_direct_path_at_once(mode: Mode) -> Result<(
         "connect4/6, sock_ops, getpeername4/6 stay pinned"
     );
     let (r, took) = first_success(&s, Duration::from_secs(1))?;
-    assert!(!routed_by_laneway(&r));
+    assert!(!r.routed());
     assert!(took < Duration::from_millis(500), "took {took:?}");
 
     let shown = |args: &[&str]| -> Result<String> {
@@ -414,7 +404,7 @@ fn sigterm_fails_open_and_exits_cleanly(mode: Mode) -> Result<()> {
     let status = s.agent.terminate()?;
     assert!(status.success(), "exit status {status}:\n{}", s.agent.log());
     let (r, _) = first_success(&s, Duration::from_secs(1))?;
-    assert!(!routed_by_laneway(&r));
+    assert!(!r.routed());
     Ok(())
 }
 

@@ -15,11 +15,7 @@ use std::{
 use anyhow::Result;
 use laneway::admin::api;
 use laneway_tests::{
-    Agent, Node, Scenario, ServiceSpec, Standard,
-    agent::binary,
-    backend::Backend,
-    client::{Conn, Response},
-    node::NODE_IP,
+    Agent, Node, Scenario, ServiceSpec, Standard, agent::binary, backend::Backend, client::Conn,
 };
 
 /// Load from the client pod until dropped: one keep-alive worker (opening a
@@ -67,7 +63,7 @@ impl Load {
                                 answers.lock().unwrap().push((
                                     Instant::now(),
                                     r.endpoint().to_owned(),
-                                    routed(&r),
+                                    r.routed(),
                                 ));
                                 if r.header("connection") == Some("close") {
                                     conn = None;
@@ -109,10 +105,6 @@ impl Load {
         let answers = std::mem::take(&mut *self.answers.lock().unwrap());
         (self.ok.load(Ordering::Relaxed), failures, answers)
     }
-}
-
-fn routed(r: &Response) -> bool {
-    r.header("x-peer") == Some(&NODE_IP.to_string())
 }
 
 #[test]

@@ -17,13 +17,8 @@ use laneway_tests::{
     backend::Backend,
     client::{self, Conn, Response},
     kube::{Cluster, NODE_NAME, namespace, pod, service},
-    node::NODE_IP,
     standard,
 };
-
-fn routed(r: &Response) -> bool {
-    r.header("x-peer") == Some(&NODE_IP.to_string())
-}
 
 /// Repeats a request until `check` holds (the agent applies changes within
 /// its debounce plus a watch round trip).
@@ -87,14 +82,14 @@ fn labelling_a_namespace_steers_its_pods_and_unlabelling_sends_them_direct_again
     let ask = |tag: &'static str| move || client::get(client, reviews, &[("x-mse-tag", tag)]);
 
     let r = ask("joint1")()?;
-    assert!(!routed(&r), "namespace not enrolled yet: the direct way");
+    assert!(!r.routed(), "namespace not enrolled yet: the direct way");
 
     cluster.api.apply(namespace("shop", true));
     let r = eventually("joint1 steered", ask("joint1"), |r| {
-        routed(r) && r.endpoint() == "reviews-joint1"
+        r.routed() && r.endpoint() == "reviews-joint1"
     })?;
     assert_eq!(r.header("x-seen-tag"), Some("joint1"));
-    let r = eventually("gray steered", ask("gray"), routed)?;
+    let r = eventually("gray steered", ask("gray"), client::Response::routed)?;
     assert_eq!(r.endpoint(), "reviews-gray");
     let caller = node.pod(pods.client_joint1);
     let r = client::get(caller, reviews, &[])?;
@@ -116,7 +111,7 @@ fn labelling_a_namespace_steers_its_pods_and_unlabelling_sends_them_direct_again
     })?;
 
     cluster.api.apply(namespace("shop", false));
-    eventually("direct again", ask("joint1"), |r| !routed(r))?;
+    eventually("direct again", ask("joint1"), |r| !r.routed())?;
     drop(agent);
     Ok(())
 }
@@ -173,14 +168,14 @@ fn the_agent_is_ready_only_after_the_first_sync_and_keeps_routing_through_an_api
     let reviews = Node::vip(svc);
     let client = node.pod(pods.client);
     let r = client::get(client, reviews, &[("x-mse-tag", "joint1")])?;
-    assert!(routed(&r) && r.endpoint() == "reviews-joint1", "{r:?}");
+    assert!(r.routed() && r.endpoint() == "reviews-joint1", "{r:?}");
 
     // An outage after the first sync: the last good state keeps routing.
     cluster.api.set_down(true);
     std::thread::sleep(Duration::from_millis(500));
     for _ in 0..5 {
         let r = client::get(client, reviews, &[("x-mse-tag", "joint1")])?;
-        assert!(routed(&r) && r.endpoint() == "reviews-joint1");
+        assert!(r.routed() && r.endpoint() == "reviews-joint1");
     }
     cluster.api.set_down(false);
     drop(agent);
@@ -215,7 +210,7 @@ fn tc_mode_finds_each_pods_veth_from_the_api_and_steers() -> Result<()> {
     let r = eventually(
         "steered through TC",
         || client::get(client, Node::vip(svc), &[("x-mse-tag", "joint1")]),
-        |r| routed(r) && r.endpoint() == "reviews-joint1",
+        |r| r.routed() && r.endpoint() == "reviews-joint1",
     )?;
     assert_eq!(r.header("x-seen-tag"), Some("joint1"));
     drop(agent);
@@ -303,7 +298,7 @@ fn a_bad_policy_annotation_keeps_the_last_good_policy_in_force_and_says_so() -> 
     let client = node.pod(pods.client);
     let untagged = || client::get(client, reviews, &[]);
     eventually("the canary policy routes", untagged, |r| {
-        routed(r) && r.endpoint() == "reviews-gray"
+        r.routed() && r.endpoint() == "reviews-gray"
     })?;
     assert_eq!(policy_errors(&node, "backends/reviews")?, 0);
     assert_eq!(service_info(&node, "reviews")?.policy_error, None);
@@ -333,7 +328,7 @@ fn a_bad_policy_annotation_keeps_the_last_good_policy_in_force_and_says_so() -> 
     for _ in 0..20 {
         let r = untagged()?;
         assert!(
-            routed(&r) && r.endpoint() == "reviews-gray",
+            r.routed() && r.endpoint() == "reviews-gray",
             "routing keeps the last good policy: {r:?}"
         );
     }
@@ -361,7 +356,7 @@ fn a_bad_policy_annotation_keeps_the_last_good_policy_in_force_and_says_so() -> 
     assert!(info.policy_error.is_some(), "{info:?}");
     assert_eq!(info.policy, "none");
     eventually("base after a restart", untagged, |r| {
-        routed(r) && r.endpoint() == "reviews-base"
+        r.routed() && r.endpoint() == "reviews-base"
     })?;
     drop(agent);
     Ok(())
@@ -378,7 +373,11 @@ fn changing_the_canary_annotation_under_load_drops_no_request() -> Result<()> {
     let svc = &scenario.services[0];
     let reviews = Node::vip(svc);
     let client = node.pod(pods.client);
-    eventually("routed", || client::get(client, reviews, &[]), routed)?;
+    eventually(
+        "routed",
+        || client::get(client, reviews, &[]),
+        client::Response::routed,
+    )?;
     let stop = AtomicBool::new(false);
     let (ok, failed, gray) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     std::thread::scope(|scope| -> Result<()> {
@@ -393,7 +392,7 @@ fn changing_the_canary_annotation_under_load_drops_no_request() -> Result<()> {
                         conn = Conn::open(client, reviews).ok();
                     }
                     match conn.as_mut().map(|c| c.get("/", &[])) {
-                        Some(Ok(r)) if r.status == 200 && routed(&r) => {
+                        Some(Ok(r)) if r.status == 200 && r.routed() => {
                             ok.fetch_add(1, Ordering::Relaxed);
                             if r.endpoint() == "reviews-gray" {
                                 gray.fetch_add(1, Ordering::Relaxed);

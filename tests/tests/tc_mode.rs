@@ -18,10 +18,6 @@ use laneway_tests::{
     standard,
 };
 
-fn routed(r: &client::Response) -> bool {
-    r.header("x-peer") == Some(&NODE_IP.to_string())
-}
-
 #[test]
 fn a_connection_opened_before_enrolment_keeps_working() -> Result<()> {
     let mut node = Node::new()?;
@@ -35,17 +31,17 @@ fn a_connection_opened_before_enrolment_keeps_working() -> Result<()> {
     let vip = Node::vip(&scenario.services[0]);
     let mut early = Conn::open(node.pod(pods.client), vip)?;
     let r = early.get("/", &[])?;
-    assert!(!routed(&r), "no agent yet: the direct way");
+    assert!(!r.routed(), "no agent yet: the direct way");
 
     let agent = Agent::start(&node, &scenario)?;
     for i in 0..5 {
         let r = early.get("/", &[("x-mse-tag", "joint1")])?;
         assert_eq!(r.status, 200, "request {i} on the early connection");
-        assert!(!routed(&r), "the early connection stays on its path");
+        assert!(!r.routed(), "the early connection stays on its path");
     }
     let r = client::get(node.pod(pods.client), vip, &[("x-mse-tag", "joint1")])?;
     assert!(
-        routed(&r) && r.endpoint() == "reviews-joint1",
+        r.routed() && r.endpoint() == "reviews-joint1",
         "new connections are steered"
     );
     drop(agent);
@@ -109,7 +105,7 @@ fn another_components_tc_program_still_runs_and_keeps_its_place() -> Result<()> 
     for _ in 0..5 {
         let r = client::get(client_pod, s.reviews(), &[("x-mse-tag", "gray")])?;
         assert!(
-            routed(&r) && r.endpoint() == "reviews-gray",
+            r.routed() && r.endpoint() == "reviews-gray",
             "still steered: {r:?}"
         );
     }
@@ -136,7 +132,7 @@ fn routed_within(s: &Standard, pod: usize) -> Result<Duration> {
     let started = Instant::now();
     loop {
         if let Ok(r) = client::get(s.node.pod(pod), s.reviews(), &[("x-mse-tag", "joint1")])
-            && routed(&r)
+            && r.routed()
             && r.endpoint() == "reviews-joint1"
         {
             return Ok(started.elapsed());
@@ -205,7 +201,7 @@ fn a_pod_that_leaves_enrolment_loses_the_program() -> Result<()> {
     assert!(!attached(&client_veth)?, "detached from the pod that left");
     assert!(attached(&tagged_veth)?, "the other pod keeps it");
     let r = client::get(s.node.pod(s.pods.client), s.reviews(), &[])?;
-    assert!(!routed(&r), "the pod that left goes the direct way");
+    assert!(!r.routed(), "the pod that left goes the direct way");
     let program = tc_program(&s)?;
     assert_eq!(program.attached_to, tagged_veth);
     Ok(())
@@ -229,7 +225,7 @@ fn with_clsact_a_filter_installed_before_keeps_its_place_and_restarts_leave_one_
     let vip = Node::vip(&scenario.services[0]);
     let steered = |node: &Node| -> Result<bool> {
         let r = client::get(node.pod(pods.client), vip, &[("x-mse-tag", "gray")])?;
-        Ok(routed(&r) && r.endpoint() == "reviews-gray")
+        Ok(r.routed() && r.endpoint() == "reviews-gray")
     };
     let laneway_filters = |node: &Node| -> Result<usize> {
         let shown = filters(node, &veth)?;
@@ -294,6 +290,6 @@ fn in_both_mode_tc_steers_what_the_connect_hooks_did_not_see() -> Result<()> {
         s.reviews(),
         &[("x-mse-tag", "gray")],
     )?;
-    assert!(routed(&r) && r.endpoint() == "reviews-gray");
+    assert!(r.routed() && r.endpoint() == "reviews-gray");
     Ok(())
 }
