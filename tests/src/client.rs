@@ -204,3 +204,61 @@ pub fn reset_on_close(stream: &TcpStream) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// What [`under_load`] counted.
+#[derive(Debug, Default)]
+pub struct LoadCounts {
+    /// Requests answered 200.
+    pub ok: u64,
+    /// Requests that failed (no answer, or not 200).
+    pub failed: u64,
+    /// Of the `ok` ones, those that did not go through the router.
+    pub direct: u64,
+    /// Of the `ok` ones, by the endpoint that answered.
+    pub by_endpoint: std::collections::BTreeMap<String, u64>,
+}
+
+/// Runs `during` while two workers in `pod` send requests to `to` without
+/// pause: one on a keep-alive connection (a new one after a failure), one
+/// on a new connection per request. The workers stop however `during`
+/// ends; its error is returned after they have.
+pub fn under_load(
+    pod: &Pod,
+    to: SocketAddr,
+    during: impl FnOnce() -> Result<()>,
+) -> Result<LoadCounts> {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let counts = std::sync::Mutex::new(LoadCounts::default());
+    std::thread::scope(|scope| {
+        let _stop_on_exit = crate::StopOnDrop(&stop);
+        for worker in 0..2 {
+            let (stop, counts) = (&stop, &counts);
+            scope.spawn(move || {
+                let mut conn = None;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if conn.is_none() || worker == 1 {
+                        conn = Conn::open(pod, to).ok();
+                    }
+                    let answer = conn.as_mut().map(|c| c.get("/", &[]));
+                    let mut counts = counts.lock().unwrap_or_else(|p| p.into_inner());
+                    match answer {
+                        Some(Ok(r)) if r.status == 200 => {
+                            counts.ok += 1;
+                            counts.direct += u64::from(!r.routed());
+                            *counts
+                                .by_endpoint
+                                .entry(r.endpoint().to_owned())
+                                .or_default() += 1;
+                        }
+                        _ => {
+                            counts.failed += 1;
+                            conn = None;
+                        }
+                    }
+                }
+            });
+        }
+        during()
+    })?;
+    Ok(counts.into_inner().unwrap_or_else(|p| p.into_inner()))
+}

@@ -3,13 +3,7 @@
 //! under load. Shares are checked statistically, with bounds that the next
 //! plausible mistakes (half or double the share) fall outside of.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 use anyhow::Result;
 use laneway_tests::{
@@ -313,52 +307,18 @@ fn the_lane_survives_a_hop_when_the_app_forwards_the_header() -> Result<()> {
 #[test]
 fn changing_the_policy_under_load_drops_no_request() -> Result<()> {
     let s = with_policy("{canary: gray=0}")?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let gray = Arc::new(AtomicU64::new(0));
-    std::thread::scope(|scope| -> Result<()> {
-        let _stop_on_exit = laneway_tests::StopOnDrop(&stop);
-        for worker in 0..2 {
-            let (stop, ok, failed, gray) = (stop.clone(), ok.clone(), failed.clone(), gray.clone());
-            let s = &s;
-            scope.spawn(move || {
-                let mut conn = None;
-                while !stop.load(Ordering::Relaxed) {
-                    // Worker 0 keeps one connection alive; worker 1 opens one per request.
-                    if conn.is_none() || worker == 1 {
-                        conn = Conn::open(s.node.pod(s.pods.client), s.reviews()).ok();
-                    }
-                    match conn.as_mut().map(|c| c.get("/", &[])) {
-                        Some(Ok(r)) if r.status == 200 => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                            if r.endpoint() == "reviews-gray" {
-                                gray.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        _ => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            conn = None;
-                        }
-                    }
-                }
-            });
-        }
-        let text = std::fs::read_to_string(&s.agent.config)?;
+    let text = std::fs::read_to_string(&s.agent.config)?;
+    let load = client::under_load(s.node.pod(s.pods.client), s.reviews(), || {
         for share in ["50", "100", "0", "25"] {
             std::thread::sleep(Duration::from_millis(400));
             s.agent
                 .rewrite_config(|_| text.replace("gray=0", &format!("gray={share}")))?;
         }
         std::thread::sleep(Duration::from_millis(400));
-        stop.store(true, Ordering::Relaxed);
         Ok(())
     })?;
-    let (ok, failed, gray) = (
-        ok.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed),
-        gray.load(Ordering::Relaxed),
-    );
+    let (ok, failed) = (load.ok, load.failed);
+    let gray = load.by_endpoint.get("reviews-gray").copied().unwrap_or(0);
     assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
     assert!(ok > 200, "load ran: {ok} requests");
     assert!(gray > 0, "the new shares took effect: {gray} on gray");

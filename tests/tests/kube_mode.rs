@@ -4,7 +4,6 @@
 
 use std::{
     collections::BTreeMap,
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -15,7 +14,7 @@ use laneway_tests::{
     Agent, Node, Scenario, ServiceSpec,
     admin::{json, scrape},
     backend::Backend,
-    client::{self, Conn, Response},
+    client::{self, Response},
     kube::{Cluster, NODE_NAME, namespace, pod, service},
     standard,
 };
@@ -378,56 +377,23 @@ fn changing_the_canary_annotation_under_load_drops_no_request() -> Result<()> {
         || client::get(client, reviews, &[]),
         client::Response::routed,
     )?;
-    let stop = AtomicBool::new(false);
-    let (ok, failed, gray) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
-    std::thread::scope(|scope| -> Result<()> {
-        let _stop_on_exit = laneway_tests::StopOnDrop(&stop);
-        for worker in 0..2 {
-            let (stop, ok, failed, gray) = (&stop, &ok, &failed, &gray);
-            scope.spawn(move || {
-                let mut conn = None;
-                while !stop.load(Ordering::Relaxed) {
-                    // Worker 0 keeps one connection alive; worker 1 opens one per request.
-                    if conn.is_none() || worker == 1 {
-                        conn = Conn::open(client, reviews).ok();
-                    }
-                    match conn.as_mut().map(|c| c.get("/", &[])) {
-                        Some(Ok(r)) if r.status == 200 && r.routed() => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                            if r.endpoint() == "reviews-gray" {
-                                gray.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        _ => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            conn = None;
-                        }
-                    }
-                }
-            });
-        }
-        let result = (|| -> Result<()> {
-            for share in ["50", "100", "0", "25"] {
-                std::thread::sleep(Duration::from_millis(400));
-                let canary = format!("gray={share}");
-                cluster.api.apply(reviews_with_canary(&node, svc, &canary));
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while !service_info(&node, "reviews")?.policy.contains(&canary) {
-                    anyhow::ensure!(Instant::now() < deadline, "{canary} not in force");
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
+    let load = client::under_load(client, reviews, || {
+        for share in ["50", "100", "0", "25"] {
             std::thread::sleep(Duration::from_millis(400));
-            Ok(())
-        })();
-        stop.store(true, Ordering::Relaxed);
-        result
+            let canary = format!("gray={share}");
+            cluster.api.apply(reviews_with_canary(&node, svc, &canary));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !service_info(&node, "reviews")?.policy.contains(&canary) {
+                anyhow::ensure!(Instant::now() < deadline, "{canary} not in force");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(400));
+        Ok(())
     })?;
-    let (ok, failed, gray) = (
-        ok.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed),
-        gray.load(Ordering::Relaxed),
-    );
+    // Every answer came through the router.
+    let (ok, failed) = (load.ok - load.direct, load.failed + load.direct);
+    let gray = load.by_endpoint.get("reviews-gray").copied().unwrap_or(0);
     assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
     assert!(ok > 200, "load ran: {ok} requests");
     assert!(gray > 0, "the new shares took effect: {gray} on gray");
