@@ -313,8 +313,13 @@ impl Datapath {
         self.listeners.set(0, v4, 0).map_err(map_err(name))?;
         match v6 {
             Some(v6) => self.listeners.set(1, v6, 0).map_err(map_err(name))?,
+            // No IPv6 listener: clear the slot, in case an earlier agent
+            // registered one. Deleting an empty sockmap slot fails with
+            // EINVAL on current kernels (not ENOENT): nothing to clear.
             None => match self.listeners.clear_index(&1) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(e))
+                    if matches!(e.io_error.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {}
                 Err(e) => return Err(map_err(name)(e)),
             },
         }
