@@ -1,11 +1,15 @@
 //! The kernel side: loading the programs, attaching them to a cgroup, and
 //! keeping their maps in step with the snapshot.
 //!
-//! The programs attach with bpf links owned by this process: when the agent
-//! exits, however it exits, they detach and pods reach services the normal
-//! way. While the agent runs, the router's heartbeat in the `ROUTER` map
-//! decides; a stale one (stopped or hung agent) also makes the programs stop
-//! redirecting within [`laneway_common::HEARTBEAT_TIMEOUT_NS`].
+//! Maps are pinned by name in `bpf.pin_path`, and so are the cgroup links of
+//! every socket program but `getsockopt` (aya cannot make its link
+//! pinnable; it answers only a live router's queries, see [`ConnOrigins`]):
+//! they outlive the agent, however it exits, and the next agent takes them
+//! over. While no live router answers, the programs steer to nobody: the
+//! router's listener is gone from the `ROUTER_LISTENER` sockmap (the kernel
+//! removes a closed socket) or its heartbeat in the `ROUTER` map is older
+//! than [`laneway_common::HEARTBEAT_TIMEOUT_NS`], and pods reach services
+//! the normal way. TC links (TCX) go with the process; clsact filters stay.
 
 use std::{
     collections::HashMap as StdHashMap,
@@ -126,13 +130,25 @@ pub enum Error {
         message: String,
     },
     /// A map operation failed.
-    #[error("BPF map {map}: {source}")]
+    #[error("BPF map {map}: {}", describe_map_error(source))]
     Map {
         /// The map.
         map: &'static str,
         /// The cause.
         source: MapError,
     },
+}
+
+/// A map error with the kernel's reason, which `MapError` keeps only as
+/// its source; a full map says so.
+fn describe_map_error(error: &MapError) -> String {
+    match error {
+        MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
+            format!("{error}: the map is full ({})", e.io_error)
+        }
+        MapError::SyscallError(e) => format!("{error}: {}", e.io_error),
+        other => other.to_string(),
+    }
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> Error {
@@ -592,13 +608,6 @@ impl Datapath {
         SOCKET_PROGRAMS.iter().map(|(name, _)| *name)
     }
 
-    /// Writes the router's listener and heartbeat.
-    pub fn set_router(&mut self, info: &RouterInfo) -> Result<(), Error> {
-        self.router
-            .set(0, info, 0)
-            .map_err(map_err(map_names::ROUTER))
-    }
-
     /// Makes `SERVICES` hold exactly `desired`: new and changed entries first,
     /// then stale ones removed, so no VIP in both old and new is ever missing.
     pub fn sync_services(
@@ -639,6 +648,62 @@ impl Datapath {
             self.orig_by_cookie.keys().count(),
             self.orig_by_conn.keys().count(),
         )
+    }
+}
+
+/// A handle of its own on the map pinned as `name` in `pin_dir`: for work
+/// that must never wait for the [`Datapath`] lock.
+fn open_pinned(pin_dir: &Path, name: &'static str) -> Result<aya::maps::Map, Error> {
+    let data = MapData::from_pin(pin_dir.join(name)).map_err(map_err(name))?;
+    aya::maps::Map::from_map_data(data).map_err(map_err(name))
+}
+
+/// The `ROUTER` map (the router's address and heartbeat), through a handle
+/// of its own: the heartbeat writes it without taking the [`Datapath`]
+/// lock, so a slow reconcile can never make the programs fail open.
+pub struct RouterMap(Array<MapData, RouterInfo>);
+
+impl RouterMap {
+    /// Opens the map pinned in `pin_dir` (by [`Datapath::attach`]).
+    pub fn open(pin_dir: &Path) -> Result<Self, Error> {
+        let map = open_pinned(pin_dir, map_names::ROUTER)?;
+        Ok(Self(
+            Array::try_from(map).map_err(map_err(map_names::ROUTER))?,
+        ))
+    }
+
+    /// Writes the router's listener and heartbeat.
+    pub fn set(&mut self, info: &RouterInfo) -> Result<(), Error> {
+        self.0.set(0, info, 0).map_err(map_err(map_names::ROUTER))
+    }
+}
+
+/// laneway's record of each redirected connection (`ORIG_BY_CONN`, written
+/// by `sock_ops`), read by the router straight from the map: one lookup per
+/// accepted connection, whatever cgroup the agent itself runs in (the
+/// `getsockopt` program answers only processes inside `bpf.cgroup`).
+pub struct ConnOrigins(HashMap<MapData, ConnKey, OriginalDst>);
+
+impl ConnOrigins {
+    /// Opens the map pinned in `pin_dir` (by [`Datapath::attach`]).
+    pub fn open(pin_dir: &Path) -> Result<Self, Error> {
+        let map = open_pinned(pin_dir, map_names::ORIG_BY_CONN)?;
+        Ok(Self(
+            HashMap::try_from(map).map_err(map_err(map_names::ORIG_BY_CONN))?,
+        ))
+    }
+
+    /// The record of the connection the router accepted from `peer` (the
+    /// pod's socket) on `local` (the router's address), if laneway's
+    /// programs redirected it.
+    pub fn get(&self, peer: SocketAddr, local: SocketAddr) -> Option<OriginalDst> {
+        let key = ConnKey {
+            client_addr: service_key(peer.ip(), 0).addr,
+            router_addr: service_key(local.ip(), 0).addr,
+            client_port: peer.port(),
+            router_port: local.port(),
+        };
+        self.0.get(&key, 0).ok()
     }
 }
 

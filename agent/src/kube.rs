@@ -160,7 +160,11 @@ pub async fn run(
     let mut finder = NetnsFinder::new(base.kube.proc_root.clone());
     let mut last_good = LastGoodPolicies::new();
     loop {
-        let desired = build(&stores, &node_name, &base, &mut finder, &mut last_good);
+        // Building scans /proc and enters pods' namespaces: blocking work,
+        // kept off the runtime worker other tasks wait for.
+        let desired = tokio::task::block_in_place(|| {
+            build(&stores, &node_name, &base, &mut finder, &mut last_good)
+        });
         for (service, error) in &desired.policy_errors {
             warn!(%service, %error, "bad policy annotation; the service keeps its last good policy");
         }

@@ -7,10 +7,13 @@
 //! never changes namespace.
 
 use std::{
+    collections::HashSet,
     fs::File,
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
+    sync::{Mutex, mpsc},
+    time::{Duration, Instant},
 };
 
 /// `SO_NETNS_COOKIE` (Linux 5.14+).
@@ -56,6 +59,98 @@ pub enum Error {
     /// The helper thread died.
     #[error("the thread working in network namespace {0} panicked")]
     Thread(PathBuf),
+    /// The helper thread could not be started.
+    #[error("cannot start a thread for network namespace {path}: {source}")]
+    Spawn {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Opening or entering the namespace did not finish in time (a hung
+    /// filesystem, or a path that blocks on open, such as a FIFO).
+    #[error(
+        "network namespace {path} did not open within {timeout:?}; retried at the next reconcile"
+    )]
+    Slow {
+        /// The path.
+        path: PathBuf,
+        /// How long it was given.
+        timeout: Duration,
+    },
+}
+
+/// How long reading the cookies of one reconcile's namespaces may take in
+/// all: a pod whose namespace is slower is reported, not waited for.
+pub const COOKIE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Namespaces whose cookie is still being read by a thread that outlived
+/// its [`cookies_of`] call: never more than one such thread per path.
+static PENDING: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+
+/// The cookies of the namespaces at `paths`, read in parallel, one thread
+/// each, waiting at most `timeout` in all. A namespace that is slow to open
+/// costs its own pod ([`Error::Slow`]), never the others, and the caller
+/// is never held longer than `timeout`.
+pub fn cookies_of(paths: &[&Path], timeout: Duration) -> Vec<Result<u64, Error>> {
+    let pending = |f: &mut dyn FnMut(&mut HashSet<PathBuf>) -> bool| {
+        f(PENDING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(HashSet::new))
+    };
+    let slow = |path: &Path| Error::Slow {
+        path: path.to_owned(),
+        timeout,
+    };
+    let (tx, rx) = mpsc::channel();
+    let mut results: Vec<Option<Result<u64, Error>>> = Vec::with_capacity(paths.len());
+    let mut waiting = 0;
+    for (index, path) in paths.iter().enumerate() {
+        let owned = path.to_path_buf();
+        if !pending(&mut |set| set.insert(owned.clone())) {
+            // A thread from an earlier call is still stuck on it.
+            results.push(Some(Err(slow(path))));
+            continue;
+        }
+        let tx = tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("laneway-netns".into())
+            .spawn(move || {
+                let result = cookie_of(&owned);
+                pending(&mut |set| set.remove(&owned));
+                let _ = tx.send((index, result));
+            });
+        match spawned {
+            Ok(_) => {
+                waiting += 1;
+                results.push(None);
+            }
+            Err(source) => {
+                pending(&mut |set| set.remove(*path));
+                results.push(Some(Err(Error::Spawn {
+                    path: path.to_path_buf(),
+                    source,
+                })));
+            }
+        }
+    }
+    let deadline = Instant::now() + timeout;
+    while waiting > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((index, result)) => {
+                results[index] = Some(result);
+                waiting -= 1;
+            }
+            Err(_) => break,
+        }
+    }
+    results
+        .into_iter()
+        .zip(paths)
+        .map(|(result, path)| result.unwrap_or_else(|| Err(slow(path))))
+        .collect()
 }
 
 /// The cookie of the network namespace at `path` (e.g. `/run/netns/pod` or
@@ -152,6 +247,40 @@ mod tests {
     }
 
     #[test]
+    fn a_namespace_slow_to_open_costs_only_its_own_pod() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::env::temp_dir().join(format!("laneway-netns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("blocks-on-open");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let own = Path::new("/proc/self/ns/net");
+        let started = Instant::now();
+        let cookies = cookies_of(&[&fifo, own], Duration::from_millis(300));
+        assert!(started.elapsed() < Duration::from_secs(2), "bounded");
+        assert!(
+            matches!(&cookies[0], Err(Error::Slow { .. })),
+            "{:?}",
+            cookies[0]
+        );
+        assert_eq!(*cookies[1].as_ref().unwrap(), socket_cookie_here().unwrap());
+        // The thread still stuck on it is not joined by a second one.
+        let again = cookies_of(&[&fifo], Duration::from_secs(5));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "answered at once"
+        );
+        assert!(matches!(&again[0], Err(Error::Slow { .. })));
+        // A writer that does not wait releases the stuck reader.
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn missing_namespace_is_a_clear_error() {
         let e = cookie_of(Path::new("/run/netns/does-not-exist")).expect_err("missing");
         assert!(e.to_string().contains("/run/netns/does-not-exist"), "{e}");
@@ -177,6 +306,7 @@ fn link_dump_peer() -> io::Result<Option<u32>> {
     const RTM_GETLINK: u16 = 18;
     const NLM_F_REQUEST: u16 = 1;
     const NLM_F_DUMP: u16 = 0x300;
+    const NLMSG_ERROR: u16 = 2;
     const NLMSG_DONE: u16 = 3;
     const IFLA_LINK: u16 = 5;
     const IFLA_LINK_NETNSID: u16 = 37;
@@ -193,6 +323,25 @@ fn link_dump_peer() -> io::Result<Option<u32>> {
     }
     // SAFETY: fd is ours, freshly created.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // The kernel answers a dump at once; a reader that waits longer is
+    // stuck (a lost message), and must not hold a reconcile forever.
+    let timeout = libc::timeval {
+        tv_sec: 2,
+        tv_usec: 0,
+    };
+    // SAFETY: a timeval of the size given, on our socket.
+    if unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
     // nlmsghdr (16) + ifinfomsg (16), all zero but length, type and flags.
     let mut request = [0u8; 32];
     request[0..4].copy_from_slice(&32u32.to_ne_bytes());
@@ -216,6 +365,17 @@ fn link_dump_peer() -> io::Result<Option<u32>> {
             let kind = u16::from_ne_bytes([msg[4], msg[5]]);
             if kind == NLMSG_DONE || len < 16 || len > msg.len() {
                 return Ok(found);
+            }
+            // The dump failed: an nlmsgerr (a negative errno first) ends it,
+            // and no NLMSG_DONE follows.
+            if kind == NLMSG_ERROR {
+                let errno = msg
+                    .get(16..20)
+                    .map_or(0, |e| i32::from_ne_bytes([e[0], e[1], e[2], e[3]]));
+                return match errno {
+                    0 => Ok(found),
+                    e => Err(io::Error::from_raw_os_error(-e)),
+                };
             }
             if kind == 16 && found.is_none() {
                 // RTM_NEWLINK: ifinfomsg (16 bytes), then attributes.

@@ -2,12 +2,13 @@
 //! and hands it to the HTTP/L4 engine ([`crate::proxy`]) with the routing
 //! decisions for that connection.
 //!
-//! The original destination comes from `getsockopt` on the accepted socket:
-//! laneway's own `LANEWAY_SO_ORIGIN` first (answered by the `getsockopt`
-//! program, with the caller's netns cookie), then the standard
-//! `SO_ORIGINAL_DST` (answered by the same program, or by netfilter behind an
-//! iptables REDIRECT). A connection with neither, or whose destination is no
-//! service, is closed: the router is no open relay.
+//! The original destination is laneway's own record of the connection
+//! (`sock_ops` keys it by the 4-tuple in `ORIG_BY_CONN`), read straight from
+//! the pinned map ([`crate::bpf::ConnOrigins`]): one lookup, with the
+//! caller's netns cookie, whichever cgroup the agent runs in. Without a
+//! record it asks `SO_ORIGINAL_DST`, as any proxy behind an iptables
+//! REDIRECT would (netfilter answers). A connection with neither, or whose
+//! destination is no service, is closed: the router is no open relay.
 
 pub mod conns;
 
@@ -20,7 +21,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use laneway_common::{LANEWAY_SO_ORIGIN, OriginalDst, SO_ORIGINAL_DST};
+use laneway_common::SO_ORIGINAL_DST;
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::broadcast,
@@ -32,6 +33,7 @@ use crate::{
         api::TraceEvent,
         metrics::{Metrics, RequestLabels, status_class},
     },
+    bpf::{self, ConnOrigins},
     config::AppProtocol,
     proxy::{
         self, Pool, Protocol, ProxyConfig, RequestHead, RequestOutcome, Route, Routes, Target,
@@ -64,6 +66,9 @@ impl Applied {
 /// The router's shared state.
 pub struct Router {
     applied: ArcSwap<Applied>,
+    /// laneway's records of redirected connections (none: the router runs
+    /// behind an iptables REDIRECT, as in the benchmark's baseline).
+    origins: Option<ConnOrigins>,
     pool: Arc<Pool>,
     proxy: Arc<ProxyConfig>,
     /// What the router tells the admin API.
@@ -102,10 +107,12 @@ pub struct Origin {
 }
 
 impl Router {
-    /// A router over an initial state.
-    pub fn new(applied: Applied, proxy: ProxyConfig) -> Arc<Self> {
+    /// A router over an initial state, reading original destinations
+    /// from `origins` (else from `SO_ORIGINAL_DST` only).
+    pub fn new(applied: Applied, proxy: ProxyConfig, origins: Option<ConnOrigins>) -> Arc<Self> {
         Arc::new(Self {
             applied: ArcSwap::from_pointee(applied),
+            origins,
             pool: Arc::new(Pool::new(&proxy)),
             proxy: Arc::new(proxy),
             telemetry: Arc::default(),
@@ -168,7 +175,7 @@ impl Router {
                 destination: SocketAddr::new(canonical(local.ip()), local.port()),
                 netns_cookie: None,
             }),
-            false => original_destination(&stream),
+            false => original_destination(&stream, self.origins.as_ref()),
         };
         let Some(origin) = origin else {
             debug!(%peer, "connection without an original destination: closed (not a relay)");
@@ -476,13 +483,22 @@ impl Drop for ConnRoutes {
     }
 }
 
-/// Reads the original destination of an accepted connection: the address
-/// from `SO_ORIGINAL_DST`, exactly as behind iptables REDIRECT, and the
-/// caller's netns cookie from `LANEWAY_SO_ORIGIN` where laneway's programs
-/// redirected the connection.
-pub fn original_destination(stream: &TcpStream) -> Option<Origin> {
+/// Reads the original destination of an accepted connection: laneway's
+/// record in `origins` (with the caller's netns cookie) where its programs
+/// redirected the connection, else `SO_ORIGINAL_DST`, exactly as behind
+/// iptables REDIRECT.
+pub fn original_destination(stream: &TcpStream, origins: Option<&ConnOrigins>) -> Option<Origin> {
+    let local = stream.local_addr().ok()?;
+    let record = origins.and_then(|o| o.get(stream.peer_addr().ok()?, local));
+    if let Some(record) = record {
+        let destination = bpf::original_addr(&record);
+        return Some(Origin {
+            destination: SocketAddr::new(canonical(destination.ip()), destination.port()),
+            netns_cookie: Some(record.netns_cookie),
+        });
+    }
     let fd = stream.as_raw_fd();
-    let destination = match stream.local_addr().ok()? {
+    let destination = match local {
         SocketAddr::V4(_) => {
             let sin = getsockopt::<libc::sockaddr_in>(fd, libc::SOL_IP, SO_ORIGINAL_DST)?;
             let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
@@ -494,10 +510,9 @@ pub fn original_destination(stream: &TcpStream) -> Option<Origin> {
             SocketAddr::new(canonical(IpAddr::V6(ip)), u16::from_be(sin6.sin6_port))
         }
     };
-    let laneway = getsockopt::<OriginalDst>(fd, libc::SOL_IP, LANEWAY_SO_ORIGIN);
     Some(Origin {
         destination,
-        netns_cookie: laneway.map(|o| o.netns_cookie),
+        netns_cookie: None,
     })
 }
 

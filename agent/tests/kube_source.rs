@@ -167,7 +167,7 @@ fn base_cluster(server: &FakeApiServer) {
     ));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_sync_enrols_local_pods_of_labelled_namespaces_and_tags_endpoints() -> Result<()> {
     let server = FakeApiServer::start_local();
     base_cluster(&server);
@@ -213,7 +213,7 @@ async fn first_sync_enrols_local_pods_of_labelled_namespaces_and_tags_endpoints(
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn labelling_and_unlabelling_a_namespace_enrols_and_removes_its_pods() -> Result<()> {
     let server = FakeApiServer::start_local();
     base_cluster(&server);
@@ -235,7 +235,7 @@ async fn labelling_and_unlabelling_a_namespace_enrols_and_removes_its_pods() -> 
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_tag_changes_reach_enrolment_and_endpoints() -> Result<()> {
     let server = FakeApiServer::start_local();
     base_cluster(&server);
@@ -265,7 +265,7 @@ async fn pod_tag_changes_reach_enrolment_and_endpoints() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_added_terminating_and_removed() -> Result<()> {
     let server = FakeApiServer::start_local();
     base_cluster(&server);
@@ -327,7 +327,7 @@ async fn endpoints_added_terminating_and_removed() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_cluster_ip_and_ports_changes_are_followed() -> Result<()> {
     let server = FakeApiServer::start_local();
     base_cluster(&server);
@@ -351,7 +351,7 @@ async fn service_cluster_ip_and_ports_changes_are_followed() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_going_away_and_coming_back_converges_to_the_final_state() -> Result<()> {
     let server = FakeApiServer::start_local();
     base_cluster(&server);
@@ -376,7 +376,7 @@ async fn the_api_going_away_and_coming_back_converges_to_the_final_state() -> Re
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_resource_versions_make_the_watch_relist() -> Result<()> {
     let server = FakeApiServer::start_local();
     base_cluster(&server);
@@ -428,7 +428,7 @@ async fn expired_resource_versions_make_the_watch_relist() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_that_cannot_be_enrolled_are_reported_not_skipped() -> Result<()> {
     let server = FakeApiServer::start_local();
     base_cluster(&server);
@@ -467,7 +467,7 @@ async fn pods_that_cannot_be_enrolled_are_reported_not_skipped() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_policy_annotation_keeps_the_last_good_policy_and_is_reported() -> Result<()> {
     let server = FakeApiServer::start_local();
     base_cluster(&server);
@@ -520,7 +520,7 @@ async fn a_bad_policy_annotation_keeps_the_last_good_policy_and_is_reported() ->
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completed_pods_are_neither_enrolled_nor_reported() -> Result<()> {
     let server = FakeApiServer::start_local();
     base_cluster(&server);
@@ -546,7 +546,7 @@ async fn completed_pods_are_neither_enrolled_nor_reported() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_tag_label_drives_pod_and_endpoint_tags() -> Result<()> {
     const MSE_LABEL: &str = "alicloud.service.tag";
     let server = FakeApiServer::start_local();
@@ -583,7 +583,7 @@ async fn a_configured_tag_label_drives_pod_and_endpoint_tags() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_created_after_the_first_sync_is_enrolled_and_removed_when_deleted() -> Result<()> {
     let server = FakeApiServer::start_local();
     base_cluster(&server);
@@ -620,7 +620,7 @@ async fn a_pod_created_after_the_first_sync_is_enrolled_and_removed_when_deleted
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_whose_process_appears_late_is_enrolled_on_the_retry() -> Result<()> {
     let server = FakeApiServer::start_local();
     base_cluster(&server);
@@ -658,7 +658,7 @@ async fn a_pod_whose_process_appears_late_is_enrolled_on_the_retry() -> Result<(
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchers_back_off_and_recover_when_the_api_drops_connections() -> Result<()> {
     let server = FakeApiServer::start_local();
     base_cluster(&server);

@@ -73,7 +73,32 @@ impl Agent {
         Self::launch(node, config, &[])
     }
 
+    /// Like [`Agent::start`], with the agent's process in the cgroup the
+    /// test came from, outside the one its programs attach to (as when
+    /// `bpf.cgroup` is set to a child cgroup and the agent runs elsewhere).
+    pub fn start_outside_cgroup(node: &Node, scenario: &Scenario) -> Result<Self> {
+        let config = node.dir().join("laneway.yaml");
+        std::fs::write(&config, node.agent_config(scenario))?;
+        let procs = node.outside_cgroup().join("cgroup.procs");
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&procs)
+            .with_context(|| format!("open {}", procs.display()))?;
+        Self::spawn(node, config, &[], Some(procs))
+    }
+
     fn launch(node: &Node, config: PathBuf, extra: &[std::ffi::OsString]) -> Result<Self> {
+        Self::spawn(node, config, extra, None)
+    }
+
+    /// Starts the agent (in `cgroup_procs`'s cgroup, if given: it writes
+    /// itself there before exec) and waits until it is ready.
+    fn spawn(
+        node: &Node,
+        config: PathBuf,
+        extra: &[std::ffi::OsString],
+        cgroup_procs: Option<File>,
+    ) -> Result<Self> {
         let ready = node.dir().join("ready");
         let _ = std::fs::remove_file(&ready);
         let log = node.dir().join(format!(
@@ -103,11 +128,18 @@ impl Agent {
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
         let fd = netns.as_raw_fd();
-        // SAFETY: setns is async-signal-safe; the fd stays open in the parent
-        // until spawn returns.
+        let procs = cgroup_procs.as_ref().map(|f| f.as_raw_fd());
+        // SAFETY: setns and write are async-signal-safe; the fds stay open in
+        // the parent until spawn returns.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0" moves the writing process itself.
+                if let Some(procs) = procs
+                    && libc::write(procs, b"0".as_ptr().cast(), 1) != 1
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -136,6 +168,11 @@ impl Agent {
     /// Its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether it is still running (not exited).
+    pub fn is_running(&mut self) -> Result<bool> {
+        Ok(self.child.try_wait()?.is_none())
     }
 
     /// Its PID.

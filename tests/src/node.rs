@@ -221,6 +221,12 @@ impl Node {
         &self.cgroup.path
     }
 
+    /// The cgroup the test process came from: outside [`Node::cgroup`], so
+    /// the programs attached there do not see a process in it.
+    pub fn outside_cgroup(&self) -> &Path {
+        &self.cgroup.previous
+    }
+
     /// Where the agent pins its maps and links (removed with the node).
     pub fn pin_path(&self) -> PathBuf {
         PathBuf::from(format!("/sys/fs/bpf/{}", self.id))

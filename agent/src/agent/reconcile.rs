@@ -1,0 +1,365 @@
+//! Applying a snapshot: each pod's network-namespace cookie is read first,
+//! with no lock held and in bounded time; then the maps are written under
+//! the datapath lock and the router swaps the result in. A failed apply
+//! leaves the last good state routing and is tried again.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use laneway_common::{PodValue, ServiceValue};
+use tracing::{error, info, warn};
+
+use crate::{
+    admin::Health,
+    bpf::{self, Datapath},
+    config::{Config, RedirectMode},
+    netns,
+    router::{Applied, Router},
+    snapshot::Snapshot,
+};
+
+/// Why a snapshot could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Writing the maps (or attaching the TC program) failed.
+    #[error(transparent)]
+    Bpf(#[from] bpf::Error),
+    /// The ready file could not be written.
+    #[error("cannot write ready file {path}: {source}")]
+    ReadyFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Applies snapshots to the maps and the router, and says when the agent is
+/// ready.
+pub struct Reconciler {
+    /// The redirect mode (which maps enrol a pod).
+    pub mode: RedirectMode,
+    /// The router the snapshots go to.
+    pub router: Arc<Router>,
+    /// The kernel side.
+    pub datapath: Arc<Mutex<Datapath>>,
+    /// Where snapshots come from, for logs and `status`.
+    pub source: String,
+    /// Readiness, set after the first applied snapshot.
+    pub health: Arc<Health>,
+    /// Written once the agent routes.
+    pub ready_file: Option<PathBuf>,
+    /// The last input given, for [`Reconciler::relink`] and retries.
+    last: Mutex<Option<Input>>,
+    /// Whether the last input failed to apply (retried by
+    /// [`Reconciler::retry_failed`]).
+    failed: AtomicBool,
+}
+
+/// What [`Reconciler::apply`] is given: the desired state, the pods the
+/// source could not enrol and the services whose policy it rejected (both
+/// `(namespace/name, reason)`).
+#[derive(Clone, Debug)]
+pub struct Input {
+    /// Services, pods, tags and policy.
+    pub config: Config,
+    /// Pods the source could not enrol.
+    pub unenrolled: Vec<(String, String)>,
+    /// Services that keep their last good policy.
+    pub policy_errors: Vec<(String, String)>,
+}
+
+impl Reconciler {
+    /// A reconciler whose first input, `first`, the router already routes by.
+    pub fn new(
+        mode: RedirectMode,
+        router: Arc<Router>,
+        datapath: Arc<Mutex<Datapath>>,
+        source: String,
+        health: Arc<Health>,
+        ready_file: Option<PathBuf>,
+        first: Input,
+    ) -> Self {
+        Self {
+            mode,
+            router,
+            datapath,
+            source,
+            health,
+            ready_file,
+            last: Mutex::new(Some(first)),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    /// Builds the snapshot of `input`, writes it to the maps, swaps it into
+    /// the router; the first time, marks the agent ready.
+    pub fn apply(&self, input: Input) -> Result<(), Error> {
+        let previous = self.router.applied();
+        let mut snapshot = Snapshot::from_config(
+            &input.config,
+            self.source.clone(),
+            Some(&previous.snapshot),
+            !self.health.is_ready(),
+        );
+        drop(previous);
+        for (service, error) in &input.policy_errors {
+            if let Some(s) = snapshot
+                .services
+                .iter_mut()
+                .find(|s| s.id.to_string() == *service)
+            {
+                s.policy_error = Some(error.clone());
+            }
+            self.router.telemetry.metrics.policy_error(service);
+        }
+        let unenrolled = input.unenrolled.clone();
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(input);
+        // Failed until it is applied.
+        let failed_before = self.failed.swap(true, Ordering::Relaxed);
+        // Slow work (entering every pod's netns) before the lock.
+        let cookies = pod_cookies(&snapshot);
+        let applied = {
+            let mut dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
+            write_maps(&mut dp, snapshot, cookies, unenrolled, self.mode)?
+        };
+        self.router.swap(applied);
+        self.router.telemetry.metrics.snapshot_applied();
+        self.failed.store(false, Ordering::Relaxed);
+        if failed_before {
+            info!("the state that failed to apply is applied now");
+        }
+        if !self.health.is_ready() {
+            self.ready()?;
+        }
+        Ok(())
+    }
+
+    /// [`Reconciler::apply`], logging a failure instead of returning it:
+    /// the last good snapshot keeps routing, and
+    /// [`Reconciler::retry_failed`] tries the input again. Whether it was
+    /// applied.
+    pub fn apply_or_log(&self, input: Input, reason: &str) -> bool {
+        match self.apply(input) {
+            Ok(()) => true,
+            Err(e) => {
+                error!(%reason, error = %e, "applying the new state failed; still routing by the last good one, retrying");
+                false
+            }
+        }
+    }
+
+    /// Whether the last input failed to apply.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Applies the last input again if it failed.
+    pub fn retry_failed(&self) {
+        if !self.failed() {
+            return;
+        }
+        if let Some(last) = self.last_input() {
+            self.apply_or_log(last, "retry");
+        }
+    }
+
+    fn last_input(&self) -> Option<Input> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// TC mode: applies the last input again when a pod's veth was
+    /// recreated, appeared or went away, so the program follows the veth.
+    /// Cheap when nothing changed (one `if_nametoindex` per pod).
+    pub fn relink(&self) -> Result<(), Error> {
+        let applied = self.router.applied();
+        let wanted = applied
+            .snapshot
+            .pods
+            .iter()
+            .filter_map(|p| p.interface.as_deref());
+        let current = self
+            .datapath
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tc_links_current(wanted);
+        if current {
+            return Ok(());
+        }
+        let Some(last) = self.last_input() else {
+            return Ok(());
+        };
+        info!("a pod's veth was recreated, appeared or went away: attaching the TC program again");
+        self.apply(last)
+    }
+
+    /// [`Reconciler::relink`], logging a failure (retried at the next tick).
+    pub fn relink_or_warn(&self) {
+        if let Err(e) = self.relink() {
+            warn!(error = %e, "attaching the TC program to a changed veth failed; retrying");
+        }
+    }
+
+    /// Marks the agent ready (and writes the ready file).
+    pub fn ready(&self) -> Result<(), Error> {
+        self.health.set_ready();
+        info!(source = %self.source, "laneway agent ready");
+        if let Some(path) = &self.ready_file {
+            std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
+                Error::ReadyFile {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Applies the agent's first input, before the router exists: what the
+/// router starts with.
+pub fn first(
+    datapath: &mut Datapath,
+    input: &Input,
+    source: &str,
+    mode: RedirectMode,
+) -> Result<Applied, Error> {
+    let snapshot = Snapshot::from_config(&input.config, source.to_owned(), None, true);
+    let cookies = pod_cookies(&snapshot);
+    write_maps(datapath, snapshot, cookies, input.unenrolled.clone(), mode)
+}
+
+/// Each pod's netns cookie (in the snapshot's pod order), read in parallel
+/// and in bounded time ([`netns::COOKIE_TIMEOUT`]).
+fn pod_cookies(snapshot: &Snapshot) -> Vec<Result<u64, netns::Error>> {
+    let paths: Vec<&std::path::Path> = snapshot.pods.iter().map(|p| p.netns.as_path()).collect();
+    netns::cookies_of(&paths, netns::COOKIE_TIMEOUT)
+}
+
+/// Writes a snapshot to the maps, given each pod's netns cookie, and
+/// returns what the router needs.
+fn write_maps(
+    datapath: &mut Datapath,
+    snapshot: Snapshot,
+    cookies: Vec<Result<u64, netns::Error>>,
+    mut unenrolled: Vec<(String, String)>,
+    mode: RedirectMode,
+) -> Result<Applied, Error> {
+    let own_netns = netns::socket_cookie_here().ok();
+    let mut services = HashMap::new();
+    for port in &snapshot.ports {
+        for vip in &snapshot.services[port.service].vips {
+            services.insert(
+                bpf::service_key(*vip, port.port),
+                ServiceValue {
+                    service_id: port.service as u32,
+                    flags: 0,
+                },
+            );
+        }
+    }
+    let mut enrolled = HashMap::new();
+    let mut pods_by_cookie = HashMap::new();
+    for ((index, pod), cookie) in snapshot.pods.iter().enumerate().zip(cookies) {
+        match cookie {
+            Ok(cookie) if Some(cookie) == own_netns => {
+                let reason = "its network namespace is the agent's own: redirecting it would loop the router";
+                error!(%pod, netns = %pod.netns.display(), "not enrolled: {reason}");
+                unenrolled.push((pod.to_string(), reason.to_owned()));
+            }
+            Ok(cookie) => {
+                if mode.socket() {
+                    enrolled.insert(
+                        cookie,
+                        PodValue {
+                            pod_id: index as u32,
+                            flags: 0,
+                        },
+                    );
+                }
+                pods_by_cookie.insert(cookie, index);
+            }
+            Err(e) => {
+                warn!(%pod, error = %e, "not enrolled: network namespace not usable");
+                unenrolled.push((pod.to_string(), e.to_string()));
+            }
+        }
+    }
+    let (tc_enrolled, tc_interfaces) = match mode.tc() {
+        true => attach_tc(datapath, &snapshot, &mut unenrolled),
+        false => Default::default(),
+    };
+    // Services first: a newly enrolled pod must find its services in place.
+    let s = datapath.sync_services(&services)?;
+    let e = datapath.sync_enrolled(&enrolled)?;
+    datapath.sync_tc_enrolled(&tc_enrolled)?;
+    // Veths of pods that left, or that are gone, lose the program.
+    let keep = tc_interfaces.iter().map(String::as_str).collect();
+    datapath.detach_tc_except(&keep);
+    info!(
+        source = %snapshot.source,
+        services = snapshot.services.len(),
+        service_ports = services.len(),
+        pods_enrolled = enrolled.len(),
+        pods_wanted = snapshot.pods.len(),
+        map_writes = s.written + e.written,
+        map_removals = s.removed + e.removed,
+        "snapshot applied"
+    );
+    Ok(Applied {
+        snapshot,
+        pods_by_cookie,
+        unenrolled,
+    })
+}
+
+/// TC mode: attaches the program to each pod's veth; returns `TC_ENROLLED`'s
+/// desired entries and the interfaces that carry the program.
+fn attach_tc(
+    datapath: &mut Datapath,
+    snapshot: &Snapshot,
+    unenrolled: &mut Vec<(String, String)>,
+) -> (HashMap<u32, PodValue>, HashSet<String>) {
+    let mut tc_enrolled = HashMap::new();
+    let mut tc_interfaces = HashSet::new();
+    for (index, pod) in snapshot.pods.iter().enumerate() {
+        let Some(interface) = &pod.interface else {
+            unenrolled.push((
+                pod.to_string(),
+                "TC mode needs the pod's host-side interface".into(),
+            ));
+            continue;
+        };
+        let attached = nix::net::if_::if_nametoindex(interface.as_str())
+            .map_err(|e| format!("interface {interface}: {e}"))
+            .and_then(|ifindex| {
+                datapath
+                    .attach_tc(interface, ifindex)
+                    .map_err(|e| e.to_string())?;
+                Ok(ifindex)
+            });
+        match attached {
+            Ok(ifindex) => {
+                tc_interfaces.insert(interface.clone());
+                tc_enrolled.insert(
+                    ifindex,
+                    PodValue {
+                        pod_id: index as u32,
+                        flags: 0,
+                    },
+                );
+            }
+            Err(reason) => {
+                warn!(%pod, %reason, "not enrolled in TC mode");
+                unenrolled.push((pod.to_string(), reason));
+            }
+        }
+    }
+    (tc_enrolled, tc_interfaces)
+}
