@@ -1,7 +1,7 @@
 //! Routing decisions: which tag a request asks for, which endpoints may serve
 //! it, and which one does.
 //!
-//! This is the contract users rely on (design.md, "Routing semantics"):
+//! This is the contract users rely on (README.md, "Routing semantics"):
 //! 1. the request tag is the first tag header present, else the configured
 //!    member of the W3C `baggage` header, else the calling pod's own tag
 //!    (lane inheritance), else none;

@@ -1,7 +1,7 @@
 //! The immutable view of the cluster that the router and the BPF maps are
 //! built from.
 //!
-//! Every source of truth (the static file now, the Kubernetes API later)
+//! Every source of truth (the static file, or the Kubernetes API)
 //! produces a [`Snapshot`]; the reconciler writes it to the maps and swaps it
 //! into the router atomically, so a request sees one consistent state.
 //! Per-endpoint load (requests in flight) lives outside the snapshot's data in

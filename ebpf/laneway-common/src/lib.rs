@@ -37,8 +37,8 @@ pub const SERVICES_CAPACITY: u32 = 65_536;
 
 /// A router heartbeat older than this makes the programs stop redirecting
 /// (fail-open): pods then reach services the normal way. Four missed beats
-/// (the agent writes one every 200 ms), so that a hung router is bypassed
-/// within the one second the design promises, with room for the first
+/// (the agent writes one every 200 ms, from a thread of its own), so that a
+/// hung router is bypassed well within a second, with room for the first
 /// retried connect.
 pub const HEARTBEAT_TIMEOUT_NS: u64 = 800_000_000;
 
