@@ -97,6 +97,33 @@ impl Drop for Cluster {
     }
 }
 
+/// The API with the standard scenario's `client` enrolled (namespace `shop`,
+/// labelled) and the `reviews` Service object given, with the EndpointSlice
+/// and the pods of its endpoints (namespace `backends`, on another node).
+pub fn reviews_cluster(
+    node: &Node,
+    scenario: &crate::Scenario,
+    pods: &crate::standard::Pods,
+    reviews: Service,
+) -> Result<Cluster> {
+    let mut cluster = Cluster::start(node)?;
+    cluster.run_pod_process(node, pods.client)?;
+    cluster.api.apply(namespace("shop", true));
+    cluster
+        .api
+        .apply(pod(node, pods.client, "shop", NODE_NAME, None));
+    let svc = &scenario.services[0];
+    for (index, tag) in &svc.endpoints {
+        cluster
+            .api
+            .apply(pod(node, *index, "backends", "node-2", tag.as_deref()));
+    }
+    let (_, slice) = service(node, svc, "backends");
+    cluster.api.apply(reviews);
+    cluster.api.apply(slice);
+    Ok(cluster)
+}
+
 /// Pod `index` of the node as a Pod object on `node_name`, with a tag label.
 pub fn pod(node: &Node, index: usize, namespace: &str, node_name: &str, tag: Option<&str>) -> Pod {
     let p = node.pod(index);

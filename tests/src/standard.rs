@@ -38,10 +38,7 @@ impl Standard {
         let mut node = Node::new()?;
         let (mut scenario, pods) = scenario(&mut node)?;
         adjust(&mut scenario);
-        let mut backends = Vec::new();
-        for pod in [pods.base, pods.joint1, pods.gray, pods.ratings] {
-            backends.push(Backend::http(node.pod(pod), 8080)?);
-        }
+        let mut backends = http_backends(&node, &pods)?;
         backends.push(Backend::echo(node.pod(pods.base), 9000)?);
         node.install_kube_proxy(&scenario)?;
         let agent = Agent::start(&node, &scenario)?;
@@ -68,6 +65,14 @@ impl Standard {
     pub fn echo(&self) -> std::net::SocketAddr {
         Node::vip(&self.scenario.services[2])
     }
+}
+
+/// The HTTP backends of the scenario's endpoints (`reviews` and `ratings`).
+pub fn http_backends(node: &Node, pods: &Pods) -> Result<Vec<Backend>> {
+    [pods.base, pods.joint1, pods.gray, pods.ratings]
+        .into_iter()
+        .map(|p| Backend::http(node.pod(p), 8080))
+        .collect()
 }
 
 /// The standard scenario on a fresh node.

@@ -15,7 +15,7 @@ use laneway_tests::{
     admin::{json, scrape},
     backend::Backend,
     client::{self, Response},
-    kube::{Cluster, NODE_NAME, namespace, pod, service},
+    kube::{Cluster, NODE_NAME, namespace, pod, reviews_cluster, service},
     standard,
 };
 
@@ -120,24 +120,10 @@ fn the_agent_is_ready_only_after_the_first_sync_and_keeps_routing_through_an_api
 -> Result<()> {
     let mut node = Node::new()?;
     let (scenario, pods) = standard::scenario(&mut node)?;
-    let _backend = Backend::http(node.pod(pods.base), 8080)?;
-    let _joint1 = Backend::http(node.pod(pods.joint1), 8080)?;
+    let _backends = standard::http_backends(&node, &pods)?;
     node.install_kube_proxy(&scenario)?;
-    let mut cluster = Cluster::start(&node)?;
-    cluster.run_pod_process(&node, pods.client)?;
-    cluster.api.apply(namespace("shop", true));
-    cluster
-        .api
-        .apply(pod(&node, pods.client, "shop", NODE_NAME, None));
     let svc = &scenario.services[0];
-    for (index, tag) in &svc.endpoints {
-        cluster
-            .api
-            .apply(pod(&node, *index, "backends", "node-2", tag.as_deref()));
-    }
-    let (s, slice) = service(&node, svc, "backends");
-    cluster.api.apply(s);
-    cluster.api.apply(slice);
+    let cluster = reviews_cluster(&node, &scenario, &pods, service(&node, svc, "backends").0)?;
 
     // Down before the agent starts: it must not say ready.
     cluster.api.set_down(true);
@@ -216,14 +202,6 @@ fn tc_mode_finds_each_pods_veth_from_the_api_and_steers() -> Result<()> {
     Ok(())
 }
 
-/// Backends for the reviews endpoints of the standard scenario.
-fn start_reviews_backends(node: &Node, pods: &standard::Pods) -> Result<Vec<Backend>> {
-    [pods.base, pods.joint1, pods.gray]
-        .into_iter()
-        .map(|p| Backend::http(node.pod(p), 8080))
-        .collect()
-}
-
 /// The reviews Service (in namespace `backends`) annotated
 /// `laneway.io/canary: CANARY`.
 fn reviews_with_canary(node: &Node, svc: &ServiceSpec, canary: &str) -> Service {
@@ -243,22 +221,8 @@ fn canary_cluster(
     pods: &standard::Pods,
     canary: &str,
 ) -> Result<Cluster> {
-    let mut cluster = Cluster::start(node)?;
-    cluster.run_pod_process(node, pods.client)?;
-    cluster.api.apply(namespace("shop", true));
-    cluster
-        .api
-        .apply(pod(node, pods.client, "shop", NODE_NAME, None));
-    let svc = &scenario.services[0];
-    for (index, tag) in &svc.endpoints {
-        cluster
-            .api
-            .apply(pod(node, *index, "backends", "node-2", tag.as_deref()));
-    }
-    let (_, slice) = service(node, svc, "backends");
-    cluster.api.apply(reviews_with_canary(node, svc, canary));
-    cluster.api.apply(slice);
-    Ok(cluster)
+    let reviews = reviews_with_canary(node, &scenario.services[0], canary);
+    reviews_cluster(node, scenario, pods, reviews)
 }
 
 /// `laneway_policy_errors_total` of `service` on /metrics (0 when absent).
@@ -287,7 +251,7 @@ fn service_info(node: &Node, name: &str) -> Result<api::ServiceInfo> {
 fn a_bad_policy_annotation_keeps_the_last_good_policy_in_force_and_says_so() -> Result<()> {
     let mut node = Node::new()?;
     let (scenario, pods) = standard::scenario(&mut node)?;
-    let _backends = start_reviews_backends(&node, &pods)?;
+    let _backends = standard::http_backends(&node, &pods)?;
     node.install_kube_proxy(&scenario)?;
     // All untagged traffic to gray: a policy whose loss shows in every request.
     let cluster = canary_cluster(&node, &scenario, &pods, "gray=100")?;
@@ -365,7 +329,7 @@ fn a_bad_policy_annotation_keeps_the_last_good_policy_in_force_and_says_so() -> 
 fn changing_the_canary_annotation_under_load_drops_no_request() -> Result<()> {
     let mut node = Node::new()?;
     let (scenario, pods) = standard::scenario(&mut node)?;
-    let _backends = start_reviews_backends(&node, &pods)?;
+    let _backends = standard::http_backends(&node, &pods)?;
     node.install_kube_proxy(&scenario)?;
     let cluster = canary_cluster(&node, &scenario, &pods, "gray=0")?;
     let agent = Agent::start_kube(&node, &scenario, &cluster)?;

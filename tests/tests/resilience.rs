@@ -9,9 +9,8 @@ use anyhow::{Context, Result};
 use laneway_tests::{
     Agent, Node, Standard,
     admin::{json, scrape},
-    backend::Backend,
     client,
-    kube::{Cluster, NODE_NAME, namespace, pod, service},
+    kube::{reviews_cluster, service},
     standard,
 };
 
@@ -30,10 +29,7 @@ fn fail_open_total(node: &Node) -> Result<u64> {
 fn an_agent_outside_its_cgroup_still_learns_each_connections_destination() -> Result<()> {
     let mut node = Node::new()?;
     let (scenario, pods) = standard::scenario(&mut node)?;
-    let _backends = [pods.base, pods.joint1, pods.gray, pods.ratings]
-        .into_iter()
-        .map(|p| Backend::http(node.pod(p), 8080))
-        .collect::<Result<Vec<_>>>()?;
+    let _backends = standard::http_backends(&node, &pods)?;
     node.install_kube_proxy(&scenario)?;
     let agent = Agent::start_outside_cgroup(&node, &scenario)?;
     let own = std::fs::read_to_string(format!("/proc/{}/cgroup", agent.pid()))?;
@@ -120,27 +116,10 @@ fn a_slow_reconcile_never_delays_the_heartbeat() -> Result<()> {
 fn with_kube_a_state_that_cannot_be_applied_keeps_the_last_good_one_routing() -> Result<()> {
     let mut node = Node::new()?;
     let (scenario, pods) = standard::scenario(&mut node)?;
-    let _backends = [pods.base, pods.joint1, pods.gray, pods.ratings]
-        .into_iter()
-        .map(|p| Backend::http(node.pod(p), 8080))
-        .collect::<Result<Vec<_>>>()?;
+    let _backends = standard::http_backends(&node, &pods)?;
     node.install_kube_proxy(&scenario)?;
-    let mut cluster = Cluster::start(&node)?;
-    cluster.run_pod_process(&node, pods.client)?;
-    cluster.api.apply(namespace("shop", true));
-    cluster.api.apply(namespace("backends", false));
-    cluster
-        .api
-        .apply(pod(&node, pods.client, "shop", NODE_NAME, None));
     let svc = &scenario.services[0];
-    for (index, tag) in &svc.endpoints {
-        cluster
-            .api
-            .apply(pod(&node, *index, "backends", "node-2", tag.as_deref()));
-    }
-    let (reviews_svc, slice) = service(&node, svc, "backends");
-    cluster.api.apply(reviews_svc);
-    cluster.api.apply(slice);
+    let cluster = reviews_cluster(&node, &scenario, &pods, service(&node, svc, "backends").0)?;
     let mut agent = Agent::start_kube(&node, &scenario, &cluster)?;
     let client = node.pod(pods.client);
     let reviews = Node::vip(svc);
