@@ -635,14 +635,6 @@ impl Config {
         }
         Ok(())
     }
-
-    /// The header the router writes the resolved tag into.
-    pub fn primary_tag_header(&self) -> &str {
-        self.tags
-            .headers
-            .first()
-            .map_or("x-mse-tag", |h| h.as_str())
-    }
 }
 
 /// `field.path: what is wrong at line L column C`. serde_yaml alone stops the
@@ -771,7 +763,6 @@ pods:
         );
         assert!(c.services[0].endpoints[2].terminating);
         assert!(c.services[0].endpoints[0].serving);
-        assert_eq!(c.primary_tag_header(), "x-mse-tag");
     }
 
     #[test]

@@ -25,7 +25,7 @@ mod l4;
 mod pool;
 mod sniff;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -60,9 +60,6 @@ pub struct ProxyConfig {
     pub pool_idle_timeout: Duration,
     /// `SO_MARK` set on every upstream socket before connect (0 = do not set).
     pub socket_mark: u32,
-    /// Lowercase header name written upstream with the resolved tag, e.g.
-    /// `x-mse-tag`.
-    pub tag_header: String,
     /// Send an idempotent request without a body once more (on a fresh
     /// connection) when the upstream closed or reset before any response
     /// byte. A reused pooled connection found dead is always retried so.
@@ -81,7 +78,6 @@ impl Default for ProxyConfig {
             pool_max_idle_per_endpoint: 64,
             pool_idle_timeout: Duration::from_secs(30),
             socket_mark: 0,
-            tag_header: "x-mse-tag".to_owned(),
             retry_idempotent: true,
         }
     }
@@ -113,6 +109,11 @@ impl RequestHead<'_> {
 pub struct Target {
     /// The endpoint (pod IP and port) to connect to.
     pub endpoint: SocketAddr,
+    /// The header the tag is written into upstream (lowercase, e.g.
+    /// `x-mse-tag`); the client's fields of that name are not forwarded.
+    /// The router takes it from the configuration in force for this
+    /// request, so a reload that changes the tag headers applies to it.
+    pub tag_header: String,
     /// Tag to write into `tag_header` upstream (replacing any value the client
     /// sent); `None` = remove the header.
     pub tag: Option<String>,

@@ -369,6 +369,7 @@ impl ConnRoutes {
         );
         Route::Forward(Target {
             endpoint: backend.addr,
+            tag_header: applied.snapshot.tags.upstream_header().to_owned(),
             baggage: route::propagated_baggage(
                 headers.iter().copied(),
                 &applied.snapshot.tags.baggage_key,
@@ -513,3 +514,6 @@ fn getsockopt<T: Copy>(fd: i32, level: i32, name: i32) -> Option<T> {
     // SAFETY: zero-initialised plain data, fully written by the kernel.
     Some(unsafe { value.assume_init() })
 }
+
+#[cfg(test)]
+mod tests;

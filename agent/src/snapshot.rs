@@ -274,6 +274,12 @@ impl TagRules {
     pub fn allows(&self, tag: &Tag) -> bool {
         self.allowed.is_empty() || self.allowed.contains(tag)
     }
+
+    /// The header the resolved tag is written into upstream: the first tag
+    /// header (the config requires one).
+    pub fn upstream_header(&self) -> &str {
+        self.headers.first().map_or("", String::as_str)
+    }
 }
 
 /// The metric `tag` label of requests in a lane the service does not know

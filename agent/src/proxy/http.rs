@@ -456,8 +456,8 @@ impl Conn<'_> {
     }
 
     /// Parse and check the head, ask the router and connect (retrying other
-    /// endpoints); leaves the upstream request head (tag not yet written) in
-    /// `req_head`.
+    /// endpoints); when forwarding, leaves the upstream request head (tag not
+    /// yet written) in `req_head`.
     async fn decide(&mut self, head_len: usize) -> Decision {
         let mut headers = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
@@ -473,7 +473,6 @@ impl Conn<'_> {
         if info.is_connect {
             return Decision::Invalid(405, Error::ConnectMethod);
         }
-        head::write_request_head(&mut self.req_head, &req, &self.cfg.tag_header, info.upgrade);
         let method = req.method.unwrap_or("");
         let path = req.path.unwrap_or("");
         self.exclude.clear();
@@ -526,6 +525,12 @@ impl Conn<'_> {
             };
             match self.pool.get(target.endpoint).await {
                 Ok((upstream, reused)) => {
+                    head::write_request_head(
+                        &mut self.req_head,
+                        &req,
+                        &target.tag_header,
+                        info.upgrade,
+                    );
                     return Decision::Forward {
                         info,
                         target,
@@ -603,7 +608,7 @@ impl Conn<'_> {
     ) -> Next {
         head::finish_request_head(
             &mut self.req_head,
-            &self.cfg.tag_header,
+            &target.tag_header,
             target.tag.as_deref(),
             target.baggage.as_deref(),
         );

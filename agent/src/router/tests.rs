@@ -1,0 +1,99 @@
+//! The router over real loopback sockets, with no kernel programs: its
+//! listener is treated as transparent, so a connection's local address (the
+//! listener's own, 127.0.0.1:PORT) is the "VIP" the client dialled, and the
+//! test config names that address as a service.
+
+use std::{collections::HashMap, time::Duration};
+
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::{
+    config::Config,
+    proxy::tests::{Backend, Client},
+};
+
+/// A router serving one test config.
+struct TestRouter {
+    router: Arc<Router>,
+    /// Where clients connect: the service's "VIP" and port.
+    addr: SocketAddr,
+}
+
+impl TestRouter {
+    /// Starts a router whose config is `config(port)`, `port` being the
+    /// port clients connect to (use it as the service port on VIP
+    /// 127.0.0.1).
+    async fn start(config: impl FnOnce(u16) -> String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new(
+            applied(&config(addr.port()), None),
+            ProxyConfig {
+                sniff_timeout: Duration::from_millis(100),
+                ..ProxyConfig::default()
+            },
+        );
+        tokio::spawn(router.clone().serve(listener, true));
+        Self { router, addr }
+    }
+
+    /// Applies `config` as a reload would.
+    fn reload(&self, config: &str) {
+        let previous = self.router.applied();
+        self.router.swap(applied(config, Some(&previous.snapshot)));
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(self.addr).await
+    }
+}
+
+fn applied(config: &str, previous: Option<&Snapshot>) -> Applied {
+    let config = Config::parse(config).expect("valid test config");
+    Applied {
+        snapshot: Snapshot::from_config(&config, "test".into(), previous, previous.is_none()),
+        pods_by_cookie: HashMap::new(),
+        unenrolled: Vec::new(),
+    }
+}
+
+/// Service `default/reviews` on 127.0.0.1:`port` (HTTP) with a base
+/// endpoint on `base` and a `gray` one on `gray`; tag headers `headers`.
+fn reviews(port: u16, base: u16, gray: u16, headers: &str) -> String {
+    format!(
+        "tags: {{headers: [{headers}], strip_from_unknown_callers: false}}
+services:
+  - name: reviews
+    vips: [127.0.0.1]
+    ports: [{{port: {port}, name: http, protocol: http}}]
+    endpoints:
+      - {{ip: 127.0.0.1, ports: {{http: {base}}}}}
+      - {{ip: 127.0.0.1, tag: gray, ports: {{http: {gray}}}}}
+"
+    )
+}
+
+#[tokio::test]
+async fn a_reload_of_tag_headers_changes_the_header_written_upstream() {
+    let (base, gray) = (Backend::start("base").await, Backend::start("gray").await);
+    let (b, g) = (base.addr.port(), gray.addr.port());
+    let t = TestRouter::start(|port| reviews(port, b, g, "x-mse-tag")).await;
+    let mut c = t.client().await;
+    c.send(b"GET /1 HTTP/1.1\r\nhost: reviews\r\nx-mse-tag: gray\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await.status, 200);
+
+    t.reload(&reviews(t.addr.port(), b, g, "x-lane"));
+    let mut c = t.client().await;
+    c.send(b"GET /2 HTTP/1.1\r\nhost: reviews\r\nx-lane: gray\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await.status, 200);
+    let seen = gray.seen();
+    assert!(seen[0].raw_head.contains("x-mse-tag: gray\r\n"), "{seen:?}");
+    assert!(
+        seen[1].raw_head.contains("x-lane: gray\r\n") && !seen[1].raw_head.contains("x-mse-tag"),
+        "the header in force after the reload is written upstream: {:?}",
+        seen[1].raw_head
+    );
+}
