@@ -142,8 +142,11 @@ pub enum Route {
     },
 }
 
-/// How a request ended, for metrics and logs (the agent implements
-/// [`Routes::observe`]).
+/// [`RequestOutcome::status`] of an L4 stream: it has no HTTP status.
+pub const STATUS_L4: u16 = 0;
+
+/// How a request (or an L4 stream) ended, for metrics and logs (the agent
+/// implements [`Routes::observe`]).
 #[derive(Clone, Debug)]
 pub struct RequestOutcome {
     /// The target the request was sent to (or, for a `502` after failed
@@ -151,9 +154,11 @@ pub struct RequestOutcome {
     /// (400/431/408/405/503).
     pub target: Option<Target>,
     /// Status sent to the client (the upstream's, or ours). `499` when the
-    /// client went away before any final status could be sent.
+    /// client went away before any final status could be sent;
+    /// [`STATUS_L4`] for an L4 stream.
     pub status: u16,
-    /// From the complete request head to the end of the exchange.
+    /// From the complete request head (an L4 stream: from its start) to the
+    /// end of the exchange.
     pub duration: Duration,
     /// Why we produced an error status (or cut the exchange short), if we did.
     pub error: Option<String>,
@@ -167,7 +172,8 @@ pub trait Routes: Send + Sync + 'static {
     fn route_http(&self, head: &RequestHead<'_>, exclude: &[SocketAddr]) -> Route;
     /// Pick a target for an opaque (non-HTTP) stream.
     fn route_l4(&self, exclude: &[SocketAddr]) -> Route;
-    /// Called once per HTTP request when it completes (or fails).
+    /// Called once per HTTP request when it completes (or fails), and once
+    /// per L4 stream when it ends.
     fn observe(&self, outcome: RequestOutcome);
 }
 

@@ -442,7 +442,8 @@ impl Routes for ConnRoutes {
                     decision: decision.map_or("none", Decision::as_str).to_owned(),
                     status_class: status_class(outcome.status),
                 },
-                outcome.duration,
+                // How long a stream stays open says nothing of latency.
+                (outcome.status != proxy::STATUS_L4).then_some(outcome.duration),
             );
         }
         debug!(

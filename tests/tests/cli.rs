@@ -4,7 +4,7 @@
 //! requests just sent by decision).
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read, Write},
     process::{Command, Stdio},
     time::Duration,
 };
@@ -236,6 +236,22 @@ fn metrics_count_the_requests_just_sent_by_decision() -> Result<()> {
     std::thread::sleep(Duration::from_millis(200));
     assert!(scrape(&s.node)?.contains("laneway_active_connections 1\n"));
     drop(held);
+
+    // An L4 stream counts when it ends, with no status class.
+    let mut stream = client::connect(client, s.echo())?;
+    stream.write_all(b"not http\n")?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut echoed = Vec::new();
+    stream.read_to_end(&mut echoed)?;
+    assert_eq!(echoed, b"not http\n");
+    let l4 = "laneway_requests_total{service=\"default/echo\",tag=\"\",decision=\"base\",status_class=\"none\"} 1\n";
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut text = scrape(&s.node)?;
+    while !text.contains(l4) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        text = scrape(&s.node)?;
+    }
+    assert!(text.contains(l4), "{text}");
     Ok(())
 }
 

@@ -5,12 +5,17 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use tokio::net::TcpListener;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+    time::{Instant, sleep},
+};
 
 use super::*;
 use crate::{
+    admin::metrics::Gauges,
     config::Config,
-    proxy::tests::{Backend, Client},
+    proxy::tests::{Backend, Client, WAIT, echo, spawn_server},
 };
 
 /// A router serving one test config.
@@ -46,6 +51,24 @@ impl TestRouter {
 
     async fn client(&self) -> Client {
         Client::connect(self.addr).await
+    }
+
+    /// The `/metrics` text.
+    fn metrics(&self) -> String {
+        self.router.telemetry.metrics.render(&Gauges::default())
+    }
+
+    /// Waits until the `/metrics` text contains `line`.
+    async fn wait_for_metric(&self, line: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = self.metrics();
+            if text.contains(line) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no {line:?} in\n{text}");
+            sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
@@ -96,4 +119,31 @@ async fn a_reload_of_tag_headers_changes_the_header_written_upstream() {
         "the header in force after the reload is written upstream: {:?}",
         seen[1].raw_head
     );
+}
+
+#[tokio::test]
+async fn an_l4_stream_is_counted_when_it_ends() {
+    let echo = spawn_server(echo).await;
+    let t = TestRouter::start(|port| {
+        format!(
+            "services:
+  - name: echo
+    vips: [127.0.0.1]
+    ports: [{{port: {port}, target_port: {}, protocol: tcp}}]
+    endpoints: [{{ip: 127.0.0.1}}]
+",
+            echo.port()
+        )
+    })
+    .await;
+    let mut c = t.client().await;
+    c.send(b"\x16\x03\x01 not http").await;
+    c.s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    c.s.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"\x16\x03\x01 not http");
+    t.wait_for_metric(
+        "laneway_requests_total{service=\"default/echo\",tag=\"\",decision=\"base\",status_class=\"none\"} 1\n",
+    )
+    .await;
 }
