@@ -139,6 +139,8 @@ pub enum Route {
         status: u16,
         /// Plain-text body sent verbatim.
         body: String,
+        /// If `Some`, add response header `x-laneway-route: <value>`.
+        route_header: Option<String>,
     },
 }
 

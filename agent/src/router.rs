@@ -283,13 +283,13 @@ impl ConnRoutes {
         let applied = self.router.applied.load();
         let Some(port) = applied.snapshot.port_for(self.origin.destination) else {
             self.set_current(None);
-            return Route::Reject {
-                status: 503,
-                body: format!(
+            return unavailable(
+                format!(
                     "laneway: no service at {} any more\n",
                     self.origin.destination
                 ),
-            };
+                explain.then(|| route_header(None, &"-", None, None)),
+            );
         };
         let service = applied.snapshot.service_of(port);
         let caller = applied.caller(self.origin.netns_cookie, self.peer);
@@ -325,16 +325,19 @@ impl ConnRoutes {
             decision: Some(plan.decision),
             load: None,
         };
+        let explained = |decision, endpoint| {
+            explain.then(|| route_header(decision, &service.id, plan.tag.as_ref(), endpoint))
+        };
         if plan.decision == Decision::StrictReject {
             self.set_current(Some(current));
-            return Route::Reject {
-                status: 503,
-                body: format!(
+            return unavailable(
+                format!(
                     "laneway: lane {} of service {} has no serving endpoint, and the lane is strict\n",
                     tag_name.as_deref().unwrap_or("-"),
                     service.id
                 ),
-            };
+                explained(Some(plan.decision), None),
+            );
         }
         let picked = route::pick(
             port,
@@ -351,10 +354,7 @@ impl ConnRoutes {
                 service: service.id.to_string(),
                 tag: plan.tag.clone(),
             };
-            return Route::Reject {
-                status: 503,
-                body: format!("laneway: {err}\n"),
-            };
+            return unavailable(format!("laneway: {err}\n"), explained(None, None));
         };
         current.load = Some(backend.load.clone());
         self.set_current(Some(current));
@@ -376,20 +376,31 @@ impl ConnRoutes {
                 plan.tag.as_ref(),
             ),
             tag: tag_name,
-            route_header: explain
-                .then(|| route_header(plan.decision, &service.id, plan.tag.as_ref(), backend.addr)),
+            route_header: explained(Some(plan.decision), Some(backend.addr)),
         })
     }
 }
 
-/// The `x-laneway-route` value: `decision=tagged; service=ns/name; tag=joint1; endpoint=IP:PORT`.
+/// The router's own `503` with `body` (and `x-laneway-route` when asked).
+fn unavailable(body: String, route_header: Option<String>) -> Route {
+    Route::Reject {
+        status: 503,
+        body,
+        route_header,
+    }
+}
+
+/// The `x-laneway-route` value: `decision=tagged; service=ns/name; tag=joint1; endpoint=IP:PORT`,
+/// with `none` for no decision and `-` for no service, tag or endpoint.
 fn route_header(
-    decision: Decision,
-    service: &crate::snapshot::ServiceId,
+    decision: Option<Decision>,
+    service: &dyn std::fmt::Display,
     tag: Option<&crate::config::Tag>,
-    endpoint: SocketAddr,
+    endpoint: Option<SocketAddr>,
 ) -> String {
+    let decision = decision.map_or("none", Decision::as_str);
     let tag = tag.map_or("-", |t| t.as_str());
+    let endpoint = endpoint.map_or_else(|| "-".to_owned(), |e| e.to_string());
     format!("decision={decision}; service={service}; tag={tag}; endpoint={endpoint}")
 }
 

@@ -281,7 +281,8 @@ pub struct Explanation {
     pub tag: Option<String>,
     /// Where the tag came from: `header:NAME`, `baggage`, `caller`, `none`.
     pub tag_source: String,
-    /// The decision (`tagged`, `fallback`, `base`, ...); `null` if rejected.
+    /// The decision (`tagged`, `fallback`, `base`, `canary`,
+    /// `strict-reject`); `null` when none could be made (no endpoint).
     pub decision: Option<String>,
     /// The candidate endpoints (`ip:port`).
     pub candidates: Vec<String>,
@@ -307,9 +308,11 @@ pub struct TraceEvent {
     pub tag: Option<String>,
     /// Where the tag came from.
     pub tag_source: String,
-    /// The decision; `null` when rejected.
+    /// The decision (`tagged`, `fallback`, `base`, `canary`,
+    /// `strict-reject`); `null` when none could be made (no endpoint, a
+    /// request the router could not read).
     pub decision: Option<String>,
-    /// The endpoint; `null` when rejected.
+    /// The endpoint; `null` when the router answered itself.
     pub endpoint: Option<String>,
     /// HTTP status sent to the client (`0` for an L4 stream).
     pub status: u16,

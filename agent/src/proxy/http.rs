@@ -130,6 +130,8 @@ enum Decision {
         status: u16,
         body: String,
         target: Option<Target>,
+        /// The `x-laneway-route` value, when asked for.
+        route_header: Option<String>,
         error: Error,
     },
     /// Send the request over `upstream`.
@@ -438,9 +440,11 @@ impl Conn<'_> {
                 status,
                 body,
                 target,
+                route_header,
                 error,
             } => {
-                self.reject(client, info, status, &body, target, error, out)
+                let route = route_header.as_deref();
+                self.reject(client, info, (status, &body, route), target, error, out)
                     .await
             }
             Decision::Forward {
@@ -499,16 +503,22 @@ impl Conn<'_> {
                             info,
                             status: 502,
                             body: format!("{error}\n"),
+                            route_header: target.route_header.clone(),
                             target: Some(target),
                             error,
                         };
                     }
                     return match other {
-                        Route::Reject { status, body } => Decision::Reject {
+                        Route::Reject {
+                            status,
+                            body,
+                            route_header,
+                        } => Decision::Reject {
                             info,
                             status,
                             body,
                             target: None,
+                            route_header,
                             error: Error::Rejected,
                         },
                         // An excluded endpoint without a recorded failure
@@ -517,6 +527,7 @@ impl Conn<'_> {
                             info,
                             status: 503,
                             body: "no upstream endpoint available\n".to_owned(),
+                            route_header: target.route_header.clone(),
                             target: Some(target),
                             error: Error::Rejected,
                         },
@@ -547,15 +558,13 @@ impl Conn<'_> {
         }
     }
 
-    /// Answer a request ourselves; keep the connection when its body could be
-    /// skipped.
-    #[allow(clippy::too_many_arguments)]
+    /// Answer a request ourselves with `(status, body, x-laneway-route)`;
+    /// keep the connection when its body could be skipped.
     async fn reject(
         &mut self,
         client: &mut TcpStream,
         mut info: RequestInfo,
-        status: u16,
-        body: &str,
+        (status, body, route): (u16, &str, Option<&str>),
         target: Option<Target>,
         error: Error,
         out: &mut Outcome,
@@ -583,7 +592,6 @@ impl Conn<'_> {
                 keep = false;
             }
         }
-        let route = target.as_ref().and_then(|t| t.route_header.as_deref());
         self.send_error(client, status, body, route, !keep, !info.is_head)
             .await;
         out.status = status;

@@ -357,6 +357,7 @@ impl TestRoutes {
         Self::with_l4(http, |_| Route::Reject {
             status: 503,
             body: String::new(),
+            route_header: None,
         })
     }
 
@@ -378,6 +379,7 @@ impl TestRoutes {
             |_, _| Route::Reject {
                 status: 503,
                 body: String::new(),
+                route_header: None,
             },
             l4,
         )
@@ -1210,6 +1212,7 @@ async fn l4_connect_failure_tries_next_endpoint_and_reject_closes() {
         TestRoutes::l4_only(|_| Route::Reject {
             status: 503,
             body: String::new(),
+            route_header: None,
         }),
         Protocol::Opaque,
     )
@@ -1419,6 +1422,7 @@ async fn all_endpoints_refused_is_502_naming_them() {
                 None => Route::Reject {
                     status: 503,
                     body: "none left".into(),
+                    route_header: None,
                 },
             },
         ),
@@ -1446,6 +1450,7 @@ async fn reject_answers_status_and_body_and_keeps_connection() {
         TestRoutes::new(|_, _| Route::Reject {
             status: 503,
             body: "no lane for you\n".into(),
+            route_header: None,
         }),
         Protocol::Sniff,
     )

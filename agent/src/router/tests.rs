@@ -147,3 +147,36 @@ async fn an_l4_stream_is_counted_when_it_ends() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_strict_lane_answers_503_with_the_route_header_when_asked() {
+    let base = Backend::start("base").await;
+    let b = base.addr.port();
+    let t = TestRouter::start(|port| {
+        format!(
+            "services:
+  - name: reviews
+    vips: [127.0.0.1]
+    ports: [{{port: {port}, target_port: {b}}}]
+    policy: {{lanes: gray=strict}}
+    endpoints: [{{ip: 127.0.0.1}}]
+tags: {{strip_from_unknown_callers: false}}
+"
+        )
+    })
+    .await;
+    let mut c = t.client().await;
+    c.send(b"GET / HTTP/1.1\r\nhost: reviews\r\nx-mse-tag: gray\r\nx-laneway-route: 1\r\n\r\n")
+        .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.header("x-laneway-route"),
+        Some("decision=strict-reject; service=default/reviews; tag=gray; endpoint=-")
+    );
+    // Not asked: not added.
+    c.send(b"GET / HTTP/1.1\r\nhost: reviews\r\nx-mse-tag: gray\r\n\r\n")
+        .await;
+    let r = c.response().await;
+    assert_eq!((r.status, r.header("x-laneway-route")), (503, None));
+}
