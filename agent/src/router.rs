@@ -104,11 +104,13 @@ pub struct Origin {
 impl Router {
     /// A router over an initial state.
     pub fn new(applied: Applied, proxy: ProxyConfig) -> Arc<Self> {
+        let telemetry = Arc::new(Telemetry::default());
+        telemetry.metrics.known_services(service_ids(&applied));
         Arc::new(Self {
             applied: ArcSwap::from_pointee(applied),
             pool: Arc::new(Pool::new(&proxy)),
             proxy: Arc::new(proxy),
-            telemetry: Arc::default(),
+            telemetry,
         })
     }
 
@@ -124,6 +126,7 @@ impl Router {
             .filter(|b| b.eligible())
             .map(|b| b.addr)
             .collect();
+        self.telemetry.metrics.known_services(service_ids(&applied));
         self.applied.store(Arc::new(applied));
         self.pool.retain_endpoints(eligible);
     }
@@ -216,6 +219,11 @@ impl Router {
         .await;
         drop(registration);
     }
+}
+
+/// `namespace/name` of every service of a state.
+fn service_ids(applied: &Applied) -> impl Iterator<Item = String> + '_ {
+    applied.snapshot.services.iter().map(|s| s.id.to_string())
 }
 
 /// IPv4-mapped IPv6 addresses as IPv4, so one map key fits both.

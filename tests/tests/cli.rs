@@ -231,6 +231,14 @@ fn metrics_count_the_requests_just_sent_by_decision() -> Result<()> {
     assert!(text.contains("laneway_fail_open_total 0\n"), "{text}");
     assert!(text.contains("laneway_active_connections 0\n"), "{text}");
 
+    // Error counters are there at 0 for every service, before any error.
+    for service in ["default/reviews", "default/ratings", "default/echo"] {
+        for counter in ["policy_errors", "upstream_connect_errors"] {
+            let line = format!("laneway_{counter}_total{{service=\"{service}\"}} 0\n");
+            assert!(text.contains(&line), "no {line:?} in {text}");
+        }
+    }
+
     // A connection held open counts.
     let held = client::Conn::open(client, s.reviews())?;
     std::thread::sleep(Duration::from_millis(200));

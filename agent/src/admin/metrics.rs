@@ -122,6 +122,18 @@ impl Metrics {
         self.requests.get_or_create(&labels).inc();
     }
 
+    /// Gives each service its error counters at 0, so they are scraped (and
+    /// alerts on them work) before the first error. Series of services that
+    /// went away are kept: a counter does not go back.
+    pub fn known_services(&self, services: impl IntoIterator<Item = String>) {
+        for service in services {
+            let labels = ServiceLabels { service };
+            // Creating the series is the point; the guard is not needed.
+            drop(self.connect_errors.get_or_create(&labels));
+            drop(self.policy_errors.get_or_create(&labels));
+        }
+    }
+
     /// Counts a failed upstream connect.
     pub fn connect_error(&self, service: &str) {
         self.connect_errors

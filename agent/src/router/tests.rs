@@ -180,3 +180,23 @@ tags: {{strip_from_unknown_callers: false}}
     let r = c.response().await;
     assert_eq!((r.status, r.header("x-laneway-route")), (503, None));
 }
+
+#[tokio::test]
+async fn every_known_service_has_its_error_counters_at_zero() {
+    let t = TestRouter::start(|port| reviews(port, 1, 2, "x-mse-tag")).await;
+    let text = t.metrics();
+    for line in [
+        "# TYPE laneway_policy_errors counter\n",
+        "laneway_policy_errors_total{service=\"default/reviews\"} 0\n",
+        "# TYPE laneway_upstream_connect_errors counter\n",
+        "laneway_upstream_connect_errors_total{service=\"default/reviews\"} 0\n",
+    ] {
+        assert!(text.contains(line), "no {line:?} in\n{text}");
+    }
+    t.reload(&reviews(t.addr.port(), 1, 2, "x-mse-tag").replace("reviews", "ratings"));
+    assert!(
+        t.metrics()
+            .contains("laneway_policy_errors_total{service=\"default/ratings\"} 0\n"),
+        "a service that comes with a reload gets its series too"
+    );
+}
