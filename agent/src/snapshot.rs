@@ -609,6 +609,28 @@ services:
     }
 
     #[test]
+    fn services_warm_up_by_default_but_the_first_snapshot_is_warm() {
+        let first = Snapshot::from_config(&config(), "test".into(), None, true);
+        let window = first.services[0].policy.warmup;
+        assert_eq!(window, Duration::from_secs(30), "the cluster default");
+        let mut more = config();
+        let mut added = more.services[0].endpoints[0].clone();
+        added.ip = "10.0.1.6".parse().unwrap();
+        more.services[0].endpoints.push(added);
+        let second = Snapshot::from_config(&more, "test".into(), Some(&first), false);
+        let backends = &second.ports[0].backends;
+        assert_eq!(
+            backends[0].load.warmup_weight(window),
+            1.0,
+            "there from the start"
+        );
+        assert!(
+            backends[4].load.warmup_weight(window) < 0.1,
+            "new: warming up"
+        );
+    }
+
+    #[test]
     fn load_counters_survive_a_rebuild() {
         let first = Snapshot::from_config(&config(), "test".into(), None, true);
         let p = first
