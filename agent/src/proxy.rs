@@ -49,9 +49,10 @@ pub struct ProxyConfig {
     /// From request fully sent to response head received, else `504`
     /// (default 15 s).
     pub response_timeout: Duration,
-    /// How long to wait for the client's first bytes in [`Protocol::Sniff`]
+    /// How long to wait for the client's first byte in [`Protocol::Sniff`]
     /// mode; none by then means a server-first protocol: L4 passthrough
-    /// (default 300 ms).
+    /// (default 300 ms). Once a byte arrived, the bytes decide, within
+    /// `header_timeout`.
     pub sniff_timeout: Duration,
     /// At most this many idle upstream connections are kept per endpoint
     /// (default 64).
@@ -213,7 +214,8 @@ pub async fn serve_connection(
     }
     let protocol = match mode {
         Protocol::Http | Protocol::Opaque => mode,
-        Protocol::Sniff => match sniff::sniff(&client, cfg.sniff_timeout).await {
+        Protocol::Sniff => match sniff::sniff(&client, cfg.sniff_timeout, cfg.header_timeout).await
+        {
             Ok(sniff::Sniffed::Http) => Protocol::Http,
             Ok(sniff::Sniffed::Opaque) => Protocol::Opaque,
             Ok(sniff::Sniffed::Closed) => return,

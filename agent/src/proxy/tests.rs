@@ -1240,6 +1240,22 @@ async fn split_method_is_still_sniffed_as_http() {
 }
 
 #[tokio::test]
+async fn a_method_split_across_the_sniff_timeout_is_still_http() {
+    let a = Backend::start("a").await;
+    let aa = a.addr;
+    let cfg = test_cfg();
+    let slower_than_sniffing = cfg.sniff_timeout * 3;
+    let proxy = Proxy::start(cfg, TestRoutes::new(move |_, _| to(aa)), Protocol::Sniff).await;
+    let mut c = proxy.client().await;
+    c.send(b"GE").await;
+    sleep(slower_than_sniffing).await;
+    c.send(b"T /late HTTP/1.1\r\nHost: svc\r\n\r\n").await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "routed as HTTP, not passed through");
+    assert_eq!(a.seen()[0].path, "/late");
+}
+
+#[tokio::test]
 async fn client_closing_before_sending_is_just_closed() {
     let proxy = Proxy::start(
         test_cfg(),
