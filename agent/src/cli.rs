@@ -69,7 +69,9 @@ pub enum Command {
     ///                          whether the programs consider the router alive (a stale
     ///                          heartbeat means connects go the normal way: fail-open)
     ///   snapshot               source (file:PATH or kubernetes), age, updates applied,
-    ///                          services, VIP ports, endpoints, pods enrolled / not enrolled
+    ///                          services, VIP ports, endpoints (each once, however many
+    ///                          ports it serves, as `config check` counts them), pods
+    ///                          enrolled / not enrolled
     ///   bpf stats              redirected connects, fail-open connects, original-destination
     ///                          queries answered and missed
     #[command(verbatim_doc_comment, after_long_help = EXIT_CODES)]

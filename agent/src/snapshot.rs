@@ -443,6 +443,22 @@ impl Snapshot {
         }
     }
 
+    /// How many endpoints the services have: each endpoint (address) of a
+    /// service once, however many of its ports it serves. `laneway status`
+    /// and `laneway config check` both count so.
+    pub fn endpoint_count(&self) -> usize {
+        self.services
+            .iter()
+            .map(|s| {
+                s.ports
+                    .iter()
+                    .flat_map(|&p| self.ports[p].backends.iter().map(|b| b.addr.ip()))
+                    .collect::<HashSet<_>>()
+                    .len()
+            })
+            .sum()
+    }
+
     /// The service port behind a VIP:port. IPv4-mapped IPv6 addresses match
     /// their IPv4 VIP.
     pub fn port_for(&self, vip: SocketAddr) -> Option<&ServicePort> {
@@ -628,6 +644,13 @@ services:
             backends[4].load.warmup_weight(window) < 0.1,
             "new: warming up"
         );
+    }
+
+    #[test]
+    fn an_endpoint_counts_once_whatever_its_ports() {
+        let s = Snapshot::from_config(&config(), "test".into(), None, true);
+        assert_eq!(s.ports.iter().map(|p| p.backends.len()).sum::<usize>(), 8);
+        assert_eq!(s.endpoint_count(), 4, "4 endpoints behind 2 ports");
     }
 
     #[test]

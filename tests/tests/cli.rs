@@ -263,6 +263,31 @@ fn metrics_count_the_requests_just_sent_by_decision() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn status_and_config_check_count_endpoints_alike() -> Result<()> {
+    let s = Standard::start()?;
+    // One endpoint behind two ports: one endpoint, whatever the ports.
+    s.agent.rewrite_config(|text| {
+        text.replacen(
+            "services:\n",
+            "services:\n  - {name: two-ports, vips: [10.96.0.99], ports: [{port: 80}, {port: 81}], endpoints: [{ip: 10.244.0.99}]}\n",
+            1,
+        )
+    })?;
+    let check = Command::new(binary())
+        .args(["config", "check"])
+        .arg(&s.agent.config)
+        .output()?;
+    let check = String::from_utf8_lossy(&check.stdout);
+    assert!(check.contains("4 services, 6 endpoints"), "{check}");
+    let st: api::Status = json(&s.node, &["status"])?;
+    assert_eq!(st.snapshot.endpoints, 6, "{:?}", st.snapshot);
+    let table = laneway(&s.node, &["status"])?;
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("4 (6 VIP ports, 6 endpoints)"), "{table}");
+    Ok(())
+}
+
 /// Runs `laneway trace ARGS --count N -o json` while `send` makes requests;
 /// returns the events. Fails (instead of hanging) if fewer than `count`
 /// arrive within 10 s.

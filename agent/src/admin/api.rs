@@ -85,7 +85,8 @@ pub struct SnapshotStatus {
     pub services: u64,
     /// Service VIP:port pairs redirected.
     pub service_ports: u64,
-    /// Endpoints (over all service ports).
+    /// Endpoints: each endpoint of a service once, however many of its ports
+    /// it serves ([`crate::snapshot::Snapshot::endpoint_count`]).
     pub endpoints: u64,
     /// Pods enrolled.
     pub pods_enrolled: u64,
