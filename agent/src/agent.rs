@@ -417,7 +417,6 @@ pub fn proxy_config(config: &Config) -> ProxyConfig {
         pool_max_idle_per_endpoint: r.pool_max_idle_per_endpoint,
         pool_idle_timeout: r.pool_idle_timeout,
         socket_mark: r.socket_mark,
-        tag_header: config.primary_tag_header().to_owned(),
         retry_idempotent: r.retry_idempotent,
     }
 }

@@ -69,7 +69,9 @@ pub enum Command {
     ///                          whether the programs consider the router alive (a stale
     ///                          heartbeat means connects go the normal way: fail-open)
     ///   snapshot               source (file:PATH or kubernetes), age, updates applied,
-    ///                          services, VIP ports, endpoints, pods enrolled / not enrolled
+    ///                          services, VIP ports, endpoints (each once, however many
+    ///                          ports it serves, as `config check` counts them), pods
+    ///                          enrolled / not enrolled
     ///   bpf stats              redirected connects, fail-open connects, original-destination
     ///                          queries answered and missed
     #[command(verbatim_doc_comment, after_long_help = EXIT_CODES)]
@@ -153,9 +155,9 @@ pub enum Command {
     /// Prints the caller, the service and VIP:port, the tag and where it came from
     /// (header:NAME, baggage, caller or none), the candidate endpoints, each step
     /// of the decision numbered, and then either
-    ///   => endpoint IP:PORT (decision tagged|fallback|base)
+    ///   => endpoint IP:PORT (decision tagged|fallback|base|canary)
     /// or
-    ///   => rejected: REASON (the router answers 503)
+    ///   => no endpoint: REASON (decision strict-reject|none; the router answers 503)
     /// An unknown --from pod or --to service exits 1.
     #[command(verbatim_doc_comment, after_long_help = EXIT_CODES)]
     Explain {
@@ -190,7 +192,9 @@ pub enum Command {
     ///   TIME CALLER -> SERVICE tag=TAG (SOURCE) DECISION -> ENDPOINT STATUS DURATION
     /// TIME is local wall-clock time; CALLER the calling pod (- if unknown); TAG
     /// the request tag (- = none) and SOURCE where it came from (header:NAME,
-    /// baggage, caller, none); DECISION tagged, fallback, base, or rejected;
+    /// baggage, caller, none); DECISION tagged, fallback, base, canary,
+    /// strict-reject (a strict lane without endpoints), or none (no decision:
+    /// no endpoint, or a request the router could not read);
     /// STATUS the HTTP status sent to the client (L4 for a byte stream);
     /// DURATION how long the request took. Router errors follow as `error: ...`.
     /// With -o json each decision is printed as the agent sends it: one JSON

@@ -45,7 +45,7 @@ pub enum Error {
 }
 
 /// The whole file.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The router: where it listens, where pods are sent, its limits.
@@ -59,12 +59,35 @@ pub struct Config {
     /// The local admin endpoint (health, readiness).
     pub admin: AdminConfig,
     /// Cluster-wide gray-release policy defaults; a Service's own policy
-    /// overrides them field by field.
+    /// overrides them field by field. What the file leaves out comes from
+    /// [`PolicySpec::cluster_defaults`].
+    #[serde(deserialize_with = "policy_over_cluster_defaults")]
     pub policy: PolicySpec,
     /// Services to route (standalone mode).
     pub services: Vec<Service>,
     /// Pods on this node to enrol (standalone mode).
     pub pods: Vec<Pod>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            router: RouterConfig::default(),
+            tags: TagConfig::default(),
+            bpf: BpfConfig::default(),
+            kube: KubeConfig::default(),
+            admin: AdminConfig::default(),
+            policy: PolicySpec::cluster_defaults(),
+            services: Vec::new(),
+            pods: Vec::new(),
+        }
+    }
+}
+
+/// The top-level `policy:` as written, laid over the cluster defaults, so
+/// a file that sets one field keeps the others' defaults.
+fn policy_over_cluster_defaults<'de, D: Deserializer<'de>>(d: D) -> Result<PolicySpec, D::Error> {
+    Ok(PolicySpec::deserialize(d)?.over(&PolicySpec::cluster_defaults()))
 }
 
 /// How enrolled pods' connections are steered to the router.
@@ -635,14 +658,6 @@ impl Config {
         }
         Ok(())
     }
-
-    /// The header the router writes the resolved tag into.
-    pub fn primary_tag_header(&self) -> &str {
-        self.tags
-            .headers
-            .first()
-            .map_or("x-mse-tag", |h| h.as_str())
-    }
 }
 
 /// `field.path: what is wrong at line L column C`. serde_yaml alone stops the
@@ -771,7 +786,6 @@ pods:
         );
         assert!(c.services[0].endpoints[2].terminating);
         assert!(c.services[0].endpoints[0].serving);
-        assert_eq!(c.primary_tag_header(), "x-mse-tag");
     }
 
     #[test]
@@ -781,6 +795,29 @@ pods:
         let again = Config::parse(&dumped).expect("dump parses");
         assert_eq!(again.services[0].endpoints.len(), 3);
         assert_eq!(again.router.connect_timeout, c.router.connect_timeout);
+    }
+
+    #[test]
+    fn the_cluster_policy_defaults_to_a_30s_warmup_and_the_dump_shows_it() {
+        let thirty = Some(std::time::Duration::from_secs(30));
+        let c = Config::parse("{}").expect("an empty config is valid");
+        assert_eq!(c.policy.warmup, thirty);
+        let dumped = serde_yaml::to_string(&c).expect("serializes");
+        assert!(
+            dumped.contains("policy:\n  default_lane_mode: permissive\n  warmup: 30s\n"),
+            "{dumped}"
+        );
+        let c = Config::parse("policy: {default_lane_mode: strict}").expect("valid");
+        assert_eq!(
+            c.policy.warmup, thirty,
+            "fields not written keep their default"
+        );
+        let c = Config::parse("policy: {warmup: 0s}").expect("valid");
+        assert_eq!(
+            c.policy.warmup,
+            Some(std::time::Duration::ZERO),
+            "0s turns it off"
+        );
     }
 
     fn error_of(text: &str) -> String {

@@ -177,11 +177,7 @@ pub fn explain(applied: &Applied, req: &ExplainRequest) -> Result<Explanation, E
     if let Some(t) = &plan.tag {
         steps.push(format!(
             "upstream request carries {}: {t}",
-            snapshot
-                .tags
-                .headers
-                .first()
-                .map_or("x-mse-tag", String::as_str)
+            snapshot.tags.upstream_header()
         ));
     }
     Ok(Explanation {

@@ -178,7 +178,10 @@ fn main() -> ExitCode {
         Command::Uninstall { pin_path } => uninstall(&pin_path),
         Command::Config(ConfigCommand::Check { file }) => match Config::load(&file) {
             Ok(c) => {
-                let endpoints: usize = c.services.iter().map(|s| s.endpoints.len()).sum();
+                // Counted as `laneway status` counts them.
+                let endpoints =
+                    laneway::snapshot::Snapshot::from_config(&c, String::new(), None, true)
+                        .endpoint_count();
                 println!(
                     "{}: ok ({} services, {} endpoints, {} pods)",
                     file.display(),

@@ -387,6 +387,16 @@ pub enum LaneModeName {
 pub const ANNOTATION_PREFIX: &str = "laneway.io/";
 
 impl PolicySpec {
+    /// The cluster-wide defaults the agent config's `policy:` starts from:
+    /// slow start over 30 s (as MSE users expect), lanes permissive.
+    pub fn cluster_defaults() -> Self {
+        PolicySpec {
+            default_lane_mode: Some(LaneModeName::Permissive),
+            warmup: Some(std::time::Duration::from_secs(30)),
+            ..PolicySpec::default()
+        }
+    }
+
     /// This policy with the fields it leaves out taken from `defaults`.
     pub fn over(&self, defaults: &PolicySpec) -> PolicySpec {
         PolicySpec {

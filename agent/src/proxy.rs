@@ -25,7 +25,7 @@ mod l4;
 mod pool;
 mod sniff;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -49,9 +49,10 @@ pub struct ProxyConfig {
     /// From request fully sent to response head received, else `504`
     /// (default 15 s).
     pub response_timeout: Duration,
-    /// How long to wait for the client's first bytes in [`Protocol::Sniff`]
+    /// How long to wait for the client's first byte in [`Protocol::Sniff`]
     /// mode; none by then means a server-first protocol: L4 passthrough
-    /// (default 300 ms).
+    /// (default 300 ms). Once a byte arrived, the bytes decide, within
+    /// `header_timeout`.
     pub sniff_timeout: Duration,
     /// At most this many idle upstream connections are kept per endpoint
     /// (default 64).
@@ -60,9 +61,6 @@ pub struct ProxyConfig {
     pub pool_idle_timeout: Duration,
     /// `SO_MARK` set on every upstream socket before connect (0 = do not set).
     pub socket_mark: u32,
-    /// Lowercase header name written upstream with the resolved tag, e.g.
-    /// `x-mse-tag`.
-    pub tag_header: String,
     /// Send an idempotent request without a body once more (on a fresh
     /// connection) when the upstream closed or reset before any response
     /// byte. A reused pooled connection found dead is always retried so.
@@ -81,7 +79,6 @@ impl Default for ProxyConfig {
             pool_max_idle_per_endpoint: 64,
             pool_idle_timeout: Duration::from_secs(30),
             socket_mark: 0,
-            tag_header: "x-mse-tag".to_owned(),
             retry_idempotent: true,
         }
     }
@@ -113,6 +110,11 @@ impl RequestHead<'_> {
 pub struct Target {
     /// The endpoint (pod IP and port) to connect to.
     pub endpoint: SocketAddr,
+    /// The header the tag is written into upstream (lowercase, e.g.
+    /// `x-mse-tag`); the client's fields of that name are not forwarded.
+    /// The router takes it from the configuration in force for this
+    /// request, so a reload that changes the tag headers applies to it.
+    pub tag_header: String,
     /// Tag to write into `tag_header` upstream (replacing any value the client
     /// sent); `None` = remove the header.
     pub tag: Option<String>,
@@ -138,11 +140,16 @@ pub enum Route {
         status: u16,
         /// Plain-text body sent verbatim.
         body: String,
+        /// If `Some`, add response header `x-laneway-route: <value>`.
+        route_header: Option<String>,
     },
 }
 
-/// How a request ended, for metrics and logs (the agent implements
-/// [`Routes::observe`]).
+/// [`RequestOutcome::status`] of an L4 stream: it has no HTTP status.
+pub const STATUS_L4: u16 = 0;
+
+/// How a request (or an L4 stream) ended, for metrics and logs (the agent
+/// implements [`Routes::observe`]).
 #[derive(Clone, Debug)]
 pub struct RequestOutcome {
     /// The target the request was sent to (or, for a `502` after failed
@@ -150,9 +157,11 @@ pub struct RequestOutcome {
     /// (400/431/408/405/503).
     pub target: Option<Target>,
     /// Status sent to the client (the upstream's, or ours). `499` when the
-    /// client went away before any final status could be sent.
+    /// client went away before any final status could be sent;
+    /// [`STATUS_L4`] for an L4 stream.
     pub status: u16,
-    /// From the complete request head to the end of the exchange.
+    /// From the complete request head (an L4 stream: from its start) to the
+    /// end of the exchange.
     pub duration: Duration,
     /// Why we produced an error status (or cut the exchange short), if we did.
     pub error: Option<String>,
@@ -166,7 +175,8 @@ pub trait Routes: Send + Sync + 'static {
     fn route_http(&self, head: &RequestHead<'_>, exclude: &[SocketAddr]) -> Route;
     /// Pick a target for an opaque (non-HTTP) stream.
     fn route_l4(&self, exclude: &[SocketAddr]) -> Route;
-    /// Called once per HTTP request when it completes (or fails).
+    /// Called once per HTTP request when it completes (or fails), and once
+    /// per L4 stream when it ends.
     fn observe(&self, outcome: RequestOutcome);
 }
 
@@ -204,7 +214,8 @@ pub async fn serve_connection(
     }
     let protocol = match mode {
         Protocol::Http | Protocol::Opaque => mode,
-        Protocol::Sniff => match sniff::sniff(&client, cfg.sniff_timeout).await {
+        Protocol::Sniff => match sniff::sniff(&client, cfg.sniff_timeout, cfg.header_timeout).await
+        {
             Ok(sniff::Sniffed::Http) => Protocol::Http,
             Ok(sniff::Sniffed::Opaque) => Protocol::Opaque,
             Ok(sniff::Sniffed::Closed) => return,

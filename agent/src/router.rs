@@ -110,12 +110,14 @@ impl Router {
     /// A router over an initial state, reading original destinations
     /// from `origins` (else from `SO_ORIGINAL_DST` only).
     pub fn new(applied: Applied, proxy: ProxyConfig, origins: Option<ConnOrigins>) -> Arc<Self> {
+        let telemetry = Arc::new(Telemetry::default());
+        telemetry.metrics.known_services(service_ids(&applied));
         Arc::new(Self {
             applied: ArcSwap::from_pointee(applied),
             origins,
             pool: Arc::new(Pool::new(&proxy)),
             proxy: Arc::new(proxy),
-            telemetry: Arc::default(),
+            telemetry,
         })
     }
 
@@ -131,6 +133,7 @@ impl Router {
             .filter(|b| b.eligible())
             .map(|b| b.addr)
             .collect();
+        self.telemetry.metrics.known_services(service_ids(&applied));
         self.applied.store(Arc::new(applied));
         self.pool.retain_endpoints(eligible);
     }
@@ -225,6 +228,11 @@ impl Router {
     }
 }
 
+/// `namespace/name` of every service of a state.
+fn service_ids(applied: &Applied) -> impl Iterator<Item = String> + '_ {
+    applied.snapshot.services.iter().map(|s| s.id.to_string())
+}
+
 /// IPv4-mapped IPv6 addresses as IPv4, so one map key fits both.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -290,13 +298,13 @@ impl ConnRoutes {
         let applied = self.router.applied.load();
         let Some(port) = applied.snapshot.port_for(self.origin.destination) else {
             self.set_current(None);
-            return Route::Reject {
-                status: 503,
-                body: format!(
+            return unavailable(
+                format!(
                     "laneway: no service at {} any more\n",
                     self.origin.destination
                 ),
-            };
+                explain.then(|| route_header(None, &"-", None, None)),
+            );
         };
         let service = applied.snapshot.service_of(port);
         let caller = applied.caller(self.origin.netns_cookie, self.peer);
@@ -332,16 +340,19 @@ impl ConnRoutes {
             decision: Some(plan.decision),
             load: None,
         };
+        let explained = |decision, endpoint| {
+            explain.then(|| route_header(decision, &service.id, plan.tag.as_ref(), endpoint))
+        };
         if plan.decision == Decision::StrictReject {
             self.set_current(Some(current));
-            return Route::Reject {
-                status: 503,
-                body: format!(
+            return unavailable(
+                format!(
                     "laneway: lane {} of service {} has no serving endpoint, and the lane is strict\n",
                     tag_name.as_deref().unwrap_or("-"),
                     service.id
                 ),
-            };
+                explained(Some(plan.decision), None),
+            );
         }
         let picked = route::pick(
             port,
@@ -358,10 +369,7 @@ impl ConnRoutes {
                 service: service.id.to_string(),
                 tag: plan.tag.clone(),
             };
-            return Route::Reject {
-                status: 503,
-                body: format!("laneway: {err}\n"),
-            };
+            return unavailable(format!("laneway: {err}\n"), explained(None, None));
         };
         current.load = Some(backend.load.clone());
         self.set_current(Some(current));
@@ -376,26 +384,38 @@ impl ConnRoutes {
         );
         Route::Forward(Target {
             endpoint: backend.addr,
+            tag_header: applied.snapshot.tags.upstream_header().to_owned(),
             baggage: route::propagated_baggage(
                 headers.iter().copied(),
                 &applied.snapshot.tags.baggage_key,
                 plan.tag.as_ref(),
             ),
             tag: tag_name,
-            route_header: explain
-                .then(|| route_header(plan.decision, &service.id, plan.tag.as_ref(), backend.addr)),
+            route_header: explained(Some(plan.decision), Some(backend.addr)),
         })
     }
 }
 
-/// The `x-laneway-route` value: `decision=tagged; service=ns/name; tag=joint1; endpoint=IP:PORT`.
+/// The router's own `503` with `body` (and `x-laneway-route` when asked).
+fn unavailable(body: String, route_header: Option<String>) -> Route {
+    Route::Reject {
+        status: 503,
+        body,
+        route_header,
+    }
+}
+
+/// The `x-laneway-route` value: `decision=tagged; service=ns/name; tag=joint1; endpoint=IP:PORT`,
+/// with `none` for no decision and `-` for no service, tag or endpoint.
 fn route_header(
-    decision: Decision,
-    service: &crate::snapshot::ServiceId,
+    decision: Option<Decision>,
+    service: &dyn std::fmt::Display,
     tag: Option<&crate::config::Tag>,
-    endpoint: SocketAddr,
+    endpoint: Option<SocketAddr>,
 ) -> String {
+    let decision = decision.map_or("none", Decision::as_str);
     let tag = tag.map_or("-", |t| t.as_str());
+    let endpoint = endpoint.map_or_else(|| "-".to_owned(), |e| e.to_string());
     format!("decision={decision}; service={service}; tag={tag}; endpoint={endpoint}")
 }
 
@@ -448,7 +468,8 @@ impl Routes for ConnRoutes {
                     decision: decision.map_or("none", Decision::as_str).to_owned(),
                     status_class: status_class(outcome.status),
                 },
-                outcome.duration,
+                // How long a stream stays open says nothing of latency.
+                (outcome.status != proxy::STATUS_L4).then_some(outcome.duration),
             );
         }
         debug!(
@@ -528,3 +549,6 @@ fn getsockopt<T: Copy>(fd: i32, level: i32, name: i32) -> Option<T> {
     // SAFETY: zero-initialised plain data, fully written by the kernel.
     Some(unsafe { value.assume_init() })
 }
+
+#[cfg(test)]
+mod tests;

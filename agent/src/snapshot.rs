@@ -274,6 +274,12 @@ impl TagRules {
     pub fn allows(&self, tag: &Tag) -> bool {
         self.allowed.is_empty() || self.allowed.contains(tag)
     }
+
+    /// The header the resolved tag is written into upstream: the first tag
+    /// header (the config requires one).
+    pub fn upstream_header(&self) -> &str {
+        self.headers.first().map_or("", String::as_str)
+    }
 }
 
 /// The metric `tag` label of requests in a lane the service does not know
@@ -435,6 +441,22 @@ impl Snapshot {
                 strip_from_unknown_callers: config.tags.strip_from_unknown_callers,
             },
         }
+    }
+
+    /// How many endpoints the services have: each endpoint (address) of a
+    /// service once, however many of its ports it serves. `laneway status`
+    /// and `laneway config check` both count so.
+    pub fn endpoint_count(&self) -> usize {
+        self.services
+            .iter()
+            .map(|s| {
+                s.ports
+                    .iter()
+                    .flat_map(|&p| self.ports[p].backends.iter().map(|b| b.addr.ip()))
+                    .collect::<HashSet<_>>()
+                    .len()
+            })
+            .sum()
     }
 
     /// The service port behind a VIP:port. IPv4-mapped IPv6 addresses match
@@ -600,6 +622,35 @@ services:
             s.services[0].metric_tag(Some(&"joint9".parse().unwrap())),
             OTHER_LANE
         );
+    }
+
+    #[test]
+    fn services_warm_up_by_default_but_the_first_snapshot_is_warm() {
+        let first = Snapshot::from_config(&config(), "test".into(), None, true);
+        let window = first.services[0].policy.warmup;
+        assert_eq!(window, Duration::from_secs(30), "the cluster default");
+        let mut more = config();
+        let mut added = more.services[0].endpoints[0].clone();
+        added.ip = "10.0.1.6".parse().unwrap();
+        more.services[0].endpoints.push(added);
+        let second = Snapshot::from_config(&more, "test".into(), Some(&first), false);
+        let backends = &second.ports[0].backends;
+        assert_eq!(
+            backends[0].load.warmup_weight(window),
+            1.0,
+            "there from the start"
+        );
+        assert!(
+            backends[4].load.warmup_weight(window) < 0.1,
+            "new: warming up"
+        );
+    }
+
+    #[test]
+    fn an_endpoint_counts_once_whatever_its_ports() {
+        let s = Snapshot::from_config(&config(), "test".into(), None, true);
+        assert_eq!(s.ports.iter().map(|p| p.backends.len()).sum::<usize>(), 8);
+        assert_eq!(s.endpoint_count(), 4, "4 endpoints behind 2 ports");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! requests just sent by decision).
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read, Write},
     process::{Command, Stdio},
     time::Duration,
 };
@@ -231,11 +231,60 @@ fn metrics_count_the_requests_just_sent_by_decision() -> Result<()> {
     assert!(text.contains("laneway_fail_open_total 0\n"), "{text}");
     assert!(text.contains("laneway_active_connections 0\n"), "{text}");
 
+    // Error counters are there at 0 for every service, before any error.
+    for service in ["default/reviews", "default/ratings", "default/echo"] {
+        for counter in ["policy_errors", "upstream_connect_errors"] {
+            let line = format!("laneway_{counter}_total{{service=\"{service}\"}} 0\n");
+            assert!(text.contains(&line), "no {line:?} in {text}");
+        }
+    }
+
     // A connection held open counts.
     let held = client::Conn::open(client, s.reviews())?;
     std::thread::sleep(Duration::from_millis(200));
     assert!(scrape(&s.node)?.contains("laneway_active_connections 1\n"));
     drop(held);
+
+    // An L4 stream counts when it ends, with no status class.
+    let mut stream = client::connect(client, s.echo())?;
+    stream.write_all(b"not http\n")?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut echoed = Vec::new();
+    stream.read_to_end(&mut echoed)?;
+    assert_eq!(echoed, b"not http\n");
+    let l4 = "laneway_requests_total{service=\"default/echo\",tag=\"\",decision=\"base\",status_class=\"none\"} 1\n";
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut text = scrape(&s.node)?;
+    while !text.contains(l4) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        text = scrape(&s.node)?;
+    }
+    assert!(text.contains(l4), "{text}");
+    Ok(())
+}
+
+#[test]
+fn status_and_config_check_count_endpoints_alike() -> Result<()> {
+    let s = Standard::start()?;
+    // One endpoint behind two ports: one endpoint, whatever the ports.
+    s.agent.rewrite_config(|text| {
+        text.replacen(
+            "services:\n",
+            "services:\n  - {name: two-ports, vips: [10.96.0.99], ports: [{port: 80}, {port: 81}], endpoints: [{ip: 10.244.0.99}]}\n",
+            1,
+        )
+    })?;
+    let check = Command::new(binary())
+        .args(["config", "check"])
+        .arg(&s.agent.config)
+        .output()?;
+    let check = String::from_utf8_lossy(&check.stdout);
+    assert!(check.contains("4 services, 6 endpoints"), "{check}");
+    let st: api::Status = json(&s.node, &["status"])?;
+    assert_eq!(st.snapshot.endpoints, 6, "{:?}", st.snapshot);
+    let table = laneway(&s.node, &["status"])?;
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("4 (6 VIP ports, 6 endpoints)"), "{table}");
     Ok(())
 }
 

@@ -311,13 +311,13 @@ fn a_bad_policy_annotation_keeps_the_last_good_policy_in_force_and_says_so() -> 
     );
 
     // The last good policy lives in the agent's memory only: a restarted
-    // agent has none for this service, so the cluster defaults (no canary)
-    // apply until the annotation is fixed.
+    // agent has none for this service, so the cluster defaults (no canary,
+    // the default slow start) apply until the annotation is fixed.
     agent.terminate()?;
     let agent = Agent::start_kube(&node, &scenario, &cluster)?;
     let info = service_info(&node, "reviews")?;
     assert!(info.policy_error.is_some(), "{info:?}");
-    assert_eq!(info.policy, "none");
+    assert_eq!(info.policy, "warmup 30s");
     eventually("base after a restart", untagged, |r| {
         r.routed() && r.endpoint() == "reviews-base"
     })?;

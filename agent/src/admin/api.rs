@@ -85,7 +85,8 @@ pub struct SnapshotStatus {
     pub services: u64,
     /// Service VIP:port pairs redirected.
     pub service_ports: u64,
-    /// Endpoints (over all service ports).
+    /// Endpoints: each endpoint of a service once, however many of its ports
+    /// it serves ([`crate::snapshot::Snapshot::endpoint_count`]).
     pub endpoints: u64,
     /// Pods enrolled.
     pub pods_enrolled: u64,
@@ -281,7 +282,8 @@ pub struct Explanation {
     pub tag: Option<String>,
     /// Where the tag came from: `header:NAME`, `baggage`, `caller`, `none`.
     pub tag_source: String,
-    /// The decision (`tagged`, `fallback`, `base`, ...); `null` if rejected.
+    /// The decision (`tagged`, `fallback`, `base`, `canary`,
+    /// `strict-reject`); `null` when none could be made (no endpoint).
     pub decision: Option<String>,
     /// The candidate endpoints (`ip:port`).
     pub candidates: Vec<String>,
@@ -307,9 +309,11 @@ pub struct TraceEvent {
     pub tag: Option<String>,
     /// Where the tag came from.
     pub tag_source: String,
-    /// The decision; `null` when rejected.
+    /// The decision (`tagged`, `fallback`, `base`, `canary`,
+    /// `strict-reject`); `null` when none could be made (no endpoint, a
+    /// request the router could not read).
     pub decision: Option<String>,
-    /// The endpoint; `null` when rejected.
+    /// The endpoint; `null` when the router answered itself.
     pub endpoint: Option<String>,
     /// HTTP status sent to the client (`0` for an L4 stream).
     pub status: u16,

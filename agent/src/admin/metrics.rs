@@ -22,7 +22,7 @@ pub struct RequestLabels {
     /// `tagged`, `fallback`, `base`, `canary`, `strict-reject`, or `none`
     /// when no decision could be made.
     pub decision: String,
-    /// `2xx`, `3xx`, `4xx`, `5xx`.
+    /// `2xx`, `3xx`, `4xx`, `5xx`, or `none` for an L4 stream.
     pub status_class: String,
 }
 
@@ -55,7 +55,7 @@ impl Default for Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
-            "HTTP requests routed, by service, tag, decision and status class",
+            "HTTP requests and L4 streams routed, by service, tag, decision and status class (none for L4 streams)",
             requests.clone(),
         );
         let durations = Family::<ServiceLabels, Histogram>::new_with_constructor(|| {
@@ -108,15 +108,30 @@ pub struct Gauges {
 }
 
 impl Metrics {
-    /// Counts a finished request.
-    pub fn request(&self, labels: RequestLabels, duration: Duration) {
-        let service = ServiceLabels {
-            service: labels.service.clone(),
-        };
+    /// Counts a finished request or L4 stream; `duration` (requests only)
+    /// goes into the duration histogram.
+    pub fn request(&self, labels: RequestLabels, duration: Option<Duration>) {
+        if let Some(duration) = duration {
+            let service = ServiceLabels {
+                service: labels.service.clone(),
+            };
+            self.durations
+                .get_or_create(&service)
+                .observe(duration.as_secs_f64());
+        }
         self.requests.get_or_create(&labels).inc();
-        self.durations
-            .get_or_create(&service)
-            .observe(duration.as_secs_f64());
+    }
+
+    /// Gives each service its error counters at 0, so they are scraped (and
+    /// alerts on them work) before the first error. Series of services that
+    /// went away are kept: a counter does not go back.
+    pub fn known_services(&self, services: impl IntoIterator<Item = String>) {
+        for service in services {
+            let labels = ServiceLabels { service };
+            // Creating the series is the point; the guard is not needed.
+            drop(self.connect_errors.get_or_create(&labels));
+            drop(self.policy_errors.get_or_create(&labels));
+        }
     }
 
     /// Counts a failed upstream connect.
@@ -220,8 +235,8 @@ mod tests {
             decision: "tagged".into(),
             status_class: status_class(200),
         };
-        m.request(labels.clone(), Duration::from_millis(2));
-        m.request(labels, Duration::from_millis(3));
+        m.request(labels.clone(), Some(Duration::from_millis(2)));
+        m.request(labels, Some(Duration::from_millis(3)));
         m.connect_error("default/reviews");
         m.snapshot_applied();
         let text = m.render(&Gauges {

@@ -435,7 +435,7 @@ fn status(state: &AdminState) -> api::Status {
             updates: state.router.telemetry.metrics.snapshot_updates(),
             services: snapshot.services.len() as u64,
             service_ports: snapshot.by_vip.len() as u64,
-            endpoints: snapshot.ports.iter().map(|p| p.backends.len() as u64).sum(),
+            endpoints: snapshot.endpoint_count() as u64,
             pods_enrolled: applied.pods_by_cookie.len() as u64,
             pods_unenrolled: applied.unenrolled.len() as u64,
         },

@@ -279,7 +279,11 @@ pub(crate) fn explanation(e: &Explanation) -> String {
     }
     match (&e.endpoint, &e.reject) {
         (_, Some(reason)) => {
-            let _ = writeln!(out, "=> rejected: {reason} (the router answers 503)");
+            let _ = writeln!(
+                out,
+                "=> no endpoint: {reason} (decision {}; the router answers 503)",
+                e.decision.as_deref().unwrap_or("none")
+            );
         }
         (Some(endpoint), None) => {
             let _ = writeln!(
@@ -314,7 +318,7 @@ pub(crate) fn trace_line(e: &TraceEvent) -> String {
         e.service,
         or_dash(e.tag.as_deref()),
         e.tag_source,
-        e.decision.as_deref().unwrap_or("rejected"),
+        e.decision.as_deref().unwrap_or("none"),
         or_dash(e.endpoint.as_deref()),
         status,
         human_us(e.duration_us),

@@ -686,7 +686,7 @@ fn explain_sends_headers_and_prints_steps() {
     assert!(text.contains("from=\"\""), "{text}");
     assert!(text.contains("not an enrolled pod"), "{text}");
     assert!(text.ends_with(
-        "=> rejected: no endpoint of default/ratings for tag joint1 (the router answers 503)\n"
+        "=> no endpoint: no endpoint of default/ratings for tag joint1 (decision none; the router answers 503)\n"
     ));
 
     let err = exec(&agent.socket(), &["explain", "--to", "nope"]).unwrap_err();
@@ -764,7 +764,7 @@ fn trace_json_prints_ndjson() {
     let text = run_ok(&agent, &["trace", "--tag", "end"]);
     assert!(
         text.lines().nth(2).unwrap().ends_with(
-            "default/client -> default/ratings tag=gray (baggage) rejected -> - 503 120µs error: no endpoint for tag gray"
+            "default/client -> default/ratings tag=gray (baggage) none -> - 503 120µs error: no endpoint for tag gray"
         ),
         "{text}"
     );
@@ -898,4 +898,47 @@ fn preflight_document() {
     let text = String::from_utf8(out).unwrap();
     assert!(text.starts_with("RESULT  CHECK"), "{text}");
     assert!(text.contains("pass    kernel"), "{text}");
+}
+
+#[test]
+fn a_strict_lane_rejection_is_strict_reject_in_trace_explain_and_help() {
+    let [_, _, mut event] = trace_events().try_into().unwrap();
+    event.decision = Some("strict-reject".into());
+    let line = render::trace_line(&event);
+    assert!(line.contains(" strict-reject -> - 503 "), "{line}");
+    event.decision = None;
+    let line = render::trace_line(&event);
+    assert!(line.contains(" none -> - 503 "), "no decision: {line}");
+
+    let strict = Explanation {
+        service: "default/reviews".into(),
+        destination: "10.96.0.10:80".into(),
+        caller: None,
+        caller_tag: None,
+        tag: Some("gray".into()),
+        tag_source: "header:x-mse-tag".into(),
+        decision: Some("strict-reject".into()),
+        candidates: Vec::new(),
+        endpoint: None,
+        reject: Some("lane gray of service default/reviews has no serving endpoint".into()),
+        steps: Vec::new(),
+    };
+    let text = render::explanation(&strict);
+    assert!(
+        text.ends_with(
+            "=> no endpoint: lane gray of service default/reviews has no serving endpoint \
+             (decision strict-reject; the router answers 503)\n"
+        ),
+        "{text}"
+    );
+    use clap::CommandFactory;
+    for command in ["trace", "explain"] {
+        let help = TestCli::command()
+            .find_subcommand_mut(command)
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("strict-reject"), "{help}");
+        assert!(!help.contains("rejected"), "{help}");
+    }
 }

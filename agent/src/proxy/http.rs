@@ -130,6 +130,8 @@ enum Decision {
         status: u16,
         body: String,
         target: Option<Target>,
+        /// The `x-laneway-route` value, when asked for.
+        route_header: Option<String>,
         error: Error,
     },
     /// Send the request over `upstream`.
@@ -438,9 +440,11 @@ impl Conn<'_> {
                 status,
                 body,
                 target,
+                route_header,
                 error,
             } => {
-                self.reject(client, info, status, &body, target, error, out)
+                let route = route_header.as_deref();
+                self.reject(client, info, (status, &body, route), target, error, out)
                     .await
             }
             Decision::Forward {
@@ -456,8 +460,8 @@ impl Conn<'_> {
     }
 
     /// Parse and check the head, ask the router and connect (retrying other
-    /// endpoints); leaves the upstream request head (tag not yet written) in
-    /// `req_head`.
+    /// endpoints); when forwarding, leaves the upstream request head (tag not
+    /// yet written) in `req_head`.
     async fn decide(&mut self, head_len: usize) -> Decision {
         let mut headers = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
@@ -473,7 +477,6 @@ impl Conn<'_> {
         if info.is_connect {
             return Decision::Invalid(405, Error::ConnectMethod);
         }
-        head::write_request_head(&mut self.req_head, &req, &self.cfg.tag_header, info.upgrade);
         let method = req.method.unwrap_or("");
         let path = req.path.unwrap_or("");
         self.exclude.clear();
@@ -500,16 +503,22 @@ impl Conn<'_> {
                             info,
                             status: 502,
                             body: format!("{error}\n"),
+                            route_header: target.route_header.clone(),
                             target: Some(target),
                             error,
                         };
                     }
                     return match other {
-                        Route::Reject { status, body } => Decision::Reject {
+                        Route::Reject {
+                            status,
+                            body,
+                            route_header,
+                        } => Decision::Reject {
                             info,
                             status,
                             body,
                             target: None,
+                            route_header,
                             error: Error::Rejected,
                         },
                         // An excluded endpoint without a recorded failure
@@ -518,6 +527,7 @@ impl Conn<'_> {
                             info,
                             status: 503,
                             body: "no upstream endpoint available\n".to_owned(),
+                            route_header: target.route_header.clone(),
                             target: Some(target),
                             error: Error::Rejected,
                         },
@@ -526,6 +536,12 @@ impl Conn<'_> {
             };
             match self.pool.get(target.endpoint).await {
                 Ok((upstream, reused)) => {
+                    head::write_request_head(
+                        &mut self.req_head,
+                        &req,
+                        &target.tag_header,
+                        info.upgrade,
+                    );
                     return Decision::Forward {
                         info,
                         target,
@@ -542,15 +558,13 @@ impl Conn<'_> {
         }
     }
 
-    /// Answer a request ourselves; keep the connection when its body could be
-    /// skipped.
-    #[allow(clippy::too_many_arguments)]
+    /// Answer a request ourselves with `(status, body, x-laneway-route)`;
+    /// keep the connection when its body could be skipped.
     async fn reject(
         &mut self,
         client: &mut TcpStream,
         mut info: RequestInfo,
-        status: u16,
-        body: &str,
+        (status, body, route): (u16, &str, Option<&str>),
         target: Option<Target>,
         error: Error,
         out: &mut Outcome,
@@ -578,7 +592,6 @@ impl Conn<'_> {
                 keep = false;
             }
         }
-        let route = target.as_ref().and_then(|t| t.route_header.as_deref());
         self.send_error(client, status, body, route, !keep, !info.is_head)
             .await;
         out.status = status;
@@ -603,7 +616,7 @@ impl Conn<'_> {
     ) -> Next {
         head::finish_request_head(
             &mut self.req_head,
-            &self.cfg.tag_header,
+            &target.tag_header,
             target.tag.as_deref(),
             target.baggage.as_deref(),
         );

@@ -5,13 +5,14 @@
 //! bytes both ways until both directions ended. Half-close is respected: EOF
 //! from one side becomes a `shutdown(Write)` towards the other while the other
 //! direction keeps flowing. The same tunnel serves upgraded HTTP connections
-//! after a `101 Switching Protocols`.
+//! after a `101 Switching Protocols`. A passthrough stream is reported to
+//! [`Routes::observe`] once, when it ends, with no HTTP status.
 
 use std::{io, net::SocketAddr};
 
-use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio::{io::AsyncWriteExt, net::TcpStream, time::Instant};
 
-use super::{Pool, Route, Routes};
+use super::{Pool, RequestOutcome, Route, Routes, STATUS_L4, Target};
 
 /// Buffer size of each tunnel direction.
 const TUNNEL_BUF: usize = 32 * 1024;
@@ -32,18 +33,36 @@ pub(crate) enum Error {
     Io(#[from] io::Error),
 }
 
-/// Serve an opaque stream: route, connect, copy both ways.
+/// Serve an opaque stream: route, connect, copy both ways; report it to
+/// the router when it ends.
 pub(crate) async fn passthrough(mut client: TcpStream, routes: &dyn Routes, pool: &Pool) {
-    match run(&mut client, routes, pool).await {
-        Ok((up, down)) => tracing::debug!(up, down, "l4 stream finished"),
-        Err(e) => tracing::debug!(error = %e, "l4 stream ended"),
-    }
+    let start = Instant::now();
+    let mut target = None;
+    let error = match run(&mut client, routes, pool, &mut target).await {
+        Ok((up, down)) => {
+            tracing::debug!(up, down, "l4 stream finished");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "l4 stream ended");
+            Some(e.to_string())
+        }
+    };
+    routes.observe(RequestOutcome {
+        target,
+        status: STATUS_L4,
+        duration: start.elapsed(),
+        error,
+    });
 }
 
+/// Route, connect and copy; `last` is left holding the target connected to
+/// (or the last one tried).
 async fn run(
     client: &mut TcpStream,
     routes: &dyn Routes,
     pool: &Pool,
+    last: &mut Option<Target>,
 ) -> Result<(u64, u64), Error> {
     let mut exclude = Vec::new();
     let mut upstream = loop {
@@ -53,11 +72,14 @@ async fn run(
                 if exclude.contains(&target.endpoint) || exclude.len() >= MAX_CONNECT_ATTEMPTS {
                     return Err(Error::NoEndpoint(exclude));
                 }
-                match pool.connect(target.endpoint).await {
+                let connected = pool.connect(target.endpoint).await;
+                let endpoint = target.endpoint;
+                *last = Some(target);
+                match connected {
                     Ok(stream) => break stream,
                     Err(e) => {
                         tracing::debug!(error = %e, "l4 connect failed");
-                        exclude.push(target.endpoint);
+                        exclude.push(endpoint);
                     }
                 }
             }

@@ -5,7 +5,9 @@
 //! letters (RFC 9110 token, restricted to `A-Z` plus `-`/`_` after the first
 //! letter) followed by a space. `PRI ` (the HTTP/2 connection preface) is
 //! opaque. Anything else, including no bytes within the sniff timeout
-//! (server-first protocols), is opaque.
+//! (server-first protocols), is opaque. The timeout applies to the first
+//! byte only: once bytes arrived, they decide (a client's first segment may
+//! hold just `GE`), within the header timeout.
 
 use std::{io, time::Duration};
 
@@ -15,8 +17,12 @@ use tokio::{net::TcpStream, time::Instant};
 const MAX_METHOD_LEN: usize = 20;
 /// How many bytes are peeked (enough for any accepted method plus the space).
 const PEEK_LEN: usize = MAX_METHOD_LEN + 2;
-/// Pause between peeks while the bytes so far are only a method prefix.
-const REPEEK_INTERVAL: Duration = Duration::from_millis(2);
+/// First pause between peeks while the bytes so far are only a method
+/// prefix; it doubles while nothing new arrives, up to [`REPEEK_MAX`].
+const REPEEK_MIN: Duration = Duration::from_millis(2);
+/// Longest pause between peeks: a slow client is still seen promptly, and a
+/// stuck one costs few wake-ups.
+const REPEEK_MAX: Duration = Duration::from_millis(64);
 
 /// Result of sniffing a client connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,10 +54,19 @@ pub(crate) fn classify(bytes: &[u8]) -> Option<Sniffed> {
     None
 }
 
-/// Peek at the client's first bytes for up to `timeout` and classify them.
-pub(crate) async fn sniff(stream: &TcpStream, timeout: Duration) -> io::Result<Sniffed> {
-    let deadline = super::deadline_after(timeout);
+/// Peek at the client's bytes and classify them. No byte within
+/// `first_byte` (the sniff timeout) is a server-first protocol: opaque.
+/// Once a byte arrived, the bytes decide; still undecided `decide_within`
+/// (the header timeout) after the first byte: opaque.
+pub(crate) async fn sniff(
+    stream: &TcpStream,
+    first_byte: Duration,
+    decide_within: Duration,
+) -> io::Result<Sniffed> {
+    let mut deadline = super::deadline_after(first_byte);
     let mut buf = [0u8; PEEK_LEN];
+    let mut seen = 0;
+    let mut pause = REPEEK_MIN;
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Err(_elapsed) => return Ok(Sniffed::Opaque),
@@ -63,13 +78,23 @@ pub(crate) async fn sniff(stream: &TcpStream, timeout: Duration) -> io::Result<S
         if let Some(decided) = classify(&buf[..n]) {
             return Ok(decided);
         }
-        // Only a prefix of a method so far: peek returns immediately while
-        // data is queued, so wait a little before looking again.
+        if seen == 0 {
+            deadline = super::deadline_after(decide_within);
+        }
+        // Only a prefix of a method so far: peek returns at once while data
+        // is queued, so wait before looking again, longer while nothing new
+        // comes.
+        pause = if n > seen {
+            REPEEK_MIN
+        } else {
+            (pause * 2).min(REPEEK_MAX)
+        };
+        seen = n;
         let now = Instant::now();
         if now >= deadline {
             return Ok(Sniffed::Opaque);
         }
-        tokio::time::sleep_until(deadline.min(now + REPEEK_INTERVAL)).await;
+        tokio::time::sleep_until(deadline.min(now + pause)).await;
     }
 }
 

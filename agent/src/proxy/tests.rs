@@ -22,7 +22,7 @@ use tokio::{
 use super::*;
 
 /// Upper bound for any single wait in a test.
-const WAIT: Duration = Duration::from_secs(5);
+pub(crate) const WAIT: Duration = Duration::from_secs(5);
 
 fn test_cfg() -> ProxyConfig {
     ProxyConfig {
@@ -118,23 +118,23 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 /// One request as the backend saw it.
 #[derive(Clone, Debug)]
-struct Seen {
+pub(crate) struct Seen {
     conn: usize,
     path: String,
-    raw_head: String,
+    pub(crate) raw_head: String,
     headers: Vec<(String, String)>,
     body_raw: Vec<u8>,
     body: Vec<u8>,
 }
 
-struct Backend {
-    addr: SocketAddr,
+pub(crate) struct Backend {
+    pub(crate) addr: SocketAddr,
     conns: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl Backend {
-    async fn start(name: &'static str) -> Backend {
+    pub(crate) async fn start(name: &'static str) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let conns = Arc::new(AtomicUsize::new(0));
@@ -149,7 +149,7 @@ impl Backend {
         Backend { addr, conns, seen }
     }
 
-    fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
 
@@ -309,7 +309,7 @@ async fn backend_conn(
 }
 
 /// A raw TCP server running `handler` for every connection.
-async fn spawn_server<F, Fut>(handler: F) -> SocketAddr
+pub(crate) async fn spawn_server<F, Fut>(handler: F) -> SocketAddr
 where
     F: Fn(TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -324,7 +324,7 @@ where
     addr
 }
 
-async fn echo(mut s: TcpStream) {
+pub(crate) async fn echo(mut s: TcpStream) {
     let (mut r, mut w) = s.split();
     let _ = tokio::io::copy(&mut r, &mut w).await;
     let _ = w.shutdown().await;
@@ -357,6 +357,7 @@ impl TestRoutes {
         Self::with_l4(http, |_| Route::Reject {
             status: 503,
             body: String::new(),
+            route_header: None,
         })
     }
 
@@ -378,6 +379,7 @@ impl TestRoutes {
             |_, _| Route::Reject {
                 status: 503,
                 body: String::new(),
+                route_header: None,
             },
             l4,
         )
@@ -406,6 +408,7 @@ impl Routes for TestRoutes {
 fn to(endpoint: SocketAddr) -> Route {
     Route::Forward(Target {
         endpoint,
+        tag_header: "x-mse-tag".into(),
         tag: None,
         baggage: None,
         route_header: None,
@@ -415,6 +418,7 @@ fn to(endpoint: SocketAddr) -> Route {
 fn to_tagged(endpoint: SocketAddr, tag: Option<&str>, route: Option<&str>) -> Route {
     Route::Forward(Target {
         endpoint,
+        tag_header: "x-mse-tag".into(),
         tag: tag.map(str::to_owned),
         baggage: None,
         route_header: route.map(str::to_owned),
@@ -472,8 +476,8 @@ impl Proxy {
 // Test client
 
 #[derive(Debug)]
-struct Resp {
-    status: u16,
+pub(crate) struct Resp {
+    pub(crate) status: u16,
     raw_head: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
@@ -481,7 +485,7 @@ struct Resp {
 }
 
 impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         header(&self.headers, name)
     }
 
@@ -490,30 +494,30 @@ impl Resp {
     }
 }
 
-struct Client {
-    s: TcpStream,
+pub(crate) struct Client {
+    pub(crate) s: TcpStream,
     buf: BytesMut,
 }
 
 impl Client {
-    async fn connect(addr: SocketAddr) -> Client {
+    pub(crate) async fn connect(addr: SocketAddr) -> Client {
         Client {
             s: TcpStream::connect(addr).await.unwrap(),
             buf: BytesMut::new(),
         }
     }
 
-    async fn send(&mut self, data: &[u8]) {
+    pub(crate) async fn send(&mut self, data: &[u8]) {
         self.s.write_all(data).await.unwrap();
     }
 
-    async fn get(&mut self, path: &str) -> Resp {
+    pub(crate) async fn get(&mut self, path: &str) -> Resp {
         self.send(format!("GET {path} HTTP/1.1\r\nHost: svc\r\n\r\n").as_bytes())
             .await;
         self.response().await
     }
 
-    async fn response(&mut self) -> Resp {
+    pub(crate) async fn response(&mut self) -> Resp {
         self.response_to(false).await
     }
 
@@ -1208,6 +1212,7 @@ async fn l4_connect_failure_tries_next_endpoint_and_reject_closes() {
         TestRoutes::l4_only(|_| Route::Reject {
             status: 503,
             body: String::new(),
+            route_header: None,
         }),
         Protocol::Opaque,
     )
@@ -1232,6 +1237,22 @@ async fn split_method_is_still_sniffed_as_http() {
     let r = c.response().await;
     assert_eq!(r.status, 200);
     assert_eq!(a.seen()[0].path, "/split");
+}
+
+#[tokio::test]
+async fn a_method_split_across_the_sniff_timeout_is_still_http() {
+    let a = Backend::start("a").await;
+    let aa = a.addr;
+    let cfg = test_cfg();
+    let slower_than_sniffing = cfg.sniff_timeout * 3;
+    let proxy = Proxy::start(cfg, TestRoutes::new(move |_, _| to(aa)), Protocol::Sniff).await;
+    let mut c = proxy.client().await;
+    c.send(b"GE").await;
+    sleep(slower_than_sniffing).await;
+    c.send(b"T /late HTTP/1.1\r\nHost: svc\r\n\r\n").await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "routed as HTTP, not passed through");
+    assert_eq!(a.seen()[0].path, "/late");
 }
 
 #[tokio::test]
@@ -1417,6 +1438,7 @@ async fn all_endpoints_refused_is_502_naming_them() {
                 None => Route::Reject {
                     status: 503,
                     body: "none left".into(),
+                    route_header: None,
                 },
             },
         ),
@@ -1444,6 +1466,7 @@ async fn reject_answers_status_and_body_and_keeps_connection() {
         TestRoutes::new(|_, _| Route::Reject {
             status: 503,
             body: "no lane for you\n".into(),
+            route_header: None,
         }),
         Protocol::Sniff,
     )
@@ -1612,6 +1635,7 @@ async fn concurrent_keep_alive_clients_on_multi_thread_runtime() {
             let ep = if tag.as_deref() == Some("b") { ba } else { aa };
             Route::Forward(Target {
                 endpoint: ep,
+                tag_header: "x-mse-tag".into(),
                 tag,
                 baggage: None,
                 route_header: None,

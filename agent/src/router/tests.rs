@@ -1,0 +1,204 @@
+//! The router over real loopback sockets, with no kernel programs: its
+//! listener is treated as transparent, so a connection's local address (the
+//! listener's own, 127.0.0.1:PORT) is the "VIP" the client dialled, and the
+//! test config names that address as a service.
+
+use std::{collections::HashMap, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+    time::{Instant, sleep},
+};
+
+use super::*;
+use crate::{
+    admin::metrics::Gauges,
+    config::Config,
+    proxy::tests::{Backend, Client, WAIT, echo, spawn_server},
+};
+
+/// A router serving one test config.
+struct TestRouter {
+    router: Arc<Router>,
+    /// Where clients connect: the service's "VIP" and port.
+    addr: SocketAddr,
+}
+
+impl TestRouter {
+    /// Starts a router whose config is `config(port)`, `port` being the
+    /// port clients connect to (use it as the service port on VIP
+    /// 127.0.0.1).
+    async fn start(config: impl FnOnce(u16) -> String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new(
+            applied(&config(addr.port()), None),
+            ProxyConfig {
+                sniff_timeout: Duration::from_millis(100),
+                ..ProxyConfig::default()
+            },
+            // A transparent listener: the destination is the local address.
+            None,
+        );
+        tokio::spawn(router.clone().serve(listener, true));
+        Self { router, addr }
+    }
+
+    /// Applies `config` as a reload would.
+    fn reload(&self, config: &str) {
+        let previous = self.router.applied();
+        self.router.swap(applied(config, Some(&previous.snapshot)));
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(self.addr).await
+    }
+
+    /// The `/metrics` text.
+    fn metrics(&self) -> String {
+        self.router.telemetry.metrics.render(&Gauges::default())
+    }
+
+    /// Waits until the `/metrics` text contains `line`.
+    async fn wait_for_metric(&self, line: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = self.metrics();
+            if text.contains(line) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no {line:?} in\n{text}");
+            sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn applied(config: &str, previous: Option<&Snapshot>) -> Applied {
+    let config = Config::parse(config).expect("valid test config");
+    Applied {
+        snapshot: Snapshot::from_config(&config, "test".into(), previous, previous.is_none()),
+        pods_by_cookie: HashMap::new(),
+        unenrolled: Vec::new(),
+    }
+}
+
+/// Service `default/reviews` on 127.0.0.1:`port` (HTTP) with a base
+/// endpoint on `base` and a `gray` one on `gray`; tag headers `headers`.
+fn reviews(port: u16, base: u16, gray: u16, headers: &str) -> String {
+    format!(
+        "tags: {{headers: [{headers}], strip_from_unknown_callers: false}}
+services:
+  - name: reviews
+    vips: [127.0.0.1]
+    ports: [{{port: {port}, name: http, protocol: http}}]
+    endpoints:
+      - {{ip: 127.0.0.1, ports: {{http: {base}}}}}
+      - {{ip: 127.0.0.1, tag: gray, ports: {{http: {gray}}}}}
+"
+    )
+}
+
+#[tokio::test]
+async fn a_reload_of_tag_headers_changes_the_header_written_upstream() {
+    let (base, gray) = (Backend::start("base").await, Backend::start("gray").await);
+    let (b, g) = (base.addr.port(), gray.addr.port());
+    let t = TestRouter::start(|port| reviews(port, b, g, "x-mse-tag")).await;
+    let mut c = t.client().await;
+    c.send(b"GET /1 HTTP/1.1\r\nhost: reviews\r\nx-mse-tag: gray\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await.status, 200);
+
+    t.reload(&reviews(t.addr.port(), b, g, "x-lane"));
+    let mut c = t.client().await;
+    c.send(b"GET /2 HTTP/1.1\r\nhost: reviews\r\nx-lane: gray\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await.status, 200);
+    let seen = gray.seen();
+    assert!(seen[0].raw_head.contains("x-mse-tag: gray\r\n"), "{seen:?}");
+    assert!(
+        seen[1].raw_head.contains("x-lane: gray\r\n") && !seen[1].raw_head.contains("x-mse-tag"),
+        "the header in force after the reload is written upstream: {:?}",
+        seen[1].raw_head
+    );
+}
+
+#[tokio::test]
+async fn an_l4_stream_is_counted_when_it_ends() {
+    let echo = spawn_server(echo).await;
+    let t = TestRouter::start(|port| {
+        format!(
+            "services:
+  - name: echo
+    vips: [127.0.0.1]
+    ports: [{{port: {port}, target_port: {}, protocol: tcp}}]
+    endpoints: [{{ip: 127.0.0.1}}]
+",
+            echo.port()
+        )
+    })
+    .await;
+    let mut c = t.client().await;
+    c.send(b"\x16\x03\x01 not http").await;
+    c.s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    c.s.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"\x16\x03\x01 not http");
+    t.wait_for_metric(
+        "laneway_requests_total{service=\"default/echo\",tag=\"\",decision=\"base\",status_class=\"none\"} 1\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_strict_lane_answers_503_with_the_route_header_when_asked() {
+    let base = Backend::start("base").await;
+    let b = base.addr.port();
+    let t = TestRouter::start(|port| {
+        format!(
+            "services:
+  - name: reviews
+    vips: [127.0.0.1]
+    ports: [{{port: {port}, target_port: {b}}}]
+    policy: {{lanes: gray=strict}}
+    endpoints: [{{ip: 127.0.0.1}}]
+tags: {{strip_from_unknown_callers: false}}
+"
+        )
+    })
+    .await;
+    let mut c = t.client().await;
+    c.send(b"GET / HTTP/1.1\r\nhost: reviews\r\nx-mse-tag: gray\r\nx-laneway-route: 1\r\n\r\n")
+        .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.header("x-laneway-route"),
+        Some("decision=strict-reject; service=default/reviews; tag=gray; endpoint=-")
+    );
+    // Not asked: not added.
+    c.send(b"GET / HTTP/1.1\r\nhost: reviews\r\nx-mse-tag: gray\r\n\r\n")
+        .await;
+    let r = c.response().await;
+    assert_eq!((r.status, r.header("x-laneway-route")), (503, None));
+}
+
+#[tokio::test]
+async fn every_known_service_has_its_error_counters_at_zero() {
+    let t = TestRouter::start(|port| reviews(port, 1, 2, "x-mse-tag")).await;
+    let text = t.metrics();
+    for line in [
+        "# TYPE laneway_policy_errors counter\n",
+        "laneway_policy_errors_total{service=\"default/reviews\"} 0\n",
+        "# TYPE laneway_upstream_connect_errors counter\n",
+        "laneway_upstream_connect_errors_total{service=\"default/reviews\"} 0\n",
+    ] {
+        assert!(text.contains(line), "no {line:?} in\n{text}");
+    }
+    t.reload(&reviews(t.addr.port(), 1, 2, "x-mse-tag").replace("reviews", "ratings"));
+    assert!(
+        t.metrics()
+            .contains("laneway_policy_errors_total{service=\"default/ratings\"} 0\n"),
+        "a service that comes with a reload gets its series too"
+    );
+}
