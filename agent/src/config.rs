@@ -645,6 +645,7 @@ impl Config {
         }
         let mut pods: HashMap<(String, String), usize> = HashMap::new();
         for (i, pod) in self.pods.iter().enumerate() {
+            self.validate_tc_pod(text, i, pod)?;
             let key = (pod.namespace.0.clone(), pod.name.0.clone());
             if let Some(first) = pods.insert(key, i) {
                 return Err(at_entry(
@@ -657,6 +658,45 @@ impl Config {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// What TC mode needs of a pod in the file: its veth (`interface`, in
+    /// `tc` mode the only way its packets are steered) and its IPs (a
+    /// transparent connection carries no record of its caller, so the router
+    /// knows the pod only by source address; an unknown caller's tags are
+    /// ignored, `tags.strip_from_unknown_callers`). Without them the pod's
+    /// requests would go to base in silence.
+    fn validate_tc_pod(&self, text: &str, i: usize, pod: &Pod) -> Result<(), String> {
+        let mode = match self.router.mode {
+            RedirectMode::Socket => return Ok(()),
+            RedirectMode::Tc => "tc",
+            RedirectMode::Both => "both",
+        };
+        let id = format!("{}/{}", pod.namespace, pod.name);
+        if self.router.mode == RedirectMode::Tc && pod.interface.is_none() {
+            return Err(at_entry(
+                text,
+                ("pods", i),
+                "name:",
+                &format!(
+                    "pods[{i}].interface: router.mode tc steers a pod at its host-side veth: \
+                     name pod {id}'s"
+                ),
+            ));
+        }
+        if pod.ips.is_empty() {
+            return Err(at_entry(
+                text,
+                ("pods", i),
+                "name:",
+                &format!(
+                    "pods[{i}].ips: with router.mode {mode} the router knows a calling pod by \
+                     its source address (tags from unknown callers are ignored): list pod \
+                     {id}'s IPs"
+                ),
+            ));
         }
         Ok(())
     }
@@ -966,6 +1006,32 @@ pods:
             e.contains("router.redirect_ipv4") && e.contains("`auto`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn tc_mode_pods_need_their_veth_and_ips() {
+        let tc = |pod: &str| {
+            Config::parse(&format!(
+                "router: {{mode: tc}}\nservices: []\npods:\n  - {{name: a, netns: /run/netns/a}}\n  \
+                 - {pod}\n"
+            ))
+        };
+        let e = tc("{name: b, netns: /run/netns/b, ips: [10.0.0.2]}").unwrap_err();
+        assert!(
+            e.starts_with("pods[0].interface") && e.ends_with("line 4"),
+            "{e}"
+        );
+        let text = "router: {mode: tc}\npods:\n  - {name: b, netns: /x, interface: v}\n";
+        let e = Config::parse(text).unwrap_err();
+        assert!(
+            e.starts_with("pods[0].ips") && e.contains("default/b") && e.ends_with("line 3"),
+            "{e}"
+        );
+        let both = "router: {mode: both}\npods:\n  - {name: b, netns: /x}\n";
+        assert!(Config::parse(both).unwrap_err().starts_with("pods[0].ips"));
+        Config::parse(&text.replace("interface: v", "interface: v, ips: [10.0.0.2]"))
+            .expect("a TC pod with veth and IPs");
+        Config::parse("pods:\n  - {name: b, netns: /x}\n").expect("socket mode needs neither");
     }
 
     #[test]
