@@ -12,7 +12,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
     path::{Path, PathBuf},
     str::FromStr,
     time::Duration,
@@ -131,6 +131,11 @@ pub struct RouterConfig {
     pub listen_v6: Option<SocketAddr>,
     /// The address redirected IPv4 connects are sent to: one that pods reach
     /// and that lands on `listen` (the node's address as pods see it).
+    /// Written `auto` (the default), it is the unspecified address here, and
+    /// the agent derives the node's address at start
+    /// ([`Config::derive_redirect_ipv4`]). A loopback address is refused: in a
+    /// pod's network namespace it is the pod's own loopback.
+    #[serde(with = "auto_ip")]
     pub redirect_ipv4: IpAddr,
     /// The address redirected IPv6 connects are sent to (with `listen_v6`).
     pub redirect_ipv6: Option<IpAddr>,
@@ -183,7 +188,7 @@ impl Default for RouterConfig {
             tproxy_listen: SocketAddr::from(([0, 0, 0, 0], 15006)),
             listen: SocketAddr::from(([0, 0, 0, 0], 15001)),
             listen_v6: None,
-            redirect_ipv4: IpAddr::from([127, 0, 0, 1]),
+            redirect_ipv4: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             redirect_ipv6: None,
             socket_mark: 0x4c57,
             max_header_bytes: 64 * 1024,
@@ -587,6 +592,26 @@ impl Config {
                 "tags.headers: name at least one tag header",
             ));
         }
+        for (field, ip, hint) in [
+            (
+                "redirect_ipv4",
+                Some(self.router.redirect_ipv4),
+                ", or leave it out (auto: the agent derives it at start)",
+            ),
+            ("redirect_ipv6", self.router.redirect_ipv6, ""),
+        ] {
+            if let Some(ip) = ip.filter(IpAddr::is_loopback) {
+                return Err(at(
+                    text,
+                    &format!("{field}:"),
+                    &format!(
+                        "router.{field}: {ip} is a loopback address, which inside a pod's \
+                         network namespace is the pod's own, not the node: write the node's \
+                         address as pods reach it{hint}"
+                    ),
+                ));
+            }
+        }
         if self.router.listen_v6.is_some() != self.router.redirect_ipv6.is_some() {
             return Err(at(
                 text,
@@ -643,6 +668,7 @@ impl Config {
         }
         let mut pods: HashMap<(String, String), usize> = HashMap::new();
         for (i, pod) in self.pods.iter().enumerate() {
+            self.validate_tc_pod(text, i, pod)?;
             let key = (pod.namespace.0.clone(), pod.name.0.clone());
             if let Some(first) = pods.insert(key, i) {
                 return Err(at_entry(
@@ -657,6 +683,132 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// What TC mode needs of a pod in the file: its veth (`interface`, in
+    /// `tc` mode the only way its packets are steered) and its IPs (a
+    /// transparent connection carries no record of its caller, so the router
+    /// knows the pod only by source address; an unknown caller's tags are
+    /// ignored, `tags.strip_from_unknown_callers`). Without them the pod's
+    /// requests would go to base in silence.
+    fn validate_tc_pod(&self, text: &str, i: usize, pod: &Pod) -> Result<(), String> {
+        let mode = match self.router.mode {
+            RedirectMode::Socket => return Ok(()),
+            RedirectMode::Tc => "tc",
+            RedirectMode::Both => "both",
+        };
+        let id = format!("{}/{}", pod.namespace, pod.name);
+        if self.router.mode == RedirectMode::Tc && pod.interface.is_none() {
+            return Err(at_entry(
+                text,
+                ("pods", i),
+                "name:",
+                &format!(
+                    "pods[{i}].interface: router.mode tc steers a pod at its host-side veth: \
+                     name pod {id}'s"
+                ),
+            ));
+        }
+        if pod.ips.is_empty() {
+            return Err(at_entry(
+                text,
+                ("pods", i),
+                "name:",
+                &format!(
+                    "pods[{i}].ips: with router.mode {mode} the router knows a calling pod by \
+                     its source address (tags from unknown callers are ignored): list pod \
+                     {id}'s IPs"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The node's IPv4 address as pods reach it, for `router.redirect_ipv4:
+    /// auto`: the source address the node's routing table picks toward an
+    /// enrolled pod (`pods[].ips`), else toward a service endpoint, else
+    /// toward the default route (as the kubelet picks a node IP). The first
+    /// two are the address the kubelet's probes come from, which a pod must
+    /// answer, so pods reach it. Returns the address and what it was found
+    /// through; `None` when no IPv4 route gives a non-loopback source.
+    /// Call it in the node's network namespace.
+    pub fn derive_redirect_ipv4(&self) -> Option<(Ipv4Addr, String)> {
+        let pods = self.pods.iter().flat_map(|p| {
+            p.ips
+                .iter()
+                .map(move |ip| (*ip, format!("pod {}/{} ({ip})", p.namespace, p.name)))
+        });
+        let endpoints = self.services.iter().flat_map(|s| {
+            s.endpoints.iter().map(move |e| {
+                (
+                    e.ip,
+                    format!("endpoint {} of {}/{}", e.ip, s.namespace, s.name),
+                )
+            })
+        });
+        let default_route = std::iter::once((
+            IpAddr::V4(DEFAULT_ROUTE_PROBE),
+            "the default route".to_owned(),
+        ));
+        pods.chain(endpoints)
+            .chain(default_route)
+            .find_map(|(ip, through)| match ip {
+                IpAddr::V4(v4) => source_toward(v4).map(|source| (source, through)),
+                IpAddr::V6(_) => None,
+            })
+    }
+
+    /// Whether a service has an IPv4 VIP (only those are redirected on the
+    /// IPv4 path).
+    pub fn has_ipv4_vip(&self) -> bool {
+        self.services
+            .iter()
+            .any(|s| s.vips.iter().any(IpAddr::is_ipv4))
+    }
+}
+
+/// A destination that only the default route covers (TEST-NET-1, never
+/// routed on purpose); nothing is sent to it.
+const DEFAULT_ROUTE_PROBE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+
+/// The source address the kernel picks for packets to `dest` (a UDP
+/// `connect` looks up the route and sends nothing); loopback and
+/// unspecified answers are no node address.
+fn source_toward(dest: Ipv4Addr) -> Option<Ipv4Addr> {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    socket.connect((dest, 9)).ok()?;
+    match socket.local_addr().ok()?.ip() {
+        IpAddr::V4(source) if !source.is_loopback() && !source.is_unspecified() => Some(source),
+        _ => None,
+    }
+}
+
+/// `router.redirect_ipv4`: an IP address, or `auto`, held as the unspecified
+/// address (which the kernel programs read as "no IPv4 redirect").
+mod auto_ip {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+    /// Writes `auto` for the unspecified address.
+    pub fn serialize<S: Serializer>(ip: &IpAddr, s: S) -> Result<S::Ok, S::Error> {
+        match ip.is_unspecified() {
+            true => s.serialize_str("auto"),
+            false => ip.serialize(s),
+        }
+    }
+
+    /// Reads `auto` or an address.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<IpAddr, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.as_str() {
+            "auto" => Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            _ => text.parse().map_err(|_| {
+                de::Error::custom(format!(
+                    "invalid IP address {text:?}: write the node's address or `auto`"
+                ))
+            }),
+        }
     }
 }
 
@@ -870,6 +1022,69 @@ pods:
         let e = error_of(&text);
         assert!(e.contains("already used by service default/reviews"), "{e}");
         assert!(e.contains("at line"), "{e}");
+    }
+
+    #[test]
+    fn redirect_ipv4_defaults_to_auto_and_refuses_loopback() {
+        let c = Config::parse("services: []\n").expect("valid");
+        assert!(c.router.redirect_ipv4.is_unspecified(), "auto by default");
+        let dumped = serde_yaml::to_string(&c).expect("serializes");
+        assert!(dumped.contains("redirect_ipv4: auto"), "{dumped}");
+        let again = Config::parse(&dumped).expect("dump parses");
+        assert!(again.router.redirect_ipv4.is_unspecified());
+        let e = error_of(&GOOD.replace("10.200.0.1", "127.0.0.1"));
+        assert!(
+            e.contains("router.redirect_ipv4: 127.0.0.1 is a loopback address")
+                && e.contains("line 4"),
+            "{e}"
+        );
+        let e = error_of(&GOOD.replace("10.200.0.1", "node"));
+        assert!(
+            e.contains("router.redirect_ipv4") && e.contains("`auto`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tc_mode_pods_need_their_veth_and_ips() {
+        let tc = |pod: &str| {
+            Config::parse(&format!(
+                "router: {{mode: tc}}\nservices: []\npods:\n  - {{name: a, netns: /run/netns/a}}\n  \
+                 - {pod}\n"
+            ))
+        };
+        let e = tc("{name: b, netns: /run/netns/b, ips: [10.0.0.2]}").unwrap_err();
+        assert!(
+            e.starts_with("pods[0].interface") && e.ends_with("line 4"),
+            "{e}"
+        );
+        let text = "router: {mode: tc}\npods:\n  - {name: b, netns: /x, interface: v}\n";
+        let e = Config::parse(text).unwrap_err();
+        assert!(
+            e.starts_with("pods[0].ips") && e.contains("default/b") && e.ends_with("line 3"),
+            "{e}"
+        );
+        let both = "router: {mode: both}\npods:\n  - {name: b, netns: /x}\n";
+        assert!(Config::parse(both).unwrap_err().starts_with("pods[0].ips"));
+        Config::parse(&text.replace("interface: v", "interface: v, ips: [10.0.0.2]"))
+            .expect("a TC pod with veth and IPs");
+        Config::parse("pods:\n  - {name: b, netns: /x}\n").expect("socket mode needs neither");
+    }
+
+    #[test]
+    fn a_loopback_route_is_no_node_address() {
+        assert_eq!(source_toward(Ipv4Addr::new(127, 0, 0, 9)), None);
+        let c = Config::parse(
+            "services:\n  - {name: a, vips: [10.96.0.1], ports: [{port: 80}], \
+             endpoints: [{ip: 127.0.0.7}]}\n",
+        )
+        .expect("valid");
+        assert!(c.has_ipv4_vip());
+        // The loopback endpoint gives nothing; whatever is found comes from
+        // the default route of the machine running the test.
+        if let Some((_, through)) = c.derive_redirect_ipv4() {
+            assert_eq!(through, "the default route");
+        }
     }
 
     #[test]

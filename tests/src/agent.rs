@@ -2,6 +2,7 @@
 //! like its parent, in the test cgroup), with a static config.
 
 use std::{
+    ffi::OsString,
     fs::File,
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::PathBuf,
@@ -14,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use crate::{
     kube::Cluster,
     node::{Node, Scenario},
+    view::AgentView,
 };
 
 /// Agents started by this process: each writes its own log file.
@@ -27,6 +29,31 @@ pub fn binary() -> PathBuf {
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/laneway")
         })
+}
+
+/// How [`Agent::spawn`] starts an agent.
+#[derive(Debug, Default)]
+pub struct Launch {
+    /// Its config file on the host (what [`Agent::rewrite_config`] edits).
+    pub config: PathBuf,
+    /// Every argument after the binary. With `--ready-file` readiness is
+    /// that file; without, `/readyz` on the admin listener.
+    pub args: Vec<OsString>,
+    /// Environment besides `RUST_LOG` (which these override).
+    pub env: Vec<(OsString, OsString)>,
+    /// The agent's own view of the node's files (else the host's, and the
+    /// host's mount namespace).
+    pub view: Option<AgentView>,
+    /// The cgroup the agent's process runs in (else its node's, where its
+    /// programs attach).
+    pub cgroup: Option<PathBuf>,
+}
+
+/// `agent-N` of a log file `agent-N.log`.
+fn log_stem(log: &std::path::Path) -> String {
+    log.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// A running agent; killed on drop.
@@ -62,7 +89,7 @@ impl Agent {
             .replace("services:\n", "")
             .replace("pods:\n", "");
         std::fs::write(&config, text)?;
-        let mut args: Vec<std::ffi::OsString> = vec!["--kube".into(), "--kubeconfig".into()];
+        let mut args: Vec<OsString> = vec!["--kube".into(), "--kubeconfig".into()];
         args.push(cluster.kubeconfig.clone().into_os_string());
         args.extend(["--node-name".into(), crate::kube::NODE_NAME.into()]);
         Self::launch(node, config, &args)
@@ -79,26 +106,39 @@ impl Agent {
     pub fn start_outside_cgroup(node: &Node, scenario: &Scenario) -> Result<Self> {
         let config = node.dir().join("laneway.yaml");
         std::fs::write(&config, node.agent_config(scenario))?;
-        let procs = node.outside_cgroup().join("cgroup.procs");
-        let procs = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&procs)
-            .with_context(|| format!("open {}", procs.display()))?;
-        Self::spawn(node, config, &[], Some(procs))
+        Self::launch_in(node, config, &[], Some(node.outside_cgroup().to_owned()))
     }
 
-    fn launch(node: &Node, config: PathBuf, extra: &[std::ffi::OsString]) -> Result<Self> {
-        Self::spawn(node, config, extra, None)
+    fn launch(node: &Node, config: PathBuf, extra: &[OsString]) -> Result<Self> {
+        Self::launch_in(node, config, extra, None)
     }
 
-    /// Starts the agent (in `cgroup_procs`'s cgroup, if given: it writes
-    /// itself there before exec) and waits until it is ready.
-    fn spawn(
+    /// `laneway agent --config CONFIG --ready-file ... EXTRA`, in `cgroup`
+    /// (else the node's).
+    fn launch_in(
         node: &Node,
         config: PathBuf,
-        extra: &[std::ffi::OsString],
-        cgroup_procs: Option<File>,
+        extra: &[OsString],
+        cgroup: Option<PathBuf>,
     ) -> Result<Self> {
+        let ready = node.dir().join("ready");
+        let mut args: Vec<OsString> = vec!["agent".into(), "--config".into()];
+        args.extend([config.clone().into(), "--ready-file".into(), ready.into()]);
+        args.extend_from_slice(extra);
+        Self::spawn(
+            node,
+            Launch {
+                config,
+                args,
+                cgroup,
+                ..Launch::default()
+            },
+        )
+    }
+
+    /// Starts the agent as `launch` says, in the node's netns; returns once
+    /// it is ready (its ready file, or `/readyz` as the kubelet probes it).
+    pub fn spawn(node: &Node, launch: Launch) -> Result<Self> {
         let ready = node.dir().join("ready");
         let _ = std::fs::remove_file(&ready);
         let log = node.dir().join(format!(
@@ -114,55 +154,82 @@ impl Agent {
                 bin.display()
             );
         }
+        let view = match &launch.view {
+            Some(view) => {
+                let stage = node.dir().join(format!("view-{}", log_stem(&log)));
+                std::fs::create_dir(&stage)?;
+                Some(view.prepare(&stage, &[node.dir()])?)
+            }
+            None => None,
+        };
         let mut cmd = Command::new(&bin);
-        cmd.args(["agent", "--config"])
-            .arg(&config)
-            .arg("--ready-file")
-            .arg(&ready)
-            .args(extra)
+        cmd.args(&launch.args)
             .env(
                 "RUST_LOG",
                 std::env::var("LANEWAY_TEST_LOG").unwrap_or_else(|_| "info,laneway=debug".into()),
             )
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
         let fd = netns.as_raw_fd();
-        let procs = cgroup_procs.as_ref().map(|f| f.as_raw_fd());
-        // SAFETY: setns and write are async-signal-safe; the fds stay open in
-        // the parent until spawn returns.
+        // The agent lives in its node's cgroup, whichever node's the test
+        // process is in now: the sockets it accepts are its listener's, and
+        // the programs attached there must see them (`getsockopt`).
+        let cgroup = launch.cgroup.as_deref().unwrap_or(node.cgroup());
+        let procs_file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(cgroup.join("cgroup.procs"))?;
+        let procs = procs_file.as_raw_fd();
+        // SAFETY: setns, write and the view's steps are system calls only
+        // (no allocation); the fds and the view stay alive in the parent
+        // until spawn returns.
         unsafe {
             cmd.pre_exec(move || {
+                // "0": the writing process itself.
+                if libc::write(procs, c"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                // "0" moves the writing process itself.
-                if let Some(procs) = procs
-                    && libc::write(procs, b"0".as_ptr().cast(), 1) != 1
-                {
-                    return Err(std::io::Error::last_os_error());
+                match &view {
+                    Some(view) => view.enter(),
+                    None => Ok(()),
                 }
-                Ok(())
             });
         }
         let child = cmd
             .spawn()
             .with_context(|| format!("spawn {}", bin.display()))?;
-        let mut agent = Self { child, config, log };
+        let mut agent = Self {
+            child,
+            config: launch.config,
+            log,
+        };
+        let probe_args = launch.args.iter().any(|a| a == "--ready-file");
+        agent.wait_ready(|| match probe_args {
+            true => ready.exists(),
+            false => node.admin_get("/readyz").is_ok_and(|(code, _)| code == 200),
+        })?;
+        Ok(agent)
+    }
+
+    fn wait_ready(&mut self, ready: impl Fn() -> bool) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !ready.exists() {
-            if let Some(status) = agent.child.try_wait()? {
+        while !ready() {
+            if let Some(status) = self.child.try_wait()? {
                 bail!(
                     "agent exited ({status}) before it was ready:\n{}",
-                    agent.log()
+                    self.log()
                 );
             }
             if Instant::now() > deadline {
-                bail!("agent not ready after 20 s:\n{}", agent.log());
+                bail!("agent not ready after 20 s:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(agent)
+        Ok(())
     }
 
     /// Its log so far.

@@ -110,8 +110,11 @@ impl Backend {
         port: u16,
         serve: impl Fn(TcpStream) + Send + Sync + Clone + 'static,
     ) -> Result<Self> {
-        // Dual-stack: [::] takes IPv4 too (bindv6only is 0 in a fresh netns).
-        let listener = pod.netns.run(move || TcpListener::bind(("::", port)))??;
+        // Dual-stack: [::] takes IPv4 too (bindv6only is 0 in a fresh netns);
+        // a pod without IPv6 takes 0.0.0.0.
+        let listener = pod.netns.run(move || {
+            TcpListener::bind(("::", port)).or_else(|_| TcpListener::bind(("0.0.0.0", port)))
+        })??;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU64::new(0));

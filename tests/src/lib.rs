@@ -18,6 +18,7 @@ pub mod kube;
 pub mod netns;
 pub mod node;
 pub mod standard;
+pub mod view;
 
 pub use agent::Agent;
 
@@ -31,7 +32,7 @@ impl Drop for StopOnDrop<'_> {
         self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
-pub use node::{Node, Pod, Scenario, ServiceSpec};
+pub use node::{Node, NodeOptions, Pod, Scenario, ServiceSpec};
 pub use standard::Standard;
 
 /// The fields of a `/proc/PID/stat` (or `task/TID/stat`) line after

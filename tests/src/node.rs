@@ -29,6 +29,39 @@ const GATEWAY6: &str = "fe80::1";
 
 static NODES: AtomicU32 = AtomicU32::new(0);
 
+/// The cgroup the test process was in before it joined any test cgroup; it
+/// goes back there when a node's cgroup is removed.
+static HOME_CGROUP: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// How a node is built: its address families, and its place among the
+/// nodes of a test.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeOptions {
+    /// The node and its pods have IPv4 addresses and routes.
+    pub ipv4: bool,
+    /// The node and its pods have IPv6 addresses and routes.
+    pub ipv6: bool,
+    /// IPv6 is off in the node netns (`net.ipv6.conf.all.disable_ipv6=1`,
+    /// and for veths made later), as on a node booted without IPv6. Its
+    /// pods get no IPv6 either.
+    pub ipv6_disabled: bool,
+    /// The node's number among the test's nodes: its address is
+    /// 10.244.255.(1+n) (fd00:244:ffff::(1+n)), its pods' 10.244.n.x
+    /// (fd00:244:n::x).
+    pub number: u8,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self {
+            ipv4: true,
+            ipv6: true,
+            ipv6_disabled: false,
+            number: 0,
+        }
+    }
+}
+
 /// A pod: a netns joined to the node by a veth pair.
 #[derive(Debug)]
 pub struct Pod {
@@ -83,7 +116,6 @@ pub struct Scenario {
 #[derive(Debug)]
 struct TestCgroup {
     path: PathBuf,
-    previous: PathBuf,
 }
 
 impl TestCgroup {
@@ -97,19 +129,28 @@ impl TestCgroup {
             .lines()
             .find_map(|l| l.strip_prefix("0::"))
             .context("no cgroup v2 entry in /proc/self/cgroup")?;
-        let previous = root.join(rel.trim_start_matches('/'));
-        std::fs::write(path.join("cgroup.procs"), std::process::id().to_string())
-            .with_context(|| format!("join {}", path.display()))?;
-        Ok(Self { path, previous })
+        HOME_CGROUP.get_or_init(|| root.join(rel.trim_start_matches('/')));
+        let cgroup = Self { path };
+        cgroup.join()?;
+        Ok(cgroup)
+    }
+
+    /// Moves the whole test process here (cgroup v2 membership is per
+    /// process): sockets it creates from now on are this node's.
+    fn join(&self) -> Result<()> {
+        std::fs::write(
+            self.path.join("cgroup.procs"),
+            std::process::id().to_string(),
+        )
+        .with_context(|| format!("join {}", self.path.display()))
     }
 }
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        let _ = std::fs::write(
-            self.previous.join("cgroup.procs"),
-            std::process::id().to_string(),
-        );
+        if let Some(home) = HOME_CGROUP.get() {
+            let _ = std::fs::write(home.join("cgroup.procs"), std::process::id().to_string());
+        }
         // Children (agent, clients) are gone by now; retry briefly in case
         // the kernel is still reaping one.
         for _ in 0..50 {
@@ -187,33 +228,128 @@ pub struct Node {
     pub pods: Vec<Pod>,
     /// The node netns (the agent, the kube-proxy stand-in).
     pub netns: Netns,
+    /// The node's IPv4 address as pods see it (on its loopback; configured
+    /// only with [`NodeOptions::ipv4`]).
+    pub ip: Ipv4Addr,
+    /// The node's IPv6 address as pods see it (configured only with
+    /// [`NodeOptions::ipv6`]).
+    pub ip6: Ipv6Addr,
+    options: NodeOptions,
     cgroup: TestCgroup,
     dir: PathBuf,
 }
 
 impl Node {
-    /// Builds an empty node: node netns with forwarding, no route out; the
-    /// test process joins a fresh cgroup.
+    /// Builds an empty dual-stack node: node netns with forwarding, no route
+    /// out; the test process joins a fresh cgroup.
     pub fn new() -> Result<Self> {
+        Self::with(NodeOptions::default())
+    }
+
+    /// Builds an empty node as `options` say.
+    pub fn with(options: NodeOptions) -> Result<Self> {
         crate::require_root();
         let n = NODES.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let id = format!("lwt{pid}x{n}");
         let cgroup = TestCgroup::create(&format!("laneway-test-{pid}-{n}"))?;
         let netns = Netns::create(&format!("{id}node"))?;
-        netns.ip(&["addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"])?;
-        netns.ip(&["-6", "addr", "add", &format!("{NODE_IP6}/128"), "dev", "lo"])?;
+        let number = options.number;
+        let ip = Ipv4Addr::new(10, 244, 255, 1 + number);
+        let ip6 = Ipv6Addr::new(0xfd00, 0x244, 0xffff, 0, 0, 0, 0, 1 + u16::from(number));
+        let options = NodeOptions {
+            ipv6: options.ipv6 && !options.ipv6_disabled,
+            ..options
+        };
+        if options.ipv4 {
+            netns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"])?;
+        }
+        if options.ipv6 {
+            netns.ip(&["-6", "addr", "add", &format!("{ip6}/128"), "dev", "lo"])?;
+        }
+        if options.ipv6_disabled {
+            netns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+            netns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        }
         netns.sysctl("net.ipv4.ip_forward", "1")?;
-        netns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        if !options.ipv6_disabled {
+            netns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        }
         let dir = std::env::temp_dir().join(&id);
         std::fs::create_dir_all(&dir)?;
         Ok(Self {
             id,
             pods: Vec::new(),
             netns,
+            ip,
+            ip6,
+            options,
             cgroup,
             dir,
         })
+    }
+
+    /// Moves the test process into this node's cgroup, where this node's
+    /// agent attaches: client sockets made from now on are seen by this
+    /// node's programs (and no longer by another node's).
+    pub fn join_cgroup(&self) -> Result<()> {
+        self.cgroup.join()
+    }
+
+    /// Joins two nodes' netns with a veth pair and routes each node's pod
+    /// range and address to the other (nothing else: still no route out).
+    pub fn link(&self, other: &Node) -> Result<()> {
+        let (here, there) = (self.short_name("n"), other.short_name("n"));
+        run(Command::new("ip").args([
+            "link",
+            "add",
+            &here,
+            "netns",
+            self.netns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &there,
+            "netns",
+            other.netns.name(),
+        ]))?;
+        for (node, dev, peer, gw6, peer_gw6) in [
+            (self, &here, other, "fe80::a", "fe80::b"),
+            (other, &there, self, "fe80::b", "fe80::a"),
+        ] {
+            node.netns.ip(&["link", "set", dev, "up"])?;
+            let n = peer.options.number;
+            if node.options.ipv4 && peer.options.ipv4 {
+                let gw = peer.ip.to_string();
+                node.netns
+                    .ip(&["route", "add", &format!("{gw}/32"), "dev", dev])?;
+                node.netns.ip(&[
+                    "route",
+                    "add",
+                    &format!("10.244.{n}.0/24"),
+                    "via",
+                    &gw,
+                    "dev",
+                    dev,
+                ])?;
+            }
+            if node.options.ipv6 && peer.options.ipv6 {
+                let addr = format!("{gw6}/64");
+                node.netns
+                    .ip(&["-6", "addr", "add", &addr, "dev", dev, "nodad"])?;
+                for range in [format!("fd00:244:{n:x}::/48"), format!("{}/128", peer.ip6)] {
+                    node.netns
+                        .ip(&["-6", "route", "add", &range, "via", peer_gw6, "dev", dev])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An interface name of this node's (at most 15 characters).
+    fn short_name(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.id.replace("lwt", "l"))
     }
 
     /// The cgroup the agent attaches to.
@@ -224,7 +360,9 @@ impl Node {
     /// The cgroup the test process came from: outside [`Node::cgroup`], so
     /// the programs attached there do not see a process in it.
     pub fn outside_cgroup(&self) -> &Path {
-        &self.cgroup.previous
+        HOME_CGROUP
+            .get()
+            .expect("set when the node's cgroup was created")
     }
 
     /// Where the agent pins its maps and links (removed with the node).
@@ -273,12 +411,13 @@ impl Node {
     pub fn add_pod(&mut self, name: &str) -> Result<usize> {
         let index = self.pods.len();
         let host = index + 10;
+        let n = self.options.number;
         let pod = Pod {
             name: name.to_owned(),
-            ip: Ipv4Addr::new(10, 244, 0, host as u8),
-            ip6: Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, host as u16),
+            ip: Ipv4Addr::new(10, 244, n, host as u8),
+            ip6: Ipv6Addr::new(0xfd00, 0x244, u16::from(n), 0, 0, 0, 0, host as u16),
             netns: Netns::create(&format!("{}p{index}", self.id))?,
-            veth: format!("{}v{index}", self.id.replace("lwt", "l")),
+            veth: self.short_name(&format!("v{index}")),
         };
         self.plug(&pod)?;
         self.pods.push(pod);
@@ -316,40 +455,36 @@ impl Node {
             "netns",
             netns.name(),
         ]))?;
-        // Node side: the link-local IPv6 gateway, a host route to the pod.
-        self.netns.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("{GATEWAY6}/64"),
-            "dev",
-            veth,
-            "nodad",
-        ])?;
-        self.netns.ip(&["link", "set", veth, "up"])?;
-        self.netns
-            .ip(&["route", "add", &format!("{ip}/32"), "dev", veth])?;
-        self.netns
-            .ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", veth])?;
-        // Pod side: its address, routes to pods, services and the node only.
-        netns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
-        netns.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("{ip6}/128"),
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
-        netns.ip(&["link", "set", "eth0", "up"])?;
-        netns.ip(&["route", "add", &format!("{NODE_IP}/32"), "dev", "eth0"])?;
-        let gw = NODE_IP.to_string();
-        for range in ["10.244.0.0/16", "10.96.0.0/16"] {
-            netns.ip(&["route", "add", range, "via", &gw, "dev", "eth0"])?;
+        if !self.options.ipv6 {
+            // The pod side too: a pod on a node without IPv6 has none.
+            netns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
         }
-        for range in ["fd00:244::/32", "fd00:96::/64"] {
-            netns.ip(&["-6", "route", "add", range, "via", GATEWAY6, "dev", "eth0"])?;
+        self.netns.ip(&["link", "set", veth, "up"])?;
+        netns.ip(&["link", "set", "eth0", "up"])?;
+        if self.options.ipv4 {
+            // Node side: a host route to the pod. Pod side: its address,
+            // routes to pods, services and the node only.
+            self.netns
+                .ip(&["route", "add", &format!("{ip}/32"), "dev", veth])?;
+            netns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+            let gw = self.ip.to_string();
+            netns.ip(&["route", "add", &format!("{gw}/32"), "dev", "eth0"])?;
+            for range in ["10.244.0.0/16", "10.96.0.0/16"] {
+                netns.ip(&["route", "add", range, "via", &gw, "dev", "eth0"])?;
+            }
+        }
+        if self.options.ipv6 {
+            // The same with the link-local gateway on the node side.
+            let gateway = format!("{GATEWAY6}/64");
+            self.netns
+                .ip(&["-6", "addr", "add", &gateway, "dev", veth, "nodad"])?;
+            self.netns
+                .ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", veth])?;
+            let own = format!("{ip6}/128");
+            netns.ip(&["-6", "addr", "add", &own, "dev", "eth0", "nodad"])?;
+            for range in ["fd00:244::/32", "fd00:96::/64"] {
+                netns.ip(&["-6", "route", "add", range, "via", GATEWAY6, "dev", "eth0"])?;
+            }
         }
         Ok(())
     }
@@ -418,8 +553,8 @@ impl Node {
         let _ = writeln!(
             y,
             "router:\n  listen: 0.0.0.0:{ROUTER_PORT}\n  listen_v6: \"[::]:{ROUTER_PORT}\"\n  \
-             redirect_ipv4: {NODE_IP}\n  redirect_ipv6: \"{NODE_IP6}\"\n{}",
-            scenario.router_extra
+             redirect_ipv4: {}\n  redirect_ipv6: \"{}\"\n{}",
+            self.ip, self.ip6, scenario.router_extra
         );
         let _ = writeln!(
             y,

@@ -400,8 +400,16 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
         }
     }
     cargo(root, &["build", "-p", "laneway", "-p", "laneway-tests"])?;
-    let mut args = vec!["test", "-p", "laneway-tests", "--"];
-    if let Some(f) = filter {
+    let mut args = vec!["test", "-p", "laneway-tests"];
+    // A suite's file name (`data_path`, `user_configs`) runs that whole
+    // suite: test names carry no file name, so as a name filter it would
+    // match nothing.
+    let suite = filter.filter(|f| root.join(format!("tests/tests/{f}.rs")).is_file());
+    if let Some(suite) = suite {
+        args.extend(["--test", suite]);
+    }
+    args.push("--");
+    if let Some(f) = filter.filter(|_| suite.is_none()) {
         args.push(f);
     }
     // One at a time: each test's process joins the cgroup its agent attaches to.
