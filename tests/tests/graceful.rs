@@ -268,10 +268,12 @@ fn rolling_endpoints_one_by_one_fails_no_request() -> Result<()> {
 
 #[test]
 fn a_killed_endpoint_is_retried_ejected_and_comes_back() -> Result<()> {
+    // No slow start: reviews-b, added after the agent started, takes its
+    // share at once (warm-up has its own test below).
     let (node, client, pods, scenario) = reviews_node(
         &["reviews-a", "reviews-b"],
         "  outlier_consecutive_failures: 2\n  outlier_base_ejection: 3s\n",
-        None,
+        Some("{warmup: 0s}"),
     )?;
     let _a = Backend::http(node.pod(pods[0]), 8080)?;
     let b = Backend::http(node.pod(pods[1]), 8080)?;

@@ -331,6 +331,8 @@ pub(crate) struct ResponseInfo {
     pub keep_alive: bool,
     /// The response already carries `Connection: close`.
     pub close_token: bool,
+    /// The response already carries `Connection: keep-alive`.
+    pub keep_alive_token: bool,
 }
 
 /// Parse a complete response head `raw` (exactly the head, blank line
@@ -369,20 +371,37 @@ pub(crate) fn parse_response(raw: &[u8], request_is_head: bool) -> Result<Respon
         framing,
         keep_alive,
         close_token: f.close,
+        keep_alive_token: f.keep_alive,
     })
 }
 
+/// The `Connection` field to add to a response forwarded to the client:
+/// `close` when the client's connection ends after it, `keep-alive` when an
+/// HTTP/1.0 client's connection stays open (HTTP/1.0 closes unless told),
+/// none when the upstream's head already says so.
+pub(crate) fn connection_field(
+    close_client: bool,
+    request: &RequestInfo,
+    response: &ResponseInfo,
+) -> Option<&'static str> {
+    match (close_client, request.version) {
+        (true, _) if !response.close_token => Some("close"),
+        (false, 0) if !response.keep_alive_token => Some("keep-alive"),
+        _ => None,
+    }
+}
+
 /// Write the response head for the client into `out`: `raw` verbatim, plus
-/// `x-laneway-route` and `connection: close` fields when asked for.
+/// `x-laneway-route` and `connection` fields when asked for.
 pub(crate) fn write_response_head(
     out: &mut Vec<u8>,
     raw: &[u8],
     route: Option<&str>,
-    add_close: bool,
+    connection: Option<&str>,
 ) {
     out.clear();
     let route = route.filter(|r| valid_field_value(r.as_bytes()));
-    if route.is_none() && !add_close {
+    if route.is_none() && connection.is_none() {
         out.extend_from_slice(raw);
         return;
     }
@@ -399,8 +418,10 @@ pub(crate) fn write_response_head(
         out.extend_from_slice(route.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if add_close {
-        out.extend_from_slice(b"connection: close\r\n");
+    if let Some(connection) = connection {
+        out.extend_from_slice(b"connection: ");
+        out.extend_from_slice(connection.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -674,14 +695,14 @@ mod tests {
     fn response_head_rewrite() {
         let raw = b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n";
         let mut out = Vec::new();
-        write_response_head(&mut out, raw, None, false);
+        write_response_head(&mut out, raw, None, None);
         assert_eq!(out, raw);
-        write_response_head(&mut out, raw, Some("blue"), true);
+        write_response_head(&mut out, raw, Some("blue"), Some("close"));
         assert_eq!(
             out,
             b"HTTP/1.1 200 OK\r\nA: b\r\nx-laneway-route: blue\r\nconnection: close\r\n\r\n"
         );
-        write_response_head(&mut out, b"HTTP/1.1 204 No Content\n\n", Some("r"), false);
+        write_response_head(&mut out, b"HTTP/1.1 204 No Content\n\n", Some("r"), None);
         assert_eq!(out, b"HTTP/1.1 204 No Content\nx-laneway-route: r\r\n\r\n");
     }
 

@@ -542,6 +542,12 @@ impl Conn<'_> {
                         &target.tag_header,
                         info.upgrade,
                     );
+                    if info.version == 0 && info.keep_alive {
+                        // HTTP/1.0 closes unless asked: ask the upstream too,
+                        // so the client's keep-alive can be kept.
+                        self.req_head
+                            .extend_from_slice(b"connection: keep-alive\r\n");
+                    }
                     return Decision::Forward {
                         info,
                         target,
@@ -860,7 +866,7 @@ impl Conn<'_> {
                     linger: false,
                 };
             }
-            head::write_response_head(resp_head, &ubuf[..head_len], route, false);
+            head::write_response_head(resp_head, &ubuf[..head_len], route, None);
             ubuf.advance(head_len);
             return match tokio::time::timeout(cfg.idle_timeout, cw.write_all(resp_head)).await {
                 Ok(Ok(())) => Exchange::Tunnel,
@@ -886,7 +892,7 @@ impl Conn<'_> {
             resp_head,
             &ubuf[..head_len],
             route,
-            close_client && !rinfo.close_token,
+            head::connection_field(close_client, info, &rinfo),
         );
         ubuf.advance(head_len);
         let mut rframing = rinfo.framing;
@@ -929,9 +935,9 @@ impl Conn<'_> {
                     // The client's own `Connection` fields are not
                     // forwarded: an HTTP/1.1 upstream connection outlives a
                     // client that closes (an HTTP/1.0 request asks the
-                    // upstream to close).
+                    // upstream to close unless it asked for keep-alive).
                     pool_upstream: rinfo.keep_alive
-                        && info.version >= 1
+                        && (info.version >= 1 || info.keep_alive)
                         && body_ok
                         && ubuf.is_empty(),
                     error: None,

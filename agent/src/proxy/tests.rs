@@ -966,6 +966,40 @@ async fn http10_client_without_keep_alive_is_closed() {
 }
 
 #[tokio::test]
+async fn http10_client_asking_for_keep_alive_keeps_its_connection() {
+    let a = Backend::start("a").await;
+    let aa = a.addr;
+    let proxy = Proxy::start(
+        test_cfg(),
+        TestRoutes::new(move |_, _| to(aa)),
+        Protocol::Sniff,
+    )
+    .await;
+    let mut c = proxy.client().await;
+    for path in ["/one", "/two"] {
+        c.send(format!("GET {path} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").as_bytes())
+            .await;
+        let r = c.response().await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("connection"), Some("keep-alive"), "{}", r.raw_head);
+    }
+    assert!(c.open_after(Duration::from_millis(100)).await);
+    let seen = a.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen[0].raw_head.starts_with("GET /one HTTP/1.0\r\n")
+            && seen[0].raw_head.contains("connection: keep-alive\r\n"),
+        "the upstream is asked to keep its connection too: {}",
+        seen[0].raw_head
+    );
+    assert_eq!(a.conn_count(), 1, "and it is reused");
+    // Without the token an HTTP/1.0 connection still closes.
+    c.send(b"GET /three HTTP/1.0\r\n\r\n").await;
+    assert_eq!(c.response().await.status, 200);
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
 async fn idle_keep_alive_connection_is_closed() {
     let a = Backend::start("a").await;
     let aa = a.addr;
