@@ -122,10 +122,102 @@ pub struct Options {
     pub node_name: Option<String>,
     /// Overrides `router.redirect_ipv4` (a DaemonSet passes the node IP).
     pub redirect_ipv4: Option<IpAddr>,
+    /// This agent's rollout generation (the DaemonSet passes its pod's
+    /// `pod-template-generation`): an agent never takes a node over from
+    /// one of a newer generation, it stands by.
+    pub generation: u64,
+    /// What an agent that was taken over does once it has drained.
+    pub after_handover: AfterHandover,
 }
 
-/// Runs the agent until SIGTERM or SIGINT (or a successor takes over).
+/// What an agent that was taken over does once it has drained.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AfterHandover {
+    /// Exit (0): the agent was started by hand or by a supervisor that
+    /// does not restart it.
+    #[default]
+    Exit,
+    /// Stand by until SIGTERM, taking the node back if the owner goes away
+    /// first: in a DaemonSet, where an exited container is restarted and
+    /// the kubelet sends SIGTERM only when the rollout deletes the pod.
+    Wait,
+}
+
+/// How [`serve`] ended.
+enum Ended {
+    /// SIGTERM or SIGINT.
+    Stopped,
+    /// A successor took over; this agent drained.
+    TakenOver,
+}
+
+/// How often a standing-by agent checks whether the owner is still there.
+const STANDBY_POLL: Duration = Duration::from_millis(250);
+
+/// Runs the agent until SIGTERM or SIGINT (or, with
+/// [`AfterHandover::Exit`], until a successor takes over). While an agent
+/// of a newer generation owns the node, this one stands by.
 pub async fn run(options: Options) -> Result<(), Error> {
+    let mut stops = Stops::new()?;
+    // SIGHUP: each source answers it in its own way.
+    let mut hangup = signal(SignalKind::hangup()).map_err(Error::Signals)?;
+    let socket = Config::load(&options.config)?.admin.socket;
+    // At start, an owner of a newer generation keeps the node; once taken
+    // over, one of the same generation too (or two would take turns).
+    let mut yield_to = options.generation.saturating_add(1);
+    loop {
+        if !standby(&socket, yield_to, &mut stops).await {
+            return Ok(());
+        }
+        match serve(&options, &mut stops, &mut hangup).await? {
+            Ended::Stopped => return Ok(()),
+            Ended::TakenOver if options.after_handover == AfterHandover::Exit => return Ok(()),
+            Ended::TakenOver => yield_to = options.generation,
+        }
+    }
+}
+
+/// Waits while an agent of generation `yield_to` or newer owns the node
+/// (serves the admin socket at `socket`). `false` when asked to stop
+/// meanwhile.
+async fn standby(socket: &std::path::Path, yield_to: u64, stops: &mut Stops) -> bool {
+    let mut said = false;
+    loop {
+        match crate::admin::owner(socket).await {
+            Some(owner) if owner.generation >= yield_to => {
+                if !said {
+                    info!(
+                        owner.generation,
+                        owner.pid,
+                        "standing by: an agent of a newer generation owns this node; taking over if it goes away"
+                    );
+                    said = true;
+                }
+            }
+            _ => {
+                if said {
+                    info!("the owner is gone: taking the node over");
+                }
+                return true;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(STANDBY_POLL) => {}
+            _ = stops.stopped() => {
+                info!("stopped while standing by");
+                return false;
+            }
+        }
+    }
+}
+
+/// Sets up and runs the agent, owning the node, until it is stopped or a
+/// successor takes over.
+async fn serve(
+    options: &Options,
+    stops: &mut Stops,
+    hangup: &mut tokio::signal::unix::Signal,
+) -> Result<Ended, Error> {
     let mut config = Config::load(&options.config)?;
     if let Some(ip) = options.redirect_ipv4 {
         config.router.redirect_ipv4 = ip;
@@ -133,18 +225,30 @@ pub async fn run(options: Options) -> Result<(), Error> {
     if options.kube && (!config.services.is_empty() || !config.pods.is_empty()) {
         return Err(Error::KubeWithStatic(options.config.clone()));
     }
-    let kube_client = match options.kube {
+    // The Kubernetes source syncs before the agent touches the node: a
+    // router that started empty would close the connections the running
+    // agent's maps still send it, and empty maps would send pods around it.
+    let mut kube = match options.kube {
         true => {
             let node = options
                 .node_name
                 .clone()
                 .ok_or(crate::kube::Error::NoNodeName)?;
-            Some((
-                crate::kube::client(options.kubeconfig.as_deref()).await?,
-                node,
-            ))
+            let client = crate::kube::client(options.kubeconfig.as_deref()).await?;
+            Some(KubeSource::start(client, node, &config))
         }
         false => None,
+    };
+    let first = match &mut kube {
+        Some(source) => match source.first_sync(stops).await {
+            Some(input) => input,
+            None => return Ok(Ended::Stopped),
+        },
+        None => Input {
+            config: config.clone(),
+            unenrolled: Vec::new(),
+            policy_errors: Vec::new(),
+        },
     };
     let cgroup = match options.cgroup.clone().or(config.bpf.cgroup.clone()) {
         Some(dir) => dir,
@@ -172,21 +276,9 @@ pub async fn run(options: Options) -> Result<(), Error> {
         false => None,
     };
     info!(cgroup = %cgroup.display(), programs = ?Datapath::program_names().collect::<Vec<_>>(), "programs attached");
-    let source = match &kube_client {
+    let source = match &kube {
         Some(_) => "kubernetes".to_owned(),
         None => format!("file:{}", options.config.display()),
-    };
-    // The file source routes from the start; the Kubernetes source starts
-    // empty (nothing redirected) until its first full sync.
-    let mut first = config.clone();
-    if kube_client.is_some() {
-        first.services.clear();
-        first.pods.clear();
-    }
-    let first = Input {
-        config: first,
-        unenrolled: Vec::new(),
-        policy_errors: Vec::new(),
     };
     let applied = reconcile::first(&mut datapath, &first, &source, config.router.mode)?;
     let router = Router::new(
@@ -195,6 +287,9 @@ pub async fn run(options: Options) -> Result<(), Error> {
         Some(ConnOrigins::open(pin_dir)?),
     );
     router.telemetry.metrics.snapshot_applied();
+    for (service, _) in &first.policy_errors {
+        router.telemetry.metrics.policy_error(service);
+    }
     let mut accepting: Vec<_> = router_listeners
         .into_iter()
         .map(|listener| tokio::spawn(router.clone().serve(listener, false)))
@@ -223,6 +318,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
             .chain(config.router.listen_v6)
             .collect(),
         handover: handover_tx,
+        generation: options.generation,
         transparent_fd,
     });
     let heartbeat = Heartbeat::start(
@@ -236,16 +332,21 @@ pub async fn run(options: Options) -> Result<(), Error> {
     )?;
     // An agent still running here (an overlapping restart) hands over: it
     // drains while this one serves, on the same port (SO_REUSEPORT).
-    if crate::admin::take_over(&config.admin.socket).await {
+    if crate::admin::take_over(&config.admin.socket, options.generation).await {
         info!("took over from the agent that was running; it drains now");
     }
     let admin_socket = crate::admin::serve_unix(&config.admin.socket, admin_state.clone())?;
+    // Tasks that end with this agent's ownership of the node.
+    let mut owned = Vec::new();
     if let Some(listener) = admin {
-        tokio::spawn(crate::admin::serve_http(listener, admin_state.clone()));
+        owned.push(tokio::spawn(crate::admin::serve_http(
+            listener,
+            admin_state.clone(),
+        )));
     }
-    tokio::spawn(crate::memory::trim_after_spikes(
+    owned.push(tokio::spawn(crate::memory::trim_after_spikes(
         router.telemetry.conns.clone(),
-    ));
+    )));
     info!(listen = %config.router.listen, redirect = %config.router.redirect_ipv4, %source, "router up");
 
     let reconciler = Reconciler::new(
@@ -257,30 +358,18 @@ pub async fn run(options: Options) -> Result<(), Error> {
         options.ready_file.clone(),
         first,
     );
-    let mut stops = Stops::new(handover)?;
-    // SIGHUP: each source answers it in its own way.
-    let mut hangup = signal(SignalKind::hangup()).map_err(Error::Signals)?;
-    match kube_client {
-        Some((client, node)) => {
-            let kube = (client, node);
-            follow_kube(kube, &config, &reconciler, &mut hangup, &mut stops).await
-        }
+    stops.handover = Some(handover);
+    reconciler.ready()?;
+    match kube {
+        Some(kube) => follow_kube(kube, &config, &reconciler, hangup, stops).await,
         None => {
-            reconciler.ready()?;
             let file = &options.config;
-            follow_file(
-                file,
-                &config,
-                &reconciler,
-                &admin_state,
-                &mut hangup,
-                &mut stops,
-            )
-            .await;
+            follow_file(file, &config, &reconciler, &admin_state, hangup, stops).await;
         }
     }
     admin_socket.abort();
-    if *stops.handover.borrow() {
+    let taken_over = stops.handover.take().is_some_and(|h| *h.borrow());
+    if taken_over {
         // The successor serves the admin socket and writes the heartbeat.
         info!("handing over: draining while the new agent serves");
         heartbeat.stop(Stop::Leave);
@@ -291,60 +380,121 @@ pub async fn run(options: Options) -> Result<(), Error> {
         heartbeat.stop(Stop::Clear);
     }
     drain::drain(&router, accepting, config.router.drain_timeout).await;
-    Ok(())
+    // A standing-by agent answers no probe and scrape: the owner does.
+    for task in owned {
+        task.abort();
+    }
+    Ok(match taken_over {
+        true => Ended::TakenOver,
+        false => Ended::Stopped,
+    })
 }
 
 /// What ends the agent's loop: SIGTERM, SIGINT, or a successor taking over.
 struct Stops {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
-    handover: watch::Receiver<bool>,
+    /// Set while the agent serves: a successor's `POST /handover`.
+    handover: Option<watch::Receiver<bool>>,
 }
 
 impl Stops {
-    fn new(handover: watch::Receiver<bool>) -> Result<Self, Error> {
+    /// Installs the handlers once: a signal that comes between two phases
+    /// (standing by, serving) is not lost.
+    fn new() -> Result<Self, Error> {
         let install = |kind| signal(kind).map_err(Error::Signals);
         Ok(Self {
             terminate: install(SignalKind::terminate())?,
             interrupt: install(SignalKind::interrupt())?,
-            handover,
+            handover: None,
         })
     }
 
     /// Returns when the agent is asked to stop.
     async fn stopped(&mut self) {
+        let handover = async {
+            match &mut self.handover {
+                Some(handover) => {
+                    let _ = handover.changed().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = self.handover.changed() => {}
+            _ = handover => {}
             _ = self.terminate.recv() => {}
             _ = self.interrupt.recv() => {}
         }
     }
 }
 
+/// The Kubernetes source: its watchers, and the desired state they send.
+struct KubeSource {
+    watchers: tokio::task::JoinHandle<()>,
+    desired: watch::Receiver<Option<crate::kube::Desired>>,
+}
+
+impl KubeSource {
+    /// Starts the watchers for this node.
+    fn start(client: ::kube::Client, node: String, config: &Config) -> Self {
+        let (tx, desired) = watch::channel(None);
+        let watchers = tokio::spawn(crate::kube::run(client, node, config.clone(), tx));
+        Self { watchers, desired }
+    }
+
+    /// Waits for the first full sync (the agent is not ready before it);
+    /// `None` when the agent is stopped meanwhile.
+    async fn first_sync(&mut self, stops: &mut Stops) -> Option<Input> {
+        loop {
+            tokio::select! {
+                changed = self.desired.changed() => {
+                    changed.ok()?;
+                    if let Some(input) = self.take() {
+                        return Some(input);
+                    }
+                }
+                _ = stops.stopped() => return None,
+            }
+        }
+    }
+
+    /// The latest desired state, once.
+    fn take(&mut self) -> Option<Input> {
+        let desired = self.desired.borrow_and_update().clone()?;
+        Some(Input {
+            config: Config::clone(&desired.config),
+            unenrolled: desired
+                .unenrolled
+                .into_iter()
+                .map(|u| (u.pod, u.reason))
+                .collect(),
+            policy_errors: desired.policy_errors,
+        })
+    }
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        self.watchers.abort();
+    }
+}
+
 /// Applies the Kubernetes source's snapshots until a stop. A snapshot that
 /// fails to apply is logged and tried again; the last good one keeps routing.
 async fn follow_kube(
-    (client, node): (::kube::Client, String),
+    mut kube: KubeSource,
     config: &Config,
     reconciler: &Reconciler,
     hangup: &mut tokio::signal::unix::Signal,
     stops: &mut Stops,
 ) {
-    let (tx, mut rx) = watch::channel(None);
-    let watchers = tokio::spawn(crate::kube::run(client, node, config.clone(), tx));
     let mut relink = tokio::time::interval(RELINK_EVERY);
     let mut retry = retry_interval();
     loop {
         tokio::select! {
-            changed = rx.changed() => {
+            changed = kube.desired.changed() => {
                 if changed.is_err() { break; }
-                let desired = rx.borrow_and_update().clone();
-                if let Some(desired) = desired {
-                    let input = Input {
-                        config: Config::clone(&desired.config),
-                        unenrolled: desired.unenrolled.into_iter().map(|u| (u.pod, u.reason)).collect(),
-                        policy_errors: desired.policy_errors,
-                    };
+                if let Some(input) = kube.take() {
                     // Entering pods' namespaces blocks: not on a runtime worker
                     // other tasks wait for.
                     tokio::task::block_in_place(|| reconciler.apply_or_log(input, "kubernetes"));
@@ -356,7 +506,6 @@ async fn follow_kube(
             _ = stops.stopped() => break,
         }
     }
-    watchers.abort();
 }
 
 /// Reloads the static file on change or SIGHUP until a stop, publishing

@@ -33,6 +33,15 @@ enum LogFormat {
     Json,
 }
 
+/// `--after-handover`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum AfterHandover {
+    /// Exit once drained.
+    Exit,
+    /// Stand by until SIGTERM.
+    Wait,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the node agent (needs root: CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN).
@@ -71,6 +80,19 @@ enum Command {
         /// it or the field, the agent derives it (see router.redirect_ipv4).
         #[arg(long, env = "LANEWAY_REDIRECT_IPV4")]
         redirect_ipv4: Option<std::net::IpAddr>,
+        /// This agent's rollout generation (a DaemonSet passes its pod's
+        /// `pod-template-generation` label). A starting agent takes the node
+        /// over from a running one of the same or an older generation, and
+        /// stands by while a newer one owns it, so an old pod restarted in
+        /// the middle of a rollout never takes the node back.
+        #[arg(long, env = "LANEWAY_GENERATION", default_value_t = 0)]
+        generation: u64,
+        /// What an agent does once a successor took over and it drained:
+        /// `exit`, or `wait` (stand by until SIGTERM, taking the node back
+        /// if the successor goes away; for a DaemonSet, whose containers are
+        /// restarted when they exit).
+        #[arg(long, env = "LANEWAY_AFTER_HANDOVER", value_enum, default_value_t = AfterHandover::Exit)]
+        after_handover: AfterHandover,
     },
     /// Check or print a config file.
     #[command(subcommand)]
@@ -166,6 +188,8 @@ fn main() -> ExitCode {
             kubeconfig,
             node_name,
             redirect_ipv4,
+            generation,
+            after_handover,
         } => {
             let redirect_ipv4 = match redirect_ipv4 {
                 Some(ip) => Some(ip),
@@ -182,6 +206,11 @@ fn main() -> ExitCode {
                 kubeconfig,
                 node_name,
                 redirect_ipv4,
+                generation,
+                after_handover: match after_handover {
+                    AfterHandover::Exit => agent::AfterHandover::Exit,
+                    AfterHandover::Wait => agent::AfterHandover::Wait,
+                },
             })
         }
         Command::Node(command) => laneway::cli::run(command),

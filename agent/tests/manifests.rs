@@ -249,9 +249,10 @@ fn container_port(container: &Container, name: &str) -> i32 {
         .find(|p| p.name.as_deref() == Some(name))
         .unwrap_or_else(|| panic!("no container port named {name:?}"));
     assert_eq!(
-        port.host_port,
-        Some(port.container_port),
-        "port {name}: hostNetwork ports must be declared as the same host port"
+        port.host_port, None,
+        "port {name}: a hostPort would keep the surge agent off the node (the scheduler \
+         refuses a node whose host port is taken), and the old and new agents share \
+         these ports on purpose (SO_REUSEPORT)"
     );
     port.container_port
 }
@@ -386,10 +387,15 @@ fn daemonset_runs_the_agent_on_every_node_in_host_namespaces() {
     let strategy = ds.spec.update_strategy.as_ref().expect("an updateStrategy");
     assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
     let rolling = strategy.rolling_update.as_ref().expect("rollingUpdate");
-    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(1)));
-    assert!(
-        matches!(rolling.max_surge, None | Some(IntOrString::Int(0))),
-        "two agents cannot share a node: maxSurge must be 0"
+    assert_eq!(
+        rolling.max_unavailable,
+        Some(IntOrString::Int(0)),
+        "no node is ever without a live agent during a rollout"
+    );
+    assert_eq!(
+        rolling.max_surge,
+        Some(IntOrString::Int(1)),
+        "the new agent starts beside the old one and takes the node over"
     );
     let selector = ds
         .spec
@@ -449,6 +455,22 @@ fn agent_container_command_env_probes_and_resources() {
     );
 
     assert_eq!(env_field_ref(agent, "NODE_NAME"), "spec.nodeName");
+    assert_eq!(
+        env_field_ref(agent, "LANEWAY_GENERATION"),
+        "metadata.labels['pod-template-generation']",
+        "an old pod's restarted agent must know it is older"
+    );
+    let after = agent
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "LANEWAY_AFTER_HANDOVER")
+        .and_then(|e| e.value.as_deref());
+    assert_eq!(
+        after,
+        Some("wait"),
+        "a taken-over agent that exited would be restarted by the kubelet"
+    );
     assert_eq!(
         env_field_ref(agent, "LANEWAY_REDIRECT_IPV4"),
         "status.hostIP"

@@ -321,6 +321,8 @@ fn env_value(entry: &k8s_openapi::api::core::v1::EnvVar, node: &Node) -> Result<
     Ok(match field {
         Some("spec.nodeName") => NODE_NAME.to_owned(),
         Some("status.hostIP") => node.ip.to_string(),
+        // The DaemonSet controller labels each pod with its template's generation.
+        Some("metadata.labels['pod-template-generation']") => "1".to_owned(),
         other => bail!("env {}: no test value for {other:?}", entry.name),
     })
 }

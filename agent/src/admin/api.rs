@@ -435,6 +435,17 @@ pub struct InheritedListener {
     pub fd: i32,
 }
 
+/// `GET /handover/owner`: the agent that owns the node now, so a starting
+/// agent knows whether to take over or stand by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// Its rollout generation (`--generation`; the DaemonSet passes the
+    /// pod's `pod-template-generation`).
+    pub generation: u64,
+    /// Its process id.
+    pub pid: i32,
+}
+
 /// An error from the admin API (any non-2xx answer carries one).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ApiError {

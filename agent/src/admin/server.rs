@@ -56,29 +56,60 @@ pub struct AdminState {
     pub mode: &'static str,
     /// Router listeners.
     pub listen: Vec<SocketAddr>,
-    /// Set when a new agent takes over: this one drains and exits.
+    /// Set when a new agent takes over: this one drains and exits (or
+    /// stands by).
     pub handover: tokio::sync::watch::Sender<bool>,
+    /// This agent's rollout generation: an agent of an older one never
+    /// takes the node over from it.
+    pub generation: u64,
     /// TC mode: the transparent listener's fd, for a successor to duplicate.
     pub transparent_fd: Option<i32>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
 
-/// Asks an agent serving `path` to hand over (it drains and exits) and
-/// waits until it has released the socket. `false` when none answers.
-pub async fn take_over(path: &Path) -> bool {
+/// One request on the agent's admin socket at `path`; the whole answer,
+/// or `None` when no agent answers.
+fn ask(path: &Path, method: &str, target: &str) -> Option<String> {
     use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    let request = format!(
+        "{method} {target} HTTP/1.1\r\nhost: laneway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    Some(answer)
+}
+
+/// The agent that serves the admin socket at `path` now, if any.
+pub async fn owner(path: &Path) -> Option<api::Owner> {
+    let path = path.to_owned();
+    let answer = tokio::task::spawn_blocking(move || ask(&path, "GET", "/handover/owner"))
+        .await
+        .ok()??;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    serde_json::from_str(body).ok()
+}
+
+/// Asks an agent serving `path` to hand over to this one, of rollout
+/// `generation` (it drains and exits or stands by), and waits until it has
+/// released the socket. `false` when none answers or it refuses (it owns
+/// the node for a newer generation).
+pub async fn take_over(path: &Path, generation: u64) -> bool {
     let path = path.to_owned();
     let asked = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
-        let mut s = match std::os::unix::net::UnixStream::connect(&path) {
-            Ok(s) => s,
-            Err(_) => return Ok(false),
+        let target = format!("/handover?generation={generation}");
+        let Some(answer) = ask(&path, "POST", &target) else {
+            return Ok(false);
         };
-        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-        s.write_all(b"POST /handover HTTP/1.1\r\nhost: laneway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")?;
-        let mut answer = String::new();
-        let _ = s.read_to_string(&mut answer);
         if !answer.starts_with("HTTP/1.1 200") {
+            warn!(answer = %answer.lines().last().unwrap_or_default(), "the running agent refused to hand over");
             return Ok(false);
         }
         // It removes the socket file as it starts draining.
@@ -276,7 +307,27 @@ async fn api_response(
                 "no transparent listener (not in TC mode)".into(),
             ),
         },
+        (&Method::GET, "/handover/owner") => json(
+            StatusCode::OK,
+            &api::Owner {
+                generation: state.generation,
+                pid: std::process::id() as i32,
+            },
+        ),
         (&Method::POST, "/handover") => {
+            let theirs: u64 = query
+                .get("generation")
+                .and_then(|g| g.parse().ok())
+                .unwrap_or(0);
+            if theirs < state.generation {
+                return error(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "generation {} owns this node: an agent of generation {theirs} stands by",
+                        state.generation
+                    ),
+                );
+            }
             // Remove the socket now so the successor can bind it; this
             // agent's API goes away as it drains.
             let _ = std::fs::remove_file(&state.config.load().admin.socket);

@@ -109,14 +109,8 @@ impl Reconciler {
             !self.health.is_ready(),
         );
         drop(previous);
-        for (service, error) in &input.policy_errors {
-            if let Some(s) = snapshot
-                .services
-                .iter_mut()
-                .find(|s| s.id.to_string() == *service)
-            {
-                s.policy_error = Some(error.clone());
-            }
+        mark_policy_errors(&mut snapshot, &input.policy_errors);
+        for (service, _) in &input.policy_errors {
             self.router.telemetry.metrics.policy_error(service);
         }
         let unenrolled = input.unenrolled.clone();
@@ -230,9 +224,23 @@ pub fn first(
     source: &str,
     mode: RedirectMode,
 ) -> Result<Applied, Error> {
-    let snapshot = Snapshot::from_config(&input.config, source.to_owned(), None, true);
+    let mut snapshot = Snapshot::from_config(&input.config, source.to_owned(), None, true);
+    mark_policy_errors(&mut snapshot, &input.policy_errors);
     let cookies = pod_cookies(&snapshot);
     write_maps(datapath, snapshot, cookies, input.unenrolled.clone(), mode)
+}
+
+/// Shows each rejected policy on its service (it keeps its last good one).
+fn mark_policy_errors(snapshot: &mut Snapshot, errors: &[(String, String)]) {
+    for (service, error) in errors {
+        if let Some(s) = snapshot
+            .services
+            .iter_mut()
+            .find(|s| s.id.to_string() == *service)
+        {
+            s.policy_error = Some(error.clone());
+        }
+    }
 }
 
 /// Each pod's netns cookie (in the snapshot's pod order), read in parallel
