@@ -47,6 +47,9 @@ pub struct Launch {
     /// The cgroup the agent's process runs in (else its node's, where its
     /// programs attach).
     pub cgroup: Option<PathBuf>,
+    /// Started once its log has this line, instead of once ready (an agent
+    /// that stands by is never ready).
+    pub started_when_logged: Option<&'static str>,
 }
 
 /// `agent-N` of a log file `agent-N.log`.
@@ -77,6 +80,18 @@ impl Agent {
     /// Starts the agent with the Kubernetes source (`--kube`): the config
     /// file holds only the scenario's router settings.
     pub fn start_kube(node: &Node, scenario: &Scenario, cluster: &Cluster) -> Result<Self> {
+        Self::start_kube_as(node, scenario, cluster, &[], None)
+    }
+
+    /// Like [`Agent::start_kube`], with `extra` arguments, returning once
+    /// its log has `logged` (else once it is ready).
+    pub fn start_kube_as(
+        node: &Node,
+        scenario: &Scenario,
+        cluster: &Cluster,
+        extra: &[&str],
+        logged: Option<&'static str>,
+    ) -> Result<Self> {
         let config = node.dir().join("laneway.yaml");
         let settings = Scenario {
             services: Vec::new(),
@@ -92,7 +107,8 @@ impl Agent {
         let mut args: Vec<OsString> = vec!["--kube".into(), "--kubeconfig".into()];
         args.push(cluster.kubeconfig.clone().into_os_string());
         args.extend(["--node-name".into(), crate::kube::NODE_NAME.into()]);
-        Self::launch(node, config, &args)
+        args.extend(extra.iter().map(OsString::from));
+        Self::launch_in(node, config, &args, |l| l.started_when_logged = logged)
     }
 
     /// Starts the agent with an existing config file.
@@ -106,34 +122,33 @@ impl Agent {
     pub fn start_outside_cgroup(node: &Node, scenario: &Scenario) -> Result<Self> {
         let config = node.dir().join("laneway.yaml");
         std::fs::write(&config, node.agent_config(scenario))?;
-        Self::launch_in(node, config, &[], Some(node.outside_cgroup().to_owned()))
+        let outside = node.outside_cgroup().to_owned();
+        Self::launch_in(node, config, &[], |l| l.cgroup = Some(outside))
     }
 
     fn launch(node: &Node, config: PathBuf, extra: &[OsString]) -> Result<Self> {
-        Self::launch_in(node, config, extra, None)
+        Self::launch_in(node, config, extra, |_| {})
     }
 
-    /// `laneway agent --config CONFIG --ready-file ... EXTRA`, in `cgroup`
-    /// (else the node's).
+    /// `laneway agent --config CONFIG --ready-file ... EXTRA`, the launch
+    /// adjusted by `adjust`.
     fn launch_in(
         node: &Node,
         config: PathBuf,
         extra: &[OsString],
-        cgroup: Option<PathBuf>,
+        adjust: impl FnOnce(&mut Launch),
     ) -> Result<Self> {
         let ready = node.dir().join("ready");
         let mut args: Vec<OsString> = vec!["agent".into(), "--config".into()];
         args.extend([config.clone().into(), "--ready-file".into(), ready.into()]);
         args.extend_from_slice(extra);
-        Self::spawn(
-            node,
-            Launch {
-                config,
-                args,
-                cgroup,
-                ..Launch::default()
-            },
-        )
+        let mut launch = Launch {
+            config,
+            args,
+            ..Launch::default()
+        };
+        adjust(&mut launch);
+        Self::spawn(node, launch)
     }
 
     /// Starts the agent as `launch` says, in the node's netns; returns once
@@ -173,9 +188,9 @@ impl Agent {
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
         let fd = netns.as_raw_fd();
-        // The agent lives in its node's cgroup, whichever node's the test
-        // process is in now: the sockets it accepts are its listener's, and
-        // the programs attached there must see them (`getsockopt`).
+        // The agent lives in its node's cgroup (unless told otherwise),
+        // whichever node's the test process is in now, as each node's agent
+        // runs on its own node.
         let cgroup = launch.cgroup.as_deref().unwrap_or(node.cgroup());
         let procs_file = std::fs::OpenOptions::new()
             .write(true)
@@ -208,9 +223,11 @@ impl Agent {
             log,
         };
         let probe_args = launch.args.iter().any(|a| a == "--ready-file");
-        agent.wait_ready(|| match probe_args {
-            true => ready.exists(),
-            false => node.admin_get("/readyz").is_ok_and(|(code, _)| code == 200),
+        let log = agent.log.clone();
+        agent.wait_ready(|| match (launch.started_when_logged, probe_args) {
+            (Some(line), _) => std::fs::read_to_string(&log).is_ok_and(|l| l.contains(line)),
+            (None, true) => ready.exists(),
+            (None, false) => node.admin_get("/readyz").is_ok_and(|(code, _)| code == 200),
         })?;
         Ok(agent)
     }
