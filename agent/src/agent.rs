@@ -23,6 +23,7 @@ use crate::{
     bpf::{self, Datapath},
     cgroup,
     config::{self, Config, RedirectMode},
+    kernel_lanes::KernelLanes,
     netns,
     proxy::ProxyConfig,
     router::{Applied, Router},
@@ -607,7 +608,7 @@ fn apply(
                         cookie,
                         PodValue {
                             pod_id: index as u32,
-                            flags: 0,
+                            lane: laneway_common::BASE_LANE,
                         },
                     );
                 }
@@ -645,7 +646,7 @@ fn apply(
                         ifindex,
                         PodValue {
                             pod_id: index as u32,
-                            flags: 0,
+                            lane: laneway_common::BASE_LANE,
                         },
                     );
                 }
@@ -656,6 +657,11 @@ fn apply(
             }
         }
     }
+    // The kernel's own lanes (no live router, `protocol: tcp`): their
+    // endpoints first, so the services and pods pointing at them find them.
+    let lanes = KernelLanes::new(&snapshot, datapath.lane_ids_mut());
+    lanes.annotate(&mut services, &mut enrolled);
+    datapath.sync_lane_endpoints(&lanes.endpoints)?;
     // Services first: a newly enrolled pod must find its services in place.
     let s = datapath.sync_services(&services)?;
     let e = datapath.sync_enrolled(&enrolled)?;

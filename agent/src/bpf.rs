@@ -27,10 +27,10 @@ use aya::{
 };
 use tracing::{debug, warn};
 
-use crate::config::TcAttach;
+use crate::{config::TcAttach, kernel_lanes::LaneIds};
 use laneway_common::{
-    ConnKey, OriginalDst, PodValue, RouterInfo, ServiceKey, ServiceValue, map_names, stat,
-    v4_mapped,
+    ConnKey, LaneEndpoints, LaneKey, OriginalDst, PodValue, RouterInfo, ServiceKey, ServiceValue,
+    map_names, stat, v4_mapped,
 };
 
 /// The compiled kernel programs (built by `build.rs`).
@@ -158,6 +158,10 @@ pub struct Datapath {
     stats: PerCpuArray<MapData, u64>,
     orig_by_cookie: HashMap<MapData, u64, OriginalDst>,
     orig_by_conn: HashMap<MapData, ConnKey, OriginalDst>,
+    lane_endpoints: HashMap<MapData, LaneKey, LaneEndpoints>,
+    /// The lane ids `ENROLLED` and `LANE_ENDPOINTS` use, kept for the
+    /// agent's life (see [`LaneIds`]).
+    lane_ids: LaneIds,
 }
 
 /// How many entries a sync changed.
@@ -180,6 +184,8 @@ pub struct Stats {
     pub origdst_answered: u64,
     /// Original-destination queries on unknown sockets.
     pub origdst_missed: u64,
+    /// Connects routed in the kernel to an endpoint of the caller's lane.
+    pub kernel_routed: u64,
 }
 
 impl Datapath {
@@ -269,6 +275,7 @@ impl Datapath {
         let orig_by_conn = take(&mut ebpf, map_names::ORIG_BY_CONN)?;
         let listeners = take(&mut ebpf, map_names::ROUTER_LISTENER)?;
         let tc_enrolled = take(&mut ebpf, map_names::TC_ENROLLED)?;
+        let lane_endpoints = take(&mut ebpf, map_names::LANE_ENDPOINTS)?;
         let tc: &mut SchedClassifier = ebpf
             .program_mut(TC_PROGRAM.0)
             .ok_or(Error::MissingProgram(TC_PROGRAM.0))?
@@ -296,6 +303,9 @@ impl Datapath {
                 .map_err(map_err(map_names::ORIG_BY_CONN))?,
             listeners: SockMap::try_from(listeners).map_err(map_err(map_names::ROUTER_LISTENER))?,
             tc_enrolled: HashMap::try_from(tc_enrolled).map_err(map_err(map_names::TC_ENROLLED))?,
+            lane_endpoints: HashMap::try_from(lane_endpoints)
+                .map_err(map_err(map_names::LANE_ENDPOINTS))?,
+            lane_ids: LaneIds::default(),
             tc_attached: Default::default(),
             tc_attach: TcAttach::Auto,
             ebpf,
@@ -570,6 +580,11 @@ impl Datapath {
                 u64::from(laneway_common::SERVICES_CAPACITY),
             ),
             (
+                map_names::LANE_ENDPOINTS,
+                self.lane_endpoints.keys().count() as u64,
+                u64::from(laneway_common::LANE_ENDPOINTS_CAPACITY),
+            ),
+            (
                 map_names::ORIG_BY_COOKIE,
                 cookies as u64,
                 u64::from(laneway_common::CONN_MAP_CAPACITY),
@@ -608,6 +623,21 @@ impl Datapath {
         sync(&mut self.services, desired, map_names::SERVICES)
     }
 
+    /// Makes `LANE_ENDPOINTS` hold exactly `desired` (see
+    /// [`crate::kernel_lanes`]). Before `SERVICES` and `ENROLLED`, so the
+    /// entries they point at are in place.
+    pub fn sync_lane_endpoints(
+        &mut self,
+        desired: &StdHashMap<LaneKey, LaneEndpoints>,
+    ) -> Result<SyncCounts, Error> {
+        sync(&mut self.lane_endpoints, desired, map_names::LANE_ENDPOINTS)
+    }
+
+    /// The lane ids of tags, to give new tags theirs.
+    pub fn lane_ids_mut(&mut self) -> &mut LaneIds {
+        &mut self.lane_ids
+    }
+
     /// Makes `ENROLLED` hold exactly `desired` (netns cookie to pod).
     pub fn sync_enrolled(
         &mut self,
@@ -630,6 +660,7 @@ impl Datapath {
             fail_open: read(stat::FAIL_OPEN)?,
             origdst_answered: read(stat::ORIGDST_ANSWERED)?,
             origdst_missed: read(stat::ORIGDST_MISSED)?,
+            kernel_routed: read(stat::KERNEL_ROUTED)?,
         })
     }
 

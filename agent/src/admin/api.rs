@@ -104,6 +104,10 @@ pub struct BpfStats {
     pub origdst_answered: u64,
     /// Original-destination queries on sockets laneway does not know.
     pub origdst_missed: u64,
+    /// Connects routed in the kernel straight to an endpoint of the
+    /// caller's lane (no live router, or a `protocol: tcp` port).
+    #[serde(default)]
+    pub kernel_routed: u64,
 }
 
 /// `GET /pods`.

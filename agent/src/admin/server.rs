@@ -360,6 +360,7 @@ fn gauges(state: &AdminState) -> Gauges {
             .collect(),
         redirected: stats.redirected,
         fail_open: stats.fail_open,
+        kernel_routed: stats.kernel_routed,
     }
 }
 
@@ -369,6 +370,7 @@ fn bpf_stats(stats: bpf::Stats) -> api::BpfStats {
         fail_open: stats.fail_open,
         origdst_answered: stats.origdst_answered,
         origdst_missed: stats.origdst_missed,
+        kernel_routed: stats.kernel_routed,
     }
 }
 

@@ -98,6 +98,7 @@ fn stats(s: &BpfStats) -> Table {
     let mut t = Table::plain();
     t.row(["redirected:".to_owned(), s.redirected.to_string()])
         .row(["fail-open:".to_owned(), s.fail_open.to_string()])
+        .row(["kernel-routed:".to_owned(), s.kernel_routed.to_string()])
         .row([
             "origdst answered:".to_owned(),
             s.origdst_answered.to_string(),

@@ -78,6 +78,7 @@ fn status_doc() -> Status {
             fail_open: 1,
             origdst_answered: 40,
             origdst_missed: 2,
+            kernel_routed: 3,
         },
         connections_active: 7,
     }
