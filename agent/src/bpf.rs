@@ -638,6 +638,16 @@ impl Datapath {
         &mut self.lane_ids
     }
 
+    /// The lane ids of tags.
+    pub fn lane_ids(&self) -> &LaneIds {
+        &self.lane_ids
+    }
+
+    /// Every `LANE_ENDPOINTS` entry.
+    pub fn lane_endpoint_entries(&self) -> Vec<(LaneKey, LaneEndpoints)> {
+        self.lane_endpoints.iter().filter_map(Result::ok).collect()
+    }
+
     /// Makes `ENROLLED` hold exactly `desired` (netns cookie to pod).
     pub fn sync_enrolled(
         &mut self,

@@ -67,6 +67,14 @@ impl LaneIds {
         }
     }
 
+    /// The tag whose lane id is `lane` (`None` for base or an id not given).
+    pub fn tag_of(&self, lane: u32) -> Option<&Tag> {
+        self.ids
+            .iter()
+            .find(|(_, id)| **id == lane)
+            .map(|(tag, _)| tag)
+    }
+
     /// The lane id of `tag` ([`BASE_LANE`] for none, or one not learnt).
     pub fn lane(&self, tag: Option<&Tag>) -> u32 {
         tag.and_then(|t| self.ids.get(t))
@@ -339,6 +347,8 @@ pods:
         let alpha = ids.lane(Some(&tag("alpha")));
         assert!(alpha != joint1 && alpha != gray && alpha != BASE_LANE);
         assert_eq!(ids.lane(None), BASE_LANE);
+        assert_eq!(ids.tag_of(alpha), Some(&tag("alpha")));
+        assert_eq!(ids.tag_of(BASE_LANE), None);
     }
 
     #[test]

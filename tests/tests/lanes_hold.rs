@@ -311,6 +311,25 @@ mod lanes_hold {
         }
         // Counted (nothing else was routed in the kernel on this node).
         assert!(kernel_routed_total(&l.node)? >= 40);
+        // `laneway maps` shows what the kernel picked from.
+        let maps: laneway::admin::api::Maps = laneway_tests::admin::json(&l.node, &["maps"])?;
+        let vip = l.reviews_tcp.to_string();
+        let joint1 = maps
+            .lane_endpoints
+            .iter()
+            .find(|e| e.vip == vip && e.tag.as_deref() == Some("joint1"))
+            .ok_or_else(|| anyhow::anyhow!("no joint1 entry for {vip}: {maps:?}"))?;
+        assert_eq!(joint1.endpoints.len(), 1, "{joint1:?}");
+        let base = maps
+            .lane_endpoints
+            .iter()
+            .find(|e| e.vip == vip && e.lane == 0);
+        assert_eq!(base.map(|e| e.endpoints.len()), Some(2), "{maps:?}");
+        let pod_lane = maps
+            .enrolled
+            .iter()
+            .find(|e| e.pod.as_deref() == Some("default/client-joint1"));
+        assert_eq!(pod_lane.map(|e| e.lane), Some(joint1.lane), "{maps:?}");
         // The HTTP port of the same endpoints still goes through the router,
         // which routes each request by its tag header.
         let r = client::get(

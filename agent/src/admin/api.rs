@@ -336,6 +336,9 @@ pub struct Maps {
     pub orig_by_cookie: Vec<CookieEntry>,
     /// `ORIG_BY_CONN`.
     pub orig_by_conn: Vec<ConnEntry>,
+    /// `LANE_ENDPOINTS`.
+    #[serde(default)]
+    pub lane_endpoints: Vec<LaneEntry>,
     /// `STATS`.
     pub stats: BpfStats,
 }
@@ -347,8 +350,24 @@ pub struct EnrolledEntry {
     pub netns_cookie: u64,
     /// Value: pod id.
     pub pod_id: u32,
+    /// Value: the pod's lane id (0 = base).
+    #[serde(default)]
+    pub lane: u32,
     /// The pod it stands for, if known.
     pub pod: Option<String>,
+}
+
+/// A `LANE_ENDPOINTS` entry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LaneEntry {
+    /// Key: VIP:port.
+    pub vip: String,
+    /// Key: lane id (0 = base).
+    pub lane: u32,
+    /// The lane's tag, if known (`None` for base).
+    pub tag: Option<String>,
+    /// Value: the endpoints the kernel picks from.
+    pub endpoints: Vec<String>,
 }
 
 /// A `SERVICES` entry.

@@ -413,6 +413,18 @@ pub(crate) fn maps(m: &Maps) -> String {
     }
     out.push_str(&t.render("  "));
 
+    let _ = writeln!(out, "\nLANE_ENDPOINTS ({} entries)", m.lane_endpoints.len());
+    let mut t = Table::new(&["VIP", "LANE", "ENDPOINTS"]);
+    for e in &m.lane_endpoints {
+        let lane = match &e.tag {
+            Some(tag) => format!("{} ({tag})", e.lane),
+            None if e.lane == 0 => "0 (base)".to_owned(),
+            None => e.lane.to_string(),
+        };
+        t.row([e.vip.clone(), lane, e.endpoints.join(", ")]);
+    }
+    out.push_str(&t.render("  "));
+
     out.push_str("\nSTATS\n");
     out.push_str(&stats(&m.stats).render("  "));
     out
