@@ -205,6 +205,7 @@ impl Datapath {
         if !is_bpffs(pin_dir) {
             return Err(Error::NotBpffs(pin_dir.to_owned()));
         }
+        unpin_outgrown_stats(pin_dir);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(PROGRAMS)?;
@@ -732,6 +733,19 @@ fn remove_other_generations(links_dir: &Path, keep: &str) {
             }
         }
         let _ = std::fs::remove_dir(dir.path());
+    }
+}
+
+/// Removes the pin of a `STATS` map an earlier laneway left with fewer
+/// counters than this build has, so the loader makes a new one: aya reuses a
+/// pinned map whatever its size, and the programs' new counters would fall
+/// past its end (and reading them would fail). The old programs keep the
+/// old map until their links go.
+fn unpin_outgrown_stats(pin_dir: &Path) {
+    let path = pin_dir.join(map_names::STATS);
+    if aya::maps::MapInfo::from_pin(&path).is_ok_and(|info| info.max_entries() < stat::COUNT) {
+        warn!(path = %path.display(), "the pinned STATS map has fewer counters than this agent's: replacing it (counters restart at 0)");
+        let _ = std::fs::remove_file(&path);
     }
 }
 

@@ -50,6 +50,11 @@ struct Lanes {
 
 impl Lanes {
     fn start() -> Result<Self> {
+        Self::start_with(|_| Ok(()))
+    }
+
+    /// Like [`Lanes::start`], running `before_agent` on the node first.
+    fn start_with(before_agent: impl FnOnce(&Node) -> Result<()>) -> Result<Self> {
         let mut node = Node::new()?;
         let clients: Vec<usize> = CLIENTS
             .iter()
@@ -114,6 +119,7 @@ impl Lanes {
             .collect::<Result<_>>()?;
         // The old fail-open path: DNAT spreading over every lane.
         node.install_kube_proxy(&scenario)?;
+        before_agent(&node)?;
         let agent = Agent::start(&node, &scenario)?;
         Ok(Self {
             agent,
@@ -342,6 +348,34 @@ mod lanes_hold {
         Ok(())
     }
 
+    /// An agent upgraded over the pins of an older one, whose `STATS` map
+    /// had fewer counters, still counts its kernel routes.
+    #[test]
+    fn an_agent_over_an_older_agents_pins_counts_kernel_routes() -> Result<()> {
+        let l = Lanes::start_with(|node| {
+            let dir = node.pin_path();
+            std::fs::create_dir_all(&dir)?;
+            let path = dir.join("STATS").display().to_string();
+            let args =
+                format!("map create {path} type percpu_array key 4 value 8 entries 4 name STATS");
+            let out = std::process::Command::new("bpftool")
+                .args(args.split(' '))
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        })?;
+        let (pod, (_, _, allowed)) = (l.clients[1], CLIENTS[1]);
+        for _ in 0..10 {
+            ask(&l.node, pod, l.reviews_tcp, allowed)?;
+        }
+        assert!(kernel_routed_total(&l.node)? >= 10);
+        Ok(())
+    }
+
     #[test]
     fn kernel_routing_shows_the_vip_skips_terminating_endpoints_and_falls_back_to_base()
     -> Result<()> {
@@ -375,6 +409,16 @@ mod lanes_hold {
             ask(&l.node, joint2, l.reviews, &["reviews-base"])?;
             ask(&l.node, joint1, l.ratings, &["ratings-base"])?;
             ask(&l.node, joint1, l.reviews, &["reviews-joint1"])?;
+        }
+        // What the JVM does: an IPv6 socket dialling the v4-mapped VIP
+        // (connect6); getpeername6 shows that VIP.
+        let std::net::IpAddr::V4(vip) = l.reviews.ip() else {
+            anyhow::bail!("reviews has an IPv4 VIP");
+        };
+        let mapped = SocketAddr::new(vip.to_ipv6_mapped().into(), l.reviews.port());
+        for _ in 0..10 {
+            let r = ask(&l.node, joint1, mapped, &["reviews-joint1"])?;
+            assert!(from_the_pod(&l.node, joint1, &r), "{r:?}");
         }
         Ok(())
     }
