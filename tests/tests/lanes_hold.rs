@@ -242,9 +242,15 @@ mod lanes_hold {
                 outside(a, allowed)
             );
             assert!(d.direct > 0, "{name}: the kill took effect during the load");
-            // Each of the two workers loses at most the request in flight
-            // on the router's side and a connect racing the kill.
-            assert!(d.failed <= 4, "{name}: {} failed across the kill", d.failed);
+            // Each of the two workers loses the request it had in flight on
+            // the router, and any connect the dying agent's listener still
+            // queued in the few milliseconds before its process was gone
+            // (3 or 4 per pod here); once it is gone, none (below).
+            assert!(
+                d.failed <= 10,
+                "{name}: {} failed across the kill",
+                d.failed
+            );
             assert_eq!(a.failed, 0, "{name}: failures once the kill took effect");
             assert!(a.ok > 20, "{name}: the load ran after the kill: {}", a.ok);
             assert_eq!(a.direct, a.ok, "{name}: no router, every answer is direct");
@@ -296,7 +302,10 @@ mod lanes_hold {
                 "{name} was answered by another lane: {:?}",
                 outside(c, allowed)
             );
-            // Requests the frozen router held were served once it thawed.
+            // Requests the frozen router held (the workers' connections
+            // made before the heartbeat went stale) were served once it
+            // thawed; the new connections while it was stopped are the
+            // checked ones above.
             assert_eq!(c.failed, 0, "{name}: failures");
         }
         Ok(())
