@@ -31,10 +31,10 @@ use aya::{
 };
 use tracing::{debug, warn};
 
-use crate::config::TcAttach;
+use crate::{config::TcAttach, kernel_lanes::LaneIds};
 use laneway_common::{
-    ConnKey, OriginalDst, PodValue, RouterInfo, ServiceKey, ServiceValue, map_names, stat,
-    v4_mapped,
+    ConnKey, LaneEndpoints, LaneKey, OriginalDst, PodValue, RouterInfo, ServiceKey, ServiceValue,
+    map_names, stat, v4_mapped,
 };
 
 /// The compiled kernel programs (built by `build.rs`).
@@ -174,6 +174,10 @@ pub struct Datapath {
     stats: PerCpuArray<MapData, u64>,
     orig_by_cookie: HashMap<MapData, u64, OriginalDst>,
     orig_by_conn: HashMap<MapData, ConnKey, OriginalDst>,
+    lane_endpoints: HashMap<MapData, LaneKey, LaneEndpoints>,
+    /// The lane ids `ENROLLED` and `LANE_ENDPOINTS` use, kept for the
+    /// agent's life (see [`LaneIds`]).
+    lane_ids: LaneIds,
 }
 
 /// How many entries a sync changed.
@@ -196,6 +200,8 @@ pub struct Stats {
     pub origdst_answered: u64,
     /// Original-destination queries on unknown sockets.
     pub origdst_missed: u64,
+    /// Connects routed in the kernel to an endpoint of the caller's lane.
+    pub kernel_routed: u64,
 }
 
 impl Datapath {
@@ -215,6 +221,7 @@ impl Datapath {
         if !is_bpffs(pin_dir) {
             return Err(Error::NotBpffs(pin_dir.to_owned()));
         }
+        unpin_outgrown_stats(pin_dir);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(PROGRAMS)?;
@@ -285,6 +292,7 @@ impl Datapath {
         let orig_by_conn = take(&mut ebpf, map_names::ORIG_BY_CONN)?;
         let listeners = take(&mut ebpf, map_names::ROUTER_LISTENER)?;
         let tc_enrolled = take(&mut ebpf, map_names::TC_ENROLLED)?;
+        let lane_endpoints = take(&mut ebpf, map_names::LANE_ENDPOINTS)?;
         let tc: &mut SchedClassifier = ebpf
             .program_mut(TC_PROGRAM.0)
             .ok_or(Error::MissingProgram(TC_PROGRAM.0))?
@@ -312,6 +320,9 @@ impl Datapath {
                 .map_err(map_err(map_names::ORIG_BY_CONN))?,
             listeners: SockMap::try_from(listeners).map_err(map_err(map_names::ROUTER_LISTENER))?,
             tc_enrolled: HashMap::try_from(tc_enrolled).map_err(map_err(map_names::TC_ENROLLED))?,
+            lane_endpoints: HashMap::try_from(lane_endpoints)
+                .map_err(map_err(map_names::LANE_ENDPOINTS))?,
+            lane_ids: LaneIds::default(),
             tc_attached: Default::default(),
             tc_attach: TcAttach::Auto,
             ebpf,
@@ -586,6 +597,11 @@ impl Datapath {
                 u64::from(laneway_common::SERVICES_CAPACITY),
             ),
             (
+                map_names::LANE_ENDPOINTS,
+                self.lane_endpoints.keys().count() as u64,
+                u64::from(laneway_common::LANE_ENDPOINTS_CAPACITY),
+            ),
+            (
                 map_names::ORIG_BY_COOKIE,
                 cookies as u64,
                 u64::from(laneway_common::CONN_MAP_CAPACITY),
@@ -617,6 +633,31 @@ impl Datapath {
         sync(&mut self.services, desired, map_names::SERVICES)
     }
 
+    /// Makes `LANE_ENDPOINTS` hold exactly `desired` (see
+    /// [`crate::kernel_lanes`]). Before `SERVICES` and `ENROLLED`, so the
+    /// entries they point at are in place.
+    pub fn sync_lane_endpoints(
+        &mut self,
+        desired: &StdHashMap<LaneKey, LaneEndpoints>,
+    ) -> Result<SyncCounts, Error> {
+        sync(&mut self.lane_endpoints, desired, map_names::LANE_ENDPOINTS)
+    }
+
+    /// The lane ids of tags, to give new tags theirs.
+    pub fn lane_ids_mut(&mut self) -> &mut LaneIds {
+        &mut self.lane_ids
+    }
+
+    /// The lane ids of tags.
+    pub fn lane_ids(&self) -> &LaneIds {
+        &self.lane_ids
+    }
+
+    /// Every `LANE_ENDPOINTS` entry.
+    pub fn lane_endpoint_entries(&self) -> Vec<(LaneKey, LaneEndpoints)> {
+        self.lane_endpoints.iter().filter_map(Result::ok).collect()
+    }
+
     /// Makes `ENROLLED` hold exactly `desired` (netns cookie to pod).
     pub fn sync_enrolled(
         &mut self,
@@ -639,6 +680,7 @@ impl Datapath {
             fail_open: read(stat::FAIL_OPEN)?,
             origdst_answered: read(stat::ORIGDST_ANSWERED)?,
             origdst_missed: read(stat::ORIGDST_MISSED)?,
+            kernel_routed: read(stat::KERNEL_ROUTED)?,
         })
     }
 
@@ -756,6 +798,19 @@ fn remove_other_generations(links_dir: &Path, keep: &str) {
             }
         }
         let _ = std::fs::remove_dir(dir.path());
+    }
+}
+
+/// Removes the pin of a `STATS` map an earlier laneway left with fewer
+/// counters than this build has, so the loader makes a new one: aya reuses a
+/// pinned map whatever its size, and the programs' new counters would fall
+/// past its end (and reading them would fail). The old programs keep the
+/// old map until their links go.
+fn unpin_outgrown_stats(pin_dir: &Path) {
+    let path = pin_dir.join(map_names::STATS);
+    if aya::maps::MapInfo::from_pin(&path).is_ok_and(|info| info.max_entries() < stat::COUNT) {
+        warn!(path = %path.display(), "the pinned STATS map has fewer counters than this agent's: replacing it (counters restart at 0)");
+        let _ = std::fs::remove_file(&path);
     }
 }
 

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod explain;
 pub mod fuzz;
+pub mod kernel_lanes;
 pub mod kube;
 pub mod memory;
 pub mod netns;

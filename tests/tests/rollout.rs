@@ -118,7 +118,13 @@ fn crash_loops_and_a_reboot_mid_rollout_leave_the_newest_agent_owning_the_node()
     let _backends = standard::http_backends(&node, &pods)?;
     let reviews = Node::vip(&scenario.services[0]);
     let start = |generation, logged| {
-        Agent::start_kube_as(&node, &scenario, &cluster, &daemonset_args(generation), logged)
+        Agent::start_kube_as(
+            &node,
+            &scenario,
+            &cluster,
+            &daemonset_args(generation),
+            logged,
+        )
     };
     let ask = |p| client::get(node.pod(p), reviews, &[]);
 

@@ -105,6 +105,10 @@ pub struct BpfStats {
     pub origdst_answered: u64,
     /// Original-destination queries on sockets laneway does not know.
     pub origdst_missed: u64,
+    /// Connects routed in the kernel straight to an endpoint of the
+    /// caller's lane (no live router, or a `protocol: tcp` port).
+    #[serde(default)]
+    pub kernel_routed: u64,
 }
 
 /// `GET /pods`.
@@ -336,6 +340,9 @@ pub struct Maps {
     pub orig_by_cookie: Vec<CookieEntry>,
     /// `ORIG_BY_CONN`.
     pub orig_by_conn: Vec<ConnEntry>,
+    /// `LANE_ENDPOINTS`.
+    #[serde(default)]
+    pub lane_endpoints: Vec<LaneEntry>,
     /// `STATS`.
     pub stats: BpfStats,
 }
@@ -347,8 +354,24 @@ pub struct EnrolledEntry {
     pub netns_cookie: u64,
     /// Value: pod id.
     pub pod_id: u32,
+    /// Value: the pod's lane id (0 = base).
+    #[serde(default)]
+    pub lane: u32,
     /// The pod it stands for, if known.
     pub pod: Option<String>,
+}
+
+/// A `LANE_ENDPOINTS` entry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LaneEntry {
+    /// Key: VIP:port.
+    pub vip: String,
+    /// Key: lane id (0 = base).
+    pub lane: u32,
+    /// The lane's tag, if known (`None` for base).
+    pub tag: Option<String>,
+    /// Value: the endpoints the kernel picks from.
+    pub endpoints: Vec<String>,
 }
 
 /// A `SERVICES` entry.

@@ -105,6 +105,8 @@ pub struct Gauges {
     pub redirected: u64,
     /// Connects left alone because the router's heartbeat was stale.
     pub fail_open: u64,
+    /// Connects routed in the kernel to an endpoint of the caller's lane.
+    pub kernel_routed: u64,
 }
 
 impl Metrics {
@@ -194,6 +196,12 @@ impl Metrics {
         text.push_str("# HELP laneway_fail_open Connects the kernel programs left alone because the router's heartbeat was stale.\n");
         text.push_str("# TYPE laneway_fail_open counter\n");
         text.push_str(&format!("laneway_fail_open_total {}\n", gauges.fail_open));
+        text.push_str("# HELP laneway_kernel_routed_connections Connects the kernel programs sent straight to an endpoint of the caller's lane (no live router, or a protocol: tcp port).\n");
+        text.push_str("# TYPE laneway_kernel_routed_connections counter\n");
+        text.push_str(&format!(
+            "laneway_kernel_routed_connections_total {}\n",
+            gauges.kernel_routed
+        ));
         text.push_str("# EOF\n");
         text
     }
@@ -244,6 +252,7 @@ mod tests {
             endpoints: vec![("default/reviews".into(), "serving", 2)],
             redirected: 7,
             fail_open: 1,
+            kernel_routed: 5,
         });
         assert!(text.contains(
             "laneway_requests_total{service=\"default/reviews\",tag=\"joint1\",decision=\"tagged\",status_class=\"2xx\"} 2"
@@ -262,6 +271,7 @@ mod tests {
         );
         assert!(text.contains("laneway_redirected_connections_total 7"));
         assert!(text.contains("laneway_fail_open_total 1"));
+        assert!(text.contains("laneway_kernel_routed_connections_total 5"));
         assert!(text.ends_with("# EOF\n"));
         assert_eq!(text.matches("# EOF").count(), 1);
     }

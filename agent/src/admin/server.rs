@@ -411,6 +411,7 @@ fn gauges(state: &AdminState) -> Gauges {
             .collect(),
         redirected: stats.redirected,
         fail_open: stats.fail_open,
+        kernel_routed: stats.kernel_routed,
     }
 }
 
@@ -420,6 +421,7 @@ fn bpf_stats(stats: bpf::Stats) -> api::BpfStats {
         fail_open: stats.fail_open,
         origdst_answered: stats.origdst_answered,
         origdst_missed: stats.origdst_missed,
+        kernel_routed: stats.kernel_routed,
     }
 }
 
@@ -598,6 +600,7 @@ fn maps(state: &AdminState) -> Result<api::Maps, bpf::Error> {
         .map(|(cookie, v)| api::EnrolledEntry {
             netns_cookie: cookie,
             pod_id: v.pod_id,
+            lane: v.lane,
             pod: snapshot
                 .pods
                 .get(v.pod_id as usize)
@@ -618,6 +621,22 @@ fn maps(state: &AdminState) -> Result<api::Maps, bpf::Error> {
         })
         .collect();
     services.sort_by(|a, b| a.vip.cmp(&b.vip));
+    let mut lane_endpoints: Vec<api::LaneEntry> = dp
+        .lane_endpoint_entries()
+        .into_iter()
+        .map(|(k, v)| api::LaneEntry {
+            vip: bpf::socket_addr(&k.addr, k.port).to_string(),
+            lane: k.lane,
+            tag: dp.lane_ids().tag_of(k.lane).map(ToString::to_string),
+            endpoints: v
+                .endpoints
+                .iter()
+                .take(v.count as usize)
+                .map(|e| bpf::socket_addr(&e.addr, e.port).to_string())
+                .collect(),
+        })
+        .collect();
+    lane_endpoints.sort_by(|a, b| (&a.vip, a.lane).cmp(&(&b.vip, b.lane)));
     let r = dp.router_entry()?;
     Ok(api::Maps {
         enrolled,
@@ -649,6 +668,7 @@ fn maps(state: &AdminState) -> Result<api::Maps, bpf::Error> {
                 netns_cookie: o.netns_cookie,
             })
             .collect(),
+        lane_endpoints,
         stats: bpf_stats(dp.stats()?),
     })
 }

@@ -19,6 +19,7 @@ use crate::{
     admin::Health,
     bpf::{self, Datapath},
     config::{Config, RedirectMode},
+    kernel_lanes::KernelLanes,
     netns,
     router::{Applied, Router},
     snapshot::Snapshot,
@@ -287,7 +288,7 @@ fn write_maps(
                         cookie,
                         PodValue {
                             pod_id: index as u32,
-                            flags: 0,
+                            lane: laneway_common::BASE_LANE,
                         },
                     );
                 }
@@ -303,6 +304,11 @@ fn write_maps(
         true => attach_tc(datapath, &snapshot, &mut unenrolled),
         false => Default::default(),
     };
+    // The kernel's own lanes (no live router, `protocol: tcp`): their
+    // endpoints first, so the services and pods pointing at them find them.
+    let lanes = KernelLanes::new(&snapshot, datapath.lane_ids_mut());
+    lanes.annotate(&mut services, &mut enrolled);
+    datapath.sync_lane_endpoints(&lanes.endpoints)?;
     // Services first: a newly enrolled pod must find its services in place.
     let s = datapath.sync_services(&services)?;
     let e = datapath.sync_enrolled(&enrolled)?;
@@ -359,7 +365,7 @@ fn attach_tc(
                     ifindex,
                     PodValue {
                         pod_id: index as u32,
-                        flags: 0,
+                        lane: laneway_common::BASE_LANE,
                     },
                 );
             }

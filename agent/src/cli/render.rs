@@ -98,6 +98,7 @@ fn stats(s: &BpfStats) -> Table {
     let mut t = Table::plain();
     t.row(["redirected:".to_owned(), s.redirected.to_string()])
         .row(["fail-open:".to_owned(), s.fail_open.to_string()])
+        .row(["kernel-routed:".to_owned(), s.kernel_routed.to_string()])
         .row([
             "origdst answered:".to_owned(),
             s.origdst_answered.to_string(),
@@ -413,6 +414,18 @@ pub(crate) fn maps(m: &Maps) -> String {
             e.destination.clone(),
             e.netns_cookie.to_string(),
         ]);
+    }
+    out.push_str(&t.render("  "));
+
+    let _ = writeln!(out, "\nLANE_ENDPOINTS ({} entries)", m.lane_endpoints.len());
+    let mut t = Table::new(&["VIP", "LANE", "ENDPOINTS"]);
+    for e in &m.lane_endpoints {
+        let lane = match &e.tag {
+            Some(tag) => format!("{} ({tag})", e.lane),
+            None if e.lane == 0 => "0 (base)".to_owned(),
+            None => e.lane.to_string(),
+        };
+        t.row([e.vip.clone(), lane, e.endpoints.join(", ")]);
     }
     out.push_str(&t.render("  "));
 

@@ -13,9 +13,9 @@ use clap::Parser;
 
 use super::*;
 use crate::admin::api::{
-    ApiError, BpfStats, ConnInfo, CookieEntry, EndpointInfo, EnrolledEntry, LaneInfo, MapFill,
-    PodInfo, PortInfo, ProgramStatus, RouterEntry, RouterStatus, ServiceEntry, ServiceInfo,
-    SnapshotStatus, UnenrolledPod,
+    ApiError, BpfStats, ConnInfo, CookieEntry, EndpointInfo, EnrolledEntry, LaneEntry, LaneInfo,
+    MapFill, PodInfo, PortInfo, ProgramStatus, RouterEntry, RouterStatus, ServiceEntry,
+    ServiceInfo, SnapshotStatus, UnenrolledPod,
 };
 
 /// A temp directory removed on drop.
@@ -78,6 +78,7 @@ fn status_doc() -> Status {
             fail_open: 1,
             origdst_answered: 40,
             origdst_missed: 2,
+            kernel_routed: 3,
         },
         connections_active: 7,
     }
@@ -208,6 +209,7 @@ fn maps_doc() -> Maps {
         enrolled: vec![EnrolledEntry {
             netns_cookie: 4097,
             pod_id: 1,
+            lane: 0,
             pod: Some("default/client".into()),
         }],
         services: vec![ServiceEntry {
@@ -229,6 +231,12 @@ fn maps_doc() -> Maps {
             pod_id: 1,
         }],
         orig_by_conn: vec![],
+        lane_endpoints: vec![LaneEntry {
+            vip: "10.96.0.10:80".into(),
+            lane: 2,
+            tag: Some("joint1".into()),
+            endpoints: vec!["10.244.0.14:8080".into(), "10.244.0.16:8080".into()],
+        }],
         stats: BpfStats {
             redirected: 42,
             ..BpfStats::default()
@@ -788,6 +796,8 @@ fn maps_table_decodes_each_map() {
         "ORIG_BY_COOKIE (1 entries)",
         "777",
         "ORIG_BY_CONN (0 entries)\n  CLIENT  ROUTER  DESTINATION  NETNS-COOKIE\n",
+        "LANE_ENDPOINTS (1 entries)",
+        "10.96.0.10:80  2 (joint1)  10.244.0.14:8080, 10.244.0.16:8080",
         "STATS",
         "redirected:        42",
     ] {

@@ -25,6 +25,10 @@ pub mod map_names {
     pub const ROUTER_LISTENER: &str = "ROUTER_LISTENER";
     /// [`crate::PodValue`] by host-side veth ifindex: pods enrolled in TC mode.
     pub const TC_ENROLLED: &str = "TC_ENROLLED";
+    /// [`crate::LaneEndpoints`] by [`crate::LaneKey`]: the endpoints the
+    /// connect programs pick from themselves (no live router, or a
+    /// [`crate::SERVICE_KERNEL_ROUTED`] port).
+    pub const LANE_ENDPOINTS: &str = "LANE_ENDPOINTS";
 }
 
 /// Capacity of the per-connection LRU maps. LRU eviction keeps them bounded
@@ -34,6 +38,20 @@ pub const CONN_MAP_CAPACITY: u32 = 65_536;
 pub const ENROLLED_CAPACITY: u32 = 4_096;
 /// Capacity of the services map (VIP:port pairs in the cluster).
 pub const SERVICES_CAPACITY: u32 = 65_536;
+
+/// Capacity of the lane endpoints map ((VIP:port, lane) pairs with
+/// endpoints). Its entries are allocated as they are written
+/// (`BPF_F_NO_PREALLOC`), so the capacity costs nothing until used.
+pub const LANE_ENDPOINTS_CAPACITY: u32 = 65_536;
+/// Endpoints a [`LaneEndpoints`] holds; a lane with more is given its first
+/// this many (in the source's order).
+pub const MAX_LANE_ENDPOINTS: usize = 64;
+/// The lane id of base (untagged) in [`PodValue::lane`] and [`LaneKey::lane`].
+pub const BASE_LANE: u32 = 0;
+/// [`ServiceValue::flags`]: the port is always routed in the kernel from
+/// [`map_names::LANE_ENDPOINTS`], also while the router is live (a
+/// `protocol: tcp` port, which the router would only pass through at L4).
+pub const SERVICE_KERNEL_ROUTED: u32 = 1;
 
 /// A router heartbeat older than this makes the programs stop redirecting
 /// (fail-open): pods then reach services the normal way. Four missed beats
@@ -71,8 +89,13 @@ pub mod stat {
     pub const ORIGDST_ANSWERED: u32 = 2;
     /// Original-destination queries on sockets laneway does not know.
     pub const ORIGDST_MISSED: u32 = 3;
+    /// Connects the connect programs sent straight to an endpoint of the
+    /// caller's lane (or base), from `LANE_ENDPOINTS`: while no router was
+    /// live (these count in [`FAIL_OPEN`] too), or to a
+    /// [`crate::SERVICE_KERNEL_ROUTED`] port.
+    pub const KERNEL_ROUTED: u32 = 4;
     /// Number of counters.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Key of [`map_names::SERVICES`]: a service VIP and port.
@@ -93,7 +116,7 @@ pub struct ServiceKey {
 pub struct ServiceValue {
     /// The service's index in the agent's snapshot (for counters and `maps`).
     pub service_id: u32,
-    /// Reserved, zero.
+    /// [`SERVICE_KERNEL_ROUTED`], or zero.
     pub flags: u32,
 }
 
@@ -103,8 +126,49 @@ pub struct ServiceValue {
 pub struct PodValue {
     /// The pod's index in the agent's snapshot.
     pub pod_id: u32,
-    /// Reserved, zero.
-    pub flags: u32,
+    /// The pod's lane: the id the agent gave its tag ([`BASE_LANE`] for
+    /// none), as in [`LaneKey::lane`].
+    pub lane: u32,
+}
+
+/// Key of [`map_names::LANE_ENDPOINTS`]: a service VIP and port, and a lane.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LaneKey {
+    /// The VIP, IPv6 in network byte order (IPv4 v4-mapped).
+    pub addr: [u32; 4],
+    /// The service port, host byte order.
+    pub port: u16,
+    /// Zero: keeps `lane` 4-aligned without an implicit hole.
+    pub _pad: u16,
+    /// The lane id ([`BASE_LANE`] for base).
+    pub lane: u32,
+}
+
+/// An endpoint in a [`LaneEndpoints`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelEndpoint {
+    /// The endpoint's address, IPv6 network byte order (IPv4 v4-mapped),
+    /// always of the VIP's family.
+    pub addr: [u32; 4],
+    /// The endpoint's port, host byte order.
+    pub port: u16,
+    /// Zero: makes the size a multiple of 4 without an implicit hole.
+    pub _pad: u16,
+}
+
+/// Value of [`map_names::LANE_ENDPOINTS`]: the serving, non-terminating
+/// endpoints a connect from that lane to that VIP:port may go to (for the
+/// base lane: base endpoints, or every one when the service has no base
+/// endpoint).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaneEndpoints {
+    /// How many of `endpoints` are set (1..=[`MAX_LANE_ENDPOINTS`]).
+    pub count: u32,
+    /// The endpoints; those past `count` are zero.
+    pub endpoints: [KernelEndpoint; MAX_LANE_ENDPOINTS],
 }
 
 /// Value of [`map_names::ROUTER`] at index 0.
@@ -183,6 +247,9 @@ mod pod_impls {
     unsafe impl aya::Pod for super::RouterInfo {}
     unsafe impl aya::Pod for super::OriginalDst {}
     unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::LaneKey {}
+    unsafe impl aya::Pod for super::KernelEndpoint {}
+    unsafe impl aya::Pod for super::LaneEndpoints {}
 }
 
 #[cfg(test)]
@@ -198,6 +265,12 @@ mod tests {
         assert_eq!(size_of::<RouterInfo>(), 8 + 16 + 4 + 4 + 2 + 2 + 4);
         assert_eq!(size_of::<OriginalDst>(), 16 + 8 + 2 + 2 + 4);
         assert_eq!(size_of::<ConnKey>(), 16 + 16 + 2 + 2);
+        assert_eq!(size_of::<LaneKey>(), 16 + 2 + 2 + 4);
+        assert_eq!(size_of::<KernelEndpoint>(), 16 + 2 + 2);
+        assert_eq!(
+            size_of::<LaneEndpoints>(),
+            4 + MAX_LANE_ENDPOINTS * size_of::<KernelEndpoint>()
+        );
     }
 
     #[test]

@@ -1,37 +1,101 @@
-//! `cgroup/connect4|6`: steer enrolled pods' connects to service VIPs to the router.
+//! `cgroup/connect4|6`: steer enrolled pods' connects to service VIPs to the
+//! router, or, when no router is live (and always for a
+//! [`SERVICE_KERNEL_ROUTED`] port), straight to an endpoint of the caller's
+//! lane, else base, from `LANE_ENDPOINTS`.
 
 use aya_ebpf::{
     EbpfContext,
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns},
     programs::SockAddrContext,
 };
 use laneway_common::{
-    HEARTBEAT_TIMEOUT_NS, OriginalDst, RouterInfo, ServiceKey, is_v4_mapped, stat, v4_mapped,
+    BASE_LANE, HEARTBEAT_TIMEOUT_NS, KernelEndpoint, LaneKey, OriginalDst, RouterInfo,
+    SERVICE_KERNEL_ROUTED, ServiceKey, is_v4_mapped, stat, v4_mapped,
 };
 
-use crate::maps::{ENROLLED, ORIG_BY_COOKIE, ROUTER, SERVICES, count, listener_alive};
+use crate::maps::{
+    ENROLLED, LANE_ENDPOINTS, ORIG_BY_COOKIE, ROUTER, SERVICES, count, listener_alive,
+};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const SOCK_STREAM: u32 = 1;
 
-/// What a connect needs to be redirected: the router to send it to, and the
-/// record of where it was going.
-struct Redirect {
-    router: RouterInfo,
+/// Where a connect goes instead, and the record of where it was going.
+struct Steer {
+    /// The new destination, in the maps' form (IPv4 v4-mapped).
+    to: [u32; 4],
+    /// The new destination port, host byte order.
+    port: u16,
     original: OriginalDst,
+    /// The counter to add one to: `REDIRECTED` or `KERNEL_ROUTED`.
+    counter: u32,
 }
 
-/// Decides whether this connect to `addr`:`port` (as the app gave it) is
-/// laneway's to steer. `None` leaves it alone.
+/// Picks an endpoint of `lane` for `addr`:`port` at random, else of base.
 #[inline(always)]
-unsafe fn redirect_for(
-    ctx: &SockAddrContext,
-    addr: [u32; 4],
-    port: u16,
-    family: u16,
-) -> Option<Redirect> {
+fn pick(addr: [u32; 4], port: u16, lane: u32) -> Option<KernelEndpoint> {
+    let mut key = LaneKey {
+        addr,
+        port,
+        _pad: 0,
+        lane,
+    };
+    if lane != BASE_LANE
+        && let Some(endpoint) = pick_in(&key)
+    {
+        return Some(endpoint);
+    }
+    key.lane = BASE_LANE;
+    pick_in(&key)
+}
+
+#[inline(always)]
+fn pick_in(key: &LaneKey) -> Option<KernelEndpoint> {
+    // SAFETY: the value is only read; the endpoint is copied out at once.
+    let set = unsafe { LANE_ENDPOINTS.get(key) }?;
+    let n = u64::from(set.count);
+    // SAFETY: a helper without arguments.
+    let random = u64::from(unsafe { bpf_get_prandom_u32() });
+    // Scaling instead of `%`: no division, so no division-by-zero branch.
+    let index = ((random * n) >> 32) as usize;
+    set.endpoints.get(index).copied()
+}
+
+/// Whether the router can take a connect to `addr` of `family`: its
+/// heartbeat is fresh and its listener for that family is open.
+#[inline(always)]
+fn router_live(router: &RouterInfo, addr: &[u32; 4], family: u16) -> bool {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let listener = if family == AF_INET6 && !is_v4_mapped(addr) {
+        1
+    } else {
+        0
+    };
+    router.port != 0
+        && router.heartbeat_ns != 0
+        && now.wrapping_sub(router.heartbeat_ns) <= HEARTBEAT_TIMEOUT_NS
+        && listener_alive(listener)
+}
+
+/// The router's address for a connect to `addr` (all zero: none).
+#[inline(always)]
+fn router_addr(router: &RouterInfo, addr: &[u32; 4], family: u16) -> [u32; 4] {
+    if family == AF_INET6 && !is_v4_mapped(addr) {
+        router.addr6
+    } else if router.addr4 == 0 {
+        [0; 4]
+    } else {
+        v4_mapped(router.addr4)
+    }
+}
+
+/// Decides where this connect to `addr`:`port` (as the app gave it) goes.
+/// `None` leaves it alone.
+#[inline(always)]
+unsafe fn steer(ctx: &SockAddrContext, addr: [u32; 4], port: u16, family: u16) -> Option<Steer> {
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
     // SAFETY: the kernel's context, valid for the program's run.
     if unsafe { (*sa).type_ } != SOCK_STREAM {
@@ -47,43 +111,47 @@ unsafe fn redirect_for(
         _pad: 0,
     };
     // SAFETY: as above.
-    unsafe { SERVICES.get(key) }?;
-    let router = *ROUTER.get(0)?;
-    if router.port == 0 {
-        return None;
-    }
+    let service = unsafe { SERVICES.get(key) }.copied()?;
+    let router = ROUTER.get(0).copied().unwrap_or_default();
     // Loop guard: the router marks its own sockets (it is also never enrolled).
     // SAFETY: `sk` is the socket being connected, readable for sock_addr programs.
     let sk = unsafe { (*sa).__bindgen_anon_1.sk };
     if router.mark != 0 && !sk.is_null() && unsafe { (*sk).mark } == router.mark {
         return None;
     }
-    // Fail-open: nobody listens (crashed or stopped agent) or the router is
-    // hung (stale heartbeat): let the connect go the normal way.
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let listener = if family == AF_INET6 && !is_v4_mapped(&addr) {
-        1
-    } else {
-        0
+    let original = OriginalDst {
+        addr,
+        netns_cookie,
+        port,
+        family,
+        pod_id: pod.pod_id,
     };
-    if router.heartbeat_ns == 0
-        || now.wrapping_sub(router.heartbeat_ns) > HEARTBEAT_TIMEOUT_NS
-        || !listener_alive(listener)
+    let kernel = |endpoint: KernelEndpoint, original| Steer {
+        to: endpoint.addr,
+        port: endpoint.port,
+        original,
+        counter: stat::KERNEL_ROUTED,
+    };
+    // A port the router would only pass through: no need for the router.
+    if service.flags & SERVICE_KERNEL_ROUTED != 0
+        && let Some(endpoint) = pick(addr, port, pod.lane)
     {
-        count(stat::FAIL_OPEN);
-        return None;
+        return Some(kernel(endpoint, original));
     }
-    Some(Redirect {
-        router,
-        original: OriginalDst {
-            addr,
-            netns_cookie,
-            port,
-            family,
-            pod_id: pod.pod_id,
-        },
-    })
+    let to = router_addr(&router, &addr, family);
+    if to != [0; 4] && router_live(&router, &addr, family) {
+        return Some(Steer {
+            to,
+            port: router.port,
+            original,
+            counter: stat::REDIRECTED,
+        });
+    }
+    // No live router (crashed, stopped, hung, or none for this family):
+    // keep the lane here rather than leave the connect to kube-proxy, which
+    // spreads it over every lane. Without endpoints, leave it alone.
+    count(stat::FAIL_OPEN);
+    pick(addr, port, pod.lane).map(|endpoint| kernel(endpoint, original))
 }
 
 /// Records the original destination under the socket's cookie.
@@ -91,7 +159,8 @@ unsafe fn redirect_for(
 unsafe fn record(ctx: &SockAddrContext, original: &OriginalDst) -> bool {
     // SAFETY: this program type's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // Without the record the router could not route: leave the connect alone.
+    // Without the record the router could not route, nor getpeername show
+    // the VIP: leave the connect alone.
     ORIG_BY_COOKIE.insert(cookie, original, 0).is_ok()
 }
 
@@ -102,18 +171,19 @@ pub unsafe fn try_connect4(ctx: &SockAddrContext) {
     let (ip4, port_be) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16) };
     let port = u16::from_be(port_be);
     // SAFETY: as above.
-    let Some(redirect) = (unsafe { redirect_for(ctx, v4_mapped(ip4), port, AF_INET) }) else {
+    let Some(steer) = (unsafe { steer(ctx, v4_mapped(ip4), port, AF_INET) }) else {
         return;
     };
-    if redirect.router.addr4 == 0 || !unsafe { record(ctx, &redirect.original) } {
+    // The agent gives an IPv4 VIP IPv4 endpoints only; checked all the same.
+    if !is_v4_mapped(&steer.to) || !unsafe { record(ctx, &steer.original) } {
         return;
     }
     // SAFETY: user_ip4 and user_port are writable for connect4.
     unsafe {
-        (*sa).user_ip4 = redirect.router.addr4;
-        (*sa).user_port = u32::from(redirect.router.port.to_be());
+        (*sa).user_ip4 = steer.to[3];
+        (*sa).user_port = u32::from(steer.port.to_be());
     }
-    count(stat::REDIRECTED);
+    count(steer.counter);
 }
 
 /// IPv6 connects, including v4-mapped ones.
@@ -132,33 +202,23 @@ pub unsafe fn try_connect6(ctx: &SockAddrContext) {
         )
     };
     let port = u16::from_be(port_be);
-    let mapped = is_v4_mapped(&addr);
     // SAFETY: as above.
-    let Some(redirect) = (unsafe { redirect_for(ctx, addr, port, AF_INET6) }) else {
+    let Some(steer) = (unsafe { steer(ctx, addr, port, AF_INET6) }) else {
         return;
     };
-    let to = if mapped {
-        if redirect.router.addr4 == 0 {
-            return;
-        }
-        v4_mapped(redirect.router.addr4)
-    } else {
-        if redirect.router.addr6 == [0; 4] {
-            return;
-        }
-        redirect.router.addr6
-    };
-    // SAFETY: as above.
-    if !unsafe { record(ctx, &redirect.original) } {
+    // A v4-mapped VIP goes to a v4-mapped destination, a native one to a
+    // native one: the socket's family decides what it can reach.
+    if is_v4_mapped(&steer.to) != is_v4_mapped(&addr) || !unsafe { record(ctx, &steer.original) } {
         return;
     }
+    let to = steer.to;
     // SAFETY: user_ip6 (4-byte words) and user_port are writable for connect6.
     unsafe {
         (*sa).user_ip6[0] = to[0];
         (*sa).user_ip6[1] = to[1];
         (*sa).user_ip6[2] = to[2];
         (*sa).user_ip6[3] = to[3];
-        (*sa).user_port = u32::from(redirect.router.port.to_be());
+        (*sa).user_port = u32::from(steer.port.to_be());
     }
-    count(stat::REDIRECTED);
+    count(steer.counter);
 }

@@ -12,8 +12,11 @@
 //! - `getpeername4` / `getpeername6`: the app sees the VIP it dialled.
 //!
 //! Every program returns 1 (allow) on every path: laneway never fails a
-//! syscall, it only steers or leaves alone. With a stale router heartbeat the
-//! connect programs leave connects alone (fail-open).
+//! syscall, it only steers or leaves alone. With no live router (stale
+//! heartbeat, no listener) the connect programs send a connect straight to an
+//! endpoint of the caller's lane, else base, from `LANE_ENDPOINTS` (as they
+//! always do for a `protocol: tcp` port), and leave it alone when there is
+//! none.
 #![no_std]
 #![no_main]
 

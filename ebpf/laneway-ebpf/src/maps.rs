@@ -12,9 +12,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockMap},
 };
 use laneway_common::{
-    CONN_MAP_CAPACITY, ConnKey, ENROLLED_CAPACITY, OriginalDst, PodValue, RouterInfo,
-    SERVICES_CAPACITY, ServiceKey, ServiceValue, stat,
+    CONN_MAP_CAPACITY, ConnKey, ENROLLED_CAPACITY, LANE_ENDPOINTS_CAPACITY, LaneEndpoints, LaneKey,
+    OriginalDst, PodValue, RouterInfo, SERVICES_CAPACITY, ServiceKey, ServiceValue, stat,
 };
+
+/// `BPF_F_NO_PREALLOC`: entries are allocated when written.
+const NO_PREALLOC: u32 = 1;
 
 /// Enrolled pods by netns cookie.
 #[map]
@@ -27,6 +30,13 @@ pub static TC_ENROLLED: HashMap<u32, PodValue> = HashMap::pinned(ENROLLED_CAPACI
 /// Service VIP:ports to redirect.
 #[map]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(SERVICES_CAPACITY, 0);
+
+/// Endpoints by (VIP:port, lane), for the connects the programs route
+/// themselves. Not preallocated: a value is over a kilobyte, and most
+/// clusters fill a small part of the capacity.
+#[map]
+pub static LANE_ENDPOINTS: HashMap<LaneKey, LaneEndpoints> =
+    HashMap::pinned(LANE_ENDPOINTS_CAPACITY, NO_PREALLOC);
 
 /// The router's listener and heartbeat, at index 0.
 #[map]

@@ -1,5 +1,10 @@
 //! `sock_ops`: key each redirected connection's record by its 4-tuple once it
 //! is established, and drop both records when it closes.
+//!
+//! A connection the connect programs sent straight to an endpoint (kernel
+//! routed) has a record by cookie too (for `getpeername`), but is not keyed
+//! by 4-tuple: only the router asks for original destinations, and the
+//! endpoint's side must not learn the caller's netns cookie and pod id.
 
 use core::ptr::read_volatile;
 
@@ -14,7 +19,7 @@ use aya_ebpf::{
 };
 use laneway_common::{ConnKey, v4_mapped};
 
-use crate::maps::{ORIG_BY_CONN, ORIG_BY_COOKIE};
+use crate::maps::{ORIG_BY_CONN, ORIG_BY_COOKIE, ROUTER};
 
 const AF_INET: u32 = 2;
 
@@ -66,7 +71,12 @@ pub fn try_sock_ops(ctx: &SockOpsContext) {
             let Some(original) = (unsafe { ORIG_BY_COOKIE.get(cookie) }).copied() else {
                 return;
             };
-            if ORIG_BY_CONN.insert(conn_key(ctx), original, 0).is_ok() {
+            let key = conn_key(ctx);
+            let to_router = ROUTER.get(0).is_some_and(|r| {
+                key.router_port == r.port
+                    && (key.router_addr == v4_mapped(r.addr4) || key.router_addr == r.addr6)
+            });
+            if !to_router || ORIG_BY_CONN.insert(key, original, 0).is_ok() {
                 // Be told when it closes, to drop the records.
                 let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
             }
