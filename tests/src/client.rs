@@ -243,6 +243,13 @@ pub fn under_load(
                     let mut counts = counts.lock().unwrap_or_else(|p| p.into_inner());
                     match answer {
                         Some(Ok(r)) if r.status == 200 => {
+                            // As any HTTP/1.1 client: the server closes after
+                            // this answer (a draining router does).
+                            if r.header("connection")
+                                .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+                            {
+                                conn = None;
+                            }
                             counts.ok += 1;
                             counts.direct += u64::from(!r.routed());
                             *counts
