@@ -226,14 +226,9 @@ fn lane_config(router: &str, vip: IpAddr, ips: [IpAddr; 2]) -> String {
     )
 }
 
-/// An IPv4-only node (no IPv6 address on the node or its pods): the
-/// README's defaults route.
-#[test]
-fn ipv4_only_node_routes_by_lane_with_defaults() -> Result<()> {
-    let (node, _backends) = lane_node(NodeOptions {
-        ipv6: false,
-        ..NodeOptions::default()
-    })?;
+/// The README's defaults route by lane on a node made with `options`.
+fn routes_by_lane_with_defaults(options: NodeOptions) -> Result<()> {
+    let (node, _backends) = lane_node(options)?;
     let ips = [node.pod(1).ip.into(), node.pod(2).ip.into()];
     let _agent = start_user(&node, &lane_config("", "10.96.0.10".parse()?, ips))?;
     let vip: SocketAddr = "10.96.0.10:80".parse()?;
@@ -249,27 +244,24 @@ fn ipv4_only_node_routes_by_lane_with_defaults() -> Result<()> {
     Ok(())
 }
 
+/// An IPv4-only node (no IPv6 address on the node or its pods): the
+/// README's defaults route.
+#[test]
+fn ipv4_only_node_routes_by_lane_with_defaults() -> Result<()> {
+    routes_by_lane_with_defaults(NodeOptions {
+        ipv6: false,
+        ..NodeOptions::default()
+    })
+}
+
 /// A node with IPv6 switched off (`net.ipv6.conf.all.disable_ipv6=1`):
 /// `listen_v6` unset, as by default, must start and route.
 #[test]
 fn node_without_ipv6_routes_by_lane_with_defaults() -> Result<()> {
-    let (node, _backends) = lane_node(NodeOptions {
+    routes_by_lane_with_defaults(NodeOptions {
         ipv6_disabled: true,
         ..NodeOptions::default()
-    })?;
-    let ips = [node.pod(1).ip.into(), node.pod(2).ip.into()];
-    let _agent = start_user(&node, &lane_config("", "10.96.0.10".parse()?, ips))?;
-    let vip: SocketAddr = "10.96.0.10:80".parse()?;
-    ask(&node, 0, vip, None, "reviews-base", node.ip.into())?;
-    ask(
-        &node,
-        0,
-        vip,
-        Some("joint1"),
-        "reviews-joint1",
-        node.ip.into(),
-    )?;
-    Ok(())
+    })
 }
 
 /// An IPv6-only node: pods, endpoints and the VIP have only IPv6
