@@ -218,25 +218,12 @@ async fn serve(
     stops: &mut Stops,
     hangup: &mut tokio::signal::unix::Signal,
 ) -> Result<Ended, Error> {
-    let mut config = Config::load(&options.config)?;
-    if let Some(ip) = options.redirect_ipv4 {
-        config.router.redirect_ipv4 = ip;
-    }
-    if options.kube && (!config.services.is_empty() || !config.pods.is_empty()) {
-        return Err(Error::KubeWithStatic(options.config.clone()));
-    }
+    let config = settings(options)?;
     // The Kubernetes source syncs before the agent touches the node: a
     // router that started empty would close the connections the running
     // agent's maps still send it, and empty maps would send pods around it.
     let mut kube = match options.kube {
-        true => {
-            let node = options
-                .node_name
-                .clone()
-                .ok_or(crate::kube::Error::NoNodeName)?;
-            let client = crate::kube::client(options.kubeconfig.as_deref()).await?;
-            Some(KubeSource::start(client, node, &config))
-        }
+        true => Some(KubeSource::connect(options, &config).await?),
         false => None,
     };
     let first = match &mut kube {
@@ -250,37 +237,13 @@ async fn serve(
             policy_errors: Vec::new(),
         },
     };
-    let cgroup = match options.cgroup.clone().or(config.bpf.cgroup.clone()) {
-        Some(dir) => dir,
-        None => cgroup::v2_root()?,
-    };
-    if !cgroup::is_cgroup_dir(&cgroup) {
-        return Err(Error::NotACgroup(cgroup));
-    }
-    let (redirect4, redirect6) = listeners::redirect_addrs(&config)?;
-
-    listeners::allow_listener_migration();
-    // Listen before attaching: a redirected connect must find a listener.
-    let mut router_listeners = vec![listeners::bind(config.router.listen)?];
-    if let Some(v6) = config.router.listen_v6 {
-        router_listeners.push(listeners::bind(v6)?);
-    }
-    let admin = config.admin.listen.map(listeners::bind).transpose()?;
-
-    let pin_dir = &config.bpf.pin_path;
-    let mut datapath = Datapath::attach(&cgroup, pin_dir)?;
-    datapath.set_tc_attach(config.bpf.tc_attach);
-    datapath.set_listeners(&router_listeners[0], router_listeners.get(1))?;
-    let transparent = match config.router.mode.tc() {
-        true => Some(listeners::transparent(&config, &mut datapath).await?),
-        false => None,
-    };
-    info!(cgroup = %cgroup.display(), programs = ?Datapath::program_names().collect::<Vec<_>>(), "programs attached");
     let source = match &kube {
         Some(_) => "kubernetes".to_owned(),
         None => format!("file:{}", options.config.display()),
     };
-    let applied = reconcile::first(&mut datapath, &first, &source, config.router.mode)?;
+    let mut node = attach(options, &config).await?;
+    let applied = reconcile::first(&mut node.datapath, &first, &source, config.router.mode)?;
+    let pin_dir = &config.bpf.pin_path;
     let router = Router::new(
         applied,
         proxy_config(&config),
@@ -290,19 +253,13 @@ async fn serve(
     for (service, _) in &first.policy_errors {
         router.telemetry.metrics.policy_error(service);
     }
-    let mut accepting: Vec<_> = router_listeners
-        .into_iter()
-        .map(|listener| tokio::spawn(router.clone().serve(listener, false)))
-        .collect();
-    let transparent_fd = transparent.as_ref().map(|l| {
+    let transparent_fd = node.transparent.as_ref().map(|l| {
         use std::os::fd::AsRawFd;
         l.as_raw_fd()
     });
-    if let Some(listener) = transparent {
-        accepting.push(tokio::spawn(router.clone().serve(listener, true)));
-    }
+    let accepting = node.accept(&router);
     let health = Arc::new(Health::default());
-    let datapath = Arc::new(Mutex::new(datapath));
+    let datapath = Arc::new(Mutex::new(node.datapath));
     let (handover_tx, handover) = watch::channel(false);
     let admin_state = Arc::new(AdminState {
         router: router.clone(),
@@ -321,6 +278,7 @@ async fn serve(
         generation: options.generation,
         transparent_fd,
     });
+    let (redirect4, redirect6) = listeners::redirect_addrs(&config)?;
     let heartbeat = Heartbeat::start(
         RouterMap::open(pin_dir)?,
         RouterEntry {
@@ -338,7 +296,7 @@ async fn serve(
     let admin_socket = crate::admin::serve_unix(&config.admin.socket, admin_state.clone())?;
     // Tasks that end with this agent's ownership of the node.
     let mut owned = Vec::new();
-    if let Some(listener) = admin {
+    if let Some(listener) = node.admin {
         owned.push(tokio::spawn(crate::admin::serve_http(
             listener,
             admin_state.clone(),
@@ -369,25 +327,111 @@ async fn serve(
     }
     admin_socket.abort();
     let taken_over = stops.handover.take().is_some_and(|h| *h.borrow());
-    if taken_over {
-        // The successor serves the admin socket and writes the heartbeat.
-        info!("handing over: draining while the new agent serves");
-        heartbeat.stop(Stop::Leave);
-    } else {
-        let _ = std::fs::remove_file(&config.admin.socket);
-        info!("shutting down: clearing the heartbeat, new connections go the direct way from now");
-        // Fail open at once rather than after the timeout.
-        heartbeat.stop(Stop::Clear);
-    }
-    drain::drain(&router, accepting, config.router.drain_timeout).await;
-    // A standing-by agent answers no probe and scrape: the owner does.
-    for task in owned {
-        task.abort();
-    }
+    step_down(&config, taken_over, heartbeat, &router, accepting, owned).await;
     Ok(match taken_over {
         true => Ended::TakenOver,
         false => Ended::Stopped,
     })
+}
+
+/// The config file with the command line's overrides, checked against the
+/// source of truth.
+fn settings(options: &Options) -> Result<Config, Error> {
+    let mut config = Config::load(&options.config)?;
+    if let Some(ip) = options.redirect_ipv4 {
+        config.router.redirect_ipv4 = ip;
+    }
+    if options.kube && (!config.services.is_empty() || !config.pods.is_empty()) {
+        return Err(Error::KubeWithStatic(options.config.clone()));
+    }
+    Ok(config)
+}
+
+/// The node as this agent holds it: its listeners, and the programs
+/// attached with their maps.
+struct Attached {
+    datapath: Datapath,
+    /// The IPv4 and (optional) IPv6 redirect listeners.
+    router: Vec<tokio::net::TcpListener>,
+    /// `admin.listen`, if set.
+    admin: Option<tokio::net::TcpListener>,
+    /// TC mode's transparent listener.
+    transparent: Option<tokio::net::TcpListener>,
+}
+
+/// Binds the listeners, then attaches the programs (a redirected connect
+/// must find a listener) and registers the listeners with them.
+async fn attach(options: &Options, config: &Config) -> Result<Attached, Error> {
+    let cgroup = match options.cgroup.clone().or(config.bpf.cgroup.clone()) {
+        Some(dir) => dir,
+        None => cgroup::v2_root()?,
+    };
+    if !cgroup::is_cgroup_dir(&cgroup) {
+        return Err(Error::NotACgroup(cgroup));
+    }
+    listeners::allow_listener_migration();
+    let mut router = vec![listeners::bind(config.router.listen)?];
+    if let Some(v6) = config.router.listen_v6 {
+        router.push(listeners::bind(v6)?);
+    }
+    let admin = config.admin.listen.map(listeners::bind).transpose()?;
+    let mut datapath = Datapath::attach(&cgroup, &config.bpf.pin_path)?;
+    datapath.set_tc_attach(config.bpf.tc_attach);
+    datapath.set_listeners(&router[0], router.get(1))?;
+    let transparent = match config.router.mode.tc() {
+        true => Some(listeners::transparent(config, &mut datapath).await?),
+        false => None,
+    };
+    info!(cgroup = %cgroup.display(), programs = ?Datapath::program_names().collect::<Vec<_>>(), "programs attached");
+    Ok(Attached {
+        datapath,
+        router,
+        admin,
+        transparent,
+    })
+}
+
+impl Attached {
+    /// Starts accepting on the router's listeners.
+    fn accept(&mut self, router: &Arc<Router>) -> Vec<tokio::task::JoinHandle<()>> {
+        let redirected = self.router.drain(..).map(|l| (l, false));
+        let transparent = self.transparent.take().map(|l| (l, true));
+        redirected
+            .chain(transparent)
+            .map(|(listener, transparent)| {
+                tokio::spawn(router.clone().serve(listener, transparent))
+            })
+            .collect()
+    }
+}
+
+/// Gives the node up: to a successor (`taken_over`: it serves the admin
+/// socket and writes the heartbeat) or to nobody (the heartbeat cleared, so
+/// new connects stop going to this router at once), then drains.
+async fn step_down(
+    config: &Config,
+    taken_over: bool,
+    heartbeat: Heartbeat,
+    router: &Router,
+    accepting: Vec<tokio::task::JoinHandle<()>>,
+    owned: Vec<tokio::task::JoinHandle<()>>,
+) {
+    if taken_over {
+        info!("handing over: draining while the new agent serves");
+        heartbeat.stop(Stop::Leave);
+    } else {
+        let _ = std::fs::remove_file(&config.admin.socket);
+        info!(
+            "shutting down: clearing the heartbeat, new connections keep their lanes without the router from now"
+        );
+        heartbeat.stop(Stop::Clear);
+    }
+    drain::drain(router, accepting, config.router.drain_timeout).await;
+    // Probes and scrapes belong to the owner: a standing-by agent answers
+    // none.
+    for task in owned {
+        task.abort();
+    }
 }
 
 /// What ends the agent's loop: SIGTERM, SIGINT, or a successor taking over.
@@ -435,11 +479,16 @@ struct KubeSource {
 }
 
 impl KubeSource {
-    /// Starts the watchers for this node.
-    fn start(client: ::kube::Client, node: String, config: &Config) -> Self {
+    /// Connects to the API server and starts the watchers for this node.
+    async fn connect(options: &Options, config: &Config) -> Result<Self, Error> {
+        let node = options
+            .node_name
+            .clone()
+            .ok_or(crate::kube::Error::NoNodeName)?;
+        let client = crate::kube::client(options.kubeconfig.as_deref()).await?;
         let (tx, desired) = watch::channel(None);
         let watchers = tokio::spawn(crate::kube::run(client, node, config.clone(), tx));
-        Self { watchers, desired }
+        Ok(Self { watchers, desired })
     }
 
     /// Waits for the first full sync (the agent is not ready before it);
