@@ -9,7 +9,9 @@
 //! router's listener is gone from the `ROUTER_LISTENER` sockmap (the kernel
 //! removes a closed socket) or its heartbeat in the `ROUTER` map is older
 //! than [`laneway_common::HEARTBEAT_TIMEOUT_NS`], and pods reach services
-//! the normal way. TC links (TCX) go with the process; clsact filters stay.
+//! the normal way. TC mode's TCX links are pinned too (per agent, under
+//! `tc-links/`), and clsact filters stay by themselves: while no router is
+//! live, the TC programs keep lanes as the connect programs do.
 
 use std::{
     collections::HashMap as StdHashMap,
@@ -34,7 +36,7 @@ use tracing::{debug, warn};
 use crate::{config::TcAttach, kernel_lanes::LaneIds};
 use laneway_common::{
     ConnKey, LaneEndpoints, LaneKey, OriginalDst, PodValue, RouterInfo, ServiceKey, ServiceValue,
-    map_names, stat, v4_mapped,
+    TcFlow, TcFlowKey, map_names, stat, v4_mapped,
 };
 
 /// The compiled kernel programs (built by `build.rs`).
@@ -65,11 +67,39 @@ const SOCKET_PROGRAMS: &[(&str, &str)] = &[
     ),
 ];
 
-/// The TC program and the kernel feature it needs.
-pub(crate) const TC_PROGRAM: (&str, &str) = (
-    "tc_ingress",
-    "tc ingress classifier with bpf_sk_assign (TCX on Linux 6.6+, else clsact; Linux 5.7+)",
-);
+/// The TC programs, each with the direction of the pod's host-side veth it
+/// attaches to: `tc_ingress` (from the pod) and `tc_egress` (to the pod,
+/// the replies of the flows `tc_ingress` DNATed).
+pub(crate) const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
+    ("tc_ingress", TcAttachType::Ingress),
+    ("tc_egress", TcAttachType::Egress),
+];
+
+/// The kernel feature the TC programs need.
+const TC_FEATURE: &str =
+    "tc classifiers with bpf_sk_assign (TCX on Linux 6.6+, else clsact; Linux 5.7+)";
+
+/// The directory, under the pin directory, of TC mode's TCX links: one
+/// subdirectory per agent (its generation), so an agent never unpins a
+/// link of another one that still runs.
+const TC_LINKS_DIR: &str = "tc-links";
+
+/// The direction of a TC program's hook, as `tc` spells it.
+pub(crate) fn tc_direction(attach: TcAttachType) -> &'static str {
+    match attach {
+        TcAttachType::Egress => "egress",
+        _ => "ingress",
+    }
+}
+
+/// A TC program's attachment to one interface.
+enum TcLink {
+    /// A TCX link, pinned: it outlives the agent, however it exits, until
+    /// the next agent attaches its own (or `laneway uninstall`).
+    Tcx(PinnedLink),
+    /// A clsact filter (it outlives a killed agent by itself), by program.
+    Netlink(&'static str, SchedClassifierLinkId),
+}
 
 /// The clsact filter priority of the TC program when it attaches by netlink
 /// ("LW"): a priority of its own, so it replaces nothing, and runs after
@@ -160,9 +190,11 @@ pub struct Datapath {
     /// Owns the programs, the unpinned `getsockopt` link and the TC links.
     ebpf: Ebpf,
     tc_enrolled: HashMap<MapData, u32, PodValue>,
-    /// Interfaces the TC program is attached to, with their ifindex then (a
-    /// recreated veth has a new one and is attached again) and the link.
-    tc_attached: StdHashMap<String, (u32, SchedClassifierLinkId)>,
+    /// Interfaces the TC programs are attached to, with their ifindex then
+    /// (a recreated veth has a new one and is attached again) and the links.
+    tc_attached: StdHashMap<String, (u32, Vec<TcLink>)>,
+    /// This agent's name among the agents that pinned links here.
+    generation: String,
     /// How the TC program attaches.
     tc_attach: TcAttach,
     cgroup: PathBuf,
@@ -175,6 +207,7 @@ pub struct Datapath {
     orig_by_cookie: HashMap<MapData, u64, OriginalDst>,
     orig_by_conn: HashMap<MapData, ConnKey, OriginalDst>,
     lane_endpoints: HashMap<MapData, LaneKey, LaneEndpoints>,
+    tc_flows: HashMap<MapData, TcFlowKey, TcFlow>,
     /// The lane ids `ENROLLED` and `LANE_ENDPOINTS` use, kept for the
     /// agent's life (see [`LaneIds`]).
     lane_ids: LaneIds,
@@ -280,7 +313,7 @@ impl Datapath {
                 _ => return Err(Error::MissingProgram(name)),
             }
         }
-        remove_other_generations(&links_dir, &generation);
+        remove_generations(&links_dir, |g| g != generation);
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(Error::MissingMap(name))
         };
@@ -293,20 +326,8 @@ impl Datapath {
         let listeners = take(&mut ebpf, map_names::ROUTER_LISTENER)?;
         let tc_enrolled = take(&mut ebpf, map_names::TC_ENROLLED)?;
         let lane_endpoints = take(&mut ebpf, map_names::LANE_ENDPOINTS)?;
-        let tc: &mut SchedClassifier = ebpf
-            .program_mut(TC_PROGRAM.0)
-            .ok_or(Error::MissingProgram(TC_PROGRAM.0))?
-            .try_into()
-            .map_err(|source| Error::Program {
-                action: "load".into(),
-                feature: TC_PROGRAM.1,
-                source,
-            })?;
-        tc.load().map_err(|source| Error::Program {
-            action: "load".into(),
-            feature: TC_PROGRAM.1,
-            source,
-        })?;
+        let tc_flows = take(&mut ebpf, map_names::TC_FLOWS)?;
+        load_tc_programs(&mut ebpf)?;
         Ok(Self {
             cgroup: cgroup.to_owned(),
             pin_dir: pin_dir.to_owned(),
@@ -322,8 +343,10 @@ impl Datapath {
             tc_enrolled: HashMap::try_from(tc_enrolled).map_err(map_err(map_names::TC_ENROLLED))?,
             lane_endpoints: HashMap::try_from(lane_endpoints)
                 .map_err(map_err(map_names::LANE_ENDPOINTS))?,
+            tc_flows: HashMap::try_from(tc_flows).map_err(map_err(map_names::TC_FLOWS))?,
             lane_ids: LaneIds::default(),
             tc_attached: Default::default(),
+            generation,
             tc_attach: TcAttach::Auto,
             ebpf,
         })
@@ -353,48 +376,100 @@ impl Datapath {
         Ok(())
     }
 
-    /// TC mode: attaches the TC program to `interface`'s ingress (a TCX link
-    /// on Linux 6.6+, else clsact), after any program already there; once per
+    /// TC mode: attaches the TC programs to `interface` (`tc_ingress` to its
+    /// ingress, `tc_egress` to its egress; TCX links on Linux 6.6+, pinned,
+    /// else clsact filters), after any program already there; once per
     /// interface instance (`ifindex`).
     pub fn attach_tc(&mut self, interface: &str, ifindex: u32) -> Result<(), Error> {
         match self.tc_attached.get(interface) {
             Some((attached, _)) if *attached == ifindex => return Ok(()),
-            // The veth was recreated: its old link went with it.
+            // The veth was recreated: its old links went with it.
             Some(_) => self.detach_tc(interface),
             None => {}
         }
-        let options = match self.tcx() {
-            // A TCX link, after the programs already there.
-            true => TcAttachOptions::TcxOrder(Default::default()),
+        let tcx = self.tcx();
+        if !tcx {
             // clsact: a fixed priority of its own, so nothing is replaced.
-            // A filter left there by an agent that was killed goes first
-            // (netlink filters outlive their process; TCX links do not).
-            false => {
-                let _ = aya::programs::tc::qdisc_add_clsact(interface);
-                if let Err(e) = crate::tproxy::remove_tc_filter(interface) {
-                    warn!(%interface, error = %e, "could not look for a stale laneway TC filter");
-                }
-                TcAttachOptions::Netlink(NlOptions {
-                    priority: TC_PRIORITY,
-                    ..Default::default()
-                })
+            // Filters left there by an agent that was killed go first
+            // (netlink filters outlive their process).
+            let _ = aya::programs::tc::qdisc_add_clsact(interface);
+            if let Err(e) = crate::tproxy::remove_tc_filter(interface) {
+                warn!(%interface, error = %e, "could not look for a stale laneway TC filter");
             }
-        };
-        let link = self
-            .tc_program("attach")?
-            .attach_with_options(interface, TcAttachType::Ingress, options)
-            .map_err(|source| Error::Program {
-                action: format!("attach to {interface}"),
-                feature: TC_PROGRAM.1,
-                source,
-            })?;
+        }
+        let mut links = Vec::with_capacity(TC_PROGRAMS.len());
+        for (name, direction) in TC_PROGRAMS {
+            match self.attach_tc_program(interface, name, direction, tcx) {
+                Ok(link) => links.push(link),
+                Err(e) => {
+                    // Both or neither: a DNAT without its reverse would
+                    // break connections.
+                    self.tc_attached
+                        .insert(interface.to_owned(), (ifindex, links));
+                    self.detach_tc(interface);
+                    return Err(e);
+                }
+            }
+        }
         self.tc_attached
-            .insert(interface.to_owned(), (ifindex, link));
+            .insert(interface.to_owned(), (ifindex, links));
         Ok(())
     }
 
-    /// Detaches the TC program from every interface not in `keep` (pods
-    /// that left enrolment, or whose veth is gone).
+    /// Attaches TC program `name` to `interface`'s `direction`: a TCX link
+    /// after the programs already there, pinned in this agent's directory,
+    /// or a clsact filter at [`TC_PRIORITY`].
+    fn attach_tc_program(
+        &mut self,
+        interface: &str,
+        name: &'static str,
+        direction: TcAttachType,
+        tcx: bool,
+    ) -> Result<TcLink, Error> {
+        let options = match tcx {
+            true => TcAttachOptions::TcxOrder(Default::default()),
+            false => TcAttachOptions::Netlink(NlOptions {
+                priority: TC_PRIORITY,
+                ..Default::default()
+            }),
+        };
+        let wrap = |action: String| {
+            move |source| Error::Program {
+                action,
+                feature: TC_FEATURE,
+                source,
+            }
+        };
+        let program = self.tc_program(name, "attach")?;
+        let id = program
+            .attach_with_options(interface, direction, options)
+            .map_err(wrap(format!("attach {name} to {interface}")))?;
+        if !tcx {
+            return Ok(TcLink::Netlink(name, id));
+        }
+        let link_err = |message: String| Error::Link {
+            program: name,
+            message,
+        };
+        let link = program
+            .take_link(id)
+            .map_err(wrap(format!("take the link of {name} on {interface}")))?;
+        let link = FdLink::try_from(link).map_err(|e| link_err(e.to_string()))?;
+        let dir = self.pin_dir.join(TC_LINKS_DIR).join(&self.generation);
+        std::fs::create_dir_all(&dir).map_err(|e| link_err(e.to_string()))?;
+        let path = dir.join(format!("{interface}-{}", tc_direction(direction)));
+        // A link left by this agent on an earlier veth of that name.
+        let _ = std::fs::remove_file(&path);
+        let pinned = link.pin(&path).map_err(|e| link_err(e.to_string()))?;
+        Ok(TcLink::Tcx(pinned))
+    }
+
+    /// Detaches the TC programs from every interface not in `keep` (pods
+    /// that left enrolment, or whose veth is gone), and unpins the TCX
+    /// links of agents started before this one (this agent's links are in
+    /// place by now; an earlier agent still running keeps its own until it
+    /// exits). Never a later agent's: an old agent standing by may still
+    /// apply.
     pub fn detach_tc_except(&mut self, keep: &std::collections::HashSet<&str>) {
         let gone: Vec<String> = self
             .tc_attached
@@ -405,18 +480,30 @@ impl Datapath {
         for interface in gone {
             self.detach_tc(&interface);
         }
+        let ours = generation_started(&self.generation);
+        remove_generations(&self.pin_dir.join(TC_LINKS_DIR), |g| {
+            generation_started(g) < ours
+        });
     }
 
-    /// Detaches the TC program from `interface`; a veth that is gone took
-    /// its link along, which is no error.
+    /// Detaches the TC programs from `interface`; a veth that is gone took
+    /// its links along, which is no error.
     fn detach_tc(&mut self, interface: &str) {
-        let Some((_, link)) = self.tc_attached.remove(interface) else {
+        let Some((_, links)) = self.tc_attached.remove(interface) else {
             return;
         };
-        if let Ok(program) = self.tc_program("detach")
-            && let Err(e) = program.detach(link)
-        {
-            debug!(%interface, error = %e, "TC link already gone");
+        for link in links {
+            let result = match link {
+                // Unpinned and closed: the kernel detaches it.
+                TcLink::Tcx(pinned) => pinned.unpin().map(drop).map_err(|e| e.to_string()),
+                TcLink::Netlink(name, id) => self
+                    .tc_program(name, "detach")
+                    .map_err(|e| e.to_string())
+                    .and_then(|p| p.detach(id).map_err(|e| e.to_string())),
+            };
+            if let Err(error) = result {
+                debug!(%interface, %error, "TC link already gone");
+            }
         }
     }
 
@@ -447,13 +534,18 @@ impl Datapath {
         }
     }
 
-    /// The TC program's hook, for people: `tc ingress (tcx)` or
-    /// `tc ingress (clsact, pref 19543)`.
-    pub fn tc_hook(&self) -> String {
-        match self.tcx() {
-            true => "tc ingress (tcx)".into(),
-            false => format!("tc ingress (clsact, pref {TC_PRIORITY})"),
-        }
+    /// The TC programs with their hooks, for people: (`tc_ingress`,
+    /// `tc ingress (tcx)`) or (`tc_egress`, `tc egress (clsact, pref
+    /// 19543)`).
+    pub fn tc_hooks(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        TC_PROGRAMS.into_iter().map(|(name, direction)| {
+            let direction = tc_direction(direction);
+            let hook = match self.tcx() {
+                true => format!("tc {direction} (tcx)"),
+                false => format!("tc {direction} (clsact, pref {TC_PRIORITY})"),
+            };
+            (name, hook)
+        })
     }
 
     /// Chooses how the TC program attaches from now on.
@@ -461,16 +553,12 @@ impl Datapath {
         self.tc_attach = how;
     }
 
-    fn tc_program(&mut self, action: &str) -> Result<&mut SchedClassifier, Error> {
-        self.ebpf
-            .program_mut(TC_PROGRAM.0)
-            .ok_or(Error::MissingProgram(TC_PROGRAM.0))?
-            .try_into()
-            .map_err(|source| Error::Program {
-                action: action.into(),
-                feature: TC_PROGRAM.1,
-                source,
-            })
+    fn tc_program(
+        &mut self,
+        name: &'static str,
+        action: &str,
+    ) -> Result<&mut SchedClassifier, Error> {
+        tc_program(&mut self.ebpf, name, action)
     }
 
     /// Makes `TC_ENROLLED` hold exactly `desired` (veth ifindex to pod).
@@ -531,22 +619,8 @@ impl Datapath {
             })?;
             loaded.push(name.to_owned());
         }
-        let (name, feature) = TC_PROGRAM;
-        let tc: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or(Error::MissingProgram(name))?
-            .try_into()
-            .map_err(|source| Error::Program {
-                action: "find".into(),
-                feature,
-                source,
-            })?;
-        tc.load().map_err(|source| Error::Program {
-            action: "load".into(),
-            feature,
-            source,
-        })?;
-        loaded.push(name.to_owned());
+        load_tc_programs(&mut ebpf)?;
+        loaded.extend(TC_PROGRAMS.iter().map(|(name, _)| (*name).to_owned()));
         Ok(loaded)
     }
 
@@ -609,6 +683,11 @@ impl Datapath {
             (
                 map_names::ORIG_BY_CONN,
                 conns as u64,
+                u64::from(laneway_common::CONN_MAP_CAPACITY),
+            ),
+            (
+                map_names::TC_FLOWS,
+                self.tc_flows.keys().count() as u64,
                 u64::from(laneway_common::CONN_MAP_CAPACITY),
             ),
         ]
@@ -691,6 +770,36 @@ impl Datapath {
             self.orig_by_conn.keys().count(),
         )
     }
+}
+
+/// TC program `name` of `ebpf`.
+fn tc_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+    action: &str,
+) -> Result<&'a mut SchedClassifier, Error> {
+    ebpf.program_mut(name)
+        .ok_or(Error::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| Error::Program {
+            action: action.into(),
+            feature: TC_FEATURE,
+            source,
+        })
+}
+
+/// Loads the TC programs of `ebpf` (verifier included).
+fn load_tc_programs(ebpf: &mut Ebpf) -> Result<(), Error> {
+    for (name, _) in TC_PROGRAMS {
+        tc_program(ebpf, name, "find")?
+            .load()
+            .map_err(|source| Error::Program {
+                action: "load".into(),
+                feature: TC_FEATURE,
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 /// A handle of its own on the map pinned as `name` in `pin_dir`: for work
@@ -781,12 +890,15 @@ where
 }
 
 /// Unpins (and so detaches, once no process holds them) the links of every
-/// generation but `keep`.
-fn remove_other_generations(links_dir: &Path, keep: &str) {
+/// generation (an agent's directory under `links_dir`) `remove` names.
+fn remove_generations(links_dir: &Path, remove: impl Fn(&str) -> bool) {
     let Ok(entries) = std::fs::read_dir(links_dir) else {
         return;
     };
-    for dir in entries.flatten().filter(|e| e.file_name() != keep) {
+    for dir in entries
+        .flatten()
+        .filter(|e| remove(&e.file_name().to_string_lossy()))
+    {
         if let Ok(links) = std::fs::read_dir(dir.path()) {
             for link in links.flatten() {
                 match PinnedLink::from_pin(link.path()).map(PinnedLink::unpin) {
@@ -799,6 +911,15 @@ fn remove_other_generations(links_dir: &Path, keep: &str) {
         }
         let _ = std::fs::remove_dir(dir.path());
     }
+}
+
+/// When the agent of `generation` (`PID-MONOTONIC_NS`) started; 0 for a
+/// name of another form.
+fn generation_started(generation: &str) -> u64 {
+    generation
+        .split_once('-')
+        .and_then(|(_, ns)| ns.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Removes the pin of a `STATS` map an earlier laneway left with fewer
@@ -823,8 +944,10 @@ pub fn is_bpffs(path: &Path) -> bool {
 /// Removes everything laneway pinned under `pin_dir`: its maps and links
 /// (the programs detach), then the directory. For uninstalling.
 pub fn unpin_all(pin_dir: &Path) -> std::io::Result<()> {
-    remove_other_generations(&pin_dir.join("links"), "");
-    let _ = std::fs::remove_dir(pin_dir.join("links"));
+    for dir in ["links", TC_LINKS_DIR] {
+        remove_generations(&pin_dir.join(dir), |_| true);
+        let _ = std::fs::remove_dir(pin_dir.join(dir));
+    }
     if let Ok(entries) = std::fs::read_dir(pin_dir) {
         for e in entries.flatten() {
             std::fs::remove_file(e.path())?;

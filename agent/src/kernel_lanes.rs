@@ -162,15 +162,16 @@ impl KernelLanes {
         }
     }
 
-    /// Completes the `SERVICES` and `ENROLLED` entries built for the same
-    /// snapshot: each pod's lane, and the flag of the ports the kernel
-    /// routes always.
+    /// Completes the `SERVICES`, `ENROLLED` and `TC_ENROLLED` entries built
+    /// for the same snapshot: each pod's lane, and the flag of the ports
+    /// the kernel routes always.
     pub fn annotate(
         &self,
         services: &mut HashMap<ServiceKey, ServiceValue>,
         enrolled: &mut HashMap<u64, PodValue>,
+        tc_enrolled: &mut HashMap<u32, PodValue>,
     ) {
-        for pod in enrolled.values_mut() {
+        for pod in enrolled.values_mut().chain(tc_enrolled.values_mut()) {
             pod.lane = self
                 .pod_lanes
                 .get(pod.pod_id as usize)
@@ -296,10 +297,18 @@ pods:
                 (bpf::service_key(ip, port), value)
             })
             .collect();
-        lanes.annotate(&mut services, &mut enrolled);
+        // TC mode's entries, by veth ifindex, the same pods.
+        let mut tc_enrolled: HashMap<u32, PodValue> = enrolled
+            .iter()
+            .map(|(cookie, pod)| (*cookie as u32 + 1000, *pod))
+            .collect();
+        lanes.annotate(&mut services, &mut enrolled, &mut tc_enrolled);
         assert_eq!(enrolled[&100].lane, BASE_LANE);
         assert_eq!(enrolled[&101].lane, ids.lane(Some(&tag("joint1"))));
         assert_eq!(enrolled[&102].lane, ids.lane(Some(&tag("gray"))));
+        assert_eq!(tc_enrolled[&1100].lane, BASE_LANE);
+        assert_eq!(tc_enrolled[&1101].lane, ids.lane(Some(&tag("joint1"))));
+        assert_eq!(tc_enrolled[&1102].lane, ids.lane(Some(&tag("gray"))));
         for (key, value) in &services {
             assert_eq!(
                 value.flags == SERVICE_KERNEL_ROUTED,

@@ -102,7 +102,7 @@ fn configured_mode(path: &Path) -> Check {
         NAME,
         PASS,
         format!(
-            "{mode}: the TC program attaches to pods' veths as {attach}; ip, tc and iptables found"
+            "{mode}: the TC programs attach to pods' veths (ingress and egress) as {attach}; ip, tc and iptables found"
         ),
         None,
     )

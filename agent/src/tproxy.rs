@@ -144,24 +144,30 @@ pub fn remove_node_setup() -> Result<(), Error> {
     Ok(())
 }
 
-/// Removes laneway's clsact filter (priority [`crate::bpf::TC_PRIORITY`],
-/// program `tc_ingress`) from `interface`'s ingress, if there is one: netlink
-/// filters outlive an agent that was killed. Another component's filter at
-/// that priority is left alone. Returns whether one was removed.
+/// Removes laneway's clsact filters (priority [`crate::bpf::TC_PRIORITY`],
+/// programs `tc_ingress` and `tc_egress`) from `interface`'s ingress and
+/// egress, if there are any: netlink filters outlive an agent that was
+/// killed. Another component's filter at that priority is left alone.
+/// Returns whether one was removed.
 pub fn remove_tc_filter(interface: &str) -> Result<bool, Error> {
     let pref = crate::bpf::TC_PRIORITY.to_string();
-    let shown = output(
-        "tc",
-        &["filter", "show", "dev", interface, "ingress", "pref", &pref],
-    )?;
-    if !String::from_utf8_lossy(&shown.stdout).contains(crate::bpf::TC_PROGRAM.0) {
-        return Ok(false);
+    let mut removed = false;
+    for (program, attach) in crate::bpf::TC_PROGRAMS {
+        let direction = crate::bpf::tc_direction(attach);
+        let shown = output(
+            "tc",
+            &["filter", "show", "dev", interface, direction, "pref", &pref],
+        )?;
+        if !String::from_utf8_lossy(&shown.stdout).contains(program) {
+            continue;
+        }
+        must(
+            "tc",
+            &["filter", "del", "dev", interface, direction, "pref", &pref],
+        )?;
+        removed = true;
     }
-    must(
-        "tc",
-        &["filter", "del", "dev", interface, "ingress", "pref", &pref],
-    )?;
-    Ok(true)
+    Ok(removed)
 }
 
 /// [`remove_tc_filter`] on every interface of this network namespace;

@@ -367,10 +367,17 @@ fn a_killed_agent_leaves_pods_on_the_direct_path_at_once(mode: Mode) -> Result<(
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
     let veth = &s.node.pod(s.pods.client).veth;
-    let filters = || shown(&["tc", "filter", "show", "dev", veth, "ingress"]);
+    let filters = || -> Result<String> {
+        let ingress = shown(&["tc", "filter", "show", "dev", veth, "ingress"])?;
+        Ok(ingress + &shown(&["tc", "filter", "show", "dev", veth, "egress"])?)
+    };
     if mode == Mode::TcNetlink {
-        // A clsact filter outlives the process (a TCX link does not).
-        assert!(filters()?.contains("tc_ingress"), "{}", filters()?);
+        // clsact filters outlive the process (TCX links are pinned).
+        let filters = filters()?;
+        assert!(
+            filters.contains("tc_ingress") && filters.contains("tc_egress"),
+            "{filters}"
+        );
     }
 
     // `laneway uninstall`, run in the node's network namespace (with the
@@ -390,7 +397,10 @@ fn a_killed_agent_leaves_pods_on_the_direct_path_at_once(mode: Mode) -> Result<(
     assert!(!s.node.pin_path().exists());
     if mode.tc() {
         let filters = filters()?;
-        assert!(!filters.contains("tc_ingress"), "{filters}");
+        assert!(
+            !filters.contains("tc_ingress") && !filters.contains("tc_egress"),
+            "{filters}"
+        );
         let rules = shown(&["ip", "rule", "show"])?;
         assert!(!rules.contains("lookup 15006"), "{rules}");
         let raw = shown(&["iptables", "-t", "raw", "-S"])?;

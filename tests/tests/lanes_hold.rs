@@ -2,7 +2,10 @@
 //! SIGKILLed, or SIGSTOPped so its heartbeat goes stale), the connect
 //! programs pick an endpoint of the caller's lane (else base) themselves,
 //! so the kube-proxy stand-in, which spreads over every lane, never sees
-//! those connects. `protocol: tcp` ports are routed that way always.
+//! those connects. `protocol: tcp` ports are routed that way always. In TC
+//! mode `tc_ingress` does the same for the pods' SYNs (a DNAT, undone on
+//! the replies by `tc_egress`), and a flow it routed stays on its endpoint
+//! when the router comes back.
 //!
 //! The node: enrolled client pods of lane base, joint1, gray and joint2
 //! (a lane no service has endpoints in); service `reviews` (HTTP) and
@@ -50,11 +53,20 @@ struct Lanes {
 
 impl Lanes {
     fn start() -> Result<Self> {
-        Self::start_with(|_| Ok(()))
+        Self::start_with("", |_| Ok(()))
     }
 
-    /// Like [`Lanes::start`], running `before_agent` on the node first.
-    fn start_with(before_agent: impl FnOnce(&Node) -> Result<()>) -> Result<Self> {
+    /// The same node, the agent in TC mode (`router.mode: tc`).
+    fn start_tc() -> Result<Self> {
+        Self::start_with("  mode: tc\n", |_| Ok(()))
+    }
+
+    /// Like [`Lanes::start`] with `router_extra` under `router:` in the
+    /// agent's config, running `before_agent` on the node first.
+    fn start_with(
+        router_extra: &str,
+        before_agent: impl FnOnce(&Node) -> Result<()>,
+    ) -> Result<Self> {
         let mut node = Node::new()?;
         let clients: Vec<usize> = CLIENTS
             .iter()
@@ -111,6 +123,7 @@ impl Lanes {
                 .zip(CLIENTS)
                 .map(|(pod, (_, tag, _))| (*pod, tag.map(Into::into)))
                 .collect(),
+            router_extra: router_extra.into(),
             ..Scenario::default()
         };
         let backends = servers
@@ -200,6 +213,33 @@ fn from_the_pod(node: &Node, pod: usize, r: &Response) -> bool {
     r.header("x-peer") == Some(&node.pod(pod).ip.to_string())
 }
 
+/// Waits (up to 2 s) until a new connection from the base client goes
+/// through the router again, after `what`.
+fn routed_again(l: &Lanes, what: &str) -> Result<()> {
+    let started = Instant::now();
+    while !ask(&l.node, l.clients[0], l.reviews, CLIENTS[0].2)?.routed() {
+        ensure!(
+            started.elapsed() < Duration::from_secs(2),
+            "the router did not take over again after {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A request on `conn`, from the gray client, tagged joint1 (the router
+/// would send it to reviews-joint1): answered by `endpoint` straight from
+/// the pod, as the connection's first request was.
+fn stays_on(l: &Lanes, conn: &mut Conn, endpoint: &str, when: &str) -> Result<()> {
+    let r = conn.get("/", &[("x-mse-tag", "joint1")])?;
+    ensure!(r.status == 200, "{when}: {r:?}");
+    ensure!(
+        r.endpoint() == endpoint && from_the_pod(&l.node, l.clients[2], &r),
+        "{when}: the connection left {endpoint} (the router took it?): {r:?}"
+    );
+    Ok(())
+}
+
 fn kernel_routed_total(node: &Node) -> Result<u64> {
     let metrics = laneway_tests::admin::scrape(node)?;
     metrics
@@ -214,7 +254,26 @@ mod lanes_hold {
 
     #[test]
     fn a_killed_agent_keeps_every_lane_under_load() -> Result<()> {
-        let mut l = Lanes::start()?;
+        killed_agent_keeps_every_lane_under_load(Lanes::start()?)
+    }
+
+    #[test]
+    fn in_tc_mode_a_killed_agent_keeps_every_lane_under_load() -> Result<()> {
+        killed_agent_keeps_every_lane_under_load(Lanes::start_tc()?)
+    }
+
+    #[test]
+    fn a_stopped_agent_keeps_every_lane_and_the_router_takes_over_again_on_resume() -> Result<()> {
+        stopped_agent_keeps_every_lane(Lanes::start()?)
+    }
+
+    #[test]
+    fn in_tc_mode_a_stopped_agent_keeps_every_lane_and_the_router_takes_over_again_on_resume()
+    -> Result<()> {
+        stopped_agent_keeps_every_lane(Lanes::start_tc()?)
+    }
+
+    fn killed_agent_keeps_every_lane_under_load(mut l: Lanes) -> Result<()> {
         let loaders = &l.clients[..3];
         // Under load from base, joint1 and gray: the agent is SIGKILLed.
         let during = under_load_from(&l.node, loaders, l.reviews, || {
@@ -258,9 +317,7 @@ mod lanes_hold {
         Ok(())
     }
 
-    #[test]
-    fn a_stopped_agent_keeps_every_lane_and_the_router_takes_over_again_on_resume() -> Result<()> {
-        let l = Lanes::start()?;
+    fn stopped_agent_keeps_every_lane(l: Lanes) -> Result<()> {
         let loaders = &l.clients[..3];
         let counts = under_load_from(&l.node, loaders, l.reviews, || {
             l.agent.pause();
@@ -276,14 +333,7 @@ mod lanes_hold {
                 }
             }
             l.agent.resume();
-            let resumed = Instant::now();
-            while !ask(&l.node, l.clients[0], l.reviews, CLIENTS[0].2)?.routed() {
-                ensure!(
-                    resumed.elapsed() < Duration::from_secs(2),
-                    "the router did not take over again after SIGCONT"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            routed_again(&l, "SIGCONT")?;
             for (pod, (_, _, allowed)) in l.clients.iter().zip(CLIENTS) {
                 for _ in 0..10 {
                     let r = ask(&l.node, *pod, l.reviews, allowed)?;
@@ -357,11 +407,62 @@ mod lanes_hold {
         Ok(())
     }
 
+    /// In TC mode a connection `tc_ingress` routed in the kernel stays on its
+    /// endpoint until it closes, when the router comes back: after SIGCONT,
+    /// and after a new agent replaced a SIGKILLed one (the TC links and the
+    /// flows' records are pinned).
+    #[test]
+    fn in_tc_mode_a_kernel_routed_flow_stays_on_its_endpoint_when_the_router_comes_back()
+    -> Result<()> {
+        let mut l = Lanes::start_tc()?;
+        let (gray, allowed) = (l.clients[2], CLIENTS[2].2);
+        let open = |l: &Lanes| -> Result<(Conn, String)> {
+            let mut conn = Conn::open(l.node.pod(gray), l.reviews)?;
+            let r = conn.get("/", &[])?;
+            ensure!(
+                r.status == 200 && allowed.contains(&r.endpoint()),
+                "gray: {r:?}"
+            );
+            ensure!(
+                from_the_pod(&l.node, gray, &r),
+                "not routed in the kernel: {r:?}"
+            );
+            ensure!(
+                conn.stream().peer_addr()? == l.reviews,
+                "the pod sees the VIP"
+            );
+            Ok((conn, r.endpoint().to_owned()))
+        };
+
+        l.agent.pause();
+        std::thread::sleep(Duration::from_millis(1000));
+        let (mut conn, endpoint) = open(&l)?;
+        l.agent.resume();
+        routed_again(&l, "SIGCONT")?;
+        for _ in 0..10 {
+            stays_on(&l, &mut conn, &endpoint, "after SIGCONT")?;
+        }
+        drop(conn);
+
+        l.agent.kill();
+        let (mut conn, endpoint) = open(&l)?;
+        let config = l.agent.config.clone();
+        l.agent = Agent::start_with(&l.node, config)?;
+        routed_again(&l, "a new agent started")?;
+        for _ in 0..10 {
+            stays_on(&l, &mut conn, &endpoint, "with the new agent")?;
+        }
+        // New connections from the same pod go through the router.
+        let r = client::get(l.node.pod(gray), l.reviews, &[("x-mse-tag", "joint1")])?;
+        ensure!(r.routed() && r.endpoint() == "reviews-joint1", "{r:?}");
+        Ok(())
+    }
+
     /// An agent upgraded over the pins of an older one, whose `STATS` map
     /// had fewer counters, still counts its kernel routes.
     #[test]
     fn an_agent_over_an_older_agents_pins_counts_kernel_routes() -> Result<()> {
-        let l = Lanes::start_with(|node| {
+        let l = Lanes::start_with("", |node| {
             let dir = node.pin_path();
             std::fs::create_dir_all(&dir)?;
             let path = dir.join("STATS").display().to_string();

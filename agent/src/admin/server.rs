@@ -444,17 +444,21 @@ fn status(state: &AdminState) -> api::Status {
                 hook: hook.into(),
                 attached_to: cgroup.clone(),
             })
-            .chain((state.mode != "socket").then(|| {
-                let veths = dp.tc_interfaces();
-                api::ProgramStatus {
-                    name: bpf::TC_PROGRAM.0.into(),
-                    hook: dp.tc_hook(),
-                    attached_to: match veths.is_empty() {
-                        true => "(no pod veth yet)".into(),
-                        false => veths.join(", "),
-                    },
-                }
-            }))
+            .chain(
+                dp.tc_hooks()
+                    .filter(|_| state.mode != "socket")
+                    .map(|(name, hook)| {
+                        let veths = dp.tc_interfaces();
+                        api::ProgramStatus {
+                            name: name.into(),
+                            hook,
+                            attached_to: match veths.is_empty() {
+                                true => "(no pod veth yet)".into(),
+                                false => veths.join(", "),
+                            },
+                        }
+                    }),
+            )
             .collect(),
         cgroup,
         maps: dp

@@ -300,14 +300,14 @@ fn write_maps(
             }
         }
     }
-    let (tc_enrolled, tc_interfaces) = match mode.tc() {
+    let (mut tc_enrolled, tc_interfaces) = match mode.tc() {
         true => attach_tc(datapath, &snapshot, &mut unenrolled),
         false => Default::default(),
     };
     // The kernel's own lanes (no live router, `protocol: tcp`): their
     // endpoints first, so the services and pods pointing at them find them.
     let lanes = KernelLanes::new(&snapshot, datapath.lane_ids_mut());
-    lanes.annotate(&mut services, &mut enrolled);
+    lanes.annotate(&mut services, &mut enrolled, &mut tc_enrolled);
     datapath.sync_lane_endpoints(&lanes.endpoints)?;
     // Services first: a newly enrolled pod must find its services in place.
     let s = datapath.sync_services(&services)?;

@@ -29,6 +29,9 @@ pub mod map_names {
     /// connect programs pick from themselves (no live router, or a
     /// [`crate::SERVICE_KERNEL_ROUTED`] port).
     pub const LANE_ENDPOINTS: &str = "LANE_ENDPOINTS";
+    /// [`crate::TcFlow`] by [`crate::TcFlowKey`] (LRU): TC mode's flows
+    /// routed in the kernel (DNATed to an endpoint) while no router was live.
+    pub const TC_FLOWS: &str = "TC_FLOWS";
 }
 
 /// Capacity of the per-connection LRU maps. LRU eviction keeps them bounded
@@ -73,6 +76,16 @@ pub const TPROXY_MARK: u32 = 0x4c57_0001;
 /// too (not [`TPROXY_MARK`], whose rule would route the replies locally).
 pub const TPROXY_REPLY_MARK: u32 = 0x4c57_0002;
 
+/// Mark of the packets `tc_ingress` DNATed to an endpoint itself (no live
+/// router): nothing else of laneway's steers them (a second `tc_ingress`,
+/// e.g. an outgoing agent's, leaves them alone), and no rule of the node
+/// matches it, so they are forwarded and tracked as any pod's packet.
+pub const TC_NAT_MARK: u32 = 0x4c57_0003;
+/// [`TcFlowKey::direction`] of the pod's packets: `peer` is the VIP.
+pub const TC_FLOW_OUT: u32 = 0;
+/// [`TcFlowKey::direction`] of the endpoint's replies: `peer` is the endpoint.
+pub const TC_FLOW_REPLY: u32 = 1;
+
 /// `SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`, as netfilter defines it.
 pub const SO_ORIGINAL_DST: i32 = 80;
 
@@ -92,7 +105,8 @@ pub mod stat {
     /// Connects the connect programs sent straight to an endpoint of the
     /// caller's lane (or base), from `LANE_ENDPOINTS`: while no router was
     /// live (these count in [`FAIL_OPEN`] too), or to a
-    /// [`crate::SERVICE_KERNEL_ROUTED`] port.
+    /// [`crate::SERVICE_KERNEL_ROUTED`] port; and TC-mode SYNs `tc_ingress`
+    /// DNATed to such an endpoint while no router was live.
     pub const KERNEL_ROUTED: u32 = 4;
     /// Number of counters.
     pub const COUNT: u32 = 5;
@@ -225,6 +239,44 @@ pub struct ConnKey {
     pub router_port: u16,
 }
 
+/// Key of [`map_names::TC_FLOWS`]: one direction of a TCP flow (IPv4) that
+/// `tc_ingress` DNATed, as its packets on the pod's veth name it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TcFlowKey {
+    /// The pod's address, network byte order.
+    pub pod_addr: u32,
+    /// The VIP ([`TC_FLOW_OUT`]) or the endpoint ([`TC_FLOW_REPLY`]),
+    /// network byte order.
+    pub peer_addr: u32,
+    /// The pod's port, host byte order.
+    pub pod_port: u16,
+    /// The VIP's or the endpoint's port, host byte order.
+    pub peer_port: u16,
+    /// [`TC_FLOW_OUT`] or [`TC_FLOW_REPLY`]: keeps a pod's flow to a VIP
+    /// and a reply from an endpoint apart, whatever the addresses.
+    pub direction: u32,
+}
+
+/// Value of [`map_names::TC_FLOWS`] (both directions of a flow): where the
+/// pod's packets go instead of the VIP, and what the replies show.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcFlow {
+    /// The endpoint chosen, network byte order.
+    pub endpoint_addr: u32,
+    /// The VIP the pod dialled, network byte order.
+    pub vip_addr: u32,
+    /// The endpoint's port, host byte order.
+    pub endpoint_port: u16,
+    /// The VIP's port, host byte order.
+    pub vip_port: u16,
+    /// Sequence number of the pod's SYN (host byte order): a SYN with the
+    /// same is a retransmission (same endpoint), another a new connection
+    /// on a reused 4-tuple (decided afresh).
+    pub syn_seq: u32,
+}
+
 /// The v4-mapped IPv6 form of an IPv4 address given in network byte order.
 #[inline(always)]
 pub const fn v4_mapped(addr4_be: u32) -> [u32; 4] {
@@ -250,6 +302,8 @@ mod pod_impls {
     unsafe impl aya::Pod for super::LaneKey {}
     unsafe impl aya::Pod for super::KernelEndpoint {}
     unsafe impl aya::Pod for super::LaneEndpoints {}
+    unsafe impl aya::Pod for super::TcFlowKey {}
+    unsafe impl aya::Pod for super::TcFlow {}
 }
 
 #[cfg(test)]
@@ -267,6 +321,8 @@ mod tests {
         assert_eq!(size_of::<ConnKey>(), 16 + 16 + 2 + 2);
         assert_eq!(size_of::<LaneKey>(), 16 + 2 + 2 + 4);
         assert_eq!(size_of::<KernelEndpoint>(), 16 + 2 + 2);
+        assert_eq!(size_of::<TcFlowKey>(), 4 + 4 + 2 + 2 + 4);
+        assert_eq!(size_of::<TcFlow>(), 4 + 4 + 2 + 2 + 4);
         assert_eq!(
             size_of::<LaneEndpoints>(),
             4 + MAX_LANE_ENDPOINTS * size_of::<KernelEndpoint>()

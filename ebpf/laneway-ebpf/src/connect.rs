@@ -6,16 +6,16 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockAddrContext,
 };
 use laneway_common::{
-    BASE_LANE, HEARTBEAT_TIMEOUT_NS, KernelEndpoint, LaneKey, OriginalDst, RouterInfo,
-    SERVICE_KERNEL_ROUTED, ServiceKey, is_v4_mapped, stat, v4_mapped,
+    KernelEndpoint, OriginalDst, RouterInfo, SERVICE_KERNEL_ROUTED, ServiceKey, is_v4_mapped, stat,
+    v4_mapped,
 };
 
 use crate::maps::{
-    ENROLLED, LANE_ENDPOINTS, ORIG_BY_COOKIE, ROUTER, SERVICES, count, listener_alive,
+    ENROLLED, ORIG_BY_COOKIE, ROUTER, SERVICES, count, heartbeat_fresh, listener_alive, pick,
 };
 
 const AF_INET: u16 = 2;
@@ -33,51 +33,16 @@ struct Steer {
     counter: u32,
 }
 
-/// Picks an endpoint of `lane` for `addr`:`port` at random, else of base.
-#[inline(always)]
-fn pick(addr: [u32; 4], port: u16, lane: u32) -> Option<KernelEndpoint> {
-    let mut key = LaneKey {
-        addr,
-        port,
-        _pad: 0,
-        lane,
-    };
-    if lane != BASE_LANE
-        && let Some(endpoint) = pick_in(&key)
-    {
-        return Some(endpoint);
-    }
-    key.lane = BASE_LANE;
-    pick_in(&key)
-}
-
-#[inline(always)]
-fn pick_in(key: &LaneKey) -> Option<KernelEndpoint> {
-    // SAFETY: the value is only read; the endpoint is copied out at once.
-    let set = unsafe { LANE_ENDPOINTS.get(key) }?;
-    let n = u64::from(set.count);
-    // SAFETY: a helper without arguments.
-    let random = u64::from(unsafe { bpf_get_prandom_u32() });
-    // Scaling instead of `%`: no division, so no division-by-zero branch.
-    let index = ((random * n) >> 32) as usize;
-    set.endpoints.get(index).copied()
-}
-
 /// Whether the router can take a connect to `addr` of `family`: its
 /// heartbeat is fresh and its listener for that family is open.
 #[inline(always)]
 fn router_live(router: &RouterInfo, addr: &[u32; 4], family: u16) -> bool {
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     let listener = if family == AF_INET6 && !is_v4_mapped(addr) {
         1
     } else {
         0
     };
-    router.port != 0
-        && router.heartbeat_ns != 0
-        && now.wrapping_sub(router.heartbeat_ns) <= HEARTBEAT_TIMEOUT_NS
-        && listener_alive(listener)
+    router.port != 0 && heartbeat_fresh(router) && listener_alive(listener)
 }
 
 /// The router's address for a connect to `addr` (all zero: none).

@@ -1,4 +1,4 @@
-//! laneway's kernel programs (socket mode).
+//! laneway's kernel programs (socket mode; TC mode's in `tc`).
 //!
 //! - `connect4` / `connect6`: a TCP connect from an enrolled pod (its netns
 //!   cookie is in `ENROLLED`) to a service VIP:port (in `SERVICES`) is
@@ -79,6 +79,11 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
     tc::try_tc_ingress(&ctx).unwrap_or(tc::NEXT)
+}
+
+#[classifier]
+pub fn tc_egress(ctx: TcContext) -> i32 {
+    tc::try_tc_egress(&ctx).unwrap_or(tc::NEXT)
 }
 
 #[cfg(not(test))]

@@ -7,13 +7,14 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_map_lookup_elem, bpf_sk_release},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_map_lookup_elem, bpf_sk_release},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockMap},
 };
 use laneway_common::{
-    CONN_MAP_CAPACITY, ConnKey, ENROLLED_CAPACITY, LANE_ENDPOINTS_CAPACITY, LaneEndpoints, LaneKey,
-    OriginalDst, PodValue, RouterInfo, SERVICES_CAPACITY, ServiceKey, ServiceValue, stat,
+    BASE_LANE, CONN_MAP_CAPACITY, ConnKey, ENROLLED_CAPACITY, HEARTBEAT_TIMEOUT_NS, KernelEndpoint,
+    LANE_ENDPOINTS_CAPACITY, LaneEndpoints, LaneKey, OriginalDst, PodValue, RouterInfo,
+    SERVICES_CAPACITY, ServiceKey, ServiceValue, TcFlow, TcFlowKey, stat,
 };
 
 /// `BPF_F_NO_PREALLOC`: entries are allocated when written.
@@ -51,6 +52,10 @@ pub static ORIG_BY_COOKIE: LruHashMap<u64, OriginalDst> = LruHashMap::pinned(CON
 pub static ORIG_BY_CONN: LruHashMap<ConnKey, OriginalDst> =
     LruHashMap::pinned(CONN_MAP_CAPACITY, 0);
 
+/// TC mode: the flows `tc_ingress` DNATed to an endpoint, both directions.
+#[map]
+pub static TC_FLOWS: LruHashMap<TcFlowKey, TcFlow> = LruHashMap::pinned(CONN_MAP_CAPACITY, 0);
+
 /// The router's listening sockets: index 0 IPv4, 1 IPv6, 2 the transparent
 /// listener of TC mode. The kernel removes
 /// a socket from a sockmap when it closes, so an entry here means someone
@@ -77,6 +82,45 @@ pub fn listener_alive(index: u32) -> bool {
         bpf_sk_release(sk);
     }
     true
+}
+
+/// Whether the router's heartbeat is set and younger than
+/// [`HEARTBEAT_TIMEOUT_NS`].
+#[inline(always)]
+pub fn heartbeat_fresh(router: &RouterInfo) -> bool {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    router.heartbeat_ns != 0 && now.wrapping_sub(router.heartbeat_ns) <= HEARTBEAT_TIMEOUT_NS
+}
+
+/// Picks an endpoint of `lane` for `addr`:`port` at random, else of base.
+#[inline(always)]
+pub fn pick(addr: [u32; 4], port: u16, lane: u32) -> Option<KernelEndpoint> {
+    let mut key = LaneKey {
+        addr,
+        port,
+        _pad: 0,
+        lane,
+    };
+    if lane != BASE_LANE
+        && let Some(endpoint) = pick_in(&key)
+    {
+        return Some(endpoint);
+    }
+    key.lane = BASE_LANE;
+    pick_in(&key)
+}
+
+#[inline(always)]
+fn pick_in(key: &LaneKey) -> Option<KernelEndpoint> {
+    // SAFETY: the value is only read; the endpoint is copied out at once.
+    let set = unsafe { LANE_ENDPOINTS.get(key) }?;
+    let n = u64::from(set.count);
+    // SAFETY: a helper without arguments.
+    let random = u64::from(unsafe { bpf_get_prandom_u32() });
+    // Scaling instead of `%`: no division, so no division-by-zero branch.
+    let index = ((random * n) >> 32) as usize;
+    set.endpoints.get(index).copied()
 }
 
 /// Adds one to counter `index`.
