@@ -5,13 +5,13 @@
 //! every socket program but `getsockopt` (aya cannot make its link
 //! pinnable; it answers only a live router's queries, see [`ConnOrigins`]):
 //! they outlive the agent, however it exits, and the next agent takes them
-//! over. While no live router answers, the programs steer to nobody: the
-//! router's listener is gone from the `ROUTER_LISTENER` sockmap (the kernel
-//! removes a closed socket) or its heartbeat in the `ROUTER` map is older
-//! than [`laneway_common::HEARTBEAT_TIMEOUT_NS`], and pods reach services
-//! the normal way. TC mode's TCX links are pinned too (per agent, under
-//! `tc-links/`), and clsact filters stay by themselves: while no router is
-//! live, the TC programs keep lanes as the connect programs do.
+//! over. While no live router answers, the programs send nothing to it:
+//! the router's listener is gone from the `ROUTER_LISTENER` sockmap (the
+//! kernel removes a closed socket) or its heartbeat in the `ROUTER` map is
+//! older than [`laneway_common::HEARTBEAT_TIMEOUT_NS`]; instead they keep
+//! each connection in its caller's lane themselves, from `LANE_ENDPOINTS`
+//! ([`crate::kernel_lanes`]). TC mode's TCX links are pinned too (per agent,
+//! under `tc-links/`), and clsact filters stay by themselves.
 
 use std::{
     collections::HashMap as StdHashMap,
