@@ -459,6 +459,31 @@ impl Snapshot {
             .sum()
     }
 
+    /// Each service's endpoints by state (`serving`, `terminating`,
+    /// `not-serving`), keyed by `namespace/name`: each endpoint once,
+    /// however many of the service's ports it serves, as
+    /// [`Snapshot::endpoint_count`] counts them.
+    pub fn endpoint_states(&self) -> std::collections::BTreeMap<(String, &'static str), u64> {
+        let mut states = std::collections::BTreeMap::new();
+        for service in &self.services {
+            let mut seen = HashSet::new();
+            for backend in service.ports.iter().flat_map(|&p| &self.ports[p].backends) {
+                if !seen.insert(backend.addr.ip()) {
+                    continue;
+                }
+                let state = if backend.terminating {
+                    "terminating"
+                } else if backend.serving {
+                    "serving"
+                } else {
+                    "not-serving"
+                };
+                *states.entry((service.id.to_string(), state)).or_default() += 1;
+            }
+        }
+        states
+    }
+
     /// The service port behind a VIP:port. IPv4-mapped IPv6 addresses match
     /// their IPv4 VIP.
     pub fn port_for(&self, vip: SocketAddr) -> Option<&ServicePort> {
@@ -651,6 +676,8 @@ services:
         let s = Snapshot::from_config(&config(), "test".into(), None, true);
         assert_eq!(s.ports.iter().map(|p| p.backends.len()).sum::<usize>(), 8);
         assert_eq!(s.endpoint_count(), 4, "4 endpoints behind 2 ports");
+        let states: u64 = s.endpoint_states().values().sum();
+        assert_eq!(states, 4, "the endpoints gauge counts them alike");
     }
 
     #[test]

@@ -382,21 +382,7 @@ fn decode(s: &str) -> String {
 }
 
 fn gauges(state: &AdminState) -> Gauges {
-    let applied = state.router.applied();
-    let mut endpoints: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
-    for port in &applied.snapshot.ports {
-        let service = applied.snapshot.service_of(port).id.to_string();
-        for b in &port.backends {
-            let st = if b.terminating {
-                "terminating"
-            } else if b.serving {
-                "serving"
-            } else {
-                "not-serving"
-            };
-            *endpoints.entry((service.clone(), st)).or_default() += 1;
-        }
-    }
+    let endpoints = state.router.applied().snapshot.endpoint_states();
     let stats = state
         .datapath
         .lock()
