@@ -63,10 +63,6 @@ pub const SERVICE_KERNEL_ROUTED: u32 = 1;
 /// retried connect.
 pub const HEARTBEAT_TIMEOUT_NS: u64 = 800_000_000;
 
-/// `getsockopt(SOL_IP, LANEWAY_SO_ORIGIN)` on a redirected connection answers a
-/// full [`OriginalDst`] (with the caller's netns cookie), where
-/// `SO_ORIGINAL_DST` can only carry an address. The value spells "LW".
-pub const LANEWAY_SO_ORIGIN: i32 = 0x4c57;
 /// Index of the transparent (TC mode) listener in `ROUTER_LISTENER`.
 pub const TC_LISTENER: u32 = 2;
 /// Mark of packets the TC program hands to the router: the node delivers

@@ -7,8 +7,9 @@
 //! - `sock_ops`: once the rewritten connection is established, the record is
 //!   also keyed by the connection's 4-tuple, which the router's side can see;
 //!   both records go when the connection closes.
-//! - `getsockopt`: answers `SO_ORIGINAL_DST` (IPv4 and IPv6) and
-//!   `LANEWAY_SO_ORIGIN` on the router's accepted sockets from that record.
+//! - `getsockopt`: answers `SO_ORIGINAL_DST` (IPv4 and IPv6) on the
+//!   router's accepted sockets from that record, for a proxy written for
+//!   iptables REDIRECT; laneway's router reads the record from the map.
 //! - `getpeername4` / `getpeername6`: the app sees the VIP it dialled.
 //!
 //! Every program returns 1 (allow) on every path: laneway never fails a

@@ -4,9 +4,7 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{bindings::bpf_sockopt, programs::SockoptContext};
-use laneway_common::{
-    ConnKey, LANEWAY_SO_ORIGIN, OriginalDst, SO_ORIGINAL_DST, is_v4_mapped, stat, v4_mapped,
-};
+use laneway_common::{ConnKey, SO_ORIGINAL_DST, is_v4_mapped, stat, v4_mapped};
 
 use crate::maps::{ORIG_BY_CONN, count};
 
@@ -61,7 +59,7 @@ pub unsafe fn try_getsockopt(ctx: &SockoptContext) {
     let (level, optname) = unsafe { ((*so).level, (*so).optname) };
     let known = matches!(
         (level, optname),
-        (SOL_IP, SO_ORIGINAL_DST) | (SOL_IPV6, SO_ORIGINAL_DST) | (SOL_IP, LANEWAY_SO_ORIGIN)
+        (SOL_IP, SO_ORIGINAL_DST) | (SOL_IPV6, SO_ORIGINAL_DST)
     );
     if !known {
         return;
@@ -129,7 +127,6 @@ pub unsafe fn try_getsockopt(ctx: &SockoptContext) {
                     scope_id: 0,
                 },
             ),
-            (SOL_IP, LANEWAY_SO_ORIGIN) => answer::<OriginalDst>(so, original),
             _ => {}
         }
     }
