@@ -178,7 +178,7 @@ impl Router {
                 destination: SocketAddr::new(canonical(local.ip()), local.port()),
                 netns_cookie: None,
             }),
-            false => original_destination(&stream, self.origins.as_ref()),
+            false => original_destination(&stream, peer, self.origins.as_ref()),
         };
         let Some(origin) = origin else {
             debug!(%peer, "connection without an original destination: closed (not a relay)");
@@ -504,13 +504,17 @@ impl Drop for ConnRoutes {
     }
 }
 
-/// Reads the original destination of an accepted connection: laneway's
-/// record in `origins` (with the caller's netns cookie) where its programs
-/// redirected the connection, else `SO_ORIGINAL_DST`, exactly as behind
-/// iptables REDIRECT.
-pub fn original_destination(stream: &TcpStream, origins: Option<&ConnOrigins>) -> Option<Origin> {
+/// Reads the original destination of a connection accepted from `peer`:
+/// laneway's record in `origins` (with the caller's netns cookie) where its
+/// programs redirected the connection, else `SO_ORIGINAL_DST`, exactly as
+/// behind iptables REDIRECT.
+pub fn original_destination(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    origins: Option<&ConnOrigins>,
+) -> Option<Origin> {
     let local = stream.local_addr().ok()?;
-    let record = origins.and_then(|o| o.get(stream.peer_addr().ok()?, local));
+    let record = origins.and_then(|o| o.get(peer, local));
     if let Some(record) = record {
         let destination = bpf::original_addr(&record);
         return Some(Origin {
