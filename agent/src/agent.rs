@@ -131,7 +131,7 @@ pub struct Options {
 }
 
 /// What an agent that was taken over does once it has drained.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AfterHandover {
     /// Exit (0): the agent was started by hand or by a supervisor that
     /// does not restart it.

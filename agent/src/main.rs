@@ -33,15 +33,6 @@ enum LogFormat {
     Json,
 }
 
-/// `--after-handover`.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum AfterHandover {
-    /// Exit once drained.
-    Exit,
-    /// Stand by until SIGTERM.
-    Wait,
-}
-
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the node agent (needs root: CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN).
@@ -91,8 +82,8 @@ enum Command {
         /// `exit`, or `wait` (stand by until SIGTERM, taking the node back
         /// if the successor goes away; for a DaemonSet, whose containers are
         /// restarted when they exit).
-        #[arg(long, env = "LANEWAY_AFTER_HANDOVER", value_enum, default_value_t = AfterHandover::Exit)]
-        after_handover: AfterHandover,
+        #[arg(long, env = "LANEWAY_AFTER_HANDOVER", value_enum, default_value_t = agent::AfterHandover::Exit)]
+        after_handover: agent::AfterHandover,
     },
     /// Check or print a config file.
     #[command(subcommand)]
@@ -207,10 +198,7 @@ fn main() -> ExitCode {
                 node_name,
                 redirect_ipv4,
                 generation,
-                after_handover: match after_handover {
-                    AfterHandover::Exit => agent::AfterHandover::Exit,
-                    AfterHandover::Wait => agent::AfterHandover::Wait,
-                },
+                after_handover,
             })
         }
         Command::Node(command) => laneway::cli::run(command),
