@@ -104,29 +104,48 @@ pub enum Error {
     Heartbeat(#[from] heartbeat::Error),
 }
 
-/// How the agent is started.
-#[derive(Clone, Debug)]
+/// How the agent is started: `laneway agent`'s options.
+#[derive(clap::Args, Clone, Debug)]
 pub struct Options {
-    /// The config file (also the source of truth in standalone mode).
+    /// The static config file (router settings, services, pods).
+    #[arg(long, short, env = "LANEWAY_CONFIG")]
     pub config: PathBuf,
-    /// Overrides `bpf.cgroup`.
+    /// Cgroup v2 directory to attach the programs to (default: the
+    /// cgroup v2 root, i.e. every process on the node).
+    #[arg(long)]
     pub cgroup: Option<PathBuf>,
-    /// Written once the agent routes (for supervisors and tests).
+    /// Write this file (with the agent's PID) once it routes.
+    #[arg(long)]
     pub ready_file: Option<PathBuf>,
-    /// Take services, endpoints and pods from the Kubernetes API instead of
-    /// the file (which then holds only settings).
+    /// Take services, endpoints and pods from the Kubernetes API (the
+    /// config file then holds only settings). Ready after the first full
+    /// sync; the last good state is kept while the API is unreachable.
+    #[arg(long)]
     pub kube: bool,
-    /// Kubeconfig for `kube` (default: in-cluster, then `KUBECONFIG`).
+    /// Kubeconfig for --kube (default: in-cluster service account, then
+    /// KUBECONFIG or ~/.kube/config).
+    #[arg(long, requires = "kube")]
     pub kubeconfig: Option<PathBuf>,
-    /// This node's name (`kube` enrols only its pods).
+    /// This node's name: --kube enrols only pods scheduled here.
+    #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
-    /// Overrides `router.redirect_ipv4` (a DaemonSet passes the node IP).
+    /// The address pods reach this node at (overrides
+    /// router.redirect_ipv4; a DaemonSet passes status.hostIP). Without
+    /// it or the field, the agent derives it (see router.redirect_ipv4).
+    #[arg(long, env = "LANEWAY_REDIRECT_IPV4")]
     pub redirect_ipv4: Option<IpAddr>,
-    /// This agent's rollout generation (the DaemonSet passes its pod's
-    /// `pod-template-generation`): an agent never takes a node over from
-    /// one of a newer generation, it stands by.
+    /// This agent's rollout generation (a DaemonSet passes its pod's
+    /// `pod-template-generation` label). A starting agent takes the node
+    /// over from a running one of the same or an older generation, and
+    /// stands by while a newer one owns it, so an old pod restarted in
+    /// the middle of a rollout never takes the node back.
+    #[arg(long, env = "LANEWAY_GENERATION", default_value_t = 0)]
     pub generation: u64,
-    /// What an agent that was taken over does once it has drained.
+    /// What an agent does once a successor took over and it drained:
+    /// `exit`, or `wait` (stand by until SIGTERM, taking the node back
+    /// if the successor goes away; for a DaemonSet, whose containers are
+    /// restarted when they exit).
+    #[arg(long, env = "LANEWAY_AFTER_HANDOVER", value_enum, default_value_t = AfterHandover::Exit)]
     pub after_handover: AfterHandover,
 }
 

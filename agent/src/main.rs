@@ -41,50 +41,11 @@ enum Command {
     ///
     /// The file is watched: edits (or SIGHUP) reload services, endpoints and
     /// pods without dropping connections; a bad edit is logged and the last
-    /// good config stays. SIGTERM or SIGINT stop the agent; pods then reach
-    /// services the normal way at once. Log level: `RUST_LOG` (default info).
-    Agent {
-        /// The static config file (router settings, services, pods).
-        #[arg(long, short, env = "LANEWAY_CONFIG")]
-        config: PathBuf,
-        /// Cgroup v2 directory to attach the programs to (default: the
-        /// cgroup v2 root, i.e. every process on the node).
-        #[arg(long)]
-        cgroup: Option<PathBuf>,
-        /// Write this file (with the agent's PID) once it routes.
-        #[arg(long)]
-        ready_file: Option<PathBuf>,
-        /// Take services, endpoints and pods from the Kubernetes API (the
-        /// config file then holds only settings). Ready after the first full
-        /// sync; the last good state is kept while the API is unreachable.
-        #[arg(long)]
-        kube: bool,
-        /// Kubeconfig for --kube (default: in-cluster service account, then
-        /// KUBECONFIG or ~/.kube/config).
-        #[arg(long, requires = "kube")]
-        kubeconfig: Option<PathBuf>,
-        /// This node's name: --kube enrols only pods scheduled here.
-        #[arg(long, env = "NODE_NAME")]
-        node_name: Option<String>,
-        /// The address pods reach this node at (overrides
-        /// router.redirect_ipv4; a DaemonSet passes status.hostIP). Without
-        /// it or the field, the agent derives it (see router.redirect_ipv4).
-        #[arg(long, env = "LANEWAY_REDIRECT_IPV4")]
-        redirect_ipv4: Option<std::net::IpAddr>,
-        /// This agent's rollout generation (a DaemonSet passes its pod's
-        /// `pod-template-generation` label). A starting agent takes the node
-        /// over from a running one of the same or an older generation, and
-        /// stands by while a newer one owns it, so an old pod restarted in
-        /// the middle of a rollout never takes the node back.
-        #[arg(long, env = "LANEWAY_GENERATION", default_value_t = 0)]
-        generation: u64,
-        /// What an agent does once a successor took over and it drained:
-        /// `exit`, or `wait` (stand by until SIGTERM, taking the node back
-        /// if the successor goes away; for a DaemonSet, whose containers are
-        /// restarted when they exit).
-        #[arg(long, env = "LANEWAY_AFTER_HANDOVER", value_enum, default_value_t = agent::AfterHandover::Exit)]
-        after_handover: agent::AfterHandover,
-    },
+    /// good config stays. SIGTERM or SIGINT stop the agent; pods' new
+    /// connections then keep their lanes without the router (the kernel
+    /// programs pick an endpoint of the caller's lane, else base). Log
+    /// level: `RUST_LOG` (default info).
+    Agent(agent::Options),
     /// Check or print a config file.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -171,35 +132,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Agent {
-            config,
-            cgroup,
-            ready_file,
-            kube,
-            kubeconfig,
-            node_name,
-            redirect_ipv4,
-            generation,
-            after_handover,
-        } => {
-            let redirect_ipv4 = match redirect_ipv4 {
-                Some(ip) => Some(ip),
-                None => match auto_redirect_ipv4(&config, kube) {
-                    Ok(derived) => derived,
+        Command::Agent(mut options) => {
+            if options.redirect_ipv4.is_none() {
+                match auto_redirect_ipv4(&options.config, options.kube) {
+                    Ok(derived) => options.redirect_ipv4 = derived,
                     Err(code) => return code,
-                },
-            };
-            run_agent(agent::Options {
-                config,
-                cgroup,
-                ready_file,
-                kube,
-                kubeconfig,
-                node_name,
-                redirect_ipv4,
-                generation,
-                after_handover,
-            })
+                }
+            }
+            run_agent(options)
         }
         Command::Node(command) => laneway::cli::run(command),
         Command::Uninstall { pin_path } => uninstall(&pin_path),
