@@ -84,6 +84,23 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Pod `index` as a pod of this node ([`NODE_NAME`]) in `namespace`,
+    /// with its tag label: its process ([`Cluster::run_pod_process`]) and
+    /// its Pod object.
+    pub fn run_local_pod(
+        &mut self,
+        node: &Node,
+        index: usize,
+        namespace: &str,
+        tag: Option<&str>,
+    ) -> Result<()> {
+        self.run_pod_process(node, index)?;
+        self.api.apply(pod(node, index, namespace, NODE_NAME, tag));
+        Ok(())
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for (child, _) in &mut self.processes {
@@ -107,11 +124,8 @@ pub fn reviews_cluster(
     reviews: Service,
 ) -> Result<Cluster> {
     let mut cluster = Cluster::start(node)?;
-    cluster.run_pod_process(node, pods.client)?;
     cluster.api.apply(namespace("shop", true));
-    cluster
-        .api
-        .apply(pod(node, pods.client, "shop", NODE_NAME, None));
+    cluster.run_local_pod(node, pods.client, "shop", None)?;
     let svc = &scenario.services[0];
     for (index, tag) in &svc.endpoints {
         cluster

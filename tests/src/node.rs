@@ -300,20 +300,7 @@ impl Node {
     /// range and address to the other (nothing else: still no route out).
     pub fn link(&self, other: &Node) -> Result<()> {
         let (here, there) = (self.short_name("n"), other.short_name("n"));
-        run(Command::new("ip").args([
-            "link",
-            "add",
-            &here,
-            "netns",
-            self.netns.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &there,
-            "netns",
-            other.netns.name(),
-        ]))?;
+        veth_pair((&here, &self.netns), (&there, &other.netns))?;
         for (node, dev, peer, gw6, peer_gw6) in [
             (self, &here, other, "fe80::a", "fe80::b"),
             (other, &there, self, "fe80::b", "fe80::a"),
@@ -441,20 +428,7 @@ impl Node {
             veth,
             ..
         } = pod;
-        run(Command::new("ip").args([
-            "link",
-            "add",
-            veth,
-            "netns",
-            self.netns.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            netns.name(),
-        ]))?;
+        veth_pair((veth, &self.netns), ("eth0", netns))?;
         if !self.options.ipv6 {
             // The pod side too: a pod on a node without IPv6 has none.
             netns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
@@ -658,4 +632,23 @@ impl Drop for Node {
         self.pods.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A veth pair: `a.0` in netns `a.1`, its peer `b.0` in netns `b.1`.
+fn veth_pair(a: (&str, &Netns), b: (&str, &Netns)) -> Result<()> {
+    run(Command::new("ip").args([
+        "link",
+        "add",
+        a.0,
+        "netns",
+        a.1.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b.0,
+        "netns",
+        b.1.name(),
+    ]))?;
+    Ok(())
 }

@@ -67,6 +67,18 @@ impl Standard {
     }
 }
 
+/// The standard scenario on a fresh node with its HTTP backends and the
+/// kube-proxy stand-in, and no agent: for tests that start their own.
+/// Bind the result as `(node, scenario, pods, _backends)`: the backends go
+/// before the node.
+pub fn prepare() -> Result<(Node, Scenario, Pods, Vec<Backend>)> {
+    let mut node = Node::new()?;
+    let (scenario, pods) = scenario(&mut node)?;
+    let backends = http_backends(&node, &pods)?;
+    node.install_kube_proxy(&scenario)?;
+    Ok((node, scenario, pods, backends))
+}
+
 /// The HTTP backends of the scenario's endpoints (`reviews` and `ratings`).
 pub fn http_backends(node: &Node, pods: &Pods) -> Result<Vec<Backend>> {
     [pods.base, pods.joint1, pods.gray, pods.ratings]

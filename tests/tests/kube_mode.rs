@@ -15,7 +15,7 @@ use laneway_tests::{
     admin::{json, scrape},
     backend::Backend,
     client::{self, Response},
-    kube::{Cluster, NODE_NAME, namespace, pod, reviews_cluster, service},
+    kube::{Cluster, namespace, pod, reviews_cluster, service},
     standard,
 };
 
@@ -51,20 +51,10 @@ fn labelling_a_namespace_steers_its_pods_and_unlabelling_sends_them_direct_again
     }
     node.install_kube_proxy(&scenario)?;
     let mut cluster = Cluster::start(&node)?;
-    cluster.run_pod_process(&node, pods.client)?;
-    cluster.run_pod_process(&node, pods.client_joint1)?;
     cluster.api.apply(namespace("shop", false));
     cluster.api.apply(namespace("backends", false));
-    cluster
-        .api
-        .apply(pod(&node, pods.client, "shop", NODE_NAME, None));
-    cluster.api.apply(pod(
-        &node,
-        pods.client_joint1,
-        "shop",
-        NODE_NAME,
-        Some("joint1"),
-    ));
+    cluster.run_local_pod(&node, pods.client, "shop", None)?;
+    cluster.run_local_pod(&node, pods.client_joint1, "shop", Some("joint1"))?;
     for svc in &scenario.services[..2] {
         for (index, tag) in &svc.endpoints {
             cluster
@@ -118,10 +108,7 @@ fn labelling_a_namespace_steers_its_pods_and_unlabelling_sends_them_direct_again
 #[test]
 fn the_agent_is_ready_only_after_the_first_sync_and_keeps_routing_through_an_api_outage()
 -> Result<()> {
-    let mut node = Node::new()?;
-    let (scenario, pods) = standard::scenario(&mut node)?;
-    let _backends = standard::http_backends(&node, &pods)?;
-    node.install_kube_proxy(&scenario)?;
+    let (node, scenario, pods, _backends) = standard::prepare()?;
     let svc = &scenario.services[0];
     let cluster = reviews_cluster(&node, &scenario, &pods, service(&node, svc, "backends").0)?;
 
@@ -176,11 +163,8 @@ fn tc_mode_finds_each_pods_veth_from_the_api_and_steers() -> Result<()> {
     let _joint1 = Backend::http(node.pod(pods.joint1), 8080)?;
     node.install_kube_proxy(&scenario)?;
     let mut cluster = Cluster::start(&node)?;
-    cluster.run_pod_process(&node, pods.client)?;
     cluster.api.apply(namespace("shop", true));
-    cluster
-        .api
-        .apply(pod(&node, pods.client, "shop", NODE_NAME, None));
+    cluster.run_local_pod(&node, pods.client, "shop", None)?;
     let svc = &scenario.services[0];
     for (index, tag) in &svc.endpoints {
         cluster
@@ -249,10 +233,7 @@ fn service_info(node: &Node, name: &str) -> Result<api::ServiceInfo> {
 
 #[test]
 fn a_bad_policy_annotation_keeps_the_last_good_policy_in_force_and_says_so() -> Result<()> {
-    let mut node = Node::new()?;
-    let (scenario, pods) = standard::scenario(&mut node)?;
-    let _backends = standard::http_backends(&node, &pods)?;
-    node.install_kube_proxy(&scenario)?;
+    let (node, scenario, pods, _backends) = standard::prepare()?;
     // All untagged traffic to gray: a policy whose loss shows in every request.
     let cluster = canary_cluster(&node, &scenario, &pods, "gray=100")?;
     let mut agent = Agent::start_kube(&node, &scenario, &cluster)?;
@@ -327,10 +308,7 @@ fn a_bad_policy_annotation_keeps_the_last_good_policy_in_force_and_says_so() -> 
 
 #[test]
 fn changing_the_canary_annotation_under_load_drops_no_request() -> Result<()> {
-    let mut node = Node::new()?;
-    let (scenario, pods) = standard::scenario(&mut node)?;
-    let _backends = standard::http_backends(&node, &pods)?;
-    node.install_kube_proxy(&scenario)?;
+    let (node, scenario, pods, _backends) = standard::prepare()?;
     let cluster = canary_cluster(&node, &scenario, &pods, "gray=0")?;
     let agent = Agent::start_kube(&node, &scenario, &cluster)?;
     let svc = &scenario.services[0];

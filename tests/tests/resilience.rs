@@ -27,10 +27,7 @@ fn fail_open_total(node: &Node) -> Result<u64> {
 
 #[test]
 fn an_agent_outside_its_cgroup_still_learns_each_connections_destination() -> Result<()> {
-    let mut node = Node::new()?;
-    let (scenario, pods) = standard::scenario(&mut node)?;
-    let _backends = standard::http_backends(&node, &pods)?;
-    node.install_kube_proxy(&scenario)?;
+    let (node, scenario, pods, _backends) = standard::prepare()?;
     let agent = Agent::start_outside_cgroup(&node, &scenario)?;
     let own = std::fs::read_to_string(format!("/proc/{}/cgroup", agent.pid()))?;
     let attached = node.cgroup().file_name().unwrap().to_string_lossy();
@@ -114,10 +111,7 @@ fn a_slow_reconcile_never_delays_the_heartbeat() -> Result<()> {
 
 #[test]
 fn with_kube_a_state_that_cannot_be_applied_keeps_the_last_good_one_routing() -> Result<()> {
-    let mut node = Node::new()?;
-    let (scenario, pods) = standard::scenario(&mut node)?;
-    let _backends = standard::http_backends(&node, &pods)?;
-    node.install_kube_proxy(&scenario)?;
+    let (node, scenario, pods, _backends) = standard::prepare()?;
     let svc = &scenario.services[0];
     let cluster = reviews_cluster(&node, &scenario, &pods, service(&node, svc, "backends").0)?;
     let mut agent = Agent::start_kube(&node, &scenario, &cluster)?;

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use laneway_tests::{
-    Agent, Node,
+    Agent, Node, Scenario,
     client::{self, LoadCounts},
-    kube::{Cluster, NODE_NAME, pod, reviews_cluster, service},
+    kube::{Cluster, reviews_cluster, service},
     standard,
 };
 
@@ -20,23 +20,13 @@ fn daemonset_args(generation: &'static str) -> [&'static str; 4] {
     ["--generation", generation, "--after-handover", "wait"]
 }
 
-/// The node, the API with two enrolled clients (base and joint1), and the
-/// reviews service's endpoints.
-fn cluster() -> Result<(Node, laneway_tests::Scenario, standard::Pods, Cluster)> {
-    let mut node = Node::new()?;
-    let (scenario, pods) = standard::scenario(&mut node)?;
-    node.install_kube_proxy(&scenario)?;
+/// The API with two enrolled clients (base and joint1) and the reviews
+/// service's endpoints.
+fn cluster(node: &Node, scenario: &Scenario, pods: &standard::Pods) -> Result<Cluster> {
     let svc = &scenario.services[0];
-    let mut cluster = reviews_cluster(&node, &scenario, &pods, service(&node, svc, "backends").0)?;
-    cluster.run_pod_process(&node, pods.client_joint1)?;
-    cluster.api.apply(pod(
-        &node,
-        pods.client_joint1,
-        "shop",
-        NODE_NAME,
-        Some("joint1"),
-    ));
-    Ok((node, scenario, pods, cluster))
+    let mut cluster = reviews_cluster(node, scenario, pods, service(node, svc, "backends").0)?;
+    cluster.run_local_pod(node, pods.client_joint1, "shop", Some("joint1"))?;
+    Ok(cluster)
 }
 
 /// Every request answered by its own lane: the base client's untagged ones
@@ -55,8 +45,8 @@ fn check_lanes(base: &LoadCounts, joint1: &LoadCounts) -> Result<()> {
 
 #[test]
 fn a_surge_rollout_hands_the_node_over_and_drops_no_request() -> Result<()> {
-    let (node, scenario, pods, cluster) = cluster()?;
-    let _backends = standard::http_backends(&node, &pods)?;
+    let (node, scenario, pods, _backends) = standard::prepare()?;
+    let cluster = cluster(&node, &scenario, &pods)?;
     let reviews = Node::vip(&scenario.services[0]);
     let mut old = Agent::start_kube_as(&node, &scenario, &cluster, &daemonset_args("1"), None)?;
     let mut new = None;
@@ -114,8 +104,8 @@ fn a_surge_rollout_hands_the_node_over_and_drops_no_request() -> Result<()> {
 
 #[test]
 fn crash_loops_and_a_reboot_mid_rollout_leave_the_newest_agent_owning_the_node() -> Result<()> {
-    let (node, scenario, pods, cluster) = cluster()?;
-    let _backends = standard::http_backends(&node, &pods)?;
+    let (node, scenario, pods, _backends) = standard::prepare()?;
+    let cluster = cluster(&node, &scenario, &pods)?;
     let reviews = Node::vip(&scenario.services[0]);
     let start = |generation, logged| {
         Agent::start_kube_as(

@@ -101,6 +101,15 @@ fn ask(
     Ok(r)
 }
 
+/// An untagged and a joint1 request from pod 0 to `to`: each answered
+/// by its lane's endpoint (`reviews-base`, `reviews-joint1`) through the
+/// router at `node_ip`.
+fn ask_both_lanes(node: &Node, to: SocketAddr, node_ip: IpAddr) -> Result<()> {
+    ask(node, 0, to, None, "reviews-base", node_ip)?;
+    ask(node, 0, to, Some("joint1"), "reviews-joint1", node_ip)?;
+    Ok(())
+}
+
 /// A node with pods `client`, `reviews-base`, `reviews-joint1` (in that
 /// order: 10.244.0.10, .11, .12 on an IPv4 node) and HTTP backends on the
 /// two endpoints' port 8080.
@@ -232,16 +241,7 @@ fn routes_by_lane_with_defaults(options: NodeOptions) -> Result<()> {
     let ips = [node.pod(1).ip.into(), node.pod(2).ip.into()];
     let _agent = start_user(&node, &lane_config("", "10.96.0.10".parse()?, ips))?;
     let vip: SocketAddr = "10.96.0.10:80".parse()?;
-    ask(&node, 0, vip, None, "reviews-base", node.ip.into())?;
-    ask(
-        &node,
-        0,
-        vip,
-        Some("joint1"),
-        "reviews-joint1",
-        node.ip.into(),
-    )?;
-    Ok(())
+    ask_both_lanes(&node, vip, node.ip.into())
 }
 
 /// An IPv4-only node (no IPv6 address on the node or its pods): the
@@ -282,15 +282,7 @@ fn ipv6_only_node_routes_by_lane() -> Result<()> {
     let vip: IpAddr = "fd00:96::10".parse()?;
     let agent = start_user(&node, &lane_config(&router, vip, ips))?;
     let to = SocketAddr::new(vip, 80);
-    ask(&node, 0, to, None, "reviews-base", node.ip6.into())?;
-    ask(
-        &node,
-        0,
-        to,
-        Some("joint1"),
-        "reviews-joint1",
-        node.ip6.into(),
-    )?;
+    ask_both_lanes(&node, to, node.ip6.into())?;
     ensure!(
         agent.log().contains("IPv4 connects are not redirected"),
         "{}",
@@ -394,13 +386,9 @@ fn shipped_daemonset_and_configmap_route_by_lane_in_kube_mode() -> Result<()> {
     let view = daemonset_view(&spec, &config_dir)?;
 
     let mut cluster = Cluster::start(&node)?;
-    cluster.run_pod_process(&node, 0)?;
-    cluster.run_pod_process(&node, joint1)?;
     cluster.api.apply(namespace("shop", true));
-    cluster.api.apply(pod(&node, 0, "shop", NODE_NAME, None));
-    cluster
-        .api
-        .apply(pod(&node, joint1, "shop", NODE_NAME, Some("joint1")));
+    cluster.run_local_pod(&node, 0, "shop", None)?;
+    cluster.run_local_pod(&node, joint1, "shop", Some("joint1"))?;
     let reviews = ServiceSpec {
         name: "reviews".into(),
         vip: "10.96.0.10".parse()?,
@@ -440,15 +428,7 @@ fn shipped_daemonset_and_configmap_route_by_lane_in_kube_mode() -> Result<()> {
         },
     )?;
     let vip = Node::vip(&reviews);
-    ask(
-        &node,
-        0,
-        vip,
-        Some("joint1"),
-        "reviews-joint1",
-        node.ip.into(),
-    )?;
-    ask(&node, 0, vip, None, "reviews-base", node.ip.into())?;
+    ask_both_lanes(&node, vip, node.ip.into())?;
     let r = client::get(node.pod(joint1), vip, &[])?;
     ensure!(
         r.routed() && r.endpoint() == "reviews-joint1",
@@ -577,8 +557,5 @@ fn tc_mode_with_only_its_required_fields_routes_by_lane() -> Result<()> {
     );
     let _agent = start_user(&node, &pod(&format!(", ips: [{}]", node.pod(0).ip))?)?;
     let vip: SocketAddr = "10.96.0.10:80".parse()?;
-    let node_ip = IpAddr::V4(node.ip);
-    ask(&node, 0, vip, None, "reviews-base", node_ip)?;
-    ask(&node, 0, vip, Some("joint1"), "reviews-joint1", node_ip)?;
-    Ok(())
+    ask_both_lanes(&node, vip, IpAddr::V4(node.ip))
 }
