@@ -69,6 +69,13 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// `router.redirect_ipv4: auto` found no address.
+    #[error(
+        "router.redirect_ipv4 is auto, but no IPv4 route (to a pod, an endpoint or the default \
+         route) gives the node's address: set router.redirect_ipv4 (or --redirect-ipv4, \
+         LANEWAY_REDIRECT_IPV4) to the node's address as pods reach it"
+    )]
+    NoRedirectAddress,
     /// The router's redirect address has the wrong family.
     #[error("router.{field} must be an {family} address, got {addr}")]
     RedirectFamily {
@@ -354,7 +361,7 @@ async fn serve(
 }
 
 /// The config file with the command line's overrides, checked against the
-/// source of truth.
+/// source of truth, and `router.redirect_ipv4: auto` resolved.
 fn settings(options: &Options) -> Result<Config, Error> {
     let mut config = Config::load(&options.config)?;
     if let Some(ip) = options.redirect_ipv4 {
@@ -363,7 +370,31 @@ fn settings(options: &Options) -> Result<Config, Error> {
     if options.kube && (!config.services.is_empty() || !config.pods.is_empty()) {
         return Err(Error::KubeWithStatic(options.config.clone()));
     }
+    if config.router.redirect_ipv4.is_unspecified() && config.router.mode.socket() {
+        config.router.redirect_ipv4 = auto_redirect_ipv4(&config, options.kube)?;
+    }
     Ok(config)
+}
+
+/// `router.redirect_ipv4: auto`: the node's address as pods reach it
+/// ([`Config::derive_redirect_ipv4`]); unspecified (IPv4 connects are not
+/// redirected) on a node whose static config has no IPv4 VIP.
+fn auto_redirect_ipv4(config: &Config, kube: bool) -> Result<IpAddr, Error> {
+    if let Some((ip, through)) = config.derive_redirect_ipv4() {
+        info!(
+            redirect_ipv4 = %ip,
+            "router.redirect_ipv4 is auto: pods are sent to {ip}, the node's address toward {through}"
+        );
+        return Ok(ip.into());
+    }
+    if !kube && !config.has_ipv4_vip() {
+        info!(
+            "router.redirect_ipv4 is auto and no IPv4 route gives the node's address; no \
+             service has an IPv4 VIP: IPv4 connects are not redirected"
+        );
+        return Ok(config.router.redirect_ipv4);
+    }
+    Err(Error::NoRedirectAddress)
 }
 
 /// The node as this agent holds it: its listeners, and the programs

@@ -132,15 +132,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Agent(mut options) => {
-            if options.redirect_ipv4.is_none() {
-                match auto_redirect_ipv4(&options.config, options.kube) {
-                    Ok(derived) => options.redirect_ipv4 = derived,
-                    Err(code) => return code,
-                }
-            }
-            run_agent(options)
-        }
+        Command::Agent(options) => run_agent(options),
         Command::Node(command) => laneway::cli::run(command),
         Command::Uninstall { pin_path } => uninstall(&pin_path),
         Command::Config(ConfigCommand::Check { file }) => match Config::load(&file) {
@@ -183,45 +175,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// `router.redirect_ipv4: auto` (the default, and no `--redirect-ipv4`):
-/// the node's address as pods reach it, derived here in the node's network
-/// namespace before the agent starts (`Config::derive_redirect_ipv4`). A
-/// file that does not load is left for the agent to report. Without any
-/// route to derive from, a config whose services have no IPv4 VIP (an
-/// IPv6-only node) starts with the IPv4 redirect off; otherwise the agent
-/// does not start (exit 2), since every redirected connect would fail.
-fn auto_redirect_ipv4(
-    path: &std::path::Path,
-    kube: bool,
-) -> Result<Option<std::net::IpAddr>, ExitCode> {
-    let Ok(config) = Config::load(path) else {
-        return Ok(None);
-    };
-    if !config.router.redirect_ipv4.is_unspecified() || !config.router.mode.socket() {
-        return Ok(None);
-    }
-    if let Some((ip, through)) = config.derive_redirect_ipv4() {
-        tracing::info!(
-            redirect_ipv4 = %ip,
-            "router.redirect_ipv4 is auto: pods are sent to {ip}, the node's address toward {through}"
-        );
-        return Ok(Some(ip.into()));
-    }
-    if !kube && !config.has_ipv4_vip() {
-        tracing::info!(
-            "router.redirect_ipv4 is auto and no IPv4 route gives the node's address; no \
-             service has an IPv4 VIP: IPv4 connects are not redirected"
-        );
-        return Ok(None);
-    }
-    tracing::error!(
-        "router.redirect_ipv4 is auto, but no IPv4 route (to a pod, an endpoint or the default \
-         route) gives the node's address: set router.redirect_ipv4 (or --redirect-ipv4, \
-         LANEWAY_REDIRECT_IPV4) to the node's address as pods reach it"
-    );
-    Err(ExitCode::from(2))
-}
-
 fn run_agent(options: agent::Options) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -235,7 +188,11 @@ fn run_agent(options: agent::Options) -> ExitCode {
     };
     match runtime.block_on(agent::run(options)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ (agent::Error::Config(_) | agent::Error::KubeWithStatic(_))) => {
+        Err(
+            e @ (agent::Error::Config(_)
+            | agent::Error::KubeWithStatic(_)
+            | agent::Error::NoRedirectAddress),
+        ) => {
             tracing::error!("{e}");
             ExitCode::from(2)
         }
