@@ -314,7 +314,9 @@ fn haproxy_maxconn() -> usize {
 /// nginx with two workers: a `map` on the tag header picks the upstream,
 /// `random two least_conn` within it, upstream keep-alive. A second server
 /// speaks HTTP/2 (h2c) to clients and passes streams on with `grpc_pass`
-/// (HTTP/2 to the endpoints, one stream per upstream connection at a time).
+/// (HTTP/2 to the endpoints, but one stream per upstream connection at a
+/// time: it keeps enough idle ones for every stream in flight at full
+/// speed, else it opens a connection for one stream in ten).
 fn nginx(bench: &BenchNode) -> Result<Process> {
     let dir = scratch(&bench.node, "nginx")?;
     let mut conf = format!(
@@ -335,7 +337,7 @@ fn nginx(bench: &BenchNode) -> Result<Process> {
             for addr in endpoints {
                 let _ = writeln!(conf, "    server {addr};");
             }
-            let _ = writeln!(conf, "    keepalive 64;\n  }}");
+            let _ = writeln!(conf, "    keepalive {};\n  }}", if h2 { 256 } else { 64 });
         }
     }
     let [http1_port, h2_port] = NGINX_PORTS;

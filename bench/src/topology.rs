@@ -64,6 +64,10 @@ impl BenchNode {
         }
         node.netns
             .sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
+        // The proxies' ports: an upstream connection still closing on one
+        // of them would keep the next configuration from listening there.
+        node.netns
+            .sysctl("net.ipv4.ip_local_reserved_ports", "15000-15010")?;
         node.netns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
         node.netns.sysctl("net.core.somaxconn", "8192")?;
         // iptables REDIRECT sends a packet to the first address of the

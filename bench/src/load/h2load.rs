@@ -172,9 +172,7 @@ impl Summary {
             failed: count(requests, "failed")?
                 + count(requests, "errored")?
                 + count(requests, "timeout")?,
-            not_2xx: count(statuses, "3xx")?
-                + count(statuses, "4xx")?
-                + count(statuses, "5xx")?,
+            not_2xx: count(statuses, "3xx")? + count(statuses, "4xx")? + count(statuses, "5xx")?,
             data_bytes,
         })
     }
