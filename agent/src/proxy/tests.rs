@@ -339,7 +339,7 @@ async fn dead_addr() -> SocketAddr {
 // ---------------------------------------------------------------------------
 // Test router
 
-type HttpRule = Box<dyn Fn(&RequestHead<'_>, &[SocketAddr]) -> Route + Send + Sync>;
+type HttpRule = Box<dyn Fn(&RequestView<'_>, &[SocketAddr]) -> Route + Send + Sync>;
 type L4Rule = Box<dyn Fn(&[SocketAddr]) -> Route + Send + Sync>;
 
 struct TestRoutes {
@@ -347,12 +347,21 @@ struct TestRoutes {
     l4: L4Rule,
     http_calls: Mutex<Vec<(String, Vec<SocketAddr>)>>,
     l4_calls: AtomicUsize,
-    outcomes: Mutex<Vec<RequestOutcome>>,
+    outcomes: Arc<Mutex<Vec<RequestOutcome>>>,
+}
+
+/// A [`TestRoutes`] decision in flight: records its outcome.
+struct Recorded(Arc<Mutex<Vec<RequestOutcome>>>);
+
+impl InFlight for Recorded {
+    fn finish(self: Box<Self>, outcome: RequestOutcome) {
+        self.0.lock().unwrap().push(outcome);
+    }
 }
 
 impl TestRoutes {
     fn new(
-        http: impl Fn(&RequestHead<'_>, &[SocketAddr]) -> Route + Send + Sync + 'static,
+        http: impl Fn(&RequestView<'_>, &[SocketAddr]) -> Route + Send + Sync + 'static,
     ) -> Self {
         Self::with_l4(http, |_| Route::Reject {
             status: 503,
@@ -362,7 +371,7 @@ impl TestRoutes {
     }
 
     fn with_l4(
-        http: impl Fn(&RequestHead<'_>, &[SocketAddr]) -> Route + Send + Sync + 'static,
+        http: impl Fn(&RequestView<'_>, &[SocketAddr]) -> Route + Send + Sync + 'static,
         l4: impl Fn(&[SocketAddr]) -> Route + Send + Sync + 'static,
     ) -> Self {
         Self {
@@ -370,7 +379,7 @@ impl TestRoutes {
             l4: Box::new(l4),
             http_calls: Mutex::new(Vec::new()),
             l4_calls: AtomicUsize::new(0),
-            outcomes: Mutex::new(Vec::new()),
+            outcomes: Arc::default(),
         }
     }
 
@@ -386,21 +395,30 @@ impl TestRoutes {
     }
 }
 
+impl TestRoutes {
+    fn routed(&self, route: Route) -> Routed {
+        Routed {
+            route,
+            request: Box::new(Recorded(self.outcomes.clone())),
+        }
+    }
+}
+
 impl Routes for TestRoutes {
-    fn route_http(&self, head: &RequestHead<'_>, exclude: &[SocketAddr]) -> Route {
+    fn route_http(&self, request: &RequestView<'_>, exclude: &[SocketAddr]) -> Routed {
         self.http_calls
             .lock()
             .unwrap()
-            .push((head.path.to_owned(), exclude.to_vec()));
-        (self.http)(head, exclude)
+            .push((request.path.to_owned(), exclude.to_vec()));
+        self.routed((self.http)(request, exclude))
     }
 
-    fn route_l4(&self, exclude: &[SocketAddr]) -> Route {
+    fn route_l4(&self, exclude: &[SocketAddr]) -> Routed {
         self.l4_calls.fetch_add(1, Ordering::SeqCst);
-        (self.l4)(exclude)
+        self.routed((self.l4)(exclude))
     }
 
-    fn observe(&self, outcome: RequestOutcome) {
+    fn observe_unrouted(&self, outcome: RequestOutcome) {
         self.outcomes.lock().unwrap().push(outcome);
     }
 }
