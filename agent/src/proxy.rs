@@ -23,6 +23,7 @@
 //! - `l4`: opaque passthrough and raw tunnels (also used after `101`).
 
 pub(crate) mod h1;
+pub(crate) mod h2;
 mod l4;
 mod pool;
 mod sniff;
@@ -334,6 +335,6 @@ pub async fn serve_connection(
     match engine {
         Engine::L4 => Box::pin(l4::passthrough(client, &*routes, &pool)).await,
         Engine::H1 => h1::serve(client, &*routes, &pool, &cfg).await,
-        Engine::H2 => Box::pin(l4::passthrough(client, &*routes, &pool)).await,
+        Engine::H2 => h2::serve(client, routes, pool, cfg).await,
     }
 }

@@ -193,6 +193,7 @@ impl Router {
         let protocol = match port.protocol {
             AppProtocol::Auto => Protocol::Sniff,
             AppProtocol::Http => Protocol::Http,
+            AppProtocol::Http2 => Protocol::Http2,
             AppProtocol::Tcp => Protocol::Opaque,
         };
         let caller = applied
