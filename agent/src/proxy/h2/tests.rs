@@ -32,18 +32,18 @@ use crate::proxy::{
 
 /// Serves one stream: the request, its response, and the backend's
 /// connection number (from 1).
-type Handler = Arc<
+pub(crate) type Handler = Arc<
     dyn Fn(Request<RecvStream>, SendResponse<Bytes>, usize) -> BoxFuture<'static, ()> + Send + Sync,
 >;
 
-struct Backend {
-    addr: SocketAddr,
+pub(crate) struct Backend {
+    pub(crate) addr: SocketAddr,
     conns: Arc<AtomicUsize>,
     streams: Arc<AtomicUsize>,
 }
 
 impl Backend {
-    async fn start(max_concurrent_streams: Option<u32>, handler: Handler) -> Backend {
+    pub(crate) async fn start(max_concurrent_streams: Option<u32>, handler: Handler) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let conns = Arc::new(AtomicUsize::new(0));
@@ -78,7 +78,7 @@ impl Backend {
     /// Answers 200 after reading the whole request: `x-backend`, `x-conn`,
     /// `x-seen-tag` (the tag header it got), the request body back, and
     /// the request's trailers back with `grpc-status: 0`.
-    async fn echo(name: &'static str) -> Backend {
+    pub(crate) async fn echo(name: &'static str) -> Backend {
         Backend::start(
             None,
             Arc::new(move |req, respond, conn| Box::pin(echo(name, req, respond, conn))),
@@ -90,7 +90,7 @@ impl Backend {
         self.conns.load(Ordering::SeqCst)
     }
 
-    async fn wait_streams(&self, n: usize) {
+    pub(crate) async fn wait_streams(&self, n: usize) {
         let deadline = Instant::now() + WAIT;
         while self.streams.load(Ordering::SeqCst) < n {
             assert!(Instant::now() < deadline, "backend expected {n} streams");
@@ -125,7 +125,7 @@ async fn echo(name: &str, req: Request<RecvStream>, mut respond: SendResponse<By
 }
 
 /// A handler that waits until `release` turns true, then echoes.
-fn held(release: watch::Receiver<bool>) -> Handler {
+pub(crate) fn held(release: watch::Receiver<bool>) -> Handler {
     Arc::new(move |req, respond, conn| {
         let mut release = release.clone();
         Box::pin(async move {
@@ -151,7 +151,7 @@ async fn read_all(body: &mut RecvStream) -> Option<(Vec<u8>, Option<HeaderMap>)>
 // ---------------------------------------------------------------------------
 // Test client
 
-async fn client(addr: SocketAddr) -> SendRequest<Bytes> {
+pub(crate) async fn client(addr: SocketAddr) -> SendRequest<Bytes> {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (send, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(async move {
@@ -168,14 +168,14 @@ fn request(path: &str, headers: &[(&'static str, &str)]) -> Request<()> {
     b.body(()).unwrap()
 }
 
-struct Answer {
-    head: Response<()>,
+pub(crate) struct Answer {
+    pub(crate) head: Response<()>,
     body: Vec<u8>,
     trailers: Option<HeaderMap>,
 }
 
 impl Answer {
-    fn header(&self, name: &str) -> &str {
+    pub(crate) fn header(&self, name: &str) -> &str {
         self.head
             .headers()
             .get(name)
@@ -191,7 +191,11 @@ impl Answer {
 }
 
 /// Send a request without a body and read the whole answer.
-async fn get(send: &SendRequest<Bytes>, path: &str, headers: &[(&'static str, &str)]) -> Answer {
+pub(crate) async fn get(
+    send: &SendRequest<Bytes>,
+    path: &str,
+    headers: &[(&'static str, &str)],
+) -> Answer {
     let mut send = send.clone().ready().await.unwrap();
     let (response, _) = send.send_request(request(path, headers), true).unwrap();
     timeout(WAIT, answer(response))
