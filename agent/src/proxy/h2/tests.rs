@@ -575,13 +575,15 @@ async fn a_terminating_endpoint_gets_no_new_stream_while_its_open_one_finishes()
     );
 }
 
-#[tokio::test]
-async fn a_refused_stream_is_sent_again_on_another_connection() {
-    let backend = Backend::start(
+/// A backend whose first connection refuses every stream (after reading
+/// its body) and whose others echo.
+async fn refusing_first_connection() -> Backend {
+    Backend::start(
         None,
         Arc::new(|req, mut respond, conn| {
             Box::pin(async move {
                 if conn == 1 {
+                    let _ = read_all(&mut req.into_body()).await;
                     respond.send_reset(h2::Reason::REFUSED_STREAM);
                 } else {
                     echo("second", req, respond, conn).await;
@@ -589,7 +591,12 @@ async fn a_refused_stream_is_sent_again_on_another_connection() {
             })
         }),
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_refused_stream_is_sent_again_on_another_connection() {
+    let backend = refusing_first_connection().await;
     let proxy = Proxy::start(
         cfg(),
         TestRoutes::new(move |_, _| to(backend.addr)),
@@ -599,6 +606,65 @@ async fn a_refused_stream_is_sent_again_on_another_connection() {
     let answer = get(&client(proxy.addr).await, "/", &[]).await;
     assert_eq!(answer.head.status(), 200);
     assert_eq!(answer.header("x-conn"), "2");
+}
+
+#[tokio::test]
+async fn a_refused_stream_with_a_small_body_is_sent_again_whole() {
+    let backend = refusing_first_connection().await;
+    let proxy = Proxy::start(
+        cfg(),
+        TestRoutes::new(move |_, _| to(backend.addr)),
+        Protocol::Sniff,
+    )
+    .await;
+    let mut send = client(proxy.addr).await.ready().await.unwrap();
+    let (response, mut body) = send.send_request(request("/unary", &[]), false).unwrap();
+    body.send_data(Bytes::from_static(b"\0\0\0\0\x05hello"), false)
+        .unwrap();
+    body.send_data(Bytes::from_static(b" again"), true).unwrap();
+    let answer = timeout(WAIT, answer(response)).await.unwrap().unwrap();
+    assert_eq!(answer.head.status(), 200);
+    assert_eq!(answer.header("x-conn"), "2");
+    assert_eq!(
+        answer.body, b"\0\0\0\0\x05hello again",
+        "the whole body, once"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_goaway_moves_new_streams_to_another_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut id = 0;
+        while let Ok((tcp, _)) = listener.accept().await {
+            id += 1;
+            tokio::spawn(async move {
+                let mut conn = h2::server::handshake(tcp).await.unwrap();
+                while let Some(Ok((req, respond))) = conn.accept().await {
+                    if id == 1 {
+                        // Its first stream is still answered after GOAWAY.
+                        conn.graceful_shutdown();
+                    }
+                    tokio::spawn(echo("b", req, respond, id));
+                }
+            });
+        }
+    });
+    let proxy = Proxy::start(
+        cfg(),
+        TestRoutes::new(move |_, _| to(addr)),
+        Protocol::Sniff,
+    )
+    .await;
+    let send = client(proxy.addr).await;
+    assert_eq!(get(&send, "/1", &[]).await.header("x-conn"), "1");
+    assert_eq!(
+        get(&send, "/2", &[]).await.header("x-conn"),
+        "2",
+        "new stream, new connection"
+    );
+    assert_eq!(get(&send, "/3", &[]).await.header("x-conn"), "2");
 }
 
 #[tokio::test]
