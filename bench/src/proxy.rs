@@ -11,20 +11,12 @@ use laneway_tests::{
     node::{NODE_IP, ROUTER_PORT},
 };
 
-use crate::{
-    load::Workload,
-    topology::{BenchNode, Process, TAG, scratch, spawn_listening},
-};
+use crate::topology::{BenchNode, Process, TAG, scratch, spawn_listening};
 
 /// HAProxy's HTTP/1.1 and HTTP/2 ports in the node netns.
 const HAPROXY_PORTS: [u16; 2] = [15002, 15004];
 /// nginx's HTTP/1.1 and HTTP/2 ports in the node netns.
 const NGINX_PORTS: [u16; 2] = [15003, 15005];
-
-/// Whether laneway's router routes HTTP/2 per stream. Not yet on this
-/// branch (issue 14): it passes h2c through at L4 to a base endpoint, so
-/// its configurations skip the HTTP/2 workloads until this is true.
-const LANEWAY_ROUTES_H2: bool = false;
 
 /// One way for the client's requests to reach the endpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -87,19 +79,6 @@ impl Config {
     /// Whether it routes on the tag (all but the direct path).
     pub fn routes_lanes(self) -> bool {
         self != Config::Direct
-    }
-
-    /// Whether it is laneway.
-    fn is_laneway(self) -> bool {
-        matches!(
-            self,
-            Config::LanewaySocket | Config::LanewayTc | Config::LanewayRedirect
-        )
-    }
-
-    /// Whether it is measured on `workload` (and must route it).
-    pub fn measures(self, workload: Workload) -> bool {
-        !workload.is_h2() || !self.is_laneway() || LANEWAY_ROUTES_H2
     }
 
     /// Starts it on `bench`; stopped when the result is dropped.

@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{h2, load::Workload, proxy::Config};
+use crate::{h2, proxy::Config};
 use laneway_tests::{
     client::Conn,
     node::{NODE_IP, Node, Scenario, ServiceSpec},
@@ -160,18 +160,15 @@ impl BenchNode {
             .collect()
     }
 
-    /// Checks that `config` routes both services (`echo` only if it is
-    /// measured on HTTP/2): see [`Self::check_http1_routing`] and
-    /// [`h2::client::check_routing`]. The numbers are worthless otherwise.
+    /// Checks that `config` routes both services: see
+    /// [`Self::check_http1_routing`] and [`h2::client::check_routing`]. The
+    /// numbers are worthless otherwise.
     pub fn check_routing(&self, config: Config) -> Result<()> {
         let client = self.client(config);
         self.check_http1_routing(client, config.routes_lanes())
             .context("HTTP/1.1 requests")?;
-        if config.measures(Workload::Http2Small) {
-            h2::client::check_routing(self.node.pod(client), self.h2_vip(), config.routes_lanes())
-                .context("HTTP/2 and gRPC streams")?;
-        }
-        Ok(())
+        h2::client::check_routing(self.node.pod(client), self.h2_vip(), config.routes_lanes())
+            .context("HTTP/2 and gRPC streams")
     }
 
     /// Checks that tagged HTTP/1.1 requests from `client` reach a `gray`
