@@ -137,6 +137,7 @@ fn run(mut args: Args) -> Result<()> {
                 || args.only.iter().any(|o| o == c.slug())
         })
         .collect();
+    let load_before = load_average();
     let bench = BenchNode::start().context("build the benchmark node")?;
     let duration = Duration::from_secs_f64(args.seconds);
     let mut results = Results::default();
@@ -169,6 +170,7 @@ fn run(mut args: Args) -> Result<()> {
         rate: args.rate,
         idle: args.idle,
         machine: machine(),
+        load: format!("{load_before} at the start, {} at the end", load_average()),
         date: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
     };
     let markdown = results.markdown(&method);
@@ -310,6 +312,14 @@ fn machine() -> String {
         command_output("uname", &["-r"]),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     )
+}
+
+/// The load averages over 1, 5 and 15 minutes: how busy the machine was
+/// with work other than the benchmark.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn command_output(program: &str, args: &[&str]) -> String {

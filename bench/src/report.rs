@@ -64,6 +64,8 @@ pub struct Method {
     pub idle: usize,
     /// The machine: kernel, CPU, cores.
     pub machine: String,
+    /// Its load averages at the start and the end of the run.
+    pub load: String,
     /// When (UTC).
     pub date: String,
 }
@@ -142,7 +144,7 @@ impl Results {
         let mut md = String::new();
         let _ = writeln!(
             md,
-            "Measured {} on {}.\n\n`{}`: {} repeat(s) of every configuration, interleaved \
+            "Measured {} on {} (load averages over 1, 5 and 15 minutes: {}).\n\n`{}`: {} repeat(s) of every configuration, interleaved \
              (the order rotates each repeat); each figure is the median over the repeats. \
              Full speed: {} s with {} concurrent connections ({} concurrent streams on each \
              HTTP/2 connection). Fixed rate: {} s at {} requests/s (HTTP/1.1: oha, latency \
@@ -152,6 +154,7 @@ impl Results {
              connections open.\n",
             method.date,
             method.machine,
+            method.load,
             method.command,
             method.repeats,
             method.seconds,
@@ -408,6 +411,7 @@ mod tests {
             rate: 1000,
             idle: 100,
             machine: "test".into(),
+            load: "0.1 0.1 0.1 at the start, 0.1 0.1 0.1 at the end".into(),
             date: "today".into(),
         }
     }
