@@ -507,6 +507,21 @@ async fn a_full_upstream_connection_makes_the_router_open_another() {
 }
 
 #[tokio::test]
+async fn an_upstream_connection_idle_past_the_pool_idle_timeout_is_not_used_again() {
+    let a = Backend::echo("a").await;
+    let idle_cfg = ProxyConfig {
+        pool_idle_timeout: Duration::from_millis(200),
+        ..cfg()
+    };
+    let proxy = proxy_to(a.addr, idle_cfg).await;
+    let send = client(proxy.addr).await;
+    assert_eq!(get(&send, "/1", &[]).await.header("x-conn"), "1");
+    assert_eq!(get(&send, "/2", &[]).await.header("x-conn"), "1", "reused");
+    sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(&send, "/3", &[]).await.header("x-conn"), "2", "expired");
+}
+
+#[tokio::test]
 async fn a_drain_sends_goaway_and_lets_open_streams_finish() {
     let (release, held_streams) = watch::channel(false);
     let backend = Backend::start(None, held(held_streams)).await;
