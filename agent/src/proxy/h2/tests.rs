@@ -148,6 +148,21 @@ async fn read_all(body: &mut RecvStream) -> Option<(Vec<u8>, Option<HeaderMap>)>
     Some((data, trailers))
 }
 
+/// The reason the backend recorded in `seen` for its stream's reset.
+async fn upstream_reset(seen: &Mutex<Option<h2::Reason>>) -> h2::Reason {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(reason) = *seen.lock().unwrap() {
+            return reason;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the upstream stream was not reset"
+        );
+        sleep(Duration::from_millis(5)).await;
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Test client
 
@@ -402,15 +417,7 @@ async fn a_client_reset_resets_the_upstream_stream_with_the_same_reason() {
     body.send_data(Bytes::from_static(b"part"), false).unwrap();
     backend.wait_streams(1).await;
     body.send_reset(h2::Reason::ENHANCE_YOUR_CALM);
-    let deadline = Instant::now() + WAIT;
-    while seen.lock().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the upstream stream was not reset"
-        );
-        sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(*seen.lock().unwrap(), Some(h2::Reason::ENHANCE_YOUR_CALM));
+    assert_eq!(upstream_reset(&seen).await, h2::Reason::ENHANCE_YOUR_CALM);
     assert_eq!(proxy.outcomes(1).await[0].status, 499, "client gone");
 }
 
@@ -446,15 +453,7 @@ async fn a_client_reset_during_the_response_reaches_the_upstream_with_its_reason
     let first = timeout(WAIT, body.data()).await.unwrap().unwrap().unwrap();
     assert_eq!(&first[..], b"tick");
     request_body.send_reset(h2::Reason::ENHANCE_YOUR_CALM);
-    let deadline = Instant::now() + WAIT;
-    while seen.lock().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the upstream stream was not reset"
-        );
-        sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(*seen.lock().unwrap(), Some(h2::Reason::ENHANCE_YOUR_CALM));
+    assert_eq!(upstream_reset(&seen).await, h2::Reason::ENHANCE_YOUR_CALM);
 }
 
 #[tokio::test]
