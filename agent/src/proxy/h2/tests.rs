@@ -148,6 +148,21 @@ async fn read_all(body: &mut RecvStream) -> Option<(Vec<u8>, Option<HeaderMap>)>
     Some((data, trailers))
 }
 
+/// The reason the backend recorded in `seen` for its stream's reset.
+async fn upstream_reset(seen: &Mutex<Option<h2::Reason>>) -> h2::Reason {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(reason) = *seen.lock().unwrap() {
+            return reason;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the upstream stream was not reset"
+        );
+        sleep(Duration::from_millis(5)).await;
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Test client
 
@@ -244,6 +259,16 @@ fn cfg() -> ProxyConfig {
     test_cfg()
 }
 
+/// A proxy sending every request to `endpoint`, with the protocol sniffed.
+async fn proxy_to(endpoint: SocketAddr, cfg: ProxyConfig) -> Proxy {
+    Proxy::start(
+        cfg,
+        TestRoutes::new(move |_, _| to(endpoint)),
+        Protocol::Sniff,
+    )
+    .await
+}
+
 // ---------------------------------------------------------------------------
 // Tests
 
@@ -278,6 +303,38 @@ async fn every_stream_of_one_connection_goes_to_its_own_lane() {
     );
     let outcomes = proxy.outcomes(40).await;
     assert!(outcomes.iter().all(|o| o.status == 200 && !o.by_router));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_and_streams_at_once_on_a_multi_thread_runtime() {
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let proxy = Proxy::start(cfg(), by_tag(a.addr, b.addr), Protocol::Sniff).await;
+    let clients = (0..8).map(|c| {
+        let addr = proxy.addr;
+        tokio::spawn(async move {
+            let send = client(addr).await;
+            let calls = (0..50).map(|i| {
+                let send = send.clone();
+                async move {
+                    let tag = if (c + i) % 3 == 0 { "a" } else { "b" };
+                    let body = format!("{c}-{i}");
+                    let mut s = send.ready().await.unwrap();
+                    let (response, mut req) = s
+                        .send_request(request("/", &[("x-mse-tag", tag)]), false)
+                        .unwrap();
+                    req.send_data(Bytes::from(body.clone()), true).unwrap();
+                    let answer = timeout(WAIT, answer(response)).await.unwrap().unwrap();
+                    assert_eq!(answer.header("x-backend"), tag);
+                    assert_eq!(answer.body, body.as_bytes(), "each stream its own body");
+                }
+            });
+            futures::future::join_all(calls).await;
+        })
+    });
+    for c in futures::future::join_all(clients).await {
+        c.unwrap();
+    }
+    assert_eq!(proxy.outcomes(400).await.len(), 400);
 }
 
 #[tokio::test]
@@ -354,27 +411,49 @@ async fn a_client_reset_resets_the_upstream_stream_with_the_same_reason() {
         }),
     )
     .await;
-    let proxy = Proxy::start(
-        cfg(),
-        TestRoutes::new(move |_, _| to(backend.addr)),
-        Protocol::Sniff,
-    )
-    .await;
+    let proxy = proxy_to(backend.addr, cfg()).await;
     let mut send = client(proxy.addr).await.ready().await.unwrap();
     let (_response, mut body) = send.send_request(request("/upload", &[]), false).unwrap();
     body.send_data(Bytes::from_static(b"part"), false).unwrap();
     backend.wait_streams(1).await;
     body.send_reset(h2::Reason::ENHANCE_YOUR_CALM);
-    let deadline = Instant::now() + WAIT;
-    while seen.lock().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the upstream stream was not reset"
-        );
-        sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(*seen.lock().unwrap(), Some(h2::Reason::ENHANCE_YOUR_CALM));
+    assert_eq!(upstream_reset(&seen).await, h2::Reason::ENHANCE_YOUR_CALM);
     assert_eq!(proxy.outcomes(1).await[0].status, 499, "client gone");
+}
+
+#[tokio::test]
+async fn a_client_reset_during_the_response_reaches_the_upstream_with_its_reason() {
+    let seen = Arc::new(Mutex::new(None));
+    let s = seen.clone();
+    let backend = Backend::start(
+        None,
+        Arc::new(move |_req, mut respond, _| {
+            let s = s.clone();
+            Box::pin(async move {
+                // A server stream that never ends by itself.
+                let mut send = respond.send_response(Response::new(()), false).unwrap();
+                let reset = loop {
+                    let _ = send.send_data(Bytes::from_static(b"tick"), false);
+                    let tick = sleep(Duration::from_millis(10));
+                    tokio::select! {
+                        reset = poll_fn(|cx| send.poll_reset(cx)) => break reset,
+                        () = tick => {}
+                    }
+                };
+                *s.lock().unwrap() = reset.ok();
+            })
+        }),
+    )
+    .await;
+    let proxy = proxy_to(backend.addr, cfg()).await;
+    let mut send = client(proxy.addr).await.ready().await.unwrap();
+    // A bidirectional call: the request stays open while the response flows.
+    let (response, mut request_body) = send.send_request(request("/watch", &[]), false).unwrap();
+    let (_, mut body) = timeout(WAIT, response).await.unwrap().unwrap().into_parts();
+    let first = timeout(WAIT, body.data()).await.unwrap().unwrap().unwrap();
+    assert_eq!(&first[..], b"tick");
+    request_body.send_reset(h2::Reason::ENHANCE_YOUR_CALM);
+    assert_eq!(upstream_reset(&seen).await, h2::Reason::ENHANCE_YOUR_CALM);
 }
 
 #[tokio::test]
@@ -395,12 +474,7 @@ async fn an_upstream_reset_resets_the_client_stream_with_the_same_reason() {
         }),
     )
     .await;
-    let proxy = Proxy::start(
-        cfg(),
-        TestRoutes::new(move |_, _| to(backend.addr)),
-        Protocol::Sniff,
-    )
-    .await;
+    let proxy = proxy_to(backend.addr, cfg()).await;
     let send = client(proxy.addr).await;
     for (path, reason) in [
         ("/before-head", h2::Reason::INADEQUATE_SECURITY),
@@ -445,12 +519,7 @@ async fn a_slow_reader_holds_back_the_writer_instead_of_the_router_buffering() {
         }),
     )
     .await;
-    let proxy = Proxy::start(
-        cfg(),
-        TestRoutes::new(move |_, _| to(backend.addr)),
-        Protocol::Sniff,
-    )
-    .await;
+    let proxy = proxy_to(backend.addr, cfg()).await;
     let mut send = client(proxy.addr).await.ready().await.unwrap();
     let (response, mut body) = send.send_request(request("/big", &[]), false).unwrap();
     let data: Vec<u8> = (0..16 << 20)
@@ -493,12 +562,7 @@ async fn a_slow_reader_holds_back_the_writer_instead_of_the_router_buffering() {
 async fn a_full_upstream_connection_makes_the_router_open_another() {
     let (release, held_streams) = watch::channel(false);
     let backend = Backend::start(Some(2), held(held_streams)).await;
-    let proxy = Proxy::start(
-        cfg(),
-        TestRoutes::new(move |_, _| to(backend.addr)),
-        Protocol::Sniff,
-    )
-    .await;
+    let proxy = proxy_to(backend.addr, cfg()).await;
     let send = client(proxy.addr).await;
     let call = |i: usize| {
         let send = send.clone();
@@ -517,15 +581,25 @@ async fn a_full_upstream_connection_makes_the_router_open_another() {
 }
 
 #[tokio::test]
+async fn an_upstream_connection_idle_past_the_pool_idle_timeout_is_not_used_again() {
+    let a = Backend::echo("a").await;
+    let idle_cfg = ProxyConfig {
+        pool_idle_timeout: Duration::from_millis(200),
+        ..cfg()
+    };
+    let proxy = proxy_to(a.addr, idle_cfg).await;
+    let send = client(proxy.addr).await;
+    assert_eq!(get(&send, "/1", &[]).await.header("x-conn"), "1");
+    assert_eq!(get(&send, "/2", &[]).await.header("x-conn"), "1", "reused");
+    sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(&send, "/3", &[]).await.header("x-conn"), "2", "expired");
+}
+
+#[tokio::test]
 async fn a_drain_sends_goaway_and_lets_open_streams_finish() {
     let (release, held_streams) = watch::channel(false);
     let backend = Backend::start(None, held(held_streams)).await;
-    let proxy = Proxy::start(
-        cfg(),
-        TestRoutes::new(move |_, _| to(backend.addr)),
-        Protocol::Sniff,
-    )
-    .await;
+    let proxy = proxy_to(backend.addr, cfg()).await;
     let send = client(proxy.addr).await;
     let open = {
         let send = send.clone();
@@ -549,12 +623,7 @@ async fn a_terminating_endpoint_gets_no_new_stream_while_its_open_one_finishes()
     let (release, held_streams) = watch::channel(false);
     let backend = Backend::start(None, held(held_streams)).await;
     let addr = backend.addr;
-    let proxy = Proxy::start(
-        cfg(),
-        TestRoutes::new(move |_, _| to(addr)),
-        Protocol::Sniff,
-    )
-    .await;
+    let proxy = proxy_to(addr, cfg()).await;
     let send = client(proxy.addr).await;
     let open = {
         let send = send.clone();
@@ -597,12 +666,7 @@ async fn refusing_first_connection() -> Backend {
 #[tokio::test]
 async fn a_refused_stream_is_sent_again_on_another_connection() {
     let backend = refusing_first_connection().await;
-    let proxy = Proxy::start(
-        cfg(),
-        TestRoutes::new(move |_, _| to(backend.addr)),
-        Protocol::Sniff,
-    )
-    .await;
+    let proxy = proxy_to(backend.addr, cfg()).await;
     let answer = get(&client(proxy.addr).await, "/", &[]).await;
     assert_eq!(answer.head.status(), 200);
     assert_eq!(answer.header("x-conn"), "2");
@@ -611,12 +675,7 @@ async fn a_refused_stream_is_sent_again_on_another_connection() {
 #[tokio::test]
 async fn a_refused_stream_with_a_small_body_is_sent_again_whole() {
     let backend = refusing_first_connection().await;
-    let proxy = Proxy::start(
-        cfg(),
-        TestRoutes::new(move |_, _| to(backend.addr)),
-        Protocol::Sniff,
-    )
-    .await;
+    let proxy = proxy_to(backend.addr, cfg()).await;
     let mut send = client(proxy.addr).await.ready().await.unwrap();
     let (response, mut body) = send.send_request(request("/unary", &[]), false).unwrap();
     body.send_data(Bytes::from_static(b"\0\0\0\0\x05hello"), false)
@@ -651,12 +710,7 @@ async fn an_upstream_goaway_moves_new_streams_to_another_connection() {
             });
         }
     });
-    let proxy = Proxy::start(
-        cfg(),
-        TestRoutes::new(move |_, _| to(addr)),
-        Protocol::Sniff,
-    )
-    .await;
+    let proxy = proxy_to(addr, cfg()).await;
     let send = client(proxy.addr).await;
     assert_eq!(get(&send, "/1", &[]).await.header("x-conn"), "1");
     assert_eq!(
@@ -710,20 +764,28 @@ async fn grpc_calls_get_grpc_statuses_plain_clients_http_ones() {
     assert!(outcomes.iter().all(|o| o.by_router));
 }
 
-#[tokio::test]
-async fn grpc_timeout_bounds_the_wait_for_the_response() {
-    let (_never, held_streams) = watch::channel(false);
-    let backend = Backend::start(None, held(held_streams)).await;
-    let slow_cfg = ProxyConfig {
-        response_timeout: Duration::from_secs(60),
-        ..cfg()
-    };
-    let proxy = Proxy::start(
-        slow_cfg,
-        TestRoutes::new(move |_, _| to(backend.addr)),
-        Protocol::Sniff,
+/// A proxy to a backend that never answers, with `response_timeout`.
+async fn proxy_to_silence(response_timeout: Duration) -> Proxy {
+    let backend = Backend::start(
+        None,
+        Arc::new(|_request, respond, _| {
+            Box::pin(async move {
+                let _unanswered = respond;
+                std::future::pending::<()>().await;
+            })
+        }),
     )
     .await;
+    let cfg = ProxyConfig {
+        response_timeout,
+        ..cfg()
+    };
+    proxy_to(backend.addr, cfg).await
+}
+
+#[tokio::test]
+async fn grpc_timeout_bounds_the_wait_for_the_response() {
+    let proxy = proxy_to_silence(Duration::from_secs(60)).await;
     let answer = get(
         &client(proxy.addr).await,
         "/svc.Slow/Call",
@@ -734,18 +796,19 @@ async fn grpc_timeout_bounds_the_wait_for_the_response() {
     )
     .await;
     assert_eq!(answer.header("grpc-status"), "4", "DEADLINE_EXCEEDED");
-    let (_never, held_streams) = watch::channel(false);
-    let backend = Backend::start(None, held(held_streams)).await;
-    let quick_cfg = ProxyConfig {
-        response_timeout: Duration::from_millis(200),
-        ..cfg()
-    };
-    let proxy = Proxy::start(
-        quick_cfg,
-        TestRoutes::new(move |_, _| to(backend.addr)),
-        Protocol::Sniff,
+    let proxy = proxy_to_silence(Duration::from_millis(200)).await;
+    let send = client(proxy.addr).await;
+    let plain = get(&send, "/slow", &[]).await;
+    assert_eq!(plain.head.status(), 504);
+    // The configured timeout, when shorter than the call's, ends the wait.
+    let long_call = get(
+        &send,
+        "/svc.Slow/Call",
+        &[
+            ("content-type", "application/grpc"),
+            ("grpc-timeout", "60S"),
+        ],
     )
     .await;
-    let plain = get(&client(proxy.addr).await, "/slow", &[]).await;
-    assert_eq!(plain.head.status(), 504);
+    assert_eq!(long_call.header("grpc-status"), "4");
 }

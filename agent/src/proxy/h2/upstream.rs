@@ -3,7 +3,8 @@
 //!
 //! Each endpoint has a list of connections; a stream goes on the first one
 //! that has fewer streams open than the peer's
-//! `SETTINGS_MAX_CONCURRENT_STREAMS`, else on a new connection. A connection
+//! `SETTINGS_MAX_CONCURRENT_STREAMS` (and than [`STREAMS_PER_CONNECTION`]),
+//! else on a new connection. A connection
 //! that received GOAWAY (or failed) takes no new stream; one to an endpoint
 //! that is no longer eligible (terminating, removed) leaves the list, and
 //! closes once its open streams finished. Connections without a stream for
@@ -28,8 +29,18 @@ use bytes::Bytes;
 use futures::FutureExt;
 use h2::client::SendRequest;
 
-use super::{CONNECTION_WINDOW, STREAM_WINDOW};
+use super::STREAM_WINDOW;
 use crate::proxy::pool::{self, Pool};
+
+/// Receive window of each upstream connection.
+const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+
+/// Streams per upstream connection at most, whatever the peer allows: as
+/// many as fill the connection's window with full stream windows, so that
+/// the streams of clients that read slowly (whose windows the router
+/// releases only as they read) never stall the other clients' streams on a
+/// shared connection.
+const STREAMS_PER_CONNECTION: usize = (CONNECTION_WINDOW / STREAM_WINDOW) as usize;
 
 /// Why no upstream stream could be opened.
 #[derive(Debug, thiserror::Error)]
@@ -96,14 +107,34 @@ impl Drop for Lease {
     }
 }
 
-#[derive(Default)]
 struct State {
     by_endpoint: HashMap<SocketAddr, Vec<Arc<Conn>>>,
+    /// When every endpoint's list was last rid of expired connections.
+    last_sweep: Instant,
     /// Endpoints that may take new streams; `None` until the router says.
     eligible: Option<HashSet<SocketAddr>>,
     draining: bool,
     /// Held while a connection to the endpoint is being opened.
     connecting: HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl State {
+    /// Forgets the connections that are closed or idle past `idle_timeout`:
+    /// of `endpoint`, and, at most once per idle timeout, of every endpoint.
+    fn sweep(&mut self, endpoint: SocketAddr, idle_timeout: Duration) {
+        let keep = |conns: &mut Vec<Arc<Conn>>| {
+            conns.retain(|c| c.usable() && !c.expired(idle_timeout));
+            !conns.is_empty()
+        };
+        if self.last_sweep.elapsed() >= idle_timeout {
+            self.last_sweep = Instant::now();
+            self.by_endpoint.retain(|_, conns| keep(conns));
+        } else if let Some(conns) = self.by_endpoint.get_mut(&endpoint)
+            && !keep(conns)
+        {
+            self.by_endpoint.remove(&endpoint);
+        }
+    }
 }
 
 /// The HTTP/2 upstream connections of the router.
@@ -124,7 +155,13 @@ impl std::fmt::Debug for Upstreams {
 impl Upstreams {
     pub(crate) fn new(idle_timeout: Duration, settings_timeout: Duration) -> Self {
         Self {
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                by_endpoint: HashMap::new(),
+                last_sweep: Instant::now(),
+                eligible: None,
+                draining: false,
+                connecting: HashMap::new(),
+            }),
             idle_timeout,
             settings_timeout,
         }
@@ -170,14 +207,8 @@ impl Upstreams {
     /// A slot on an existing connection with room for another stream.
     fn reuse(&self, endpoint: SocketAddr) -> Option<(SendRequest<Bytes>, Lease)> {
         let mut state = self.lock();
-        let idle_timeout = self.idle_timeout;
-        let conns = state.by_endpoint.get_mut(&endpoint)?;
-        conns.retain(|c| c.usable() && !c.expired(idle_timeout));
-        let slot = conns.iter().find_map(lease);
-        if conns.is_empty() {
-            state.by_endpoint.remove(&endpoint);
-        }
-        slot
+        state.sweep(endpoint, self.idle_timeout);
+        state.by_endpoint.get(&endpoint)?.iter().find_map(lease)
     }
 
     /// A new connection to `endpoint`, its task spawned.
@@ -258,7 +289,12 @@ fn lease(conn: &Arc<Conn>) -> Option<(SendRequest<Bytes>, Lease)> {
         return None;
     }
     let open = conn.open.load(Ordering::Relaxed);
-    if open >= conn.send.current_max_send_streams() {
+    if open
+        >= conn
+            .send
+            .current_max_send_streams()
+            .min(STREAMS_PER_CONNECTION)
+    {
         return None;
     }
     match conn.send.clone().ready().now_or_never() {
