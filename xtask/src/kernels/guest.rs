@@ -85,6 +85,7 @@ pub fn read_verdicts(path: &Path) -> Vec<Verdict> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
+        .filter(|line| !line.starts_with('#'))
         .filter_map(|line| {
             let mut fields = line.split('\t');
             Some(Verdict {
@@ -159,11 +160,14 @@ fn prepare(layout: Layout, out: &Path) -> Result<()> {
         Layout::Hybrid => {
             mount("tmpfs", None, "/sys/fs/cgroup")?;
             for controllers in V1_HIERARCHIES {
-                mount(
+                // A controller this kernel lacks stays out, as with systemd.
+                if let Err(e) = mount(
                     "cgroup",
                     Some(controllers),
                     &format!("/sys/fs/cgroup/{controllers}"),
-                )?;
+                ) {
+                    eprintln!("cgroup v1 {controllers}: {e}");
+                }
             }
             mount("cgroup2", None, "/sys/fs/cgroup/unified")?;
         }
