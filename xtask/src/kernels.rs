@@ -184,17 +184,19 @@ pub fn select(name: &str) -> Result<Vec<&'static Kernel>> {
 }
 
 /// Runs `runs` (the test binaries already built), writes KERNELS.md, and
-/// fails if any test failed.
-pub fn matrix(root: &Path, runs: &[Run]) -> Result<()> {
+/// fails if any test failed; else returns how many passed.
+pub fn matrix(root: &Path, runs: &[Run]) -> Result<u64> {
     let dir = root.join("target/kernels");
     let vng = install_tools(&dir)?;
     let binaries = test_binaries(root)?;
     let kvm = kvm_boots(&dir, &vng, runs.first().map(|r| r.kernel))?;
-    let mut failed = 0;
+    let (mut passed, mut failed) = (0, 0);
     for r in runs {
         let vmlinuz = fetch_kernel(&dir, r.kernel)?;
         let verdicts = boot_and_test(root, &vng, &vmlinuz, kvm, r, &binaries)?;
-        failed += verdicts.iter().filter(|v| v.result != "pass").count();
+        let ok = verdicts.iter().filter(|v| v.result == "pass").count();
+        passed += ok as u64;
+        failed += verdicts.len() - ok;
     }
     render(root)?;
     if failed > 0 {
@@ -202,7 +204,7 @@ pub fn matrix(root: &Path, runs: &[Run]) -> Result<()> {
             "{failed} test(s) failed in the kernel matrix: see KERNELS.md and target/kernels/out/"
         );
     }
-    Ok(())
+    Ok(passed)
 }
 
 /// qemu, kmod and busybox (virtme-ng's initramfs) from apt; virtme-ng from
@@ -594,6 +596,7 @@ fn render(root: &Path) -> Result<()> {
     let results = root.join("target/kernels/results");
     let mut columns = Vec::new();
     let mut rows: BTreeMap<String, BTreeMap<usize, String>> = BTreeMap::new();
+    let mut totals: Vec<f64> = Vec::new();
     let mut labels: Vec<_> = std::fs::read_dir(&results)?
         .flatten()
         .map(|e| e.path())
@@ -610,10 +613,12 @@ fn render(root: &Path) -> Result<()> {
             .split('\t')
             .collect();
         let column = columns.len();
+        totals.push(0.0);
         columns.push(header.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         for line in lines {
             let fields: Vec<&str> = line.split('\t').collect();
             if let [name, result, seconds] = fields[..] {
+                totals[column] += seconds.parse::<f64>().unwrap_or(0.0);
                 let cell = if result == "pass" {
                     format!("pass ({seconds} s)")
                 } else {
@@ -629,8 +634,8 @@ fn render(root: &Path) -> Result<()> {
         "# Kernel matrix\n\nWritten by `cargo xtask test --kernel KVER|all` (see xtask/src/kernels.rs): \
          each column is one Debian kernel booted in a VM (virtme-ng, the host's root file system \
          read-only) with one cgroup layout, running the root-only integration tests built on \
-         the host. Times are in the VM (under TCG, software emulation, about ten times the \
-         host's). A blank cell: not run on that kernel.\n\n",
+         the host. Times are each test's wall-clock time in the VM (TCG: software emulation); \
+         booting a VM adds 15 to 40 s. A blank cell: not run on that kernel.\n\n",
     );
     md.push_str(&format!(
         "`cargo xtask test` (CI) runs, on every kernel with cgroup v2: {}; and with the \
@@ -650,6 +655,11 @@ fn render(root: &Path) -> Result<()> {
     }
     md.push_str("\n|---|");
     md.push_str(&"---|".repeat(columns.len()));
+    md.push('\n');
+    md.push_str("| *sum of the times* |");
+    for total in &totals {
+        md.push_str(&format!(" {total:.0} s |"));
+    }
     md.push('\n');
     for (name, cells) in rows {
         md.push_str(&format!("| {name} |"));

@@ -183,9 +183,15 @@ fn prepare(layout: Layout, out: &Path) -> Result<()> {
             missing.push(*module);
         }
     }
+    // What the tests will see, for the record.
+    let cgroups: String = std::fs::read_to_string("/proc/self/mounts")?
+        .lines()
+        .filter(|l| l.contains("cgroup"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     std::fs::write(
         out.join("prepared"),
-        format!("layout {layout:?}; modules missing: {missing:?}\n"),
+        format!("layout {layout:?}; modules missing: {missing:?}\n{cgroups}"),
     )?;
     Ok(())
 }
