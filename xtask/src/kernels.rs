@@ -22,7 +22,7 @@ pub mod guest;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 
@@ -427,8 +427,10 @@ fn vng(vng: &Path, vmlinuz: &Path, kvm: bool, rwdir: &Path, exec: &str) -> Comma
     cmd
 }
 
-/// Runs `cmd` with a deadline; kills it (its process group) past it.
-fn run_for(cmd: &mut Command, limit: Duration, log: &Path) -> Result<()> {
+/// Runs `cmd`, its output to `log`, in a process group of its own; kills
+/// the whole group (vng and qemu, or a test and its agents) past `limit`.
+/// Returns its exit status, or `None` when it was killed.
+fn run_for(cmd: &mut Command, limit: Duration, log: &Path) -> Result<Option<ExitStatus>> {
     use std::os::unix::process::CommandExt;
     let file = std::fs::File::create(log)?;
     let mut child = cmd
@@ -438,18 +440,19 @@ fn run_for(cmd: &mut Command, limit: Duration, log: &Path) -> Result<()> {
         .spawn()
         .with_context(|| format!("spawn {cmd:?}"))?;
     let started = Instant::now();
-    while child.try_wait()?.is_none() {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
         if started.elapsed() > limit {
-            // The whole group: vng, qemu and their helpers.
             let _ = Command::new("kill")
                 .args(["-KILL", "--", &format!("-{}", child.id())])
                 .status();
             let _ = child.wait();
-            break;
+            return Ok(None);
         }
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(200));
     }
-    Ok(())
 }
 
 /// Whether a stock kernel boots under KVM here (a paravirtual `/dev/kvm`

@@ -8,7 +8,7 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context, Result, bail};
@@ -198,39 +198,25 @@ fn prepare(layout: Layout, out: &Path) -> Result<()> {
 
 /// Runs one test, killed past [`TEST_TIMEOUT`]: `pass`, `fail` or `timeout`.
 fn run_test(root: &Path, binary: &Path, test: &str, log: &Path) -> Result<&'static str> {
-    use std::os::unix::process::CommandExt;
-    let file = std::fs::File::create(log)?;
-    let mut child = Command::new(binary)
-        .args([test, "--exact", "--test-threads=1", "--nocapture"])
-        .current_dir(root.join("tests"))
-        .env("PATH", crate::tools_path(root))
-        .env("LANEWAY_BIN", root.join("target/debug/laneway"))
-        .env("TMPDIR", "/tmp")
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("spawn {}", binary.display()))?;
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait()? {
-            // One test ran and passed: a name that matched nothing passes
-            // vacuously, so the count is checked too.
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            let ran = text.contains("test result: ok. 1 passed");
-            return Ok(if status.success() && ran {
-                "pass"
-            } else {
-                "fail"
-            });
-        }
-        if started.elapsed() > TEST_TIMEOUT {
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", child.id())])
-                .status();
-            let _ = child.wait();
-            return Ok("timeout");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let status = super::run_for(
+        Command::new(binary)
+            .args([test, "--exact", "--test-threads=1", "--nocapture"])
+            .current_dir(root.join("tests"))
+            .env("PATH", crate::tools_path(root))
+            .env("LANEWAY_BIN", root.join("target/debug/laneway"))
+            .env("TMPDIR", "/tmp"),
+        TEST_TIMEOUT,
+        log,
+    )?;
+    let Some(status) = status else {
+        return Ok("timeout");
+    };
+    // One test ran and passed: a name that matched nothing passes
+    // vacuously, so the count is checked too.
+    let ran = std::fs::read_to_string(log).is_ok_and(|t| t.contains("test result: ok. 1 passed"));
+    Ok(if status.success() && ran {
+        "pass"
+    } else {
+        "fail"
+    })
 }
