@@ -159,6 +159,15 @@ pub enum Error {
         /// What failed.
         message: String,
     },
+    /// `RLIMIT_MEMLOCK` cannot be lifted on a kernel that charges maps to it.
+    #[error(
+        "cannot lift RLIMIT_MEMLOCK ({0}): Linux before 5.11 charges BPF maps to it; grant \
+         CAP_SYS_RESOURCE or start the agent with an unlimited memlock limit"
+    )]
+    Memlock(std::io::Error),
+    /// Pods' netns cookies cannot be learned (see [`crate::netns::probe`]).
+    #[error("cannot learn network namespaces' cookies: {0}")]
+    NetnsCookie(crate::netns::probe::Error),
     /// A map operation failed.
     #[error("BPF map {map}: {}", describe_map_error(source))]
     Map {
@@ -167,6 +176,50 @@ pub enum Error {
         /// The cause.
         source: MapError,
     },
+}
+
+/// Before Linux 5.11, BPF maps are charged to `RLIMIT_MEMLOCK` (often
+/// 64 KiB), not to the memory cgroup: lift the limit there, or say what is
+/// missing instead of failing map by map with EPERM.
+fn raise_memlock() -> Result<(), Error> {
+    let charged_to_memlock = crate::preflight::kernel_release()
+        .as_deref()
+        .and_then(crate::preflight::parse_release)
+        .is_some_and(|version| version < (5, 11));
+    if !charged_to_memlock {
+        return Ok(());
+    }
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit for the call to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut current) } == 0
+        && current.rlim_cur == libc::RLIM_INFINITY
+    {
+        return Ok(());
+    }
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit for the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        return Err(Error::Memlock(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Whether this agent can learn pods' netns cookies: `SO_NETNS_COOKIE`
+/// (Linux 5.14+), or else the probe through the `connect4` just attached,
+/// which sees only sockets made inside `bpf.cgroup`.
+fn usable_netns_cookies() -> Result<(), Error> {
+    if crate::netns::so_netns_cookie_here().is_ok() {
+        return Ok(());
+    }
+    crate::netns::probe::cookie_here()
+        .map(drop)
+        .map_err(Error::NetnsCookie)
 }
 
 /// A map error with the kernel's reason, which `MapError` keeps only as
@@ -255,6 +308,7 @@ impl Datapath {
             return Err(Error::NotBpffs(pin_dir.to_owned()));
         }
         unpin_outgrown_stats(pin_dir);
+        raise_memlock()?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(PROGRAMS)?;
@@ -313,10 +367,19 @@ impl Datapath {
                 _ => return Err(Error::MissingProgram(name)),
             }
         }
-        remove_generations(&links_dir, |g| g != generation);
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(Error::MissingMap(name))
         };
+        let netns_probe = take(&mut ebpf, map_names::NETNS_PROBE)?;
+        crate::netns::probe::install(
+            HashMap::try_from(netns_probe).map_err(map_err(map_names::NETNS_PROBE))?,
+        );
+        if let Err(e) = usable_netns_cookies() {
+            // Refused before an earlier agent's links go: they keep working.
+            remove_generations(&links_dir, |g| g == generation);
+            return Err(e);
+        }
+        remove_generations(&links_dir, |g| g != generation);
         let enrolled = take(&mut ebpf, map_names::ENROLLED)?;
         let services = take(&mut ebpf, map_names::SERVICES)?;
         let router = take(&mut ebpf, map_names::ROUTER)?;
@@ -600,6 +663,7 @@ impl Datapath {
         if !is_bpffs(dir) {
             return Err(Error::NotBpffs(dir.to_owned()));
         }
+        raise_memlock()?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(dir)
             .load(PROGRAMS)?;

@@ -1,7 +1,8 @@
 //! Network namespaces: a pod's identity to the kernel programs.
 //!
 //! Enrolment is keyed by the netns cookie (`bpf_get_netns_cookie` in BPF,
-//! `SO_NETNS_COOKIE` from userspace), so it does not depend on cgroup layout.
+//! `SO_NETNS_COOKIE` from userspace, or, before Linux 5.14, [`probe`]), so
+//! it does not depend on cgroup layout.
 //! Reading a cookie means creating a socket inside the namespace: that is done
 //! on a short-lived thread that `setns(CLONE_NEWNET)`s, so the agent itself
 //! never changes namespace.
@@ -15,6 +16,8 @@ use std::{
     sync::{Mutex, mpsc},
     time::{Duration, Instant},
 };
+
+pub mod probe;
 
 /// `SO_NETNS_COOKIE` (Linux 5.14+).
 const SO_NETNS_COOKIE: libc::c_int = 71;
@@ -38,15 +41,13 @@ pub enum Error {
         /// The cause.
         source: io::Error,
     },
-    /// The kernel lacks `SO_NETNS_COOKIE`.
-    #[error(
-        "cannot read the netns cookie of {path}: {source} (needs SO_NETNS_COOKIE, Linux 5.14+)"
-    )]
+    /// Neither `SO_NETNS_COOKIE` nor the [`probe`] gave the cookie.
+    #[error("cannot read the netns cookie of {path}: {source}")]
     Cookie {
         /// The path.
         path: PathBuf,
         /// The cause.
-        source: io::Error,
+        source: probe::Error,
     },
     /// The namespace's links could not be listed (rtnetlink).
     #[error("cannot list the interfaces of network namespace {path}: {source}")]
@@ -194,8 +195,18 @@ pub fn enter(ns: &File) -> io::Result<()> {
     Ok(())
 }
 
-/// The cookie of the calling thread's network namespace.
-pub fn socket_cookie_here() -> io::Result<u64> {
+/// The cookie of the calling thread's network namespace: `SO_NETNS_COOKIE`,
+/// or, on a kernel without it (before Linux 5.14), the [`probe`].
+pub fn socket_cookie_here() -> Result<u64, probe::Error> {
+    match so_netns_cookie_here() {
+        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => probe::cookie_here(),
+        other => Ok(other?),
+    }
+}
+
+/// `SO_NETNS_COOKIE` (Linux 5.14+) of a socket made in the calling thread's
+/// network namespace.
+pub fn so_netns_cookie_here() -> io::Result<u64> {
     // SAFETY: socket(2) returns a new fd or -1.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {

@@ -4,6 +4,8 @@
 //! tests and demo use, `rust-src` for the nightly toolchain, and bpf-linker
 //! built against nightly's own LLVM into `target/tools`.
 
+mod kernels;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -29,9 +31,33 @@ enum Task {
     Build,
     /// fmt and clippy checks, unit tests, and the root-only integration tests
     /// on a node made of network namespaces.
+    ///
+    /// Without a filter, also the kernel matrix's CI subset on every kernel
+    /// of the matrix (see KERNELS.md).
     Test {
         /// Only run integration tests whose name contains this.
         filter: Option<String>,
+        /// Only the integration tests, in a VM booting Debian's kernel
+        /// KVER (5.10, 6.1, 6.12) or `all` of them; writes KERNELS.md.
+        #[arg(long, value_name = "KVER")]
+        kernel: Option<String>,
+        /// With --kernel: every integration test, not CI's subset.
+        #[arg(long, requires = "kernel")]
+        whole_suite: bool,
+        /// With --kernel: these cgroup layouts (default: v2, and hybrid
+        /// too on the oldest kernel, there with CI's smaller hybrid subset).
+        #[arg(long, requires = "kernel", value_delimiter = ',')]
+        layout: Vec<kernels::Layout>,
+    },
+    /// Inside a kernel-matrix VM: prepare it and run the plan in OUT.
+    #[command(hide = true)]
+    KernelGuest {
+        #[arg(long)]
+        layout: kernels::Layout,
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Build a demo node, run the agent, send tagged and untagged requests,
     /// print where each went; exit 0 only if every answer is right.
@@ -74,10 +100,31 @@ fn main() -> Result<()> {
             setup(&root)?;
             cargo(&root, &["build", "--release", "-p", "laneway"])
         }
-        Task::Test { filter } => {
+        Task::Test {
+            filter,
+            kernel: Some(kernel),
+            whole_suite,
+            layout,
+        } => {
+            setup(&root)?;
+            require_root("the kernel matrix")?;
+            cargo(&root, &["build", "-p", "laneway", "-p", "laneway-tests"])?;
+            let selected = kernels::select(&kernel)?;
+            let tests = match (&filter, whole_suite) {
+                (Some(f), _) => kernels::Tests::Matching(f.clone()),
+                (None, true) => kernels::Tests::All,
+                (None, false) => kernels::Tests::Ci,
+            };
+            let runs = kernels::runs(&selected, &layout, &tests);
+            let passed = kernels::matrix(&root, &runs)?;
+            println!("summary: {passed} passed, 0 failed");
+            Ok(())
+        }
+        Task::Test { filter, .. } => {
             setup(&root)?;
             test(&root, filter.as_deref())
         }
+        Task::KernelGuest { layout, root, out } => kernels::guest::main(layout, &root, &out),
         Task::Demo => {
             setup(&root)?;
             require_root("the demo")?;
@@ -427,6 +474,9 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     if filter.is_none() {
         bench(root, true, &[])?;
         tally.passed += 1;
+        step("kernel matrix: CI's subset on every kernel (KERNELS.md)");
+        let all = kernels::select("all")?;
+        tally.passed += kernels::matrix(root, &kernels::runs(&all, &[], &kernels::Tests::Ci))?;
     }
     // One closing line for every test run above.
     println!("summary: {} passed, {} failed", tally.passed, tally.failed);

@@ -32,7 +32,20 @@ pub mod map_names {
     /// [`crate::TcFlow`] by [`crate::TcFlowKey`] (LRU): TC mode's flows
     /// routed in the kernel (DNATed to an endpoint) while no router was live.
     pub const TC_FLOWS: &str = "TC_FLOWS";
+    /// Netns cookie (`u64`) by the socket cookie of the agent's probe socket:
+    /// how the agent learns a namespace's cookie without `SO_NETNS_COOKIE`
+    /// (Linux 5.10 to 5.13). Not pinned.
+    pub const NETNS_PROBE: &str = "NETNS_PROBE";
 }
+
+/// Where the agent's netns probe (a UDP socket) connects: `connect4` fills
+/// the socket's [`map_names::NETNS_PROBE`] slot with its netns cookie.
+/// 127.0.0.1, network byte order as `bpf_sock_addr::user_ip4` holds it.
+pub const NETNS_PROBE_ADDR: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
+/// The probe's port (discard): a UDP connect sends nothing.
+pub const NETNS_PROBE_PORT: u16 = 9;
+/// Slots of [`map_names::NETNS_PROBE`]: probes in flight at once.
+pub const NETNS_PROBE_CAPACITY: u32 = 256;
 
 /// Capacity of the per-connection LRU maps. LRU eviction keeps them bounded
 /// however many connections churn; sock_ops also deletes entries on close.

@@ -10,17 +10,19 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use laneway_common::{
-    KernelEndpoint, OriginalDst, RouterInfo, SERVICE_KERNEL_ROUTED, ServiceKey, is_v4_mapped, stat,
-    v4_mapped,
+    KernelEndpoint, NETNS_PROBE_ADDR, NETNS_PROBE_PORT, OriginalDst, RouterInfo,
+    SERVICE_KERNEL_ROUTED, ServiceKey, is_v4_mapped, stat, v4_mapped,
 };
 
 use crate::maps::{
-    ENROLLED, ORIG_BY_COOKIE, ROUTER, SERVICES, count, heartbeat_fresh, listener_alive, pick,
+    ENROLLED, NETNS_PROBE, ORIG_BY_COOKIE, ROUTER, SERVICES, count, heartbeat_fresh,
+    listener_alive, pick,
 };
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
 
 /// Where a connect goes instead, and the record of where it was going.
 struct Steer {
@@ -129,12 +131,32 @@ unsafe fn record(ctx: &SockAddrContext, original: &OriginalDst) -> bool {
     ORIG_BY_COOKIE.insert(cookie, original, 0).is_ok()
 }
 
+/// The agent's netns probe (a UDP connect to [`NETNS_PROBE_ADDR`]:
+/// [`NETNS_PROBE_PORT`] from a socket it made in a pod's namespace): fills
+/// the socket's slot in [`NETNS_PROBE`] with the namespace's cookie. Only a
+/// slot the agent added is filled. Before Linux 5.14 (`SO_NETNS_COOKIE`)
+/// this is how the agent learns a cookie.
+#[inline(always)]
+unsafe fn probe(ctx: &SockAddrContext) {
+    // SAFETY: both helpers take this program type's context.
+    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if let Some(slot) = NETNS_PROBE.get_ptr_mut(socket_cookie) {
+        // SAFETY: as above; the slot is this probe's alone.
+        unsafe { *slot = bpf_get_netns_cookie(ctx.as_ptr()) };
+    }
+}
+
 /// IPv4 connects.
 pub unsafe fn try_connect4(ctx: &SockAddrContext) {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel's context, valid for the program's run.
-    let (ip4, port_be) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16) };
+    let (ip4, port_be, kind) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).type_) };
     let port = u16::from_be(port_be);
+    if kind == SOCK_DGRAM && ip4 == NETNS_PROBE_ADDR && port == NETNS_PROBE_PORT {
+        // SAFETY: as above.
+        unsafe { probe(ctx) };
+        return;
+    }
     // SAFETY: as above.
     let Some(steer) = (unsafe { steer(ctx, v4_mapped(ip4), port, AF_INET) }) else {
         return;

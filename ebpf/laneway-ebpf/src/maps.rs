@@ -13,8 +13,8 @@ use aya_ebpf::{
 };
 use laneway_common::{
     BASE_LANE, CONN_MAP_CAPACITY, ConnKey, ENROLLED_CAPACITY, HEARTBEAT_TIMEOUT_NS, KernelEndpoint,
-    LANE_ENDPOINTS_CAPACITY, LaneEndpoints, LaneKey, OriginalDst, PodValue, RouterInfo,
-    SERVICES_CAPACITY, ServiceKey, ServiceValue, TcFlow, TcFlowKey, stat,
+    LANE_ENDPOINTS_CAPACITY, LaneEndpoints, LaneKey, NETNS_PROBE_CAPACITY, OriginalDst, PodValue,
+    RouterInfo, SERVICES_CAPACITY, ServiceKey, ServiceValue, TcFlow, TcFlowKey, stat,
 };
 
 /// `BPF_F_NO_PREALLOC`: entries are allocated when written.
@@ -62,6 +62,12 @@ pub static TC_FLOWS: LruHashMap<TcFlowKey, TcFlow> = LruHashMap::pinned(CONN_MAP
 /// listens: redirecting to a dead port is impossible, even after a crash.
 #[map]
 pub static ROUTER_LISTENER: SockMap = SockMap::pinned(3, 0);
+
+/// The agent's netns probes: netns cookie by probe socket cookie. The agent
+/// adds a slot, `connect4` fills it (see `connect::probe`). Not pinned: a
+/// probe lives for one connect of one agent.
+#[map]
+pub static NETNS_PROBE: HashMap<u64, u64> = HashMap::with_max_entries(NETNS_PROBE_CAPACITY, 0);
 
 /// Counters, see `laneway_common::stat`.
 #[map]
