@@ -14,7 +14,8 @@
 //! - `sniff`: decides HTTP vs opaque from peeked bytes.
 //! - `head`: request/response head analysis and re-serialisation.
 //! - `body`: message body framing, including a streaming chunked decoder.
-//! - `pool`: per-endpoint upstream connection pool and upstream connect.
+//! - `pool`: upstream connect (from the calling pod's network namespace)
+//!   and the pools of idle upstream connections, per caller and endpoint.
 //! - `http`: the HTTP/1.x keep-alive request loop.
 //! - `l4`: opaque passthrough and raw tunnels (also used after `101`).
 
@@ -29,7 +30,7 @@ pub(crate) mod tests;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-pub use pool::Pool;
+pub use pool::{Caller, Pool, Pools};
 
 /// Timeouts and limits (the agent fills it from its config).
 #[derive(Clone, Debug)]
@@ -54,13 +55,19 @@ pub struct ProxyConfig {
     /// (default 300 ms). Once a byte arrived, the bytes decide, within
     /// `header_timeout`.
     pub sniff_timeout: Duration,
-    /// At most this many idle upstream connections are kept per endpoint
-    /// (default 64).
+    /// At most this many idle upstream connections are kept per calling pod
+    /// and endpoint (default 64).
     pub pool_max_idle_per_endpoint: usize,
+    /// At most this many idle upstream connections are kept in all (default
+    /// 1024); the oldest makes room.
+    pub pool_max_idle_total: usize,
     /// Idle upstream connections are evicted after this (default 30 s).
     pub pool_idle_timeout: Duration,
     /// `SO_MARK` set on every upstream socket before connect (0 = do not set).
     pub socket_mark: u32,
+    /// Where the router makes an enrolled pod's upstream sockets (the engine
+    /// connects through the [`Pool`] it is given either way).
+    pub upstream_source: crate::config::UpstreamSource,
     /// Send an idempotent request without a body once more (on a fresh
     /// connection) when the upstream closed or reset before any response
     /// byte. A reused pooled connection found dead is always retried so.
@@ -77,8 +84,10 @@ impl Default for ProxyConfig {
             response_timeout: Duration::from_secs(15),
             sniff_timeout: Duration::from_millis(300),
             pool_max_idle_per_endpoint: 64,
+            pool_max_idle_total: 1024,
             pool_idle_timeout: Duration::from_secs(30),
             socket_mark: 0,
+            upstream_source: crate::config::UpstreamSource::Pod,
             retry_idempotent: true,
         }
     }
@@ -205,7 +214,7 @@ pub(crate) fn deadline_after(after: Duration) -> tokio::time::Instant {
 pub async fn serve_connection(
     client: tokio::net::TcpStream,
     routes: Arc<dyn Routes>,
-    pool: Arc<Pool>,
+    pool: Pool,
     cfg: Arc<ProxyConfig>,
     mode: Protocol,
 ) {
