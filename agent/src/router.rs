@@ -35,8 +35,7 @@ use crate::{
         metrics::{Metrics, RequestLabels, status_class},
     },
     bpf::{self, ConnOrigins},
-    config::AppProtocol,
-    config::UpstreamSource,
+    config::{AppProtocol, UpstreamSource},
     netns::Namespace,
     proxy::{
         self, Pools, Protocol, ProxyConfig, RequestHead, RequestOutcome, Route, Routes, Target,

@@ -1,7 +1,9 @@
 //! Applying a snapshot: each pod's network namespace is opened and its
-//! cookie read first, with no lock held and in bounded time; then the maps are written under
-//! the datapath lock and the router swaps the result in. A failed apply
-//! leaves the last good state routing and is tried again.
+//! cookie read first, with no lock held and in bounded time; then the maps
+//! are written under the datapath lock and the router swaps the result in
+//! (with the enrolled pods' namespaces, kept open for their upstream
+//! sockets). A failed apply leaves the last good state routing and is tried
+//! again.
 
 use std::{
     collections::{HashMap, HashSet},

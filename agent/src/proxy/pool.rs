@@ -28,7 +28,7 @@ use std::{
     mem::MaybeUninit,
     net::SocketAddr,
     sync::{
-        Arc, Mutex, MutexGuard, OnceLock,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -135,8 +135,9 @@ pub struct Pools {
     connect_timeout: Duration,
     mark: u32,
     mark_warned: AtomicBool,
-    /// Started at the first socket made in a pod's namespace.
-    factory: OnceLock<SocketFactory>,
+    /// Makes sockets in pods' namespaces (`None`: the agent's own
+    /// namespace could not be opened; logged at start).
+    factory: Option<SocketFactory>,
     /// `true` once the router drains (agent shutting down): every client
     /// connection closes after its current request, idle ones at once.
     draining: watch::Sender<bool>,
@@ -188,7 +189,11 @@ impl Pools {
             connect_timeout: cfg.connect_timeout,
             mark: cfg.socket_mark,
             mark_warned: AtomicBool::new(false),
-            factory: OnceLock::new(),
+            factory: SocketFactory::new()
+                .inspect_err(|e| {
+                    tracing::error!(error = %e, "cannot open the agent's network namespace: upstream connections cannot come from the calling pods' addresses");
+                })
+                .ok(),
             draining: watch::channel(false).0,
         }
     }
@@ -358,24 +363,19 @@ impl Pools {
     /// Open a new connection for `key`: the socket is made in the calling
     /// pod's namespace (the node's for no caller, or a pod that left), gets
     /// `SO_MARK` (if configured) and `TCP_NODELAY`, then a non-blocking
-    /// connect; all bounded by the connect timeout.
+    /// connect bounded by the connect timeout.
     async fn connect(&self, key: Key) -> Result<TcpStream, Error> {
         let endpoint = key.endpoint;
-        let connect = async {
-            let socket = self.socket(key).await?;
-            socket
-                .connect(endpoint)
-                .await
-                .map_err(|e| Error::Connect(endpoint, e))
-        };
-        match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(connected) => connected,
+        let socket = self.socket(key)?;
+        match tokio::time::timeout(self.connect_timeout, socket.connect(endpoint)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(Error::Connect(endpoint, e)),
             Err(_) => Err(Error::Timeout(endpoint)),
         }
     }
 
     /// A new socket for `key`, marked and without Nagle, not connected yet.
-    async fn socket(&self, key: Key) -> Result<TcpSocket, Error> {
+    fn socket(&self, key: Key) -> Result<TcpSocket, Error> {
         let endpoint = key.endpoint;
         let domain = Domain::for_address(endpoint);
         let netns = key
@@ -384,9 +384,9 @@ impl Pools {
         let socket = match netns {
             Some(netns) => self
                 .factory
-                .get_or_init(SocketFactory::new)
-                .socket(netns, domain)
-                .await
+                .as_ref()
+                .ok_or(sockets::Error::Unavailable)
+                .and_then(|factory| factory.socket(&netns, domain))
                 .map_err(|e| Error::PodSocket(endpoint, e))?,
             None => {
                 let socket = Socket::new(domain, Type::STREAM, Some(socket2::Protocol::TCP))
