@@ -396,8 +396,11 @@ pub enum AppProtocol {
     /// Look at the first bytes of each connection.
     #[default]
     Auto,
-    /// HTTP/1.x.
+    /// HTTP/1.x (or HTTP/2 when the client starts with its preface).
     Http,
+    /// HTTP/2 with prior knowledge (h2c), e.g. gRPC: every stream routed.
+    #[serde(alias = "grpc")]
+    Http2,
     /// Anything else: passed through at L4.
     Tcp,
 }
@@ -994,6 +997,22 @@ pods:
 
     fn error_of(text: &str) -> String {
         Config::parse(text).expect_err("must be rejected")
+    }
+
+    #[test]
+    fn http2_and_grpc_ports_are_served_as_http2() {
+        for protocol in ["http2", "grpc"] {
+            let yaml = GOOD.replace(
+                "{port: 80, target_port: 8080}",
+                &format!("{{port: 80, target_port: 8080, protocol: {protocol}}}"),
+            );
+            let c = Config::parse(&yaml).expect("valid");
+            assert_eq!(
+                c.services[0].ports[0].protocol,
+                AppProtocol::Http2,
+                "{protocol}"
+            );
+        }
     }
 
     #[test]

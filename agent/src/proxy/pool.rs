@@ -1,6 +1,7 @@
 //! Upstream connections: where their sockets come from, connecting (with
-//! `SO_MARK`, `TCP_NODELAY` and a connect timeout), and the pools of idle
-//! keep-alive connections.
+//! `SO_MARK`, `TCP_NODELAY` and a connect timeout), the pools of idle
+//! HTTP/1 keep-alive connections, and the HTTP/2 engine's multiplexed
+//! connections ([`Upstreams`], which connect through [`Pool::connect`] too).
 //!
 //! A request from an enrolled pod goes upstream on a socket made inside that
 //! pod's network namespace ([`crate::netns::sockets`]): the endpoint sees
@@ -40,7 +41,7 @@ use tokio::{
     sync::watch,
 };
 
-use super::ProxyConfig;
+use super::{ProxyConfig, h2::upstream::Upstreams};
 use crate::netns::{
     Namespace,
     sockets::{self, SocketFactory},
@@ -67,11 +68,13 @@ pub(crate) enum Error {
 /// enrolled pod, or upstream connections come from the node's address).
 pub type Caller = Option<u64>;
 
-/// What idle connections are pooled by.
+/// What upstream connections are kept by (HTTP/1 idle ones, HTTP/2 ones).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-struct Key {
-    caller: Caller,
-    endpoint: SocketAddr,
+pub(crate) struct Key {
+    /// The calling pod (whose address the connection has).
+    pub(crate) caller: Caller,
+    /// The endpoint.
+    pub(crate) endpoint: SocketAddr,
 }
 
 struct Idle {
@@ -141,6 +144,8 @@ pub struct Pools {
     /// `true` once the router drains (agent shutting down): every client
     /// connection closes after its current request, idle ones at once.
     draining: watch::Sender<bool>,
+    /// HTTP/2 upstream connections.
+    pub(crate) h2: Upstreams,
 }
 
 impl std::fmt::Debug for Pools {
@@ -195,6 +200,7 @@ impl Pools {
                 })
                 .ok(),
             draining: watch::channel(false).0,
+            h2: Upstreams::new(cfg.pool_idle_timeout, cfg.connect_timeout),
         }
     }
 
@@ -219,6 +225,7 @@ impl Pools {
                 eligible.contains(&key.endpoint)
                     && key.caller.is_none_or(|c| callers.contains_key(&c))
             });
+            self.h2.retain(&eligible, callers.keys().copied().collect());
             inner.eligible = Some(eligible);
             let left = std::mem::replace(&mut inner.callers, callers);
             (dropped, left)
@@ -228,10 +235,11 @@ impl Pools {
     }
 
     /// Starts draining: client connections close after their current
-    /// request (with `Connection: close`), idle client and upstream
-    /// connections close now.
+    /// request (with `Connection: close`; HTTP/2 ones get GOAWAY and finish
+    /// their open streams), idle client and upstream connections close now.
     pub fn begin_drain(&self) {
         self.draining.send_replace(true);
+        self.h2.begin_drain();
         let idle = self.lock().retain(|_| false);
         drop(idle);
     }
@@ -416,7 +424,14 @@ impl Pools {
 }
 
 impl Pool {
-    fn key(&self, endpoint: SocketAddr) -> Key {
+    /// The HTTP/2 upstream connections (of every caller; this caller's are
+    /// found with [`Pool::key`]).
+    pub(crate) fn h2(&self) -> &Upstreams {
+        &self.pools.h2
+    }
+
+    /// This caller's key for `endpoint`.
+    pub(crate) fn key(&self, endpoint: SocketAddr) -> Key {
         Key {
             caller: self.caller,
             endpoint,
