@@ -97,33 +97,12 @@ fn a_rule_on_the_source_address_admits_only_its_pod(mode: Mode) -> Result<()> {
     // `client` would be enforced.
     let endpoint = &s.node.pod(s.pods.ratings).netns;
     let only_admitted = admitted.ip.to_string();
-    for rule in [
-        &[
-            "-A",
-            "INPUT",
-            "-p",
-            "tcp",
-            "--dport",
-            "8080",
-            "-s",
-            &only_admitted,
-            "-j",
-            "ACCEPT",
-        ][..],
-        &[
-            "-A",
-            "INPUT",
-            "-p",
-            "tcp",
-            "--dport",
-            "8080",
-            "-j",
-            "REJECT",
-            "--reject-with",
-            "tcp-reset",
-        ],
+    let to_the_endpoint = ["-A", "INPUT", "-p", "tcp", "--dport", "8080"];
+    for verdict in [
+        &["-s", &only_admitted, "-j", "ACCEPT"][..],
+        &["-j", "REJECT", "--reject-with", "tcp-reset"],
     ] {
-        endpoint.exec("iptables", rule)?;
+        endpoint.exec("iptables", &[&to_the_endpoint[..], verdict].concat())?;
     }
     for _ in 0..3 {
         routed_peer(admitted, s.ratings(), "ratings-base")?;
