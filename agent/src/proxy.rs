@@ -368,6 +368,8 @@ pub async fn serve_connection(
     match engine {
         Engine::L4 => Box::pin(l4::passthrough(client, &*routes, &pool)).await,
         Engine::H1 => h1::serve(client, &*routes, &pool, &cfg).await,
-        Engine::H2 => h2::serve(client, routes, Arc::new(pool), cfg).await,
+        // Boxed: a connection's task is as large as its largest engine's
+        // state, and an idle HTTP/1 connection must not carry HTTP/2's.
+        Engine::H2 => Box::pin(h2::serve(client, routes, Arc::new(pool), cfg)).await,
     }
 }

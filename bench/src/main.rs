@@ -1,23 +1,26 @@
 //! `cargo xtask bench`: laneway against the direct path and the proxies
 //! users would pick instead, on a node made of network namespaces.
 //!
-//! The same HTTP/1.1 workloads (keep-alive and a new connection per request,
-//! small and 16 KiB answers, every request tagged) go through each
-//! configuration of [`proxy::Config`]; oha drives them at full speed and at a
-//! fixed rate; the proxy's CPU time and memory are read from `/proc`. Every
+//! The same workloads (HTTP/1.1 keep-alive and a new connection per request,
+//! small and 16 KiB answers; HTTP/2 small answers and gRPC unary calls, many
+//! streams per connection; every request tagged) go through each
+//! configuration of [`proxy::Config`]; oha (HTTP/1.1) and h2load (HTTP/2)
+//! drive them at full speed and at a fixed rate; the proxy's CPU time and
+//! memory are read from `/proc`. Every
 //! configuration runs `--repeats` times, interleaved, and the report gives
 //! medians and ratios to the direct path and to HAProxy.
 
+mod h2;
 mod load;
 mod procstat;
 mod proxy;
 mod report;
 mod topology;
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use crate::{
     load::{Pace, Workload},
@@ -29,7 +32,32 @@ use crate::{
 /// Benchmarks laneway against the direct path, its own router behind
 /// iptables REDIRECT, HAProxy and nginx. Needs root (network namespaces, BPF).
 #[derive(Parser)]
-#[command(name = "laneway-bench")]
+#[command(name = "laneway-bench", args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    part: Option<Part>,
+    #[command(flatten)]
+    args: Args,
+}
+
+/// The pieces of the benchmark that run as their own processes.
+#[derive(Subcommand)]
+enum Part {
+    /// The HTTP/2 and gRPC endpoint the benchmark starts in each endpoint
+    /// pod (see `h2::backend`).
+    #[command(hide = true)]
+    H2Backend {
+        /// Where to listen.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Its name, answered in `x-endpoint`.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// The benchmark's options.
+#[derive(clap::Args)]
 struct Args {
     /// A short run that checks the harness works end to end (CI): 1 repeat,
     /// 1 s runs, 500 idle connections. Its numbers are not worth keeping.
@@ -44,6 +72,9 @@ struct Args {
     /// Concurrent connections at full speed.
     #[arg(long, default_value_t = 16)]
     connections: u32,
+    /// Concurrent streams per connection at full speed (HTTP/2 and gRPC).
+    #[arg(long, default_value_t = 10)]
+    streams: u32,
     /// The fixed rate for the latency figures, requests per second.
     #[arg(long, default_value_t = 1000)]
     rate: u32,
@@ -61,7 +92,7 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only these workloads (comma-separated): keepalive-small,
-    /// keepalive-16k, newconn-small, newconn-16k.
+    /// keepalive-16k, newconn-small, newconn-16k, h2-small, grpc-unary.
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
     /// Keep each configuration running this many seconds before its load
@@ -71,7 +102,12 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    match run() {
+    let cli = Cli::parse();
+    let result = match cli.part {
+        Some(Part::H2Backend { listen, name }) => h2::backend::serve(listen, &name),
+        None => run(cli.args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench failed: {e:#}");
@@ -80,8 +116,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<()> {
-    let mut args = Args::parse();
+fn run(mut args: Args) -> Result<()> {
     if args.smoke {
         args.repeats = 1;
         args.seconds = 1.0;
@@ -102,6 +137,7 @@ fn run() -> Result<()> {
                 || args.only.iter().any(|o| o == c.slug())
         })
         .collect();
+    let load_before = load_average();
     let bench = BenchNode::start().context("build the benchmark node")?;
     let duration = Duration::from_secs_f64(args.seconds);
     let mut results = Results::default();
@@ -130,9 +166,11 @@ fn run() -> Result<()> {
         repeats: args.repeats,
         seconds: args.seconds,
         connections: args.connections,
+        streams: args.streams,
         rate: args.rate,
         idle: args.idle,
         machine: machine(),
+        load: format!("{load_before} at the start, {} at the end", load_average()),
         date: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
     };
     let markdown = results.markdown(&method);
@@ -179,6 +217,7 @@ fn measure(
             workload,
             Pace::Flat {
                 connections: args.connections,
+                streams: args.streams,
             },
             duration,
         )
@@ -195,11 +234,12 @@ fn measure(
         )
         .with_context(|| format!("{} at a fixed rate\n{}", workload.name(), running.log()))?;
         eprintln!(
-            "    {:<28} {:>8.0} req/s   p99 {:>6.0} µs at {} req/s",
+            "    {:<28} {:>8.0} {unit}/s   p99 {:>6.0} µs at {} {unit}/s",
             workload.name(),
             flat.per_second,
             fixed.p99_us,
-            args.rate
+            args.rate,
+            unit = workload.unit(),
         );
         results
             .samples
@@ -272,6 +312,14 @@ fn machine() -> String {
         command_output("uname", &["-r"]),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     )
+}
+
+/// The load averages over 1, 5 and 15 minutes: how busy the machine was
+/// with work other than the benchmark.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn command_output(program: &str, args: &[&str]) -> String {

@@ -1,7 +1,7 @@
 //! The configurations compared: the direct path, laneway in each redirect
 //! mode, laneway's router behind iptables REDIRECT, and HAProxy and nginx as
 //! node proxies behind the same REDIRECT, routing on the same tag header to
-//! the same endpoints.
+//! the same endpoints, HTTP/1.1 and HTTP/2 alike.
 
 use std::{fmt::Write as _, net::SocketAddr};
 
@@ -13,10 +13,10 @@ use laneway_tests::{
 
 use crate::topology::{BenchNode, Process, TAG, scratch, spawn_listening};
 
-/// HAProxy's port in the node netns.
-const HAPROXY_PORT: u16 = 15002;
-/// nginx's port in the node netns.
-const NGINX_PORT: u16 = 15003;
+/// HAProxy's HTTP/1.1 and HTTP/2 ports in the node netns.
+const HAPROXY_PORTS: [u16; 2] = [15002, 15004];
+/// nginx's HTTP/1.1 and HTTP/2 ports in the node netns.
+const NGINX_PORTS: [u16; 2] = [15003, 15005];
 
 /// One way for the client's requests to reach the endpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -88,7 +88,7 @@ impl Config {
             Config::Direct => Running {
                 pid: None,
                 proxy: Box::new(()),
-                _redirect: None,
+                _redirects: Vec::new(),
             },
             Config::LanewaySocket | Config::LanewayTc => {
                 let mut scenario = bench.scenario.clone();
@@ -101,7 +101,7 @@ impl Config {
                 Running {
                     pid: Some(agent.pid()),
                     proxy: Box::new(agent),
-                    _redirect: None,
+                    _redirects: Vec::new(),
                 }
             }
             Config::LanewayRedirect => {
@@ -120,7 +120,7 @@ impl Config {
                 let agent = Agent::start_with(&bench.node, config)?;
                 Running {
                     pid: Some(agent.pid()),
-                    _redirect: Some(Redirect::install(bench, client, ROUTER_PORT)?),
+                    _redirects: Redirect::install(bench, client, [ROUTER_PORT; 2])?,
                     proxy: Box::new(agent),
                 }
             }
@@ -129,7 +129,7 @@ impl Config {
                 Running {
                     pid: Some(process.pid()),
                     proxy: Box::new(process),
-                    _redirect: Some(Redirect::install(bench, client, HAPROXY_PORT)?),
+                    _redirects: Redirect::install(bench, client, HAPROXY_PORTS)?,
                 }
             }
             Config::Nginx => {
@@ -137,21 +137,21 @@ impl Config {
                 Running {
                     pid: Some(process.pid()),
                     proxy: Box::new(process),
-                    _redirect: Some(Redirect::install(bench, client, NGINX_PORT)?),
+                    _redirects: Redirect::install(bench, client, NGINX_PORTS)?,
                 }
             }
         };
-        bench.check_routing(client, self.routes_lanes())?;
+        bench.check_routing(self)?;
         Ok(running)
     }
 }
 
-/// A started configuration. Dropped in field order: the REDIRECT rule, then
-/// the proxy.
+/// A started configuration. Dropped in field order: the REDIRECT rules,
+/// then the proxy.
 pub struct Running {
     /// The proxy's pid (`None` for the direct path).
     pub pid: Option<i32>,
-    _redirect: Option<Redirect>,
+    _redirects: Vec<Redirect>,
     proxy: Box<dyn std::any::Any>,
 }
 
@@ -175,8 +175,18 @@ struct Redirect {
 }
 
 impl Redirect {
-    fn install(bench: &BenchNode, client: usize, port: u16) -> Result<Self> {
-        let vip = bench.vip();
+    /// Redirects the client's connections to each VIP (see
+    /// [`BenchNode::vips`]) to the port at the same index.
+    fn install(bench: &BenchNode, client: usize, ports: [u16; 2]) -> Result<Vec<Self>> {
+        bench
+            .vips()
+            .into_iter()
+            .zip(ports)
+            .map(|(vip, port)| Self::install_one(bench, client, vip, port))
+            .collect()
+    }
+
+    fn install_one(bench: &BenchNode, client: usize, vip: SocketAddr, port: u16) -> Result<Self> {
         let rule: Vec<String> = [
             "-s".into(),
             bench.node.pod(client).ip.to_string(),
@@ -217,37 +227,49 @@ impl Drop for Redirect {
     }
 }
 
-/// Endpoints of the tag's lane and the base endpoints.
-fn lanes(bench: &BenchNode) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
-    let endpoints = bench.endpoints();
+/// The two lanes' backend names and endpoints for the HTTP/1.1 or the
+/// HTTP/2 service (its names end in `_h2`).
+fn named_lanes(bench: &BenchNode, h2: bool) -> [(String, Vec<SocketAddr>); 2] {
+    let suffix = if h2 { "_h2" } else { "" };
+    let endpoints = bench.endpoints(h2);
     let pick = |tagged: bool| {
         endpoints
             .iter()
-            .filter(|(_, _, tag)| tag.is_some() == tagged)
-            .map(|(addr, _, _)| *addr)
+            .filter(|(_, tag)| tag.is_some() == tagged)
+            .map(|(addr, _)| *addr)
             .collect()
     };
-    (pick(true), pick(false))
+    [
+        (format!("lane_{TAG}{suffix}"), pick(true)),
+        (format!("base{suffix}"), pick(false)),
+    ]
 }
 
 /// HAProxy with two threads (as many as the router's workers): the tag
 /// header picks the lane, power-of-two-choices within it, pooled server
-/// connections.
+/// connections. A second frontend speaks HTTP/2 (h2c) to clients and
+/// endpoints (`proto h2`), streams multiplexed on the server connections.
 fn haproxy(bench: &BenchNode) -> Result<Process> {
     let dir = scratch(&bench.node, "haproxy")?;
-    let (gray, base) = lanes(bench);
     let maxconn = haproxy_maxconn();
     let mut conf = format!(
         "global\n  maxconn {maxconn}\n  nbthread 2\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 600s\n  timeout server 600s\n  \
-         option http-keep-alive\n  http-reuse always\n\
-         frontend node\n  bind 0.0.0.0:{HAPROXY_PORT}\n  \
-         use_backend lane_{TAG} if {{ req.hdr(x-mse-tag) -m str {TAG} }}\n  default_backend base\n"
+         option http-keep-alive\n  http-reuse always\n"
     );
-    for (name, endpoints) in [(format!("lane_{TAG}"), &gray), ("base".into(), &base)] {
-        let _ = writeln!(conf, "backend {name}\n  balance random(2)");
-        for (i, addr) in endpoints.iter().enumerate() {
-            let _ = writeln!(conf, "  server e{i} {addr}");
+    for (h2, port) in [false, true].into_iter().zip(HAPROXY_PORTS) {
+        let [(lane, _), (base, _)] = named_lanes(bench, h2);
+        let proto = if h2 { " proto h2" } else { "" };
+        let _ = write!(
+            conf,
+            "frontend node{port}\n  bind 0.0.0.0:{port}{proto}\n  \
+             use_backend {lane} if {{ req.hdr(x-mse-tag) -m str {TAG} }}\n  default_backend {base}\n"
+        );
+        for (name, endpoints) in named_lanes(bench, h2) {
+            let _ = writeln!(conf, "backend {name}\n  balance random(2)");
+            for (i, addr) in endpoints.iter().enumerate() {
+                let _ = writeln!(conf, "  server e{i} {addr}{proto}");
+            }
         }
     }
     let path = dir.join("haproxy.cfg");
@@ -257,7 +279,7 @@ fn haproxy(bench: &BenchNode) -> Result<Process> {
     spawn_listening(
         cmd,
         &dir.join("haproxy.log"),
-        || node_listens(bench, HAPROXY_PORT),
+        || HAPROXY_PORTS.iter().all(|port| node_listens(bench, *port)),
         "haproxy",
     )
 }
@@ -269,29 +291,42 @@ fn haproxy_maxconn() -> usize {
 }
 
 /// nginx with two workers: a `map` on the tag header picks the upstream,
-/// `random two least_conn` within it, upstream keep-alive.
+/// `random two least_conn` within it, upstream keep-alive. A second server
+/// speaks HTTP/2 (h2c) to clients and passes streams on with `grpc_pass`
+/// (HTTP/2 to the endpoints, but one stream per upstream connection at a
+/// time: it keeps enough idle ones for every stream in flight at full
+/// speed, else it opens a connection for one stream in ten).
 fn nginx(bench: &BenchNode) -> Result<Process> {
     let dir = scratch(&bench.node, "nginx")?;
-    let (gray, base) = lanes(bench);
     let mut conf = format!(
         "worker_processes 2;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
          events {{ worker_connections 19000; }}\n\
-         http {{\n  access_log off;\n  keepalive_requests 100000000;\n  keepalive_timeout 600s;\n  \
-         map $http_x_mse_tag $lane {{ default base; {TAG} lane_{TAG}; }}\n",
+         http {{\n  access_log off;\n  keepalive_requests 100000000;\n  keepalive_timeout 600s;\n",
         dir = dir.display()
     );
-    for (name, endpoints) in [(format!("lane_{TAG}"), &gray), ("base".into(), &base)] {
-        let _ = writeln!(conf, "  upstream {name} {{\n    random two least_conn;");
-        for addr in endpoints {
-            let _ = writeln!(conf, "    server {addr};");
+    for h2 in [false, true] {
+        let [(lane, _), (base, _)] = named_lanes(bench, h2);
+        let variable = if h2 { "lane_h2" } else { "lane" };
+        let _ = writeln!(
+            conf,
+            "  map $http_x_mse_tag ${variable} {{ default {base}; {TAG} {lane}; }}"
+        );
+        for (name, endpoints) in named_lanes(bench, h2) {
+            let _ = writeln!(conf, "  upstream {name} {{\n    random two least_conn;");
+            for addr in endpoints {
+                let _ = writeln!(conf, "    server {addr};");
+            }
+            let _ = writeln!(conf, "    keepalive {};\n  }}", if h2 { 256 } else { 64 });
         }
-        let _ = writeln!(conf, "    keepalive 64;\n  }}");
     }
+    let [http1_port, h2_port] = NGINX_PORTS;
     let _ = write!(
         conf,
-        "  server {{\n    listen 0.0.0.0:{NGINX_PORT} backlog=8192;\n    location / {{\n      \
+        "  server {{\n    listen 0.0.0.0:{http1_port} backlog=8192;\n    location / {{\n      \
          proxy_pass http://$lane;\n      proxy_http_version 1.1;\n      \
-         proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n"
+         proxy_set_header Connection \"\";\n    }}\n  }}\n\
+         \x20 server {{\n    listen 0.0.0.0:{h2_port} http2 backlog=8192;\n    location / {{\n      \
+         grpc_pass grpc://$lane_h2;\n    }}\n  }}\n}}\n"
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf)?;
@@ -305,7 +340,7 @@ fn nginx(bench: &BenchNode) -> Result<Process> {
     spawn_listening(
         cmd,
         &dir.join("stdout.log"),
-        || node_listens(bench, NGINX_PORT),
+        || NGINX_PORTS.iter().all(|port| node_listens(bench, *port)),
         "nginx",
     )
 }

@@ -4,7 +4,10 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use crate::{load::Workload, proxy::Config};
+use crate::{
+    load::{H2_RATE_CONNECTIONS, Workload},
+    proxy::Config,
+};
 
 /// One repeat of one workload through one configuration.
 #[derive(Clone, Copy, Debug, Default)]
@@ -53,20 +56,27 @@ pub struct Method {
     pub seconds: f64,
     /// Concurrent connections at full speed.
     pub connections: u32,
+    /// Concurrent streams per HTTP/2 connection at full speed.
+    pub streams: u32,
     /// The fixed rate, in requests per second.
     pub rate: u32,
     /// Idle connections held for the memory figure.
     pub idle: usize,
     /// The machine: kernel, CPU, cores.
     pub machine: String,
+    /// Its load averages at the start and the end of the run.
+    pub load: String,
     /// When (UTC).
     pub date: String,
 }
 
-/// Targets of issue 8, checked against laneway socket mode.
+/// Targets of issue 8 (HTTP/1.1), checked against laneway socket mode.
 const TARGET_P99_ADDED_US: f64 = 100.0;
 const TARGET_CPU_PER_1000: f64 = 0.05;
 const TARGET_IDLE_MIB: f64 = 64.0;
+/// Target of issue 14 (HTTP/2 and gRPC): p99 added over direct at the fixed
+/// rate. Its others are relative to HAProxy.
+const TARGET_H2_P99_ADDED_US: f64 = 200.0;
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.retain(|v| v.is_finite());
@@ -134,17 +144,22 @@ impl Results {
         let mut md = String::new();
         let _ = writeln!(
             md,
-            "Measured {} on {}.\n\n`{}`: {} repeat(s) of every configuration, interleaved \
+            "Measured {} on {} (load averages over 1, 5 and 15 minutes: {}).\n\n`{}`: {} repeat(s) of every configuration, interleaved \
              (the order rotates each repeat); each figure is the median over the repeats. \
-             Full speed: {} s with {} concurrent connections. Fixed rate: {} s at {} requests/s \
-             (latency corrected for coordinated omission). Memory: peak RSS over all workloads, \
-             and RSS with {} idle keep-alive connections open.\n",
+             Full speed: {} s with {} concurrent connections ({} concurrent streams on each \
+             HTTP/2 connection). Fixed rate: {} s at {} requests/s (HTTP/1.1: oha, latency \
+             corrected for coordinated omission; HTTP/2: h2load, {H2_RATE_CONNECTIONS} \
+             connections started 1 ms apart, one stream at a time on each). \
+             Memory: peak RSS over all workloads, and RSS with {} idle HTTP/1.1 keep-alive \
+             connections open.\n",
             method.date,
             method.machine,
+            method.load,
             method.command,
             method.repeats,
             method.seconds,
             method.connections,
+            method.streams,
             method.seconds,
             method.rate,
             method.idle,
@@ -160,9 +175,10 @@ impl Results {
             let _ = writeln!(md, "### {}\n", workload.name());
             let _ = writeln!(
                 md,
-                "| configuration | req/s | × direct | × HAProxy | p50 µs | p99 µs | p99.9 µs | \
-                 p99 added over direct µs | CPU s / 1000 req | CPU × HAProxy |\n\
-                 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+                "| configuration | {unit}/s | × direct | × HAProxy | p50 µs | p99 µs | p99.9 µs | \
+                 p99 added over direct µs | CPU s / 1000 {unit} | CPU × HAProxy |\n\
+                 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+                unit = workload.unit()
             );
             let direct = self.row(Config::Direct, workload);
             let haproxy = self.row(Config::Haproxy, workload);
@@ -226,9 +242,23 @@ impl Results {
                 continue;
             };
             let name = workload.name();
+            let unit = workload.unit();
+            let p99_target = if workload.is_h2() {
+                TARGET_H2_P99_ADDED_US
+            } else {
+                TARGET_P99_ADDED_US
+            };
+            let cpu_target = if workload.is_h2() {
+                "≤ HAProxy's".to_owned()
+            } else {
+                format!("≤ {TARGET_CPU_PER_1000} s / 1000 {unit}")
+            };
+            let throughput = format!("throughput ≥ HAProxy ({name})");
+            let p99 = format!("p99 added over direct < {p99_target} µs ({name})");
+            let cpu = format!("router CPU {cpu_target} ({name})");
             let _ = writeln!(
                 md,
-                "| throughput ≥ HAProxy ({name}) | {:.0} vs {:.0} req/s ({:.2}×) | {} |",
+                "| {throughput} | {:.0} vs {:.0} {unit}/s ({:.2}×) | {} |",
                 row.per_second,
                 h.per_second,
                 row.per_second / h.per_second,
@@ -237,15 +267,26 @@ impl Results {
             let added = row.p99_us - d.p99_us;
             let _ = writeln!(
                 md,
-                "| p99 added over direct < {TARGET_P99_ADDED_US} µs ({name}) | {added:.0} µs | {} |",
-                yes(added < TARGET_P99_ADDED_US)
+                "| {p99} | {added:.0} µs | {} |",
+                yes(added < p99_target)
             );
-            let _ = writeln!(
-                md,
-                "| router CPU ≤ {TARGET_CPU_PER_1000} s / 1000 req ({name}) | {:.4} | {} |",
-                row.cpu_per_1000,
-                yes(row.cpu_per_1000 <= TARGET_CPU_PER_1000)
-            );
+            if workload.is_h2() {
+                let _ = writeln!(
+                    md,
+                    "| {cpu} | {:.4} vs {:.4} s / 1000 {unit} ({:.2}×) | {} |",
+                    row.cpu_per_1000,
+                    h.cpu_per_1000,
+                    row.cpu_per_1000 / h.cpu_per_1000,
+                    yes(row.cpu_per_1000 <= h.cpu_per_1000)
+                );
+            } else {
+                let _ = writeln!(
+                    md,
+                    "| {cpu} | {:.4} | {} |",
+                    row.cpu_per_1000,
+                    yes(row.cpu_per_1000 <= TARGET_CPU_PER_1000)
+                );
+            }
         }
         if let Some((_, idle, held)) = self.memory_mib(ours) {
             let _ = writeln!(
@@ -360,6 +401,21 @@ mod tests {
         assert!(median(vec![f64::NAN]).is_nan());
     }
 
+    fn method() -> Method {
+        Method {
+            command: "cargo xtask bench".into(),
+            repeats: 2,
+            seconds: 1.0,
+            connections: 16,
+            streams: 10,
+            rate: 1000,
+            idle: 100,
+            machine: "test".into(),
+            load: "0.1 0.1 0.1 at the start, 0.1 0.1 0.1 at the end".into(),
+            date: "today".into(),
+        }
+    }
+
     #[test]
     fn report_gives_ratios_and_targets() {
         let w = Workload::ALL[0];
@@ -380,17 +436,7 @@ mod tests {
                 held: 100,
             }],
         );
-        let method = Method {
-            command: "cargo xtask bench".into(),
-            repeats: 2,
-            seconds: 1.0,
-            connections: 16,
-            rate: 1000,
-            idle: 100,
-            machine: "test".into(),
-            date: "today".into(),
-        };
-        let md = r.markdown(&method);
+        let md = r.markdown(&method());
         // 500 / median(1000, 1200) and 500 / 400.
         assert!(
             md.contains("| laneway socket | 500 | 0.45 | 1.25 | 50 | 150 | 300 | 50 |"),
@@ -410,6 +456,36 @@ mod tests {
         assert!(
             svg.starts_with("<svg") && svg.contains("laneway socket: 0.45×"),
             "{svg}"
+        );
+    }
+
+    #[test]
+    fn http2_targets_are_relative_to_haproxy() {
+        let w = Workload::Http2Small;
+        let mut r = Results::default();
+        r.samples
+            .insert((Config::Direct, w), vec![sample(1000.0, 100.0)]);
+        r.samples
+            .insert((Config::Haproxy, w), vec![sample(400.0, 300.0)]);
+        r.samples.insert(
+            (Config::LanewaySocket, w),
+            vec![Sample {
+                cpu_per_1000: Some(0.02),
+                ..sample(500.0, 250.0)
+            }],
+        );
+        let md = r.markdown(&method());
+        assert!(
+            md.contains("| configuration | streams/s | × direct |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| throughput ≥ HAProxy (h2c, small) | 500 vs 400 streams/s (1.25×) | yes |\n\
+                 | p99 added over direct < 200 µs (h2c, small) | 150 µs | yes |\n\
+                 | router CPU ≤ HAProxy's (h2c, small) | 0.0200 vs 0.0100 s / 1000 streams (2.00×) | **no** |"
+            ),
+            "{md}"
         );
     }
 }

@@ -1,7 +1,8 @@
-//! The benchmark's node: a client pod per configuration, service `reviews`
-//! with one base and two `gray` endpoints (each an nginx serving a small and
-//! a 16 KiB answer), and the kube-proxy stand-in (iptables DNAT, which knows
-//! nothing of tags).
+//! The benchmark's node: a client pod per configuration, three endpoint
+//! pods (one base, two `gray`), two services on them (`reviews`: HTTP/1.1,
+//! an nginx in each pod serving a small and a 16 KiB answer; `echo`: h2c and
+//! gRPC, [`crate::h2::backend`] in each pod), and the kube-proxy stand-in
+//! (iptables DNAT, which knows nothing of tags).
 //!
 //! Each configuration has its own client pod (its own address), so the
 //! TIME_WAIT sockets and conntrack entries one leaves on the node cannot
@@ -17,7 +18,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::proxy::Config;
+use crate::{h2, proxy::Config};
 use laneway_tests::{
     client::Conn,
     node::{NODE_IP, Node, Scenario, ServiceSpec},
@@ -25,15 +26,17 @@ use laneway_tests::{
 
 /// The tag every benchmark request carries.
 pub const TAG: &str = "gray";
-/// The endpoints' port.
+/// The endpoints' HTTP/1.1 port (`reviews`).
 pub const BACKEND_PORT: u16 = 8080;
+/// The endpoints' h2c and gRPC port (`echo`).
+pub const H2_BACKEND_PORT: u16 = 9090;
 /// Size of the large answer, in bytes.
 pub const LARGE_BODY: usize = 16 * 1024;
 
 /// The running node. Dropped in field order: backends, then the node.
 pub struct BenchNode {
     _backends: Vec<Process>,
-    /// The scenario (one service; no pod enrolled yet).
+    /// The scenario (`reviews`, then `echo`; no pod enrolled yet).
     pub scenario: Scenario,
     /// The client pods' indices, one per configuration (see [`Config::ALL`]).
     clients: Vec<usize>,
@@ -61,6 +64,10 @@ impl BenchNode {
         }
         node.netns
             .sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
+        // The proxies' ports: an upstream connection still closing on one
+        // of them would keep the next configuration from listening there.
+        node.netns
+            .sysctl("net.ipv4.ip_local_reserved_ports", "15000-15010")?;
         node.netns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
         node.netns.sysctl("net.core.somaxconn", "8192")?;
         // iptables REDIRECT sends a packet to the first address of the
@@ -74,21 +81,31 @@ impl BenchNode {
                 &node.pods[*client].veth,
             ])?;
         }
+        let endpoints = vec![
+            (base, None),
+            (gray1, Some(TAG.into())),
+            (gray2, Some(TAG.into())),
+        ];
+        let reviews = ServiceSpec {
+            name: "reviews".into(),
+            vip: "10.96.0.10".parse()?,
+            vip6: None,
+            port: 80,
+            target_port: BACKEND_PORT,
+            protocol: "http",
+            policy: None,
+            endpoints,
+        };
+        // HTTP/2 with prior knowledge on an HTTP port: the router must
+        // recognise the preface itself.
+        let echo = ServiceSpec {
+            name: "echo".into(),
+            vip: "10.96.0.11".parse()?,
+            target_port: H2_BACKEND_PORT,
+            ..reviews.clone()
+        };
         let scenario = Scenario {
-            services: vec![ServiceSpec {
-                name: "reviews".into(),
-                vip: "10.96.0.10".parse()?,
-                vip6: None,
-                port: 80,
-                target_port: BACKEND_PORT,
-                protocol: "http",
-                policy: None,
-                endpoints: vec![
-                    (base, None),
-                    (gray1, Some(TAG.into())),
-                    (gray2, Some(TAG.into())),
-                ],
-            }],
+            services: vec![reviews, echo],
             enrolled: Vec::new(),
             router_extra: String::new(),
             bpf_extra: String::new(),
@@ -98,6 +115,7 @@ impl BenchNode {
         let mut backends = Vec::new();
         for pod in [base, gray1, gray2] {
             backends.push(backend(&node, pod, &large)?);
+            backends.push(h2_backend(&node, pod)?);
         }
         node.install_kube_proxy(&scenario)?;
         Ok(Self {
@@ -113,31 +131,51 @@ impl BenchNode {
         self.clients[Config::ALL.iter().position(|c| *c == config).unwrap_or(0)]
     }
 
-    /// The service VIP the client dials.
+    /// The VIP of `reviews`, which the HTTP/1.1 workloads dial.
     pub fn vip(&self) -> SocketAddr {
         Node::vip(&self.scenario.services[0])
     }
 
-    /// Endpoints of the service: `(address, name, tag)`.
-    pub fn endpoints(&self) -> Vec<(SocketAddr, &str, Option<&str>)> {
+    /// The VIP of `echo`, which the HTTP/2 and gRPC workloads dial.
+    pub fn h2_vip(&self) -> SocketAddr {
+        Node::vip(&self.scenario.services[1])
+    }
+
+    /// Both VIPs.
+    pub fn vips(&self) -> [SocketAddr; 2] {
+        [self.vip(), self.h2_vip()]
+    }
+
+    /// The endpoints' addresses for the HTTP/1.1 or the HTTP/2 workloads,
+    /// with their tags.
+    pub fn endpoints(&self, h2: bool) -> Vec<(SocketAddr, Option<&str>)> {
+        let port = if h2 { H2_BACKEND_PORT } else { BACKEND_PORT };
         self.scenario.services[0]
             .endpoints
             .iter()
             .map(|(pod, tag)| {
                 let pod = self.node.pod(*pod);
-                (
-                    SocketAddr::new(pod.ip.into(), BACKEND_PORT),
-                    pod.name.as_str(),
-                    tag.as_deref(),
-                )
+                (SocketAddr::new(pod.ip.into(), port), tag.as_deref())
             })
             .collect()
     }
 
-    /// Checks that a configuration routes: tagged requests reach a `gray`
-    /// endpoint (the numbers are worthless otherwise), both sizes answer in
-    /// full. `lanes` is false for the direct path, which cannot see tags.
-    pub fn check_routing(&self, client: usize, lanes: bool) -> Result<()> {
+    /// Checks that `config` routes both services: see
+    /// [`Self::check_http1_routing`] and [`h2::client::check_routing`]. The
+    /// numbers are worthless otherwise.
+    pub fn check_routing(&self, config: Config) -> Result<()> {
+        let client = self.client(config);
+        self.check_http1_routing(client, config.routes_lanes())
+            .context("HTTP/1.1 requests")?;
+        h2::client::check_routing(self.node.pod(client), self.h2_vip(), config.routes_lanes())
+            .context("HTTP/2 and gRPC streams")
+    }
+
+    /// Checks that tagged HTTP/1.1 requests from `client` reach a `gray`
+    /// endpoint, both sizes answer in full, and an untagged one reaches the
+    /// base endpoint. `lanes` is false for the direct path, which cannot see
+    /// tags.
+    fn check_http1_routing(&self, client: usize, lanes: bool) -> Result<()> {
         let mut conn = Conn::open(self.node.pod(client), self.vip())?;
         for (path, size) in [("/small", None), ("/large", Some(LARGE_BODY))] {
             for _ in 0..6 {
@@ -261,6 +299,31 @@ fn backend(node: &Node, pod: usize, large: &Path) -> Result<Process> {
         &prefix.join("stdout.log"),
         || laneway_tests::client::connect(client, addr).is_ok(),
         &format!("nginx backend {name}"),
+    )
+}
+
+/// [`h2::backend`] in `pod`, run as `laneway-bench h2-backend` (this
+/// program) inside the pod's netns.
+fn h2_backend(node: &Node, pod: usize) -> Result<Process> {
+    let pod = node.pod(pod);
+    let dir = scratch(node, &format!("{}-h2", pod.name))?;
+    let addr = SocketAddr::new(pod.ip.into(), H2_BACKEND_PORT);
+    let mut cmd = pod
+        .netns
+        .command(&std::env::current_exe()?.to_string_lossy());
+    cmd.args([
+        "h2-backend",
+        "--listen",
+        &addr.to_string(),
+        "--name",
+        &pod.name,
+    ]);
+    let client = &node.pods[0];
+    spawn_listening(
+        cmd,
+        &dir.join("stdout.log"),
+        || laneway_tests::client::connect(client, addr).is_ok(),
+        &format!("h2 backend {}", pod.name),
     )
 }
 

@@ -61,6 +61,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // The benchmark's baselines (and its backends).
     ("haproxy", "haproxy"),
     ("nginx", "nginx-light"),
+    // The benchmark's HTTP/2 and gRPC load generator.
+    ("h2load", "nghttp2-client"),
 ];
 
 fn main() -> Result<()> {
