@@ -663,8 +663,10 @@ pub fn proxy_config(config: &Config) -> ProxyConfig {
         response_timeout: r.response_timeout,
         sniff_timeout: r.sniff_timeout,
         pool_max_idle_per_endpoint: r.pool_max_idle_per_endpoint,
+        pool_max_idle_total: r.pool_max_idle_total,
         pool_idle_timeout: r.pool_idle_timeout,
         socket_mark: r.socket_mark,
+        upstream_source: r.upstream_source,
         retry_idempotent: r.retry_idempotent,
     }
 }

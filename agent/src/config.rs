@@ -116,6 +116,19 @@ impl RedirectMode {
     }
 }
 
+/// Where the router's upstream connections for an enrolled pod come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamSource {
+    /// From the pod's own network namespace and address (the default): the
+    /// endpoint sees the calling pod. Idle connections are pooled per pod.
+    #[default]
+    Pod,
+    /// From the node's address, as before: one pool per endpoint shared by
+    /// all pods, but endpoints (NetworkPolicies, access logs) see the node.
+    Node,
+}
+
 /// The router.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -141,6 +154,9 @@ pub struct RouterConfig {
     pub redirect_ipv6: Option<IpAddr>,
     /// `SO_MARK` on the router's own upstream sockets (loop guard); 0 = none.
     pub socket_mark: u32,
+    /// Where upstream connections for enrolled pods come from: `pod` (their
+    /// own namespace and address) or `node`.
+    pub upstream_source: UpstreamSource,
     /// Largest request head accepted; larger gets 431.
     pub max_header_bytes: usize,
     /// Upstream connect timeout.
@@ -159,8 +175,10 @@ pub struct RouterConfig {
     /// connection as an opaque (server-first) protocol.
     #[serde(with = "humantime_serde")]
     pub sniff_timeout: Duration,
-    /// Idle upstream connections kept per endpoint.
+    /// Idle upstream connections kept per calling pod and endpoint.
     pub pool_max_idle_per_endpoint: usize,
+    /// Idle upstream connections kept in all.
+    pub pool_max_idle_total: usize,
     /// Idle upstream connections close after this.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
@@ -191,6 +209,7 @@ impl Default for RouterConfig {
             redirect_ipv4: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             redirect_ipv6: None,
             socket_mark: 0x4c57,
+            upstream_source: UpstreamSource::Pod,
             max_header_bytes: 64 * 1024,
             connect_timeout: Duration::from_secs(1),
             header_timeout: Duration::from_secs(10),
@@ -198,6 +217,7 @@ impl Default for RouterConfig {
             idle_timeout: Duration::from_secs(60),
             sniff_timeout: Duration::from_millis(300),
             pool_max_idle_per_endpoint: 64,
+            pool_max_idle_total: 1024,
             pool_idle_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(20),
             outlier_consecutive_failures: 5,

@@ -283,6 +283,7 @@ mod tests {
         Applied {
             snapshot: Snapshot::from_config(&config, "t".into(), None, true),
             pods_by_cookie: Default::default(),
+            netns: Default::default(),
             unenrolled: Vec::new(),
         }
     }

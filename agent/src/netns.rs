@@ -5,7 +5,11 @@
 //! it does not depend on cgroup layout.
 //! Reading a cookie means creating a socket inside the namespace: that is done
 //! on a short-lived thread that `setns(CLONE_NEWNET)`s, so the agent itself
-//! never changes namespace.
+//! never changes namespace. The namespace stays open ([`Namespace`]) while
+//! its pod is enrolled: the router makes that pod's upstream sockets in it
+//! ([`sockets`]).
+
+pub mod sockets;
 
 use std::{
     collections::HashSet,
@@ -85,15 +89,25 @@ pub enum Error {
 /// all: a pod whose namespace is slower is reported, not waited for.
 pub const COOKIE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Namespaces whose cookie is still being read by a thread that outlived
-/// its [`cookies_of`] call: never more than one such thread per path.
+/// Namespaces still being opened by a thread that outlived its
+/// [`open_all`] call: never more than one such thread per path.
 static PENDING: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
 
-/// The cookies of the namespaces at `paths`, read in parallel, one thread
-/// each, waiting at most `timeout` in all. A namespace that is slow to open
-/// costs its own pod ([`Error::Slow`]), never the others, and the caller
-/// is never held longer than `timeout`.
-pub fn cookies_of(paths: &[&Path], timeout: Duration) -> Vec<Result<u64, Error>> {
+/// An open network namespace (a pod's) and its cookie. Holding it keeps the
+/// namespace alive: it is dropped when its pod leaves enrolment.
+#[derive(Debug)]
+pub struct Namespace {
+    /// The namespace's cookie (`SO_NETNS_COOKIE`).
+    pub cookie: u64,
+    /// The namespace itself, to `setns` into.
+    pub file: File,
+}
+
+/// The namespaces at `paths`, opened and their cookies read in parallel,
+/// one thread each, waiting at most `timeout` in all. A namespace that is
+/// slow to open costs its own pod ([`Error::Slow`]), never the others, and
+/// the caller is never held longer than `timeout`.
+pub fn open_all(paths: &[&Path], timeout: Duration) -> Vec<Result<Namespace, Error>> {
     let pending = |f: &mut dyn FnMut(&mut HashSet<PathBuf>) -> bool| {
         f(PENDING
             .lock()
@@ -105,7 +119,7 @@ pub fn cookies_of(paths: &[&Path], timeout: Duration) -> Vec<Result<u64, Error>>
         timeout,
     };
     let (tx, rx) = mpsc::channel();
-    let mut results: Vec<Option<Result<u64, Error>>> = Vec::with_capacity(paths.len());
+    let mut results: Vec<Option<Result<Namespace, Error>>> = Vec::with_capacity(paths.len());
     let mut waiting = 0;
     for (index, path) in paths.iter().enumerate() {
         let owned = path.to_path_buf();
@@ -118,7 +132,7 @@ pub fn cookies_of(paths: &[&Path], timeout: Duration) -> Vec<Result<u64, Error>>
         let spawned = std::thread::Builder::new()
             .name("laneway-netns".into())
             .spawn(move || {
-                let result = cookie_of(&owned);
+                let result = open(&owned);
                 pending(&mut |set| set.remove(&owned));
                 let _ = tx.send((index, result));
             });
@@ -154,28 +168,33 @@ pub fn cookies_of(paths: &[&Path], timeout: Duration) -> Vec<Result<u64, Error>>
         .collect()
 }
 
-/// The cookie of the network namespace at `path` (e.g. `/run/netns/pod` or
-/// `/proc/PID/ns/net`).
-pub fn cookie_of(path: &Path) -> Result<u64, Error> {
-    inside(path, || {
-        socket_cookie_here().map_err(|source| Error::Cookie {
-            path: path.to_owned(),
-            source,
-        })
-    })
-}
-
-/// Runs `f` on a short-lived thread that entered the network namespace at
-/// `path`; the agent itself never changes namespace.
-fn inside<T: Send>(path: &Path, f: impl FnOnce() -> Result<T, Error> + Send) -> Result<T, Error> {
+/// The network namespace at `path` (e.g. `/run/netns/pod` or
+/// `/proc/PID/ns/net`), open, with its cookie.
+pub fn open(path: &Path) -> Result<Namespace, Error> {
     let file = File::open(path).map_err(|source| Error::Open {
         path: path.to_owned(),
         source,
     })?;
+    let cookie = inside(path, &file, || {
+        socket_cookie_here().map_err(|source| Error::Cookie {
+            path: path.to_owned(),
+            source,
+        })
+    })?;
+    Ok(Namespace { cookie, file })
+}
+
+/// Runs `f` on a short-lived thread that entered the network namespace
+/// `file` (opened from `path`); the agent itself never changes namespace.
+fn inside<T: Send>(
+    path: &Path,
+    file: &File,
+    f: impl FnOnce() -> Result<T, Error> + Send,
+) -> Result<T, Error> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                enter(&file).map_err(|source| Error::Enter {
+                enter(file).map_err(|source| Error::Enter {
                     path: path.to_owned(),
                     source,
                 })?;
@@ -252,8 +271,8 @@ mod tests {
     #[test]
     fn own_namespace_cookie_matches_proc_self() {
         let here = socket_cookie_here().expect("SO_NETNS_COOKIE");
-        let via_path = cookie_of(Path::new("/proc/self/ns/net")).expect("cookie");
-        assert_eq!(here, via_path);
+        let via_path = open(Path::new("/proc/self/ns/net")).expect("cookie");
+        assert_eq!(here, via_path.cookie);
         assert_ne!(here, 0);
     }
 
@@ -268,16 +287,19 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let own = Path::new("/proc/self/ns/net");
         let started = Instant::now();
-        let cookies = cookies_of(&[&fifo, own], Duration::from_millis(300));
+        let cookies = open_all(&[&fifo, own], Duration::from_millis(300));
         assert!(started.elapsed() < Duration::from_secs(2), "bounded");
         assert!(
             matches!(&cookies[0], Err(Error::Slow { .. })),
             "{:?}",
             cookies[0]
         );
-        assert_eq!(*cookies[1].as_ref().unwrap(), socket_cookie_here().unwrap());
+        assert_eq!(
+            cookies[1].as_ref().unwrap().cookie,
+            socket_cookie_here().unwrap()
+        );
         // The thread still stuck on it is not joined by a second one.
-        let again = cookies_of(&[&fifo], Duration::from_secs(5));
+        let again = open_all(&[&fifo], Duration::from_secs(5));
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "answered at once"
@@ -293,7 +315,7 @@ mod tests {
 
     #[test]
     fn missing_namespace_is_a_clear_error() {
-        let e = cookie_of(Path::new("/run/netns/does-not-exist")).expect_err("missing");
+        let e = open(Path::new("/run/netns/does-not-exist")).expect_err("missing");
         assert!(e.to_string().contains("/run/netns/does-not-exist"), "{e}");
     }
 }
@@ -303,7 +325,11 @@ mod tests {
 /// in another netns (a pod's `eth0`). Found with an rtnetlink link dump from
 /// inside the pod's netns.
 pub fn host_peer_ifindex(path: &Path) -> Result<Option<u32>, Error> {
-    inside(path, || {
+    let file = File::open(path).map_err(|source| Error::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    inside(path, &file, || {
         link_dump_peer().map_err(|source| Error::Links {
             path: path.to_owned(),
             source,

@@ -19,7 +19,9 @@
 //! - `h2`: the HTTP/2 engine (`h2/upstream`: multiplexed upstream
 //!   connections, `h2/relay`: flow-controlled bodies, `h2/grpc`: gRPC
 //!   statuses and deadlines).
-//! - `pool`: upstream connect and the HTTP/1 per-endpoint connection pool.
+//! - `pool`: upstream connect (from the calling pod's network namespace)
+//!   and the HTTP/1 pools of idle upstream connections, per caller and
+//!   endpoint.
 //! - `l4`: opaque passthrough and raw tunnels (also used after `101`).
 
 pub(crate) mod h1;
@@ -32,7 +34,7 @@ pub(crate) mod tests;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-pub use pool::Pool;
+pub use pool::{Caller, Pool, Pools};
 
 /// Timeouts and limits (the agent fills it from its config).
 #[derive(Clone, Debug)]
@@ -57,13 +59,19 @@ pub struct ProxyConfig {
     /// (default 300 ms). Once a byte arrived, the bytes decide, within
     /// `header_timeout`.
     pub sniff_timeout: Duration,
-    /// At most this many idle upstream connections are kept per endpoint
-    /// (default 64).
+    /// At most this many idle upstream connections are kept per calling pod
+    /// and endpoint (default 64).
     pub pool_max_idle_per_endpoint: usize,
+    /// At most this many idle upstream connections are kept in all (default
+    /// 1024); the oldest makes room.
+    pub pool_max_idle_total: usize,
     /// Idle upstream connections are evicted after this (default 30 s).
     pub pool_idle_timeout: Duration,
     /// `SO_MARK` set on every upstream socket before connect (0 = do not set).
     pub socket_mark: u32,
+    /// Where the router makes an enrolled pod's upstream sockets (the engine
+    /// connects through the [`Pool`] it is given either way).
+    pub upstream_source: crate::config::UpstreamSource,
     /// Send an idempotent request without a body once more (on a fresh
     /// connection) when the upstream closed or reset before any response
     /// byte. A reused pooled connection found dead is always retried so.
@@ -80,8 +88,10 @@ impl Default for ProxyConfig {
             response_timeout: Duration::from_secs(15),
             sniff_timeout: Duration::from_millis(300),
             pool_max_idle_per_endpoint: 64,
+            pool_max_idle_total: 1024,
             pool_idle_timeout: Duration::from_secs(30),
             socket_mark: 0,
+            upstream_source: crate::config::UpstreamSource::Pod,
             retry_idempotent: true,
         }
     }
@@ -329,7 +339,7 @@ pub(crate) fn deadline_after(after: Duration) -> tokio::time::Instant {
 pub async fn serve_connection(
     client: tokio::net::TcpStream,
     routes: Arc<dyn Routes>,
-    pool: Arc<Pool>,
+    pool: Pool,
     cfg: Arc<ProxyConfig>,
     mode: Protocol,
 ) {
@@ -360,6 +370,6 @@ pub async fn serve_connection(
         Engine::H1 => h1::serve(client, &*routes, &pool, &cfg).await,
         // Boxed: a connection's task is as large as its largest engine's
         // state, and an idle HTTP/1 connection must not carry HTTP/2's.
-        Engine::H2 => Box::pin(h2::serve(client, routes, pool, cfg)).await,
+        Engine::H2 => Box::pin(h2::serve(client, routes, Arc::new(pool), cfg)).await,
     }
 }

@@ -13,6 +13,7 @@
 pub mod conns;
 
 use std::{
+    collections::{HashMap, HashSet},
     mem::MaybeUninit,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::AsRawFd,
@@ -34,9 +35,10 @@ use crate::{
         metrics::{Metrics, RequestLabels, status_class},
     },
     bpf::{self, ConnOrigins},
-    config::AppProtocol,
+    config::{AppProtocol, UpstreamSource},
+    netns::Namespace,
     proxy::{
-        self, InFlight, Pool, Protocol, ProxyConfig, RequestOutcome, RequestView, Route, Routed,
+        self, InFlight, Pools, Protocol, ProxyConfig, RequestOutcome, RequestView, Route, Routed,
         Routes, Target,
     },
     route::{self, Decision},
@@ -50,7 +52,10 @@ pub struct Applied {
     /// The snapshot.
     pub snapshot: Snapshot,
     /// Pod index by netns cookie, for the pods that were enrolled.
-    pub pods_by_cookie: std::collections::HashMap<u64, usize>,
+    pub pods_by_cookie: HashMap<u64, usize>,
+    /// The enrolled pods' network namespaces, open, by pod index: the
+    /// router makes their upstream sockets there.
+    pub netns: HashMap<usize, Arc<Namespace>>,
     /// Pods that should be enrolled and are not: `(namespace/name, reason)`.
     pub unenrolled: Vec<(String, String)>,
 }
@@ -58,9 +63,15 @@ pub struct Applied {
 impl Applied {
     /// The calling pod, by netns cookie (socket mode) or by source IP.
     pub fn caller(&self, netns_cookie: Option<u64>, peer: IpAddr) -> Option<&Pod> {
+        self.caller_index(netns_cookie, peer)
+            .map(|i| &self.snapshot.pods[i])
+    }
+
+    /// The calling pod's index in the snapshot (see [`Applied::caller`]).
+    fn caller_index(&self, netns_cookie: Option<u64>, peer: IpAddr) -> Option<usize> {
         let by_cookie = netns_cookie.and_then(|c| self.pods_by_cookie.get(&c));
         let by_ip = || self.snapshot.pods_by_ip.get(&canonical(peer));
-        by_cookie.or_else(by_ip).map(|&i| &self.snapshot.pods[i])
+        by_cookie.or_else(by_ip).copied()
     }
 }
 
@@ -70,7 +81,7 @@ pub struct Router {
     /// laneway's records of redirected connections (none: the router runs
     /// behind an iptables REDIRECT, as in the benchmark's baseline).
     origins: Option<ConnOrigins>,
-    pool: Arc<Pool>,
+    pools: Arc<Pools>,
     proxy: Arc<ProxyConfig>,
     /// What the router tells the admin API.
     pub telemetry: Arc<Telemetry>,
@@ -113,10 +124,12 @@ impl Router {
     pub fn new(applied: Applied, proxy: ProxyConfig, origins: Option<ConnOrigins>) -> Arc<Self> {
         let telemetry = Arc::new(Telemetry::default());
         telemetry.metrics.known_services(service_ids(&applied));
+        let pools = Arc::new(Pools::new(&proxy));
+        pools.update(eligible_endpoints(&applied), callers(&applied));
         Arc::new(Self {
             applied: ArcSwap::from_pointee(applied),
             origins,
-            pool: Arc::new(Pool::new(&proxy)),
+            pools,
             proxy: Arc::new(proxy),
             telemetry,
         })
@@ -124,25 +137,20 @@ impl Router {
 
     /// Swaps in a new state; connections pick it up at their next request.
     /// Upstream connections to endpoints that can no longer take requests
-    /// (terminating, not serving, removed) are not reused.
+    /// (terminating, not serving, removed) are not reused, nor those of pods
+    /// no longer enrolled (their idle ones close now, with the pods'
+    /// namespaces).
     pub fn swap(&self, applied: Applied) {
-        let eligible = applied
-            .snapshot
-            .ports
-            .iter()
-            .flat_map(|p| p.backends.iter())
-            .filter(|b| b.eligible())
-            .map(|b| b.addr)
-            .collect();
+        let (eligible, callers) = (eligible_endpoints(&applied), callers(&applied));
         self.telemetry.metrics.known_services(service_ids(&applied));
         self.applied.store(Arc::new(applied));
-        self.pool.retain_endpoints(eligible);
+        self.pools.update(eligible, callers);
     }
 
     /// Starts draining: each client connection closes after its current
     /// request (`Connection: close`), idle ones at once.
     pub fn begin_drain(&self) {
-        self.pool.begin_drain();
+        self.pools.begin_drain();
     }
 
     /// The current state.
@@ -196,9 +204,15 @@ impl Router {
             AppProtocol::Http2 => Protocol::Http2,
             AppProtocol::Tcp => Protocol::Opaque,
         };
-        let caller = applied
-            .caller(origin.netns_cookie, peer.ip())
-            .map(|p| p.to_string());
+        let caller_index = applied.caller_index(origin.netns_cookie, peer.ip());
+        let caller = caller_index.map(|i| applied.snapshot.pods[i].to_string());
+        // An enrolled pod's upstream connections come from its namespace.
+        let upstream_caller = match self.proxy.upstream_source {
+            UpstreamSource::Pod => caller_index
+                .and_then(|i| applied.netns.get(&i))
+                .map(|netns| netns.cookie),
+            UpstreamSource::Node => None,
+        };
         let service = applied.snapshot.service_of(port).id.to_string();
         debug!(%peer, destination = %origin.destination, %service, caller, "redirected connection");
         let registration = self.telemetry.conns.register(conns::NewConn {
@@ -220,13 +234,34 @@ impl Router {
         proxy::serve_connection(
             stream,
             routes,
-            self.pool.clone(),
+            self.pools.of(upstream_caller),
             self.proxy.clone(),
             protocol,
         )
         .await;
         drop(registration);
     }
+}
+
+/// The endpoints of a state that may take new requests.
+fn eligible_endpoints(applied: &Applied) -> HashSet<SocketAddr> {
+    applied
+        .snapshot
+        .ports
+        .iter()
+        .flat_map(|p| p.backends.iter())
+        .filter(|b| b.eligible())
+        .map(|b| b.addr)
+        .collect()
+}
+
+/// The enrolled pods' namespaces of a state, by netns cookie.
+fn callers(applied: &Applied) -> HashMap<u64, Arc<Namespace>> {
+    applied
+        .netns
+        .values()
+        .map(|netns| (netns.cookie, netns.clone()))
+        .collect()
 }
 
 /// `namespace/name` of every service of a state.

@@ -2,9 +2,10 @@
 //! TCP echo server, each listening inside a pod's netns (IPv4 and IPv6).
 //!
 //! The HTTP backend answers every request with headers `x-endpoint` (its
-//! name), `x-peer` (the source address it saw: the node's address means the
-//! request came through the router, a pod's means it came the direct way)
-//! and `x-seen-tag` (the tag header it received), and its name as the body.
+//! name), `x-peer` (the source address it saw: the calling pod's, whether
+//! the request came the direct way or through the router; the node's for a
+//! caller that is no enrolled pod, through the router) and `x-seen-tag` (the
+//! tag header it received), and its name as the body.
 
 use std::{
     fs::File,
@@ -103,6 +104,11 @@ impl Backend {
     /// TCP connections accepted so far.
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// TCP connections being served now (accepted, and not yet closed).
+    pub fn open_connections(&self) -> usize {
+        self.open.lock().map_or(0, |open| open.len())
     }
 
     fn start(

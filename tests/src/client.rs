@@ -11,6 +11,10 @@ use anyhow::{Context, Result, bail};
 
 use crate::node::Pod;
 
+/// The request field that asks laneway's router to explain its route, and
+/// the response field it answers in.
+const ROUTE_HEADER: &str = laneway::router::ROUTE_HEADER;
+
 /// Opens a TCP connection from inside `pod`.
 pub fn connect(pod: &Pod, to: SocketAddr) -> Result<TcpStream> {
     let stream = pod
@@ -42,10 +46,14 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Whether the request went through laneway's router: the backend saw
-    /// the node's address (the direct, DNAT path keeps the pod's).
+    /// Whether the request went through laneway's router: it answered the
+    /// `x-laneway-route` question that [`Conn::get`] asks with every request
+    /// (the test backends never send that field, so the direct, DNAT path
+    /// cannot). The source address tells nothing any more: the router
+    /// connects from the calling pod's own address. L4 streams carry no such
+    /// answer.
     pub fn routed(&self) -> bool {
-        self.header("x-peer") == Some(&crate::node::NODE_IP.to_string())
+        self.header(ROUTE_HEADER).is_some()
     }
 
     /// The endpoint that answered (`x-endpoint`), or "" for laneway's own answers.
@@ -87,9 +95,18 @@ impl Conn {
         &self.writer
     }
 
-    /// Sends `GET path` with extra headers and reads the response.
+    /// Sends `GET path` with extra headers and reads the response. The
+    /// request asks laneway to explain its route (`x-laneway-route`), so
+    /// the response says whether it went through the router
+    /// ([`Response::routed`]).
     pub fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Result<Response> {
         let mut req = format!("GET {path} HTTP/1.1\r\nhost: {}\r\n", self.host);
+        if !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(ROUTE_HEADER))
+        {
+            req.push_str(&format!("{ROUTE_HEADER}: 1\r\n"));
+        }
         for (n, v) in headers {
             req.push_str(&format!("{n}: {v}\r\n"));
         }
@@ -175,11 +192,10 @@ impl Conn {
     }
 }
 
-/// One request on a fresh connection, asking laneway to explain its route.
+/// One request on a fresh connection (asking laneway to explain its route,
+/// as every [`Conn::get`]).
 pub fn get(pod: &Pod, to: SocketAddr, headers: &[(&str, &str)]) -> Result<Response> {
-    let mut all = vec![("x-laneway-route", "1")];
-    all.extend_from_slice(headers);
-    Conn::open(pod, to)?.get("/", &all)
+    Conn::open(pod, to)?.get("/", headers)
 }
 
 /// `SO_LINGER` 0: closing the socket sends a reset and leaves no TIME_WAIT.

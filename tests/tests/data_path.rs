@@ -527,16 +527,17 @@ fn a_service_with_no_serving_endpoint_answers_503_naming_it(mode: Mode) -> Resul
 }
 
 /// The router's own upstream connects are never sent back to the router,
-/// even when an endpoint is itself a service VIP and someone asks to enrol
-/// the router's network namespace (a host-network pod): the agent refuses
-/// that enrolment and says why (and the router's sockets carry a mark the
-/// connect programs leave alone, a second guard).
+/// even when an endpoint is itself a service VIP: the router's socket for
+/// the enrolled client is made in the client's (enrolled) network
+/// namespace, so only its mark keeps the connect programs off it. And
+/// someone asking to enrol the router's network namespace (a host-network
+/// pod) is refused, with the reason.
 fn the_routers_own_connects_are_never_redirected(mode: Mode) -> Result<()> {
     let s = start(mode)?;
     let base = s.node.pod(s.pods.base).ip;
     // An `alias` service whose one endpoint is the reviews VIP, the node's
-    // own netns enrolled, and (for the node's own connects) a route and a
-    // kube-proxy rule for that VIP.
+    // own netns enrolled, and a kube-proxy rule sending the client's
+    // connects to that VIP to the base endpoint only.
     s.agent.rewrite_config(|text| {
         format!(
             "{}  - {{name: host-network, netns: {}}}\n",
@@ -555,13 +556,9 @@ fn the_routers_own_connects_are_never_redirected(mode: Mode) -> Result<()> {
         "{}",
         s.agent.log()
     );
-    let base_veth = &s.node.pod(s.pods.base).veth;
-    s.node
-        .netns
-        .ip(&["route", "add", "10.96.0.10/32", "dev", base_veth])?;
     s.node.dnat(
-        "OUTPUT",
-        None,
+        "PREROUTING",
+        Some(s.node.pod(s.pods.client).ip.into()),
         s.reviews(),
         SocketAddr::new(base.into(), 8080),
     )?;

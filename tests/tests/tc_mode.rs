@@ -14,7 +14,6 @@ use laneway_tests::{
     Agent, Node, Standard,
     backend::Backend,
     client::{self, Conn},
-    node::NODE_IP,
     standard,
 };
 
@@ -265,7 +264,7 @@ fn in_both_mode_tc_steers_what_the_connect_hooks_did_not_see() -> Result<()> {
     let root = laneway_tests::node::cgroup2_root()?;
     let script = format!(
         "echo $$ > {}/cgroup.procs && exec nsenter --net={} curl -sS -i -m 5 \
-         -H 'x-mse-tag: joint1' http://{}/",
+         -H 'x-mse-tag: joint1' -H 'x-laneway-route: 1' http://{}/",
         root.display(),
         s.node.pod(s.pods.client).netns.path().display(),
         s.reviews()
@@ -281,8 +280,13 @@ fn in_both_mode_tc_steers_what_the_connect_hooks_did_not_see() -> Result<()> {
     );
     assert!(text.contains("x-endpoint: reviews-joint1"), "{text}");
     assert!(
-        text.contains(&format!("x-peer: {NODE_IP}")),
+        text.contains("x-laneway-route: decision=tagged"),
         "through the router:\n{text}"
+    );
+    let client_ip = s.node.pod(s.pods.client).ip;
+    assert!(
+        text.contains(&format!("x-peer: {client_ip}\r\n")),
+        "from the pod's own address:\n{text}"
     );
     // And the socket programs still steer what they see.
     let r = client::get(

@@ -78,14 +78,15 @@ fn start_user(node: &Node, text: &str) -> Result<Agent> {
 }
 
 /// Asks `to` from pod `client` with `tag` (or none) and checks the answer
-/// came from `endpoint` through a router whose node address is `node_ip`.
+/// came from `endpoint` through the router, which reached it from the
+/// client's own address `caller_ip`.
 fn ask(
     node: &Node,
     client: usize,
     to: SocketAddr,
     tag: Option<&str>,
     endpoint: &str,
-    node_ip: IpAddr,
+    caller_ip: IpAddr,
 ) -> Result<Response> {
     let headers: Vec<(&str, &str)> = tag.map(|t| ("x-mse-tag", t)).into_iter().collect();
     let r = client::get(node.pod(client), to, &headers)?;
@@ -93,9 +94,10 @@ fn ask(
         r.status == 200 && r.endpoint() == endpoint,
         "{tag:?} to {to}: wanted {endpoint}, got {r:?}"
     );
+    ensure!(r.routed(), "{tag:?} to {to}: not through the router: {r:?}");
     ensure!(
-        r.header("x-peer") == Some(&node_ip.to_string()),
-        "{tag:?} to {to}: not through the router at {node_ip}: {r:?}"
+        r.header("x-peer") == Some(&caller_ip.to_string()),
+        "{tag:?} to {to}: the endpoint did not see the caller {caller_ip}: {r:?}"
     );
     ensure!(r.header("x-seen-tag") == Some(tag.unwrap_or("-")), "{r:?}");
     Ok(r)
@@ -103,10 +105,10 @@ fn ask(
 
 /// An untagged and a joint1 request from pod 0 to `to`: each answered
 /// by its lane's endpoint (`reviews-base`, `reviews-joint1`) through the
-/// router at `node_ip`.
-fn ask_both_lanes(node: &Node, to: SocketAddr, node_ip: IpAddr) -> Result<()> {
-    ask(node, 0, to, None, "reviews-base", node_ip)?;
-    ask(node, 0, to, Some("joint1"), "reviews-joint1", node_ip)?;
+/// router, from pod 0's address `caller_ip`.
+fn ask_both_lanes(node: &Node, to: SocketAddr, caller_ip: IpAddr) -> Result<()> {
+    ask(node, 0, to, None, "reviews-base", caller_ip)?;
+    ask(node, 0, to, Some("joint1"), "reviews-joint1", caller_ip)?;
     Ok(())
 }
 
@@ -143,10 +145,10 @@ fn readme_smallest_config_routes_by_lane() -> Result<()> {
     }
     let agent = start_user(&node, &text)?;
     let vip: SocketAddr = "10.96.0.10:80".parse()?;
-    let node_ip = IpAddr::V4(node.ip);
-    ask(&node, 0, vip, None, "reviews-base", node_ip)?;
-    ask(&node, 0, vip, Some("joint1"), "reviews-joint1", node_ip)?;
-    ask(&node, 0, vip, Some("joint2"), "reviews-base", node_ip)?;
+    let client_ip = IpAddr::V4(node.pod(0).ip);
+    ask(&node, 0, vip, None, "reviews-base", client_ip)?;
+    ask(&node, 0, vip, Some("joint1"), "reviews-joint1", client_ip)?;
+    ask(&node, 0, vip, Some("joint2"), "reviews-base", client_ip)?;
     ensure!(
         agent
             .log()
@@ -173,7 +175,7 @@ fn defaults_of_the_smallest_config_each_work() -> Result<()> {
         "10.96.0.10:80".parse()?,
         Some("joint1"),
         "reviews-joint1",
-        IpAddr::V4(node.ip),
+        IpAddr::V4(node.pod(0).ip),
     )?;
     for path in ["/healthz", "/readyz"] {
         let (code, _) = node.admin_get(path)?;
@@ -241,7 +243,7 @@ fn routes_by_lane_with_defaults(options: NodeOptions) -> Result<()> {
     let ips = [node.pod(1).ip.into(), node.pod(2).ip.into()];
     let _agent = start_user(&node, &lane_config("", "10.96.0.10".parse()?, ips))?;
     let vip: SocketAddr = "10.96.0.10:80".parse()?;
-    ask_both_lanes(&node, vip, node.ip.into())
+    ask_both_lanes(&node, vip, node.pod(0).ip.into())
 }
 
 /// An IPv4-only node (no IPv6 address on the node or its pods): the
@@ -282,7 +284,7 @@ fn ipv6_only_node_routes_by_lane() -> Result<()> {
     let vip: IpAddr = "fd00:96::10".parse()?;
     let agent = start_user(&node, &lane_config(&router, vip, ips))?;
     let to = SocketAddr::new(vip, 80);
-    ask_both_lanes(&node, to, node.ip6.into())?;
+    ask_both_lanes(&node, to, node.pod(0).ip6.into())?;
     ensure!(
         agent.log().contains("IPv4 connects are not redirected"),
         "{}",
@@ -428,7 +430,7 @@ fn shipped_daemonset_and_configmap_route_by_lane_in_kube_mode() -> Result<()> {
         },
     )?;
     let vip = Node::vip(&reviews);
-    ask_both_lanes(&node, vip, node.ip.into())?;
+    ask_both_lanes(&node, vip, node.pod(0).ip.into())?;
     let r = client::get(node.pod(joint1), vip, &[])?;
     ensure!(
         r.routed() && r.endpoint() == "reviews-joint1",
@@ -445,7 +447,7 @@ fn gray_share(node: &Node, client: usize, vip: SocketAddr, n: usize) -> Result<u
     let mut gray = 0;
     for _ in 0..n {
         let r = conn.get("/", &[])?;
-        ensure!(r.header("x-peer") == Some(&node.ip.to_string()), "{r:?}");
+        ensure!(r.routed(), "{r:?}");
         gray += usize::from(r.endpoint() == "reviews-gray");
     }
     Ok(gray)
@@ -503,11 +505,25 @@ fn two_nodes_agree_on_lanes_canary_and_sticky_keys() -> Result<()> {
     let vip: SocketAddr = "10.96.0.10:80".parse()?;
 
     a.join_cgroup()?;
-    ask(&a, 0, vip, Some("joint1"), "reviews-joint1", a.ip.into())
-        .with_context(|| format!("node A's agent:\n{}", agent_a.log()))?;
+    ask(
+        &a,
+        0,
+        vip,
+        Some("joint1"),
+        "reviews-joint1",
+        a.pod(0).ip.into(),
+    )
+    .with_context(|| format!("node A's agent:\n{}", agent_a.log()))?;
     b.join_cgroup()?;
-    ask(&b, 0, vip, Some("joint2"), "reviews-base", b.ip.into())
-        .with_context(|| format!("node B's agent:\n{}", agent_b.log()))?;
+    ask(
+        &b,
+        0,
+        vip,
+        Some("joint2"),
+        "reviews-base",
+        b.pod(0).ip.into(),
+    )
+    .with_context(|| format!("node B's agent:\n{}", agent_b.log()))?;
 
     let keys: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
     let from_a = sticky(&a, 0, vip, &keys)?;
@@ -557,5 +573,5 @@ fn tc_mode_with_only_its_required_fields_routes_by_lane() -> Result<()> {
     );
     let _agent = start_user(&node, &pod(&format!(", ips: [{}]", node.pod(0).ip))?)?;
     let vip: SocketAddr = "10.96.0.10:80".parse()?;
-    ask_both_lanes(&node, vip, IpAddr::V4(node.ip))
+    ask_both_lanes(&node, vip, IpAddr::V4(node.pod(0).ip))
 }

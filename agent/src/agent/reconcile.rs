@@ -1,7 +1,9 @@
-//! Applying a snapshot: each pod's network-namespace cookie is read first,
-//! with no lock held and in bounded time; then the maps are written under
-//! the datapath lock and the router swaps the result in. A failed apply
-//! leaves the last good state routing and is tried again.
+//! Applying a snapshot: each pod's network namespace is opened and its
+//! cookie read first, with no lock held and in bounded time; then the maps
+//! are written under the datapath lock and the router swaps the result in
+//! (with the enrolled pods' namespaces, kept open for their upstream
+//! sockets). A failed apply leaves the last good state routing and is tried
+//! again.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -119,10 +121,10 @@ impl Reconciler {
         // Failed until it is applied.
         let failed_before = self.failed.swap(true, Ordering::Relaxed);
         // Slow work (entering every pod's netns) before the lock.
-        let cookies = pod_cookies(&snapshot);
+        let namespaces = pod_namespaces(&snapshot);
         let applied = {
             let mut dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
-            write_maps(&mut dp, snapshot, cookies, unenrolled, self.mode)?
+            write_maps(&mut dp, snapshot, namespaces, unenrolled, self.mode)?
         };
         self.router.swap(applied);
         self.router.telemetry.metrics.snapshot_applied();
@@ -227,8 +229,14 @@ pub fn first(
 ) -> Result<Applied, Error> {
     let mut snapshot = Snapshot::from_config(&input.config, source.to_owned(), None, true);
     mark_policy_errors(&mut snapshot, &input.policy_errors);
-    let cookies = pod_cookies(&snapshot);
-    write_maps(datapath, snapshot, cookies, input.unenrolled.clone(), mode)
+    let namespaces = pod_namespaces(&snapshot);
+    write_maps(
+        datapath,
+        snapshot,
+        namespaces,
+        input.unenrolled.clone(),
+        mode,
+    )
 }
 
 /// Shows each rejected policy on its service (it keeps its last good one).
@@ -244,19 +252,19 @@ fn mark_policy_errors(snapshot: &mut Snapshot, errors: &[(String, String)]) {
     }
 }
 
-/// Each pod's netns cookie (in the snapshot's pod order), read in parallel
-/// and in bounded time ([`netns::COOKIE_TIMEOUT`]).
-fn pod_cookies(snapshot: &Snapshot) -> Vec<Result<u64, netns::Error>> {
+/// Each pod's network namespace with its cookie (in the snapshot's pod
+/// order), opened in parallel and in bounded time ([`netns::COOKIE_TIMEOUT`]).
+fn pod_namespaces(snapshot: &Snapshot) -> Vec<Result<netns::Namespace, netns::Error>> {
     let paths: Vec<&std::path::Path> = snapshot.pods.iter().map(|p| p.netns.as_path()).collect();
-    netns::cookies_of(&paths, netns::COOKIE_TIMEOUT)
+    netns::open_all(&paths, netns::COOKIE_TIMEOUT)
 }
 
-/// Writes a snapshot to the maps, given each pod's netns cookie, and
-/// returns what the router needs.
+/// Writes a snapshot to the maps, given each pod's network namespace, and
+/// returns what the router needs (with the enrolled pods' namespaces).
 fn write_maps(
     datapath: &mut Datapath,
     snapshot: Snapshot,
-    cookies: Vec<Result<u64, netns::Error>>,
+    namespaces: Vec<Result<netns::Namespace, netns::Error>>,
     mut unenrolled: Vec<(String, String)>,
     mode: RedirectMode,
 ) -> Result<Applied, Error> {
@@ -275,14 +283,16 @@ fn write_maps(
     }
     let mut enrolled = HashMap::new();
     let mut pods_by_cookie = HashMap::new();
-    for ((index, pod), cookie) in snapshot.pods.iter().enumerate().zip(cookies) {
-        match cookie {
-            Ok(cookie) if Some(cookie) == own_netns => {
+    let mut pod_netns = HashMap::new();
+    for ((index, pod), namespace) in snapshot.pods.iter().enumerate().zip(namespaces) {
+        match namespace {
+            Ok(namespace) if Some(namespace.cookie) == own_netns => {
                 let reason = "its network namespace is the agent's own: redirecting it would loop the router";
                 error!(%pod, netns = %pod.netns.display(), "not enrolled: {reason}");
                 unenrolled.push((pod.to_string(), reason.to_owned()));
             }
-            Ok(cookie) => {
+            Ok(namespace) => {
+                let cookie = namespace.cookie;
                 if mode.socket() {
                     enrolled.insert(
                         cookie,
@@ -293,6 +303,7 @@ fn write_maps(
                     );
                 }
                 pods_by_cookie.insert(cookie, index);
+                pod_netns.insert(index, Arc::new(namespace));
             }
             Err(e) => {
                 warn!(%pod, error = %e, "not enrolled: network namespace not usable");
@@ -329,6 +340,7 @@ fn write_maps(
     Ok(Applied {
         snapshot,
         pods_by_cookie,
+        netns: pod_netns,
         unenrolled,
     })
 }

@@ -446,7 +446,7 @@ pub(crate) fn to_tagged(endpoint: SocketAddr, tag: Option<&str>, route: Option<&
 pub(crate) struct Proxy {
     pub(crate) addr: SocketAddr,
     routes: Arc<TestRoutes>,
-    pub(crate) pool: Arc<Pool>,
+    pub(crate) pool: Arc<Pools>,
 }
 
 impl Proxy {
@@ -454,13 +454,13 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let routes = Arc::new(routes);
-        let pool = Arc::new(Pool::new(&cfg));
+        let pool = Arc::new(Pools::new(&cfg));
         let cfg = Arc::new(cfg);
         let (r, p) = (routes.clone(), pool.clone());
         tokio::spawn(async move {
             while let Ok((s, _)) = listener.accept().await {
                 let routes: Arc<dyn Routes> = r.clone();
-                tokio::spawn(serve_connection(s, routes, p.clone(), cfg.clone(), mode));
+                tokio::spawn(serve_connection(s, routes, p.of(None), cfg.clone(), mode));
             }
         });
         Proxy { addr, routes, pool }

@@ -79,6 +79,7 @@ fn applied(config: &str, previous: Option<&Snapshot>) -> Applied {
     Applied {
         snapshot: Snapshot::from_config(&config, "test".into(), previous, previous.is_none()),
         pods_by_cookie: HashMap::new(),
+        netns: HashMap::new(),
         unenrolled: Vec::new(),
     }
 }

@@ -185,7 +185,7 @@ async fn handle(shared: &Shared, parts: &Parts, client: &mut ClientSide, out: &m
         retries += 1;
         // The same endpoint on another connection; if none can be opened,
         // another endpoint.
-        slot = match shared.pool.h2.open(&shared.pool, target.endpoint).await {
+        slot = match shared.pool.h2().open(&shared.pool, target.endpoint).await {
             Ok(slot) => slot,
             Err(e) => {
                 tracing::debug!(error = %e, "upstream HTTP/2 connect failed");
@@ -218,7 +218,7 @@ async fn route(
             Route::Forward(target)
                 if !exclude.contains(&target.endpoint) && exclude.len() < MAX_CONNECT_ATTEMPTS =>
             {
-                match shared.pool.h2.open(&shared.pool, target.endpoint).await {
+                match shared.pool.h2().open(&shared.pool, target.endpoint).await {
                     Ok(slot) => {
                         out.target = Some(target.clone());
                         return Ok((target, slot));

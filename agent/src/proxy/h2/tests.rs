@@ -631,7 +631,7 @@ async fn a_terminating_endpoint_gets_no_new_stream_while_its_open_one_finishes()
     };
     backend.wait_streams(1).await;
     assert_eq!(proxy.pool.h2.connections(addr), 1);
-    proxy.pool.retain_endpoints(Default::default());
+    proxy.pool.update(Default::default(), Default::default());
     assert_eq!(
         proxy.pool.h2.connections(addr),
         0,

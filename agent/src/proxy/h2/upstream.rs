@@ -1,7 +1,8 @@
 //! Multiplexed HTTP/2 connections to the endpoints, shared by the streams
-//! of all client connections.
+//! of all client connections of one caller (a connection has the calling
+//! pod's address, see [`crate::proxy::pool`]).
 //!
-//! Each endpoint has a list of connections; a stream goes on the first one
+//! Each (caller, endpoint) has a list of connections; a stream goes on the first one
 //! that has fewer streams open than the peer's
 //! `SETTINGS_MAX_CONCURRENT_STREAMS` (and than [`STREAMS_PER_CONNECTION`]),
 //! else on a new connection. A connection
@@ -30,7 +31,7 @@ use futures::FutureExt;
 use h2::client::SendRequest;
 
 use super::STREAM_WINDOW;
-use crate::proxy::pool::{self, Pool};
+use crate::proxy::pool::{self, Key, Pool};
 
 /// Receive window of each upstream connection.
 const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
@@ -108,20 +109,33 @@ impl Drop for Lease {
 }
 
 struct State {
-    by_endpoint: HashMap<SocketAddr, Vec<Arc<Conn>>>,
+    by_endpoint: HashMap<Key, Vec<Arc<Conn>>>,
     /// When every endpoint's list was last rid of expired connections.
     last_sweep: Instant,
     /// Endpoints that may take new streams; `None` until the router says.
     eligible: Option<HashSet<SocketAddr>>,
+    /// The enrolled pods (netns cookies) whose connections are kept;
+    /// `None` until the router says.
+    callers: Option<HashSet<u64>>,
     draining: bool,
     /// Held while a connection to the endpoint is being opened.
-    connecting: HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>,
+    connecting: HashMap<Key, Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl State {
+    /// Whether connections of `key` may take new streams.
+    fn keeps(&self, key: &Key) -> bool {
+        let eligible = self.eligible.as_ref();
+        let callers = self.callers.as_ref();
+        eligible.is_none_or(|e| e.contains(&key.endpoint))
+            && key
+                .caller
+                .is_none_or(|c| callers.is_none_or(|callers| callers.contains(&c)))
+    }
+
     /// Forgets the connections that are closed or idle past `idle_timeout`:
     /// of `endpoint`, and, at most once per idle timeout, of every endpoint.
-    fn sweep(&mut self, endpoint: SocketAddr, idle_timeout: Duration) {
+    fn sweep(&mut self, endpoint: Key, idle_timeout: Duration) {
         let keep = |conns: &mut Vec<Arc<Conn>>| {
             conns.retain(|c| c.usable() && !c.expired(idle_timeout));
             !conns.is_empty()
@@ -159,6 +173,7 @@ impl Upstreams {
                 by_endpoint: HashMap::new(),
                 last_sweep: Instant::now(),
                 eligible: None,
+                callers: None,
                 draining: false,
                 connecting: HashMap::new(),
             }),
@@ -178,13 +193,14 @@ impl Upstreams {
         pool: &Pool,
         endpoint: SocketAddr,
     ) -> Result<(SendRequest<Bytes>, Lease), Error> {
-        if let Some(slot) = self.reuse(endpoint) {
+        let key = pool.key(endpoint);
+        if let Some(slot) = self.reuse(key) {
             return Ok(slot);
         }
-        let connecting = self.lock().connecting.entry(endpoint).or_default().clone();
+        let connecting = self.lock().connecting.entry(key).or_default().clone();
         let _connecting = connecting.lock().await;
         // Another stream may have opened one meanwhile.
-        if let Some(slot) = self.reuse(endpoint) {
+        if let Some(slot) = self.reuse(key) {
             return Ok(slot);
         }
         let conn = self.connect(pool, endpoint).await?;
@@ -193,19 +209,15 @@ impl Upstreams {
         })?;
         drop(_connecting);
         let mut state = self.lock();
-        let keep = !state.draining
-            && state
-                .eligible
-                .as_ref()
-                .is_none_or(|e| e.contains(&endpoint));
+        let keep = !state.draining && state.keeps(&key);
         if keep {
-            state.by_endpoint.entry(endpoint).or_default().push(conn);
+            state.by_endpoint.entry(key).or_default().push(conn);
         }
         Ok(slot)
     }
 
     /// A slot on an existing connection with room for another stream.
-    fn reuse(&self, endpoint: SocketAddr) -> Option<(SendRequest<Bytes>, Lease)> {
+    fn reuse(&self, endpoint: Key) -> Option<(SendRequest<Bytes>, Lease)> {
         let mut state = self.lock();
         state.sweep(endpoint, self.idle_timeout);
         state.by_endpoint.get(&endpoint)?.iter().find_map(lease)
@@ -245,21 +257,27 @@ impl Upstreams {
         }))
     }
 
-    /// New streams go only to `eligible` endpoints: connections to the
-    /// others take no new stream and close once their streams finished.
-    pub(crate) fn retain_endpoints(&self, eligible: &HashSet<SocketAddr>) {
+    /// New streams go only to `eligible` endpoints and for the enrolled
+    /// pods `callers`: connections of the others take no new stream and
+    /// close once their streams finished.
+    pub(crate) fn retain(&self, eligible: &HashSet<SocketAddr>, callers: HashSet<u64>) {
         let dropped: Vec<Vec<Arc<Conn>>> = {
             let mut state = self.lock();
-            let gone: Vec<SocketAddr> = state
+            state.eligible = Some(eligible.clone());
+            state.callers = Some(callers);
+            let gone: Vec<Key> = state
                 .by_endpoint
                 .keys()
-                .filter(|e| !eligible.contains(e))
+                .filter(|k| !state.keeps(k))
                 .copied()
                 .collect();
-            state.eligible = Some(eligible.clone());
-            state.connecting.retain(|e, _| eligible.contains(e));
+            let connecting = std::mem::take(&mut state.connecting);
+            state.connecting = connecting
+                .into_iter()
+                .filter(|(k, _)| state.keeps(k))
+                .collect();
             gone.iter()
-                .filter_map(|e| state.by_endpoint.remove(e))
+                .filter_map(|k| state.by_endpoint.remove(k))
                 .collect()
         };
         drop(dropped);
@@ -278,7 +296,12 @@ impl Upstreams {
     /// Connections kept for new streams to `endpoint`.
     #[cfg(test)]
     pub(crate) fn connections(&self, endpoint: SocketAddr) -> usize {
-        self.lock().by_endpoint.get(&endpoint).map_or(0, Vec::len)
+        let state = self.lock();
+        let of_endpoint = state
+            .by_endpoint
+            .iter()
+            .filter(|(k, _)| k.endpoint == endpoint);
+        of_endpoint.map(|(_, conns)| conns.len()).sum()
     }
 }
 
