@@ -17,6 +17,7 @@ pub mod client;
 pub mod kube;
 pub mod netns;
 pub mod node;
+pub mod shares;
 pub mod standard;
 pub mod view;
 
