@@ -14,6 +14,7 @@ pub mod admin;
 pub mod agent;
 pub mod backend;
 pub mod client;
+pub mod grpc;
 pub mod kube;
 pub mod netns;
 pub mod node;
