@@ -376,8 +376,11 @@ pub enum AppProtocol {
     /// Look at the first bytes of each connection.
     #[default]
     Auto,
-    /// HTTP/1.x.
+    /// HTTP/1.x (or HTTP/2 when the client starts with its preface).
     Http,
+    /// HTTP/2 with prior knowledge (h2c), e.g. gRPC: every stream routed.
+    #[serde(alias = "grpc")]
+    Http2,
     /// Anything else: passed through at L4.
     Tcp,
 }

@@ -4,7 +4,10 @@
 
 use crate::{
     config::Config,
-    proxy::{body::ChunkedDecoder, head},
+    proxy::{
+        Target,
+        h1::{body::ChunkedDecoder, head},
+    },
     route,
     snapshot::TagRules,
 };
@@ -23,9 +26,16 @@ pub fn request_head(data: &[u8]) {
     let Ok(info) = head::analyze_request(&req) else {
         return;
     };
+    let target = Target {
+        endpoint: std::net::SocketAddr::from(([127, 0, 0, 1], 80)),
+        tag_header: "x-mse-tag".to_owned(),
+        tag: Some("lane".to_owned()),
+        baggage: Some("k=v".to_owned()),
+        route_header: None,
+    };
     let mut out = Vec::new();
-    head::write_request_head(&mut out, &req, "x-mse-tag", info.upgrade);
-    head::finish_request_head(&mut out, "x-mse-tag", Some("lane"), Some("k=v"));
+    head::write_request_head(&mut out, &req, &target, info.upgrade);
+    head::finish_request_head(&mut out, &target);
     let mut again = [httparse::EMPTY_HEADER; head::MAX_HEADERS + 2];
     let mut parsed = httparse::Request::new(&mut again);
     assert!(

@@ -567,9 +567,8 @@ fn service(
 fn app_protocol(value: Option<&str>) -> AppProtocol {
     match value.map(str::to_ascii_lowercase).as_deref() {
         Some("http") => AppProtocol::Http,
-        Some(
-            "tcp" | "https" | "tls" | "grpc" | "http2" | "kubernetes.io/h2c" | "kubernetes.io/wss",
-        ) => AppProtocol::Tcp,
+        Some("http2" | "grpc" | "kubernetes.io/h2c") => AppProtocol::Http2,
+        Some("tcp" | "https" | "tls" | "kubernetes.io/wss") => AppProtocol::Tcp,
         _ => AppProtocol::Auto,
     }
 }
@@ -803,8 +802,8 @@ mod tests {
                 (Some("plain"), AppProtocol::Auto),
                 (Some("web"), AppProtocol::Http),
                 (Some("web-upper"), AppProtocol::Http),
-                (Some("grpc"), AppProtocol::Tcp),
-                (Some("h2c"), AppProtocol::Tcp),
+                (Some("grpc"), AppProtocol::Http2),
+                (Some("h2c"), AppProtocol::Http2),
                 (Some("tls"), AppProtocol::Tcp),
                 (Some("custom"), AppProtocol::Auto),
             ]

@@ -2,25 +2,28 @@
 //!
 //! Every connection the eBPF programs redirect to the node router is handed to
 //! [`serve_connection`]. Depending on [`Protocol`] (and, for
-//! [`Protocol::Sniff`], on the client's first bytes) the connection is served
-//! either as HTTP/1.x, one routing decision per request, or as an opaque L4
-//! stream copied byte for byte to one endpoint.
+//! [`Protocol::Sniff`] and [`Protocol::Http`], on the client's first bytes)
+//! the connection is served by one of three engines: HTTP/1.x (one routing
+//! decision per request), HTTP/2 (one per stream, many in flight at once) or
+//! an opaque L4 stream copied byte for byte to one endpoint.
 //!
-//! Routing *decisions* are not made here: the engine asks a [`Routes`]
-//! implementation for a [`Route`] for every request (or for the L4 stream) and
-//! reports every request's [`RequestOutcome`] back to it.
+//! The seam between the engines and the router is protocol-neutral: an
+//! engine builds a [`RequestView`] of each request, asks a [`Routes`]
+//! implementation for a [`Routed`] decision (a [`Route`] plus the request's
+//! [`InFlight`] state) and gives that back with the request's
+//! [`RequestOutcome`]. Routing *decisions* are not made here.
 //!
 //! Submodules:
-//! - `sniff`: decides HTTP vs opaque from peeked bytes.
-//! - `head`: request/response head analysis and re-serialisation.
-//! - `body`: message body framing, including a streaming chunked decoder.
-//! - `pool`: per-endpoint upstream connection pool and upstream connect.
-//! - `http`: the HTTP/1.x keep-alive request loop.
+//! - `sniff`: protocol detection from peeked bytes (HTTP/1.x, h2c, opaque).
+//! - `h1`: the HTTP/1.x engine (`h1/head`: heads, `h1/body`: body framing).
+//! - `h2`: the HTTP/2 engine (`h2/upstream`: multiplexed upstream
+//!   connections, `h2/relay`: flow-controlled bodies, `h2/grpc`: gRPC
+//!   statuses and deadlines).
+//! - `pool`: upstream connect and the HTTP/1 per-endpoint connection pool.
 //! - `l4`: opaque passthrough and raw tunnels (also used after `101`).
 
-pub(crate) mod body;
-pub(crate) mod head;
-mod http;
+pub(crate) mod h1;
+pub(crate) mod h2;
 mod l4;
 mod pool;
 mod sniff;
@@ -84,25 +87,44 @@ impl Default for ProxyConfig {
     }
 }
 
-/// The request facts the router needs to decide.
-pub struct RequestHead<'a> {
+/// One request as the router sees it, whatever protocol carried it: each
+/// engine builds it from its own parsed head.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestView<'a> {
+    /// `http` (HTTP/1.x) or `h2`, as `laneway conns` shows it.
+    pub protocol: &'static str,
     /// Request method, e.g. `GET`.
     pub method: &'a str,
-    /// Request target as sent by the client, e.g. `/api?x=1`.
+    /// Request target (path and query) as sent by the client, e.g. `/api?x=1`.
     pub path: &'a str,
-    /// All request headers in the order the client sent them (including the
-    /// tag header, if the client sent one).
-    pub headers: &'a [httparse::Header<'a>],
+    /// The authority (`:authority`, else `Host`), if any.
+    pub authority: Option<&'a str>,
+    /// All request header fields in the order the client sent them (names
+    /// as sent; including the tag header, if the client sent one).
+    pub headers: &'a [(&'a str, &'a [u8])],
 }
 
-impl RequestHead<'_> {
+impl RequestView<'_> {
     /// The value of the first header named `name` (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|&(_, v)| v)
     }
+
+    /// Whether this is a gRPC call (`content-type: application/grpc*`): its
+    /// errors are answered as gRPC statuses.
+    pub fn is_grpc(&self) -> bool {
+        self.header("content-type")
+            .is_some_and(|v| v.len() >= 16 && v[..16].eq_ignore_ascii_case(b"application/grpc"))
+    }
+}
+
+/// Whether `v` can be written as a field value (no CR, LF, NUL or other
+/// controls except HTAB).
+pub(crate) fn valid_field_value(v: &[u8]) -> bool {
+    v.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 /// Where one request (or one L4 stream) goes.
@@ -124,6 +146,36 @@ pub struct Target {
     /// If `Some`, add response header `x-laneway-route: <value>` to the final
     /// response sent to the client.
     pub route_header: Option<String>,
+}
+
+impl Target {
+    /// Whether the client's field `name` is left out upstream because the
+    /// router writes its own (the tag header and `baggage`).
+    pub(crate) fn replaces(&self, name: &str) -> bool {
+        name.eq_ignore_ascii_case(&self.tag_header) || name.eq_ignore_ascii_case("baggage")
+    }
+
+    /// The fields the router writes upstream in place of the client's:
+    /// `baggage` (when any), then the tag header (when tagged); values that
+    /// cannot be written as a field are left out.
+    pub(crate) fn upstream_fields(&self) -> impl Iterator<Item = (&str, &str)> {
+        let baggage = self.baggage.as_deref().map(|b| ("baggage", b));
+        let tag = self
+            .tag
+            .as_deref()
+            .filter(|_| !self.tag_header.is_empty())
+            .map(|t| (self.tag_header.as_str(), t));
+        baggage.into_iter().chain(tag).filter(|(name, value)| {
+            let valid = valid_field_value(value.as_bytes());
+            if !valid {
+                tracing::debug!(
+                    field = name,
+                    "value contains control characters, not written"
+                );
+            }
+            valid
+        })
+    }
 }
 
 /// A routing decision.
@@ -148,18 +200,31 @@ pub enum Route {
 /// [`RequestOutcome::status`] of an L4 stream: it has no HTTP status.
 pub const STATUS_L4: u16 = 0;
 
-/// How a request (or an L4 stream) ended, for metrics and logs (the agent
-/// implements [`Routes::observe`]).
+/// [`RequestOutcome::status`] when the client went away before any final
+/// status could be sent (nginx's convention).
+pub const STATUS_CLIENT_GONE: u16 = 499;
+
+/// gRPC status `UNAVAILABLE`: counted as a failure of the endpoint.
+pub const GRPC_UNAVAILABLE: u32 = 14;
+
+/// How a request (or an L4 stream) ended, whatever the protocol: for
+/// metrics, outlier ejection, trace events and logs.
 #[derive(Clone, Debug)]
 pub struct RequestOutcome {
     /// The target the request was sent to (or, for a `502` after failed
     /// connects, the last one tried); `None` when rejected before routing
     /// (400/431/408/405/503).
     pub target: Option<Target>,
-    /// Status sent to the client (the upstream's, or ours). `499` when the
-    /// client went away before any final status could be sent;
-    /// [`STATUS_L4`] for an L4 stream.
+    /// HTTP status sent to the client (the upstream's, or ours).
+    /// [`STATUS_CLIENT_GONE`] when the client went away before any final
+    /// status could be sent; [`STATUS_L4`] for an L4 stream.
     pub status: u16,
+    /// The gRPC status of a gRPC call (from the trailers, or ours), when
+    /// one was sent.
+    pub grpc_status: Option<u32>,
+    /// The router answered itself (reject, no endpoint, timeout, malformed)
+    /// instead of forwarding the upstream's answer.
+    pub by_router: bool,
     /// From the complete request head (an L4 stream: from its start) to the
     /// end of the exchange.
     pub duration: Duration,
@@ -167,28 +232,64 @@ pub struct RequestOutcome {
     pub error: Option<String>,
 }
 
+impl RequestOutcome {
+    /// Whether it counts as a failure of the endpoint it went to (outlier
+    /// ejection): a 5xx, or gRPC `UNAVAILABLE`.
+    pub fn is_failure(&self) -> bool {
+        self.status >= 500 || self.grpc_status == Some(GRPC_UNAVAILABLE)
+    }
+}
+
+/// One routed request (or L4 stream) in flight: the router's state for it
+/// (the endpoint's in-flight count, the labels of its decision). Many can
+/// be in flight on one connection at once (HTTP/2 streams). The engine
+/// gives it back with the outcome; dropped unfinished (the decision was
+/// replaced after a failed connect) it only releases what it holds.
+pub trait InFlight: Send + Sync {
+    /// Report how the request ended.
+    fn finish(self: Box<Self>, outcome: RequestOutcome);
+}
+
+/// A routing decision with the request's in-flight state.
+pub struct Routed {
+    /// Where it goes.
+    pub route: Route,
+    /// Give it back with [`InFlight::finish`].
+    pub request: Box<dyn InFlight>,
+}
+
 /// The routing decisions for one client connection (the agent gives one per
 /// accepted connection).
 pub trait Routes: Send + Sync + 'static {
     /// Pick a target for this request. `exclude` holds endpoints whose connect
     /// already failed for this request; return `Reject` when none is left.
-    fn route_http(&self, head: &RequestHead<'_>, exclude: &[SocketAddr]) -> Route;
+    fn route_http(&self, request: &RequestView<'_>, exclude: &[SocketAddr]) -> Routed;
     /// Pick a target for an opaque (non-HTTP) stream.
-    fn route_l4(&self, exclude: &[SocketAddr]) -> Route;
-    /// Called once per HTTP request when it completes (or fails), and once
-    /// per L4 stream when it ends.
-    fn observe(&self, outcome: RequestOutcome);
+    fn route_l4(&self, exclude: &[SocketAddr]) -> Routed;
+    /// Report a request that ended before it could be routed (malformed,
+    /// too large, too slow).
+    fn observe_unrouted(&self, outcome: RequestOutcome);
 }
 
 /// What the agent knows about the port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
-    /// Look at the client's first bytes: HTTP/1.x or L4 passthrough.
+    /// Look at the client's first bytes: HTTP/1.x, HTTP/2 (preface) or L4
+    /// passthrough.
     Sniff,
-    /// Always HTTP/1.x.
+    /// HTTP: HTTP/2 when the client starts with the preface, else HTTP/1.x.
     Http,
+    /// Always HTTP/2 (h2c with prior knowledge, e.g. gRPC).
+    Http2,
     /// Always L4 passthrough.
     Opaque,
+}
+
+/// The engine a connection is served by.
+enum Engine {
+    H1,
+    H2,
+    L4,
 }
 
 /// The instant `after` from now, saturating far in the future instead of
@@ -212,21 +313,28 @@ pub async fn serve_connection(
     if let Err(e) = client.set_nodelay(true) {
         tracing::debug!(error = %e, "set TCP_NODELAY on client socket");
     }
-    let protocol = match mode {
-        Protocol::Http | Protocol::Opaque => mode,
-        Protocol::Sniff => match sniff::sniff(&client, cfg.sniff_timeout, cfg.header_timeout).await
-        {
-            Ok(sniff::Sniffed::Http) => Protocol::Http,
-            Ok(sniff::Sniffed::Opaque) => Protocol::Opaque,
-            Ok(sniff::Sniffed::Closed) => return,
-            Err(e) => {
-                tracing::debug!(error = %e, "client socket error while sniffing");
-                return;
+    let engine = match mode {
+        Protocol::Http2 => Engine::H2,
+        Protocol::Opaque => Engine::L4,
+        Protocol::Sniff | Protocol::Http => {
+            match sniff::sniff(&client, cfg.sniff_timeout, cfg.header_timeout).await {
+                Ok(sniff::Sniffed::Http2) => Engine::H2,
+                Ok(sniff::Sniffed::Http1) => Engine::H1,
+                // A declared HTTP port is HTTP/1.x unless it says otherwise:
+                // the engine answers garbage with 400.
+                Ok(sniff::Sniffed::Opaque) if mode == Protocol::Http => Engine::H1,
+                Ok(sniff::Sniffed::Opaque) => Engine::L4,
+                Ok(sniff::Sniffed::Closed) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "client socket error while sniffing");
+                    return;
+                }
             }
-        },
+        }
     };
-    match protocol {
-        Protocol::Opaque => Box::pin(l4::passthrough(client, &*routes, &pool)).await,
-        _ => http::serve(client, &*routes, &pool, &cfg).await,
+    match engine {
+        Engine::L4 => Box::pin(l4::passthrough(client, &*routes, &pool)).await,
+        Engine::H1 => h1::serve(client, &*routes, &pool, &cfg).await,
+        Engine::H2 => h2::serve(client, routes, pool, cfg).await,
     }
 }

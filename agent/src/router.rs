@@ -16,7 +16,7 @@ use std::{
     mem::MaybeUninit,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::AsRawFd,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -36,7 +36,8 @@ use crate::{
     bpf::{self, ConnOrigins},
     config::AppProtocol,
     proxy::{
-        self, Pool, Protocol, ProxyConfig, RequestHead, RequestOutcome, Route, Routes, Target,
+        self, InFlight, Pool, Protocol, ProxyConfig, RequestOutcome, RequestView, Route, Routed,
+        Routes, Target,
     },
     route::{self, Decision},
     snapshot::{EndpointLoad, Pod, Snapshot},
@@ -192,6 +193,7 @@ impl Router {
         let protocol = match port.protocol {
             AppProtocol::Auto => Protocol::Sniff,
             AppProtocol::Http => Protocol::Http,
+            AppProtocol::Http2 => Protocol::Http2,
             AppProtocol::Tcp => Protocol::Opaque,
         };
         let caller = applied
@@ -213,7 +215,6 @@ impl Router {
             peer: peer.ip(),
             caller,
             conn: registration.entry.clone(),
-            current: Mutex::new(None),
         });
         drop(applied);
         proxy::serve_connection(
@@ -241,7 +242,8 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The routing decisions for one connection: the engine calls it per request.
+/// The routing decisions for one connection: the engine calls it per request
+/// (HTTP/2: per stream, concurrently).
 struct ConnRoutes {
     router: Arc<Router>,
     origin: Origin,
@@ -250,13 +252,10 @@ struct ConnRoutes {
     caller: Option<String>,
     /// This connection's entry in the connection table.
     conn: Arc<conns::ConnEntry>,
-    /// The decision for the request (or stream) in progress, holding one
-    /// in-flight count on its endpoint.
-    current: Mutex<Option<Current>>,
 }
 
-/// The decision for the request in progress.
-struct Current {
+/// The labels of one routing decision.
+struct Labels {
     service: String,
     tag: Option<String>,
     /// The `tag` metric label: bounded by the configuration, not the client
@@ -264,10 +263,19 @@ struct Current {
     metric_tag: String,
     tag_source: String,
     decision: Option<Decision>,
-    load: Option<Arc<EndpointLoad>>,
 }
 
-impl Drop for Current {
+/// One routed request in flight: holds one in-flight count on its endpoint
+/// (released on drop) and one open stream on its connection.
+struct RoutedRequest {
+    router: Arc<Router>,
+    caller: Option<String>,
+    labels: Option<Labels>,
+    load: Option<Arc<EndpointLoad>>,
+    _open: Option<conns::OpenStream>,
+}
+
+impl Drop for RoutedRequest {
     fn drop(&mut self) {
         if let Some(load) = &self.load {
             load.in_flight
@@ -276,39 +284,125 @@ impl Drop for Current {
     }
 }
 
-impl ConnRoutes {
-    /// Replaces the current decision, returning the previous one.
-    fn set_current(&self, current: Option<Current>) -> Option<Current> {
-        if let Some(load) = current.as_ref().and_then(|c| c.load.as_ref()) {
+impl InFlight for RoutedRequest {
+    fn finish(self: Box<Self>, outcome: RequestOutcome) {
+        if let Some(load) = &self.load
+            && outcome.target.is_some()
+        {
+            if outcome.is_failure() {
+                let outlier = self.router.applied.load().snapshot.outlier;
+                if load.record_failure(&outlier) {
+                    warn!(endpoint = ?outcome.target.as_ref().map(|t| t.endpoint), "endpoint ejected after consecutive failures");
+                }
+            } else if outcome.status >= 100 {
+                load.record_success();
+            }
+        }
+        report(
+            &self.router,
+            self.caller.clone(),
+            self.labels.as_ref(),
+            outcome,
+        );
+    }
+}
+
+impl RoutedRequest {
+    fn new(
+        routes: &ConnRoutes,
+        labels: Option<Labels>,
+        load: Option<Arc<EndpointLoad>>,
+    ) -> Box<Self> {
+        if let Some(load) = &load {
             load.in_flight
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let mut slot = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        std::mem::replace(&mut *slot, current)
+        Box::new(Self {
+            router: routes.router.clone(),
+            caller: routes.caller.clone(),
+            labels,
+            load,
+            _open: None,
+        })
     }
+}
 
-    fn decide(
-        &self,
-        headers: &[httparse::Header<'_>],
-        path: &str,
-        exclude: &[SocketAddr],
-        explain: bool,
-        protocol: &'static str,
-    ) -> Route {
+/// Metrics, log and trace event of a finished request.
+fn report(
+    router: &Router,
+    caller: Option<String>,
+    labels: Option<&Labels>,
+    outcome: RequestOutcome,
+) {
+    let telemetry = &router.telemetry;
+    if let Some(c) = labels {
+        let decision = c.decision.map_or("none", Decision::as_str);
+        telemetry.metrics.request(
+            RequestLabels {
+                service: c.service.clone(),
+                tag: c.metric_tag.clone(),
+                decision: decision.to_owned(),
+                status_class: status_class(outcome.status),
+            },
+            // How long a stream stays open says nothing of latency.
+            (outcome.status != proxy::STATUS_L4).then_some(outcome.duration),
+        );
+        if let Some(code) = outcome.grpc_status {
+            telemetry
+                .metrics
+                .grpc_response(&c.service, &c.metric_tag, code);
+        }
+    }
+    debug!(
+        status = outcome.status,
+        grpc_status = outcome.grpc_status,
+        by_router = outcome.by_router,
+        endpoint = outcome.target.as_ref().map(|t| t.endpoint.to_string()),
+        duration_us = outcome.duration.as_micros() as u64,
+        error = outcome.error,
+        "request done"
+    );
+    if telemetry.trace.receiver_count() > 0 {
+        let _ = telemetry.trace.send(TraceEvent {
+            time_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            caller,
+            service: labels.map(|c| c.service.clone()).unwrap_or_default(),
+            tag: labels.and_then(|c| c.tag.clone()),
+            tag_source: labels.map_or_else(|| "none".to_owned(), |c| c.tag_source.clone()),
+            decision: labels
+                .and_then(|c| c.decision)
+                .map(|d| d.as_str().to_owned()),
+            endpoint: outcome.target.map(|t| t.endpoint.to_string()),
+            status: outcome.status,
+            grpc_status: outcome.grpc_status,
+            duration_us: outcome.duration.as_micros() as u64,
+            error: outcome.error,
+        });
+    }
+}
+
+impl ConnRoutes {
+    fn decide(&self, request: Option<&RequestView<'_>>, exclude: &[SocketAddr]) -> Routed {
+        let explain = request.is_some_and(|r| r.header(ROUTE_HEADER).is_some());
+        let (headers, path, protocol) =
+            request.map_or((&[][..], "/", "tcp"), |r| (r.headers, r.path, r.protocol));
         let applied = self.router.applied.load();
         let Some(port) = applied.snapshot.port_for(self.origin.destination) else {
-            self.set_current(None);
-            return unavailable(
-                format!(
-                    "laneway: no service at {} any more\n",
-                    self.origin.destination
+            return Routed {
+                route: unavailable(
+                    format!(
+                        "laneway: no service at {} any more\n",
+                        self.origin.destination
+                    ),
+                    explain.then(|| route_header(None, &"-", None, None)),
                 ),
-                explain.then(|| route_header(None, &"-", None, None)),
-            );
+                request: RoutedRequest::new(self, None, None),
+            };
         };
         let service = applied.snapshot.service_of(port);
         let caller = applied.caller(self.origin.netns_cookie, self.peer);
-        let headers: Vec<(&str, &[u8])> = headers.iter().map(|h| (h.name, h.value)).collect();
         if let Some(failed) = exclude.last() {
             // Asked again for the same request only after a failed connect.
             self.router
@@ -324,7 +418,7 @@ impl ConnRoutes {
         let plan = route::plan(
             port,
             &service.policy,
-            &headers,
+            headers,
             path,
             caller.and_then(|p| p.tag.as_ref()),
             &applied.snapshot.tags,
@@ -332,27 +426,28 @@ impl ConnRoutes {
             caller.is_some() || !applied.snapshot.tags.strip_from_unknown_callers,
         );
         let tag_name = plan.tag.as_ref().map(|t| t.to_string());
-        let mut current = Current {
+        let mut labels = Labels {
             service: service.id.to_string(),
             tag: tag_name.clone(),
             metric_tag: service.metric_tag(plan.tag.as_ref()),
             tag_source: plan.source.to_string(),
             decision: Some(plan.decision),
-            load: None,
         };
         let explained = |decision, endpoint| {
             explain.then(|| route_header(decision, &service.id, plan.tag.as_ref(), endpoint))
         };
         if plan.decision == Decision::StrictReject {
-            self.set_current(Some(current));
-            return unavailable(
-                format!(
-                    "laneway: lane {} of service {} has no serving endpoint, and the lane is strict\n",
-                    tag_name.as_deref().unwrap_or("-"),
-                    service.id
+            return Routed {
+                route: unavailable(
+                    format!(
+                        "laneway: lane {} of service {} has no serving endpoint, and the lane is strict\n",
+                        tag_name.as_deref().unwrap_or("-"),
+                        service.id
+                    ),
+                    explained(Some(plan.decision), None),
                 ),
-                explained(Some(plan.decision), None),
-            );
+                request: RoutedRequest::new(self, Some(labels), None),
+            };
         }
         let picked = route::pick(
             port,
@@ -363,17 +458,18 @@ impl ConnRoutes {
             &mut rand::rng(),
         );
         let Some(backend) = picked else {
-            current.decision = None;
-            self.set_current(Some(current));
+            labels.decision = None;
             let err = route::NoEndpoint::Empty {
                 service: service.id.to_string(),
                 tag: plan.tag.clone(),
             };
-            return unavailable(format!("laneway: {err}\n"), explained(None, None));
+            return Routed {
+                route: unavailable(format!("laneway: {err}\n"), explained(None, None)),
+                request: RoutedRequest::new(self, Some(labels), None),
+            };
         };
-        current.load = Some(backend.load.clone());
-        self.set_current(Some(current));
-        self.conn.routed(backend.addr, tag_name.clone(), protocol);
+        let mut request = RoutedRequest::new(self, Some(labels), Some(backend.load.clone()));
+        request._open = Some(self.conn.routed(backend.addr, tag_name.clone(), protocol));
         debug!(
             service = %service.id,
             tag = tag_name,
@@ -382,7 +478,7 @@ impl ConnRoutes {
             endpoint = %backend.addr,
             "routed"
         );
-        Route::Forward(Target {
+        let route = Route::Forward(Target {
             endpoint: backend.addr,
             tag_header: applied.snapshot.tags.upstream_header().to_owned(),
             baggage: route::propagated_baggage(
@@ -392,7 +488,8 @@ impl ConnRoutes {
             ),
             tag: tag_name,
             route_header: explained(Some(plan.decision), Some(backend.addr)),
-        })
+        });
+        Routed { route, request }
     }
 }
 
@@ -423,84 +520,17 @@ fn route_header(
 pub const ROUTE_HEADER: &str = "x-laneway-route";
 
 impl Routes for ConnRoutes {
-    fn route_http(&self, head: &RequestHead<'_>, exclude: &[SocketAddr]) -> Route {
-        let explain = head
-            .headers
-            .iter()
-            .any(|h| h.name.eq_ignore_ascii_case(ROUTE_HEADER));
-        self.decide(head.headers, head.path, exclude, explain, "http")
+    fn route_http(&self, request: &RequestView<'_>, exclude: &[SocketAddr]) -> Routed {
+        self.decide(Some(request), exclude)
     }
 
-    fn route_l4(&self, exclude: &[SocketAddr]) -> Route {
+    fn route_l4(&self, exclude: &[SocketAddr]) -> Routed {
         // Opaque streams carry no header: the caller's lane, else base.
-        self.decide(&[], "/", exclude, false, "tcp")
+        self.decide(None, exclude)
     }
 
-    fn observe(&self, outcome: RequestOutcome) {
-        let current = self.set_current(None);
-        if let Some(load) = current.as_ref().and_then(|c| c.load.as_ref())
-            && outcome.target.is_some()
-        {
-            if outcome.status >= 500 {
-                let outlier = self.router.applied.load().snapshot.outlier;
-                if load.record_failure(&outlier) {
-                    warn!(endpoint = ?outcome.target.as_ref().map(|t| t.endpoint), "endpoint ejected after consecutive failures");
-                }
-            } else if outcome.status >= 100 {
-                load.record_success();
-            }
-        }
-        let telemetry = &self.router.telemetry;
-        let (service, tag, tag_source, decision) = match &current {
-            Some(c) => (
-                c.service.clone(),
-                c.tag.clone(),
-                c.tag_source.clone(),
-                c.decision,
-            ),
-            None => (String::new(), None, "none".to_owned(), None),
-        };
-        if let Some(c) = &current {
-            telemetry.metrics.request(
-                RequestLabels {
-                    service: service.clone(),
-                    tag: c.metric_tag.clone(),
-                    decision: decision.map_or("none", Decision::as_str).to_owned(),
-                    status_class: status_class(outcome.status),
-                },
-                // How long a stream stays open says nothing of latency.
-                (outcome.status != proxy::STATUS_L4).then_some(outcome.duration),
-            );
-        }
-        debug!(
-            status = outcome.status,
-            endpoint = outcome.target.as_ref().map(|t| t.endpoint.to_string()),
-            duration_us = outcome.duration.as_micros() as u64,
-            error = outcome.error,
-            "request done"
-        );
-        if telemetry.trace.receiver_count() > 0 {
-            let _ = telemetry.trace.send(TraceEvent {
-                time_ms: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
-                caller: self.caller.clone(),
-                service,
-                tag,
-                tag_source,
-                decision: decision.map(|d| d.as_str().to_owned()),
-                endpoint: outcome.target.map(|t| t.endpoint.to_string()),
-                status: outcome.status,
-                duration_us: outcome.duration.as_micros() as u64,
-                error: outcome.error,
-            });
-        }
-    }
-}
-
-impl Drop for ConnRoutes {
-    fn drop(&mut self) {
-        self.set_current(None);
+    fn observe_unrouted(&self, outcome: RequestOutcome) {
+        report(&self.router, self.caller.clone(), None, outcome);
     }
 }
 

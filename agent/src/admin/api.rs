@@ -242,10 +242,13 @@ pub struct ConnInfo {
     pub endpoint: Option<String>,
     /// The tag of the request in flight, or of the last one.
     pub tag: Option<String>,
-    /// `http`, `tcp` or `sniffing`.
+    /// `http`, `h2`, `tcp` or `sniffing`.
     pub protocol: String,
-    /// Requests routed on this connection.
+    /// Requests (HTTP/2: streams) routed on this connection.
     pub requests: u64,
+    /// Requests (HTTP/2: streams) in flight on it now.
+    #[serde(default)]
+    pub open_streams: u64,
     /// Bytes received from the client (kernel TCP counters).
     pub bytes_in: u64,
     /// Bytes sent to the client and acknowledged.
@@ -321,6 +324,9 @@ pub struct TraceEvent {
     pub endpoint: Option<String>,
     /// HTTP status sent to the client (`0` for an L4 stream).
     pub status: u16,
+    /// The gRPC status of a gRPC call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
     /// Duration in µs.
     pub duration_us: u64,
     /// What went wrong, if the router produced an error status.

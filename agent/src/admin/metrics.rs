@@ -26,6 +26,17 @@ pub struct RequestLabels {
     pub status_class: String,
 }
 
+/// Labels of a gRPC response.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    /// `namespace/name`.
+    pub service: String,
+    /// The lane, as in [`RequestLabels::tag`].
+    pub tag: String,
+    /// The gRPC status code (`0` to `16`; `other` for any other value).
+    pub grpc_status: String,
+}
+
 /// Labels naming a service.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
@@ -37,6 +48,7 @@ pub struct ServiceLabels {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    grpc_responses: Family<GrpcLabels, Counter>,
     durations: Family<ServiceLabels, Histogram>,
     connect_errors: Family<ServiceLabels, Counter>,
     policy_errors: Family<ServiceLabels, Counter>,
@@ -57,6 +69,12 @@ impl Default for Metrics {
             "requests",
             "HTTP requests and L4 streams routed, by service, tag, decision and status class (none for L4 streams)",
             requests.clone(),
+        );
+        let grpc_responses = Family::<GrpcLabels, Counter>::default();
+        registry.register(
+            "grpc_responses",
+            "gRPC calls finished, by service, tag and gRPC status (the upstream's, or the router's own)",
+            grpc_responses.clone(),
         );
         let durations = Family::<ServiceLabels, Histogram>::new_with_constructor(|| {
             // 50 µs .. ~26 s.
@@ -86,6 +104,7 @@ impl Default for Metrics {
         Self {
             registry,
             requests,
+            grpc_responses,
             durations,
             connect_errors,
             policy_errors,
@@ -122,6 +141,21 @@ impl Metrics {
                 .observe(duration.as_secs_f64());
         }
         self.requests.get_or_create(&labels).inc();
+    }
+
+    /// Counts a finished gRPC call by its status.
+    pub fn grpc_response(&self, service: &str, tag: &str, code: u32) {
+        let grpc_status = match code {
+            0..=16 => code.to_string(),
+            _ => "other".to_owned(),
+        };
+        self.grpc_responses
+            .get_or_create(&GrpcLabels {
+                service: service.to_owned(),
+                tag: tag.to_owned(),
+                grpc_status,
+            })
+            .inc();
     }
 
     /// Gives each service its error counters at 0, so they are scraped (and
@@ -246,6 +280,8 @@ mod tests {
         m.request(labels.clone(), Some(Duration::from_millis(2)));
         m.request(labels, Some(Duration::from_millis(3)));
         m.connect_error("default/reviews");
+        m.grpc_response("default/reviews", "joint1", 14);
+        m.grpc_response("default/reviews", "joint1", 1234);
         m.snapshot_applied();
         let text = m.render(&Gauges {
             active_connections: 3,
@@ -264,6 +300,10 @@ mod tests {
         assert!(
             text.contains("laneway_upstream_connect_errors_total{service=\"default/reviews\"} 1")
         );
+        assert!(text.contains(
+            "laneway_grpc_responses_total{service=\"default/reviews\",tag=\"joint1\",grpc_status=\"14\"} 1"
+        ), "{text}");
+        assert!(text.contains("grpc_status=\"other\"} 1"), "bounded: {text}");
         assert!(text.contains("laneway_snapshot_updates_total 1"));
         assert!(text.contains("laneway_active_connections 3"));
         assert!(

@@ -240,7 +240,10 @@ pub(crate) fn conns(c: &Conns) -> String {
             or_dash(conn.service.as_deref()),
             or_dash(conn.endpoint.as_deref()),
             or_dash(conn.tag.as_deref()),
-            conn.protocol.clone(),
+            match conn.protocol.as_str() {
+                "h2" => format!("h2 ({} open)", conn.open_streams),
+                other => other.to_owned(),
+            },
             conn.requests.to_string(),
             human_bytes(conn.bytes_in),
             human_bytes(conn.bytes_out),
@@ -307,10 +310,10 @@ pub(crate) fn explanation(e: &Explanation) -> String {
 /// One `laneway trace` line:
 /// `TIME CALLER -> SERVICE tag=T (SOURCE) DECISION -> ENDPOINT STATUS DURATION`.
 pub(crate) fn trace_line(e: &TraceEvent) -> String {
-    let status = if e.status == 0 {
-        "L4".to_owned()
-    } else {
-        e.status.to_string()
+    let status = match (e.status, e.grpc_status) {
+        (0, _) => "L4".to_owned(),
+        (status, Some(grpc)) => format!("{status}/grpc-{grpc}"),
+        (status, None) => status.to_string(),
     };
     let mut line = format!(
         "{} {} -> {} tag={} ({}) {} -> {} {} {}",

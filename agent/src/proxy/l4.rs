@@ -5,14 +5,14 @@
 //! bytes both ways until both directions ended. Half-close is respected: EOF
 //! from one side becomes a `shutdown(Write)` towards the other while the other
 //! direction keeps flowing. The same tunnel serves upgraded HTTP connections
-//! after a `101 Switching Protocols`. A passthrough stream is reported to
-//! [`Routes::observe`] once, when it ends, with no HTTP status.
+//! after a `101 Switching Protocols`. A passthrough stream is reported once,
+//! when it ends, with no HTTP status ([`STATUS_L4`]).
 
 use std::{io, net::SocketAddr};
 
 use tokio::{io::AsyncWriteExt, net::TcpStream, time::Instant};
 
-use super::{Pool, RequestOutcome, Route, Routes, STATUS_L4, Target};
+use super::{InFlight, Pool, RequestOutcome, Route, Routed, Routes, STATUS_L4, Target};
 
 /// Buffer size of each tunnel direction.
 const TUNNEL_BUF: usize = 32 * 1024;
@@ -38,35 +38,49 @@ pub(crate) enum Error {
 pub(crate) async fn passthrough(mut client: TcpStream, routes: &dyn Routes, pool: &Pool) {
     let start = Instant::now();
     let mut target = None;
-    let error = match run(&mut client, routes, pool, &mut target).await {
+    let mut request = None;
+    let (error, by_router) = match run(&mut client, routes, pool, &mut target, &mut request).await {
         Ok((up, down)) => {
             tracing::debug!(up, down, "l4 stream finished");
-            None
+            (None, false)
         }
         Err(e) => {
             tracing::debug!(error = %e, "l4 stream ended");
-            Some(e.to_string())
+            let ours = !matches!(e, Error::Io(_));
+            (Some(e.to_string()), ours)
         }
     };
-    routes.observe(RequestOutcome {
+    let outcome = RequestOutcome {
+        by_router,
         target,
         status: STATUS_L4,
+        grpc_status: None,
         duration: start.elapsed(),
         error,
-    });
+    };
+    match request {
+        Some(request) => request.finish(outcome),
+        None => routes.observe_unrouted(outcome),
+    }
 }
 
 /// Route, connect and copy; `last` is left holding the target connected to
-/// (or the last one tried).
+/// (or the last one tried), `request` the latest decision.
 async fn run(
     client: &mut TcpStream,
     routes: &dyn Routes,
     pool: &Pool,
     last: &mut Option<Target>,
+    request: &mut Option<Box<dyn InFlight>>,
 ) -> Result<(u64, u64), Error> {
     let mut exclude = Vec::new();
     let mut upstream = loop {
-        match routes.route_l4(&exclude) {
+        let Routed {
+            route,
+            request: routed,
+        } = routes.route_l4(&exclude);
+        *request = Some(routed);
+        match route {
             Route::Reject { status, .. } => return Err(Error::Rejected(status)),
             Route::Forward(target) => {
                 if exclude.contains(&target.endpoint) || exclude.len() >= MAX_CONNECT_ATTEMPTS {

@@ -1,6 +1,8 @@
 //! Upstream connections: connecting (with `SO_MARK`, `TCP_NODELAY` and a
-//! connect timeout) and a per-endpoint pool of idle keep-alive connections
-//! shared by all client connections.
+//! connect timeout), a per-endpoint pool of idle HTTP/1 keep-alive
+//! connections shared by all client connections, and the HTTP/2 engine's
+//! multiplexed connections ([`Upstreams`], which connect through
+//! [`Pool::connect`] too).
 //!
 //! Idle connections are kept newest-last per endpoint, at most
 //! `pool_max_idle_per_endpoint` of them, and are evicted after
@@ -28,7 +30,7 @@ use tokio::{
     sync::watch,
 };
 
-use super::ProxyConfig;
+use super::{ProxyConfig, h2::upstream::Upstreams};
 
 /// Upstream connect errors.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,8 @@ pub struct Pool {
     /// `true` once the router drains (agent shutting down): every client
     /// connection closes after its current request, idle ones at once.
     draining: watch::Sender<bool>,
+    /// HTTP/2 upstream connections.
+    pub(crate) h2: Upstreams,
 }
 
 impl std::fmt::Debug for Pool {
@@ -105,6 +109,7 @@ impl Pool {
             mark: cfg.socket_mark,
             mark_warned: AtomicBool::new(false),
             draining: watch::channel(false).0,
+            h2: Upstreams::new(cfg.pool_idle_timeout, cfg.connect_timeout),
         }
     }
 
@@ -122,6 +127,7 @@ impl Pool {
                 }
                 keep
             });
+            self.h2.retain_endpoints(&eligible);
             inner.eligible = Some(eligible);
             dropped
         };
@@ -129,10 +135,11 @@ impl Pool {
     }
 
     /// Starts draining: client connections close after their current
-    /// request (with `Connection: close`), idle client and upstream
-    /// connections close now.
+    /// request (with `Connection: close`; HTTP/2 ones get GOAWAY and finish
+    /// their open streams), idle client and upstream connections close now.
     pub fn begin_drain(&self) {
         self.draining.send_replace(true);
+        self.h2.begin_drain();
         let idle = std::mem::take(&mut self.lock().idle);
         drop(idle);
     }

@@ -1,11 +1,13 @@
-//! Protocol sniffing: decide from the client's first (peeked, not consumed)
-//! bytes whether a connection speaks HTTP/1.x or something opaque.
+//! Protocol detection, in one place: decide from the client's first
+//! (peeked, not consumed) bytes whether a connection speaks HTTP/1.x,
+//! HTTP/2 with prior knowledge (h2c) or something opaque.
 //!
-//! A connection is HTTP/1.x when it starts with a method token of uppercase
-//! letters (RFC 9110 token, restricted to `A-Z` plus `-`/`_` after the first
-//! letter) followed by a space. `PRI ` (the HTTP/2 connection preface) is
-//! opaque. Anything else, including no bytes within the sniff timeout
-//! (server-first protocols), is opaque. The timeout applies to the first
+//! A connection is HTTP/2 when it starts with the connection preface
+//! (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`), HTTP/1.x when it starts with
+//! a method token of uppercase letters (RFC 9110 token, restricted to `A-Z`
+//! plus `-`/`_` after the first letter) followed by a space. Anything else,
+//! including no bytes within the sniff timeout (server-first protocols), is
+//! opaque. The timeout applies to the first
 //! byte only: once bytes arrived, they decide (a client's first segment may
 //! hold just `GE`), within the header timeout.
 
@@ -15,8 +17,11 @@ use tokio::{net::TcpStream, time::Instant};
 
 /// Longest method token we wait for before deciding "opaque".
 const MAX_METHOD_LEN: usize = 20;
-/// How many bytes are peeked (enough for any accepted method plus the space).
-const PEEK_LEN: usize = MAX_METHOD_LEN + 2;
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How many bytes are peeked (enough for any accepted method plus the
+/// space, and for the HTTP/2 preface).
+const PEEK_LEN: usize = H2_PREFACE.len();
 /// First pause between peeks while the bytes so far are only a method
 /// prefix; it doubles while nothing new arrives, up to [`REPEEK_MAX`].
 const REPEEK_MIN: Duration = Duration::from_millis(2);
@@ -28,7 +33,9 @@ const REPEEK_MAX: Duration = Duration::from_millis(64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Sniffed {
     /// Starts like an HTTP/1.x request.
-    Http,
+    Http1,
+    /// Starts with the HTTP/2 connection preface.
+    Http2,
     /// Anything else, or nothing within the timeout.
     Opaque,
     /// The client closed the connection before sending anything.
@@ -38,12 +45,20 @@ pub(crate) enum Sniffed {
 /// Classify the first bytes of a connection; `None` = undecided yet (the bytes
 /// are a prefix of an HTTP/1.x request start).
 pub(crate) fn classify(bytes: &[u8]) -> Option<Sniffed> {
+    if bytes.starts_with(b"PRI ") {
+        let n = bytes.len().min(H2_PREFACE.len());
+        return match bytes[..n] == H2_PREFACE[..n] {
+            true if n == H2_PREFACE.len() => Some(Sniffed::Http2),
+            true => None,
+            false => Some(Sniffed::Opaque),
+        };
+    }
     for (i, &c) in bytes.iter().enumerate() {
         if c == b' ' {
-            return Some(if i == 0 || &bytes[..i] == b"PRI" {
+            return Some(if i == 0 {
                 Sniffed::Opaque
             } else {
-                Sniffed::Http
+                Sniffed::Http1
             });
         }
         let token_char = c.is_ascii_uppercase() || (i > 0 && (c == b'-' || c == b'_'));
@@ -117,12 +132,19 @@ mod tests {
             "PROPFIND ",
             "M-SEARCH ",
         ] {
-            assert_eq!(classify(m.as_bytes()), Some(Sniffed::Http), "{m}");
+            assert_eq!(classify(m.as_bytes()), Some(Sniffed::Http1), "{m}");
         }
         assert_eq!(
             classify(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Some(Sniffed::Http)
+            Some(Sniffed::Http1)
         );
+    }
+
+    #[test]
+    fn classifies_the_h2_preface_and_waits_for_all_of_it() {
+        assert_eq!(classify(H2_PREFACE), Some(Sniffed::Http2));
+        assert_eq!(classify(&H2_PREFACE[..10]), None);
+        assert_eq!(classify(&H2_PREFACE[..4]), None);
     }
 
     #[test]
@@ -134,10 +156,7 @@ mod tests {
 
     #[test]
     fn classifies_opaque() {
-        assert_eq!(
-            classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
-            Some(Sniffed::Opaque)
-        );
+        assert_eq!(classify(b"PRI * HTTP/1.1\r\n\r\n"), Some(Sniffed::Opaque));
         assert_eq!(
             classify(&[0x16, 0x03, 0x01, 0x02, 0x00]),
             Some(Sniffed::Opaque)

@@ -24,7 +24,7 @@ use super::*;
 /// Upper bound for any single wait in a test.
 pub(crate) const WAIT: Duration = Duration::from_secs(5);
 
-fn test_cfg() -> ProxyConfig {
+pub(crate) fn test_cfg() -> ProxyConfig {
     ProxyConfig {
         header_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(5),
@@ -331,7 +331,7 @@ pub(crate) async fn echo(mut s: TcpStream) {
 }
 
 /// An address that refuses connections.
-async fn dead_addr() -> SocketAddr {
+pub(crate) async fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap()
 }
@@ -339,20 +339,29 @@ async fn dead_addr() -> SocketAddr {
 // ---------------------------------------------------------------------------
 // Test router
 
-type HttpRule = Box<dyn Fn(&RequestHead<'_>, &[SocketAddr]) -> Route + Send + Sync>;
+type HttpRule = Box<dyn Fn(&RequestView<'_>, &[SocketAddr]) -> Route + Send + Sync>;
 type L4Rule = Box<dyn Fn(&[SocketAddr]) -> Route + Send + Sync>;
 
-struct TestRoutes {
+pub(crate) struct TestRoutes {
     http: HttpRule,
     l4: L4Rule,
     http_calls: Mutex<Vec<(String, Vec<SocketAddr>)>>,
     l4_calls: AtomicUsize,
-    outcomes: Mutex<Vec<RequestOutcome>>,
+    outcomes: Arc<Mutex<Vec<RequestOutcome>>>,
+}
+
+/// A [`TestRoutes`] decision in flight: records its outcome.
+struct Recorded(Arc<Mutex<Vec<RequestOutcome>>>);
+
+impl InFlight for Recorded {
+    fn finish(self: Box<Self>, outcome: RequestOutcome) {
+        self.0.lock().unwrap().push(outcome);
+    }
 }
 
 impl TestRoutes {
-    fn new(
-        http: impl Fn(&RequestHead<'_>, &[SocketAddr]) -> Route + Send + Sync + 'static,
+    pub(crate) fn new(
+        http: impl Fn(&RequestView<'_>, &[SocketAddr]) -> Route + Send + Sync + 'static,
     ) -> Self {
         Self::with_l4(http, |_| Route::Reject {
             status: 503,
@@ -362,7 +371,7 @@ impl TestRoutes {
     }
 
     fn with_l4(
-        http: impl Fn(&RequestHead<'_>, &[SocketAddr]) -> Route + Send + Sync + 'static,
+        http: impl Fn(&RequestView<'_>, &[SocketAddr]) -> Route + Send + Sync + 'static,
         l4: impl Fn(&[SocketAddr]) -> Route + Send + Sync + 'static,
     ) -> Self {
         Self {
@@ -370,7 +379,7 @@ impl TestRoutes {
             l4: Box::new(l4),
             http_calls: Mutex::new(Vec::new()),
             l4_calls: AtomicUsize::new(0),
-            outcomes: Mutex::new(Vec::new()),
+            outcomes: Arc::default(),
         }
     }
 
@@ -386,26 +395,35 @@ impl TestRoutes {
     }
 }
 
+impl TestRoutes {
+    fn routed(&self, route: Route) -> Routed {
+        Routed {
+            route,
+            request: Box::new(Recorded(self.outcomes.clone())),
+        }
+    }
+}
+
 impl Routes for TestRoutes {
-    fn route_http(&self, head: &RequestHead<'_>, exclude: &[SocketAddr]) -> Route {
+    fn route_http(&self, request: &RequestView<'_>, exclude: &[SocketAddr]) -> Routed {
         self.http_calls
             .lock()
             .unwrap()
-            .push((head.path.to_owned(), exclude.to_vec()));
-        (self.http)(head, exclude)
+            .push((request.path.to_owned(), exclude.to_vec()));
+        self.routed((self.http)(request, exclude))
     }
 
-    fn route_l4(&self, exclude: &[SocketAddr]) -> Route {
+    fn route_l4(&self, exclude: &[SocketAddr]) -> Routed {
         self.l4_calls.fetch_add(1, Ordering::SeqCst);
-        (self.l4)(exclude)
+        self.routed((self.l4)(exclude))
     }
 
-    fn observe(&self, outcome: RequestOutcome) {
+    fn observe_unrouted(&self, outcome: RequestOutcome) {
         self.outcomes.lock().unwrap().push(outcome);
     }
 }
 
-fn to(endpoint: SocketAddr) -> Route {
+pub(crate) fn to(endpoint: SocketAddr) -> Route {
     Route::Forward(Target {
         endpoint,
         tag_header: "x-mse-tag".into(),
@@ -415,7 +433,7 @@ fn to(endpoint: SocketAddr) -> Route {
     })
 }
 
-fn to_tagged(endpoint: SocketAddr, tag: Option<&str>, route: Option<&str>) -> Route {
+pub(crate) fn to_tagged(endpoint: SocketAddr, tag: Option<&str>, route: Option<&str>) -> Route {
     Route::Forward(Target {
         endpoint,
         tag_header: "x-mse-tag".into(),
@@ -425,14 +443,14 @@ fn to_tagged(endpoint: SocketAddr, tag: Option<&str>, route: Option<&str>) -> Ro
     })
 }
 
-struct Proxy {
-    addr: SocketAddr,
+pub(crate) struct Proxy {
+    pub(crate) addr: SocketAddr,
     routes: Arc<TestRoutes>,
-    pool: Arc<Pool>,
+    pub(crate) pool: Arc<Pool>,
 }
 
 impl Proxy {
-    async fn start(cfg: ProxyConfig, routes: TestRoutes, mode: Protocol) -> Proxy {
+    pub(crate) async fn start(cfg: ProxyConfig, routes: TestRoutes, mode: Protocol) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let routes = Arc::new(routes);
@@ -453,7 +471,7 @@ impl Proxy {
     }
 
     /// Wait until `n` outcomes were observed, then return them.
-    async fn outcomes(&self, n: usize) -> Vec<RequestOutcome> {
+    pub(crate) async fn outcomes(&self, n: usize) -> Vec<RequestOutcome> {
         let deadline = Instant::now() + WAIT;
         loop {
             {
@@ -672,6 +690,34 @@ async fn tag_header_is_replaced_or_removed_upstream() {
         seen[1].raw_head,
         "GET /drop HTTP/1.1\r\nHost: svc\r\nX-First: 1\r\nX-Last: Z z\r\n\r\n"
     );
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_request_is_served_as_http11_with_the_upgrade_declined() {
+    let a = Backend::start("a").await;
+    let aa = a.addr;
+    let proxy = Proxy::start(
+        test_cfg(),
+        TestRoutes::new(move |_, _| to(aa)),
+        Protocol::Sniff,
+    )
+    .await;
+    let mut c = proxy.client().await;
+    c.send(
+        b"GET /up HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "not 101: {}", r.raw_head);
+    assert!(r.raw_head.starts_with("HTTP/1.1 200"));
+    assert_eq!(
+        a.seen()[0].raw_head,
+        "GET /up HTTP/1.1\r\nHost: svc\r\n\r\n",
+        "no Upgrade nor HTTP2-Settings upstream"
+    );
+    // The connection stays HTTP/1.1.
+    assert_eq!(c.get("/again").await.status, 200);
 }
 
 #[tokio::test]
@@ -1131,28 +1177,6 @@ async fn tls_client_hello_goes_l4_unchanged() {
         .unwrap();
     assert_eq!(reply, b"server hello");
     assert!(*received.lock().unwrap() == hello);
-}
-
-#[tokio::test]
-async fn http2_preface_goes_l4() {
-    let upstream = spawn_server(echo).await;
-    let proxy = Proxy::start(
-        test_cfg(),
-        TestRoutes::l4_only(move |_| to(upstream)),
-        Protocol::Sniff,
-    )
-    .await;
-    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
-    c.write_all(preface).await.unwrap();
-    c.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    timeout(WAIT, c.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(got, preface);
-    assert!(proxy.http_calls().is_empty());
 }
 
 #[tokio::test]

@@ -27,7 +27,7 @@ pub struct ConnState {
     pub endpoint: Option<SocketAddr>,
     /// Its tag.
     pub tag: Option<String>,
-    /// `sniffing`, `http` or `tcp`.
+    /// `sniffing`, `http`, `h2` or `tcp`.
     pub protocol: &'static str,
 }
 
@@ -43,17 +43,37 @@ pub struct ConnEntry {
     service: Option<String>,
     started: Instant,
     requests: AtomicU64,
+    /// Requests (HTTP/2 streams) routed and not finished.
+    open: Arc<AtomicU64>,
     state: Mutex<ConnState>,
 }
 
+/// One request (stream) open on a connection, until dropped.
+#[derive(Debug)]
+pub struct OpenStream(Arc<AtomicU64>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl ConnEntry {
-    /// Records the routing of a request (or of the L4 stream).
-    pub fn routed(&self, endpoint: SocketAddr, tag: Option<String>, protocol: &'static str) {
+    /// Records the routing of a request (or of the L4 stream); it counts
+    /// as open until the returned guard drops.
+    pub fn routed(
+        &self,
+        endpoint: SocketAddr,
+        tag: Option<String>,
+        protocol: &'static str,
+    ) -> OpenStream {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.endpoint = Some(endpoint);
         state.tag = tag;
         state.protocol = protocol;
+        OpenStream(self.open.clone())
     }
 
     fn info(&self) -> ConnInfo {
@@ -69,6 +89,7 @@ impl ConnEntry {
             tag: state.tag,
             protocol: state.protocol.to_owned(),
             requests: self.requests.load(Ordering::Relaxed),
+            open_streams: self.open.load(Ordering::Relaxed),
             bytes_in,
             bytes_out,
             age_ms: self.started.elapsed().as_millis() as u64,
@@ -154,6 +175,7 @@ impl ConnTable {
             service: conn.service,
             started: Instant::now(),
             requests: AtomicU64::new(0),
+            open: Arc::default(),
             state: Mutex::new(ConnState {
                 protocol: "sniffing",
                 ..Default::default()
@@ -305,17 +327,24 @@ mod tests {
             caller: Some("default/client".into()),
             service: Some("default/reviews".into()),
         });
-        reg.entry.routed(
+        let open = reg.entry.routed(
             "10.244.0.5:8080".parse().unwrap(),
             Some("joint1".into()),
-            "http",
+            "h2",
         );
+        let second = reg
+            .entry
+            .routed("10.244.0.6:8080".parse().unwrap(), None, "h2");
+        drop(open);
         let list = table.list();
         assert_eq!(list.len(), 1);
         let c = &list[0];
         assert_eq!((c.bytes_in, c.bytes_out), (5, 7));
-        assert_eq!(c.endpoint.as_deref(), Some("10.244.0.5:8080"));
-        assert_eq!((c.protocol.as_str(), c.requests), ("http", 1));
+        assert_eq!(c.endpoint.as_deref(), Some("10.244.0.6:8080"));
+        assert_eq!((c.protocol.as_str(), c.requests), ("h2", 2));
+        assert_eq!(c.open_streams, 1, "one stream still open");
+        drop(second);
+        assert_eq!(table.list()[0].open_streams, 0);
         drop(reg);
         assert!(table.is_empty());
     }

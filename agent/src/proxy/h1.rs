@@ -12,6 +12,12 @@
 //! reused for every request of a client connection while requests keep
 //! coming, and given back while it waits idle for the next one: an idle
 //! keep-alive connection holds no buffer memory.
+//!
+//! Submodules: `head` (request/response head analysis and re-serialisation)
+//! and `body` (message body framing, including a streaming chunked decoder).
+
+pub(crate) mod body;
+pub(crate) mod head;
 
 use std::{io, net::SocketAddr, pin::pin, time::Duration};
 
@@ -22,12 +28,13 @@ use tokio::{
     time::Instant,
 };
 
+use self::{
+    body::Framing,
+    head::{RequestInfo, ResponseInfo},
+};
 use super::{
-    ProxyConfig, RequestHead, RequestOutcome, Route, Routes, Target,
-    body::{self, Framing},
-    deadline_after,
-    head::{self, RequestInfo, ResponseInfo},
-    l4,
+    InFlight, ProxyConfig, RequestOutcome, RequestView, Route, Routed, Routes, STATUS_CLIENT_GONE,
+    Target, deadline_after, l4,
     pool::{self, Pool},
 };
 
@@ -44,9 +51,6 @@ const DRAIN_MAX: u64 = 256 * 1024;
 const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
 /// At most this many bytes are discarded while lingering.
 const LINGER_MAX: usize = 1 << 20;
-/// Status reported to [`Routes::observe`] when the client went away before
-/// any final status could be sent (nginx's convention).
-const STATUS_CLIENT_GONE: u16 = 499;
 /// Connect attempts per request before giving up, whatever the router says.
 const MAX_CONNECT_ATTEMPTS: usize = 32;
 
@@ -127,6 +131,7 @@ enum Decision {
     /// Answer without forwarding (router reject, or no endpoint reachable).
     Reject {
         info: RequestInfo,
+        request: Box<dyn InFlight>,
         status: u16,
         body: String,
         target: Option<Target>,
@@ -137,6 +142,7 @@ enum Decision {
     /// Send the request over `upstream`.
     Forward {
         info: RequestInfo,
+        request: Box<dyn InFlight>,
         target: Target,
         upstream: TcpStream,
         reused: bool,
@@ -178,11 +184,14 @@ enum RespHeadError {
     ClientBody(body::Error),
 }
 
-/// Facts for [`Routes::observe`], filled in while a request is handled.
+/// Facts for the [`RequestOutcome`], filled in while a request is handled.
 #[derive(Default)]
 struct Outcome {
+    /// The routed request, once the router decided.
+    request: Option<Box<dyn InFlight>>,
     target: Option<Target>,
     status: u16,
+    by_router: bool,
     error: Option<Error>,
 }
 
@@ -239,9 +248,11 @@ pub(crate) async fn serve(
                 let body = format!("{error}\n");
                 conn.send_error(&mut client, status, &body, None, true, true)
                     .await;
-                conn.routes.observe(RequestOutcome {
+                conn.routes.observe_unrouted(RequestOutcome {
                     target: None,
                     status,
+                    grpc_status: None,
+                    by_router: true,
                     duration: read_start.elapsed(),
                     error: Some(error.to_string()),
                 });
@@ -414,12 +425,18 @@ impl Conn<'_> {
         let mut out = Outcome::default();
         let next = self.handle(client, head_len, &mut out).await;
         tracing::debug!(status = out.status, "request done");
-        self.routes.observe(RequestOutcome {
+        let outcome = RequestOutcome {
             target: out.target,
             status: out.status,
+            grpc_status: None,
+            by_router: out.by_router,
             duration: start.elapsed(),
             error: out.error.map(|e| e.to_string()),
-        });
+        };
+        match out.request {
+            Some(request) => request.finish(outcome),
+            None => self.routes.observe_unrouted(outcome),
+        }
         next
     }
 
@@ -432,27 +449,32 @@ impl Conn<'_> {
                 self.send_error(client, status, &body, None, true, true)
                     .await;
                 out.status = status;
+                out.by_router = true;
                 out.error = Some(error);
                 Next::Close { linger: true }
             }
             Decision::Reject {
                 info,
+                request,
                 status,
                 body,
                 target,
                 route_header,
                 error,
             } => {
+                out.request = Some(request);
                 let route = route_header.as_deref();
                 self.reject(client, info, (status, &body, route), target, error, out)
                     .await
             }
             Decision::Forward {
                 info,
+                request,
                 target,
                 upstream,
                 reused,
             } => {
+                out.request = Some(request);
                 self.forward(client, info, target, upstream, reused, out)
                     .await
             }
@@ -477,17 +499,23 @@ impl Conn<'_> {
         if info.is_connect {
             return Decision::Invalid(405, Error::ConnectMethod);
         }
-        let method = req.method.unwrap_or("");
-        let path = req.path.unwrap_or("");
+        let fields: Vec<(&str, &[u8])> = req.headers.iter().map(|h| (h.name, h.value)).collect();
+        let authority = req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("host"))
+            .and_then(|h| std::str::from_utf8(h.value).ok());
+        let view = RequestView {
+            protocol: "http",
+            method: req.method.unwrap_or(""),
+            path: req.path.unwrap_or(""),
+            authority,
+            headers: &fields,
+        };
         self.exclude.clear();
         let mut last_failure: Option<(Target, pool::Error)> = None;
         loop {
-            let route_head = RequestHead {
-                method,
-                path,
-                headers: req.headers,
-            };
-            let route = self.routes.route_http(&route_head, &self.exclude);
+            let Routed { route, request } = self.routes.route_http(&view, &self.exclude);
             let target = match route {
                 Route::Forward(target)
                     if !self.exclude.contains(&target.endpoint)
@@ -501,6 +529,7 @@ impl Conn<'_> {
                         let error = Error::NoEndpoint { tried, last };
                         return Decision::Reject {
                             info,
+                            request,
                             status: 502,
                             body: format!("{error}\n"),
                             route_header: target.route_header.clone(),
@@ -515,6 +544,7 @@ impl Conn<'_> {
                             route_header,
                         } => Decision::Reject {
                             info,
+                            request,
                             status,
                             body,
                             target: None,
@@ -525,6 +555,7 @@ impl Conn<'_> {
                         // cannot happen; answer like a reject.
                         Route::Forward(target) => Decision::Reject {
                             info,
+                            request,
                             status: 503,
                             body: "no upstream endpoint available\n".to_owned(),
                             route_header: target.route_header.clone(),
@@ -536,12 +567,7 @@ impl Conn<'_> {
             };
             match self.pool.get(target.endpoint).await {
                 Ok((upstream, reused)) => {
-                    head::write_request_head(
-                        &mut self.req_head,
-                        &req,
-                        &target.tag_header,
-                        info.upgrade,
-                    );
+                    head::write_request_head(&mut self.req_head, &req, &target, info.upgrade);
                     if info.version == 0 && info.keep_alive {
                         // HTTP/1.0 closes unless asked: ask the upstream too,
                         // so the client's keep-alive can be kept.
@@ -550,6 +576,7 @@ impl Conn<'_> {
                     }
                     return Decision::Forward {
                         info,
+                        request,
                         target,
                         upstream,
                         reused,
@@ -601,6 +628,7 @@ impl Conn<'_> {
         self.send_error(client, status, body, route, !keep, !info.is_head)
             .await;
         out.status = status;
+        out.by_router = true;
         out.target = target;
         out.error = Some(error);
         if keep {
@@ -620,12 +648,7 @@ impl Conn<'_> {
         mut reused: bool,
         out: &mut Outcome,
     ) -> Next {
-        head::finish_request_head(
-            &mut self.req_head,
-            &target.tag_header,
-            target.tag.as_deref(),
-            target.baggage.as_deref(),
-        );
+        head::finish_request_head(&mut self.req_head, &target);
         let mut framing = std::mem::replace(&mut info.framing, Framing::Empty);
         let no_body = framing.is_empty();
         let mut retried = false;
@@ -693,6 +716,7 @@ impl Conn<'_> {
                 self.send_error(client, status, &body, route, !keep, !info.is_head)
                     .await;
                 out.status = status;
+                out.by_router = true;
                 out.error = Some(error);
                 if keep {
                     Next::KeepAlive
@@ -705,6 +729,7 @@ impl Conn<'_> {
                 self.send_error(client, 502, &body, route, true, !info.is_head)
                     .await;
                 out.status = 502;
+                out.by_router = true;
                 out.error = Some(error);
                 Next::Close { linger: true }
             }

@@ -11,6 +11,7 @@
 use std::io::Write as _;
 
 use super::body::{ChunkedDecoder, Framing};
+use crate::proxy::{Target, valid_field_value};
 
 /// Header fields per head we parse; more is answered with `431`.
 pub(crate) const MAX_HEADERS: usize = 100;
@@ -126,6 +127,8 @@ struct Fields {
     keep_alive: bool,
     upgrade_token: bool,
     upgrade_header: bool,
+    /// Every protocol in `Upgrade` is `h2c`: an upgrade the router declines.
+    upgrade_h2c_only: bool,
     expect_continue: bool,
 }
 
@@ -161,12 +164,19 @@ impl Fields {
                     }
                 }
             } else if name.eq_ignore_ascii_case("upgrade") {
-                f.upgrade_header = true;
+                f.up(h.value);
             } else if name.eq_ignore_ascii_case("expect") {
                 f.expect_continue |= trim_ows(h.value).eq_ignore_ascii_case(b"100-continue");
             }
         }
         Ok(f)
+    }
+
+    /// Records an `Upgrade` field.
+    fn up(&mut self, value: &[u8]) {
+        let only_h2c = list_items(value).all(|p| p.eq_ignore_ascii_case(b"h2c"));
+        self.upgrade_h2c_only = only_h2c && (!self.upgrade_header || self.upgrade_h2c_only);
+        self.upgrade_header = true;
     }
 
     fn persistent(&self, version: u8) -> bool {
@@ -183,7 +193,9 @@ pub(crate) struct RequestInfo {
     pub version: u8,
     /// The client wants the connection kept open after the response.
     pub keep_alive: bool,
-    /// `Connection: upgrade` plus an `Upgrade` field.
+    /// `Connection: upgrade` plus an `Upgrade` field, other than to h2c
+    /// (served as HTTP/1.1, the upgrade declined: the router speaks HTTP/2
+    /// to clients that start with the preface).
     pub upgrade: bool,
     /// `Expect: 100-continue`.
     pub expect_continue: bool,
@@ -223,7 +235,7 @@ pub(crate) fn analyze_request(req: &httparse::Request<'_, '_>) -> Result<Request
         framing,
         version,
         keep_alive: f.persistent(version),
-        upgrade: f.upgrade_token && f.upgrade_header,
+        upgrade: f.upgrade_token && f.upgrade_header && !f.upgrade_h2c_only,
         expect_continue: f.expect_continue,
         is_head: method == "HEAD",
         is_connect: method == "CONNECT",
@@ -234,19 +246,14 @@ pub(crate) fn analyze_request(req: &httparse::Request<'_, '_>) -> Result<Request
     })
 }
 
-/// Whether `v` can be written as a field value (no CR, LF, NUL or other
-/// controls except HTAB).
-pub(crate) fn valid_field_value(v: &[u8]) -> bool {
-    v.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
-}
-
-/// Write the request head for upstream into `out`, without the tag header,
-/// without `baggage` (the router decides its value: [`finish_request_head`]
-/// writes it) and without the final blank line.
+/// Write the request head for upstream into `out`, without the fields the
+/// router writes itself ([`Target::replaces`]: [`finish_request_head`]
+/// writes them), without `Upgrade` and `HTTP2-Settings` unless `upgrade`,
+/// and without the final blank line.
 pub(crate) fn write_request_head(
     out: &mut Vec<u8>,
     req: &httparse::Request<'_, '_>,
-    tag_header: &str,
+    target: &Target,
     upgrade: bool,
 ) {
     out.clear();
@@ -259,8 +266,10 @@ pub(crate) fn write_request_head(
         b" HTTP/1.1\r\n"
     });
     for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case(tag_header)
-            || h.name.eq_ignore_ascii_case("baggage")
+        let upgrade_field =
+            h.name.eq_ignore_ascii_case("upgrade") || h.name.eq_ignore_ascii_case("http2-settings");
+        if target.replaces(h.name)
+            || (upgrade_field && !upgrade)
             || (connection_specific(h.name, req.headers)
                 && !(upgrade && h.name.eq_ignore_ascii_case("upgrade")))
         {
@@ -291,31 +300,14 @@ fn connection_specific(name: &str, headers: &[httparse::Header<'_>]) -> bool {
             .any(|h| list_items(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
 }
 
-/// Append the tag header and `baggage` (if any and valid) and the blank line.
-pub(crate) fn finish_request_head(
-    out: &mut Vec<u8>,
-    tag_header: &str,
-    tag: Option<&str>,
-    baggage: Option<&str>,
-) {
-    if let Some(baggage) = baggage
-        && valid_field_value(baggage.as_bytes())
-    {
-        out.extend_from_slice(b"baggage: ");
-        out.extend_from_slice(baggage.as_bytes());
+/// Append the fields the router writes ([`Target::upstream_fields`]: tag
+/// header and `baggage`) and the blank line.
+pub(crate) fn finish_request_head(out: &mut Vec<u8>, target: &Target) {
+    for (name, value) in target.upstream_fields() {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
-    }
-    if let Some(tag) = tag
-        && !tag_header.is_empty()
-    {
-        if valid_field_value(tag.as_bytes()) {
-            out.extend_from_slice(tag_header.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(tag.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        } else {
-            tracing::debug!("tag value contains control characters, not written");
-        }
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -494,6 +486,16 @@ mod tests {
         }
     }
 
+    fn target(tag: Option<&str>) -> Target {
+        Target {
+            endpoint: "127.0.0.1:1".parse().unwrap(),
+            tag_header: "x-mse-tag".into(),
+            tag: tag.map(str::to_owned),
+            baggage: None,
+            route_header: None,
+        }
+    }
+
     fn analyze(raw: &str) -> Result<RequestInfo, Error> {
         with_request(raw.as_bytes(), analyze_request)
     }
@@ -585,22 +587,22 @@ mod tests {
         let raw = b"POST /p?q=1 HTTP/1.1\r\nHost: svc\r\nX-MSE-Tag: evil\r\nX-Other:  v w \r\nx-mse-tag: again\r\nContent-Length: 0\r\n\r\n";
         let mut out = Vec::new();
         with_request(raw, |req| {
-            write_request_head(&mut out, req, "x-mse-tag", false)
+            write_request_head(&mut out, req, &target(None), false)
         });
         let base = out.clone();
-        finish_request_head(&mut out, "x-mse-tag", Some("blue"), None);
+        finish_request_head(&mut out, &target(Some("blue")));
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /p?q=1 HTTP/1.1\r\nHost: svc\r\nX-Other: v w\r\nContent-Length: 0\r\nx-mse-tag: blue\r\n\r\n"
         );
         let mut out = base.clone();
-        finish_request_head(&mut out, "x-mse-tag", None, None);
+        finish_request_head(&mut out, &target(None));
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /p?q=1 HTTP/1.1\r\nHost: svc\r\nX-Other: v w\r\nContent-Length: 0\r\n\r\n"
         );
         let mut out = base;
-        finish_request_head(&mut out, "x-mse-tag", Some("a\r\nx: y"), None);
+        finish_request_head(&mut out, &target(Some("a\r\nx: y")));
         assert!(!String::from_utf8(out).unwrap().contains("x: y"));
     }
 
@@ -610,18 +612,18 @@ mod tests {
                     Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nX-End: 2\r\n\r\n";
         let mut out = Vec::new();
         with_request(raw, |req| {
-            write_request_head(&mut out, req, "x-mse-tag", false)
+            write_request_head(&mut out, req, &target(None), false)
         });
-        finish_request_head(&mut out, "x-mse-tag", None, None);
+        finish_request_head(&mut out, &target(None));
         assert_eq!(out, b"GET / HTTP/1.1\r\nHost: a\r\nX-End: 2\r\n\r\n");
 
         let raw = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\n\
                     Upgrade: websocket\r\n\r\n";
         let mut out = Vec::new();
         with_request(raw, |req| {
-            write_request_head(&mut out, req, "x-mse-tag", true)
+            write_request_head(&mut out, req, &target(None), true)
         });
-        finish_request_head(&mut out, "x-mse-tag", None, None);
+        finish_request_head(&mut out, &target(None));
         assert_eq!(
             out,
             b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nconnection: upgrade\r\n\r\n"
@@ -629,13 +631,39 @@ mod tests {
     }
 
     #[test]
+    fn an_h2c_upgrade_is_declined_and_its_fields_not_forwarded() {
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+                    Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nX-End: 2\r\n\r\n";
+        let info = with_request(raw, analyze_request).unwrap();
+        assert!(!info.upgrade, "served as HTTP/1.1");
+        assert!(info.keep_alive);
+        let mut out = Vec::new();
+        with_request(raw, |req| {
+            write_request_head(&mut out, req, &target(None), info.upgrade)
+        });
+        finish_request_head(&mut out, &target(None));
+        assert_eq!(out, b"GET / HTTP/1.1\r\nHost: a\r\nX-End: 2\r\n\r\n");
+        // Without `Connection` naming them, they are still not forwarded.
+        let raw = b"GET / HTTP/1.1\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMA\r\n\r\n";
+        let mut out = Vec::new();
+        with_request(raw, |req| {
+            write_request_head(&mut out, req, &target(None), false)
+        });
+        finish_request_head(&mut out, &target(None));
+        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
+        // Another protocol offered besides h2c is an upgrade as before.
+        let raw = b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: h2c, websocket\r\n\r\n";
+        assert!(with_request(raw, analyze_request).unwrap().upgrade);
+    }
+
+    #[test]
     fn request_rewrite_keeps_http10_and_bare_lf() {
         let raw = b"GET / HTTP/1.0\nHost: a\n\n";
         let mut out = Vec::new();
         with_request(raw, |req| {
-            write_request_head(&mut out, req, "x-mse-tag", false)
+            write_request_head(&mut out, req, &target(None), false)
         });
-        finish_request_head(&mut out, "x-mse-tag", Some("t"), None);
+        finish_request_head(&mut out, &target(Some("t")));
         assert_eq!(out, b"GET / HTTP/1.0\r\nHost: a\r\nx-mse-tag: t\r\n\r\n");
     }
 
