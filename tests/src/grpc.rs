@@ -178,10 +178,10 @@ impl GrpcStandard {
         &self.servers[index]
     }
 
-    /// A client in pod `pod` (an index of [`Standard::pods`]), connected
-    /// to the twin's VIP.
-    pub async fn client(&self, pod: usize) -> Result<EchoClient> {
-        EchoClient::connect(self.standard.node.pod(pod), self.vip()?).await
+    /// A client in pod `pod` (an index of [`Standard::pods`]) of the
+    /// twin's VIP.
+    pub fn client(&self, pod: usize) -> Result<EchoClient> {
+        EchoClient::new(self.standard.node.pod(pod), self.vip()?)
     }
 }
 

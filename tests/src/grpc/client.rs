@@ -1,6 +1,11 @@
-//! The `lanes.Echo` client: tonic's channel over one HTTP/2 connection made
-//! from inside a pod (by this process, in the test cgroup, so the agent's
-//! programs redirect it as that pod's).
+//! The `lanes.Echo` client: tonic's method glue over hyper's HTTP/2 client,
+//! on one connection made from inside a pod (by this process, in the test
+//! cgroup, so the agent's programs redirect it as that pod's).
+//!
+//! hyper's client rather than tonic's `Channel`, which keeps a call's
+//! deadline itself (ending it `CANCELLED`): here a call's deadline
+//! (`grpc-timeout`) is kept by the path, as the router must keep it for
+//! clients that only pass it on.
 
 use std::{
     net::SocketAddr,
@@ -8,17 +13,21 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    task::{Context, Poll},
 };
 
 use anyhow::Result;
-use futures::Stream;
-use hyper_util::rt::TokioIo;
+use futures::{Stream, future::BoxFuture};
+use hyper_util::{
+    client::legacy::Client,
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+};
 use tonic::{
     Request, Response, Status, Streaming,
+    body::Body,
     client::Grpc,
     codegen::http::{Uri, uri::PathAndQuery},
     metadata::MetadataValue,
-    transport::{Channel, Endpoint},
 };
 use tonic_prost::ProstCodec;
 
@@ -50,33 +59,26 @@ pub fn tagged<T>(message: T, tag: Option<&str>) -> Request<T> {
 /// the same pod.
 #[derive(Clone, Debug)]
 pub struct EchoClient {
-    grpc: Grpc<Channel>,
+    grpc: Grpc<Client<FromPod, Body>>,
     connections: Arc<AtomicU64>,
 }
 
 impl EchoClient {
-    /// Connects from `pod` to `to` (gRPC over cleartext HTTP/2).
-    pub async fn connect(pod: &Pod, to: SocketAddr) -> Result<Self> {
-        let netns = Arc::new(pod.netns.file()?);
+    /// A client from `pod` to `to` (gRPC over cleartext HTTP/2); it connects
+    /// at its first call.
+    pub fn new(pod: &Pod, to: SocketAddr) -> Result<Self> {
         let connections = Arc::new(AtomicU64::new(0));
-        let connected = connections.clone();
-        let connector = tower::service_fn(move |_: Uri| {
-            let netns = netns.clone();
-            connected.fetch_add(1, Ordering::Relaxed);
-            async move {
-                let stream =
-                    tokio::task::spawn_blocking(move || crate::client::connect_in(&netns, to))
-                        .await??;
-                // As tonic's own connector does: small frames go out at once.
-                stream.set_nodelay(true)?;
-                stream.set_nonblocking(true)?;
-                anyhow::Ok(TokioIo::new(tokio::net::TcpStream::from_std(stream)?))
-            }
-        });
-        let channel = Endpoint::from_shared(format!("http://{to}"))?
-            .connect_with_connector(connector)
-            .await?;
-        let grpc = Grpc::new(channel)
+        let connector = FromPod {
+            netns: Arc::new(pod.netns.file()?),
+            to,
+            connections: connections.clone(),
+        };
+        let http2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        let grpc = Grpc::with_origin(http2, format!("http://{to}").parse()?)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         Ok(Self { grpc, connections })
@@ -135,6 +137,37 @@ impl EchoClient {
     }
 }
 
+/// Connects from inside a pod to one address, counting its connections.
+#[derive(Clone, Debug)]
+struct FromPod {
+    netns: Arc<std::fs::File>,
+    to: SocketAddr,
+    connections: Arc<AtomicU64>,
+}
+
+impl tower::Service<Uri> for FromPod {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = anyhow::Error;
+    type Future = BoxFuture<'static, Result<Self::Response>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        let (netns, to) = (self.netns.clone(), self.to);
+        Box::pin(async move {
+            let stream = tokio::task::spawn_blocking(move || crate::client::connect_in(&netns, to))
+                .await??;
+            // As tonic's own connector does: small frames go out at once.
+            stream.set_nodelay(true)?;
+            stream.set_nonblocking(true)?;
+            Ok(TokioIo::new(tokio::net::TcpStream::from_std(stream)?))
+        })
+    }
+}
+
 /// Every reply of a stream, until its end (or its error).
 pub async fn replies(mut stream: Streaming<EchoReply>) -> Result<Vec<EchoReply>, Status> {
     let mut all = Vec::new();
@@ -155,7 +188,9 @@ fn codec() -> ProstCodec<EchoRequest, EchoReply> {
 /// Runs `during` while two workers in `pod`, each with its own client (one
 /// connection, a new one when the server ends it), make unary calls to `to`
 /// without pause, every other one tagged `joint1`. A call the router
-/// answered from outside its lane counts as failed. The workers stop however `during` ends; its error is returned
+/// answered from outside its lane counts as failed; a call that failed
+/// before reaching any server is retried, as gRPC clients do
+/// ([`never_processed`]). The workers stop however `during` ends; its error is returned
 /// after they have.
 pub fn under_load(
     pod: &Pod,
@@ -167,7 +202,7 @@ pub fn under_load(
     let counts = Arc::new(std::sync::Mutex::new(crate::client::LoadCounts::default()));
     let workers = (0..2)
         .map(|_| {
-            let client = runtime.block_on(EchoClient::connect(pod, to))?;
+            let client = EchoClient::new(pod, to)?;
             Ok(runtime.spawn(load(client, stop.clone(), counts.clone())))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -196,7 +231,15 @@ async fn load(
             0 => (Some("joint1"), "reviews-joint1"),
             _ => (None, "reviews-base"),
         };
-        let answer = client.unary(tagged(EchoRequest::default(), tag)).await;
+        let mut answer = client.unary(tagged(EchoRequest::default(), tag)).await;
+        for _ in 0..5 {
+            match &answer {
+                Err(status) if never_processed(status) => {
+                    answer = client.unary(tagged(EchoRequest::default(), tag)).await;
+                }
+                _ => break,
+            }
+        }
         let mut counts = counts.lock().unwrap_or_else(|p| p.into_inner());
         match answer {
             // Through the router, a call lands in its lane; the direct way
@@ -217,4 +260,27 @@ async fn load(
             }
         }
     }
+}
+
+/// Whether a call failed before a server could have taken it, so that gRPC
+/// clients retry it transparently (tonic leaves that to its user): its
+/// connection closed before it was sent, its stream was refused, or it came
+/// after the connection's GOAWAY. That GOAWAY error also ends a stream the
+/// server had taken when the connection closes under it: counting the
+/// servers' calls against the calls answered tells the two apart.
+pub fn never_processed(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if let Some(hyper) = error.downcast_ref::<hyper::Error>()
+            && hyper.is_canceled()
+        {
+            return true;
+        }
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote());
+        }
+        source = error.source();
+    }
+    false
 }
