@@ -127,7 +127,8 @@ fn a_hundred_concurrent_streams_on_one_connection_each_stay_in_their_lane(
     run(async {
         let client = g.client(g.standard.pods.client)?;
         let lanes = [JOINT1, GRAY, UNTAGGED, JOINT2];
-        // Each call lasts 300 ms: all hundred are open at once.
+        // Each call lasts 150 ms (unary) or 300 ms (two streamed replies):
+        // all hundred are open at once.
         let calls: Vec<_> = (0..100)
             .map(|i| {
                 let mut client = client.clone();
