@@ -345,6 +345,15 @@ pods:
     }
 
     #[test]
+    fn an_http2_port_stays_with_the_router_which_routes_each_stream() {
+        for protocol in ["http2", "grpc"] {
+            let yaml = LANES.replace("protocol: tcp", &format!("protocol: {protocol}"));
+            let lanes = KernelLanes::new(&snapshot(&yaml), &mut LaneIds::default());
+            assert!(lanes.kernel_routed.is_empty(), "{protocol}");
+        }
+    }
+
+    #[test]
     fn lane_ids_survive_reloads_and_are_never_reused() {
         let mut ids = LaneIds::default();
         ids.learn(&snapshot(LANES));

@@ -14,7 +14,7 @@ pub(crate) mod grpc;
 mod relay;
 mod stream;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub(crate) mod upstream;
 
 use std::{pin::pin, sync::Arc};

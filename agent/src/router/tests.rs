@@ -202,3 +202,72 @@ async fn every_known_service_has_its_error_counters_at_zero() {
         "a service that comes with a reload gets its series too"
     );
 }
+
+#[tokio::test]
+async fn http2_streams_of_one_connection_are_routed_and_counted_each_on_its_own() {
+    use crate::proxy::h2::tests::{self as h2t, Backend as H2Backend};
+    let (release, held) = tokio::sync::watch::channel(false);
+    let base = H2Backend::start(None, h2t::held(held.clone())).await;
+    let gray = H2Backend::start(None, h2t::held(held)).await;
+    let (b, g) = (base.addr.port(), gray.addr.port());
+    let t = TestRouter::start(|port| {
+        reviews(port, b, g, "x-mse-tag").replace("protocol: http", "protocol: grpc")
+            + "    policy: {lanes: joint1=strict}\n"
+    })
+    .await;
+    let send = h2t::client(t.addr).await;
+    let calls: Vec<_> = (0..6)
+        .map(|i| {
+            let send = send.clone();
+            let gray = i % 2 == 0;
+            let headers: &[_] = if gray { &[("x-mse-tag", "gray")] } else { &[] };
+            tokio::spawn(async move { (gray, h2t::get(&send, "/", headers).await) })
+        })
+        .collect();
+    base.wait_streams(3).await;
+    gray.wait_streams(3).await;
+    // Six streams in flight on one connection, each holding its own state.
+    let conns = t.router.telemetry.conns.list();
+    assert_eq!(conns.len(), 1);
+    assert_eq!(
+        (conns[0].protocol.as_str(), conns[0].open_streams),
+        ("h2", 6)
+    );
+    let in_flight: Vec<u32> = t.router.applied().snapshot.ports[0]
+        .backends
+        .iter()
+        .map(|b| b.load.in_flight.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
+    assert_eq!(in_flight, [3, 3], "in flight per endpoint");
+    release.send_replace(true);
+    for call in calls {
+        let (gray, answer) = call.await.unwrap();
+        assert_eq!(answer.head.status(), 200);
+        let lane = if gray { "gray" } else { "-" };
+        assert_eq!(
+            answer.header("x-seen-tag"),
+            lane,
+            "the resolved tag upstream"
+        );
+    }
+    // A gRPC call for a strict lane without endpoints: UNAVAILABLE, counted.
+    let strict = h2t::get(
+        &send,
+        "/svc/Call",
+        &[
+            ("x-mse-tag", "joint1"),
+            ("content-type", "application/grpc"),
+        ],
+    )
+    .await;
+    assert_eq!(strict.header("grpc-status"), "14");
+    assert!(strict.header("grpc-message").contains("default/reviews"));
+    t.wait_for_metric(
+        "laneway_grpc_responses_total{service=\"default/reviews\",tag=\"joint1\",grpc_status=\"14\"} 1\n",
+    )
+    .await;
+    t.wait_for_metric(
+        "laneway_grpc_responses_total{service=\"default/reviews\",tag=\"\",grpc_status=\"0\"} 3\n",
+    )
+    .await;
+}

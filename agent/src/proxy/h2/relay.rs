@@ -37,13 +37,62 @@ impl Error {
     }
 }
 
-/// What the relay saw.
+/// A request body handed on is kept up to this size, so that a stream the
+/// upstream refused can be sent again on another connection.
+const KEEP_MAX: u64 = 64 * 1024;
+
+/// What a relay handed on so far: how much, whether it ended, and (while
+/// small, when asked) the data itself, to send it again.
 #[derive(Debug, Default)]
-pub(crate) struct Relayed {
+pub(crate) struct Sent {
     /// DATA bytes handed on.
     pub bytes: u64,
-    /// `grpc-status` of the trailers, if any.
+    /// END_STREAM was handed on (without trailers).
+    pub ended: bool,
+    /// Everything handed on is in `kept`.
+    keeping: bool,
+    kept: Vec<Bytes>,
+    /// `grpc-status` of the trailers handed on, if any.
     pub grpc_status: Option<u32>,
+}
+
+impl Sent {
+    /// Keeps what is handed on while it is small.
+    pub(crate) fn keeping() -> Self {
+        Self {
+            keeping: true,
+            ..Self::default()
+        }
+    }
+
+    fn record(&mut self, data: &Bytes, end: bool) {
+        self.bytes += data.len() as u64;
+        self.ended |= end;
+        if self.keeping && self.bytes > KEEP_MAX {
+            self.keeping = false;
+            self.kept = Vec::new();
+        } else if self.keeping && !data.is_empty() {
+            self.kept.push(data.clone());
+        }
+    }
+
+    /// Whether everything handed on can be sent again ([`Sent::replay`]):
+    /// the body so far is small and had no trailers.
+    pub(crate) fn replayable(&self) -> bool {
+        self.keeping
+    }
+
+    /// Sends what was handed on so far again, on another stream.
+    pub(crate) async fn replay(&self, to: &mut SendStream<Bytes>) -> Result<(), Error> {
+        let last = self.kept.len().saturating_sub(1);
+        for (i, data) in self.kept.iter().enumerate() {
+            send(to, data.clone(), self.ended && i == last).await?;
+        }
+        if self.ended && self.kept.is_empty() {
+            send(to, Bytes::new(), true).await?;
+        }
+        Ok(())
+    }
 }
 
 /// What happened first: data on the receiving side, or a reset of the
@@ -100,14 +149,13 @@ async fn send(to: &mut SendStream<Bytes>, mut data: Bytes, end: bool) -> Result<
 }
 
 /// Relays everything `from` receives to `to`, ending `to` as `from` ended
-/// (END_STREAM or trailers). `progress` counts DATA bytes handed on as they
-/// go, so a caller whose relay was cut short knows whether any was.
+/// (END_STREAM or trailers). `sent` records what was handed on as it goes,
+/// so a caller whose relay was cut short knows what was.
 pub(crate) async fn forward(
     from: &mut RecvStream,
     to: &mut SendStream<Bytes>,
-    progress: &mut u64,
-) -> Result<Relayed, Error> {
-    let mut relayed = Relayed::default();
+    sent: &mut Sent,
+) -> Result<(), Error> {
     loop {
         let data = match next(to, |cx| from.poll_data(cx)).await {
             Step::Reset(reset) => return Err(reset_error(reset)),
@@ -117,28 +165,30 @@ pub(crate) async fn forward(
         };
         let len = data.len();
         let end = from.is_end_stream();
-        send(to, data, end).await?;
+        send(to, data.clone(), end).await?;
         // The window goes back to the sender only once the bytes went on.
         from.flow_control()
             .release_capacity(len)
             .map_err(Error::Recv)?;
-        relayed.bytes += len as u64;
-        *progress += len as u64;
+        sent.record(&data, end);
         if end {
-            return Ok(relayed);
+            return Ok(());
         }
     }
     match next(to, |cx| from.poll_trailers(cx)).await {
         Step::Reset(reset) => Err(reset_error(reset)),
         Step::Received(Err(e)) => Err(Error::Recv(e)),
         Step::Received(Ok(Some(trailers))) => {
-            relayed.grpc_status = grpc::status(&trailers);
+            sent.grpc_status = grpc::status(&trailers);
+            sent.keeping = false;
+            sent.kept = Vec::new();
             to.send_trailers(trailers).map_err(Error::Send)?;
-            Ok(relayed)
+            Ok(())
         }
         Step::Received(Ok(None)) => {
             to.send_data(Bytes::new(), true).map_err(Error::Send)?;
-            Ok(relayed)
+            sent.record(&Bytes::new(), true);
+            Ok(())
         }
     }
 }

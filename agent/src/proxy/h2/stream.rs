@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::{
     Shared, grpc,
-    relay::{self, Relayed},
+    relay::{self, Sent},
     upstream::{self, Lease},
 };
 use crate::proxy::{
@@ -75,13 +75,18 @@ struct Outcome {
 /// Serve one stream; reports its outcome exactly once.
 pub(super) async fn serve(
     request: Request<RecvStream>,
-    mut respond: SendResponse<Bytes>,
+    respond: SendResponse<Bytes>,
     shared: Arc<Shared>,
 ) {
     let start = Instant::now();
     let (parts, body) = request.into_parts();
     let mut out = Outcome::default();
-    handle(&shared, &parts, body, &mut respond, &mut out).await;
+    let mut client = ClientSide {
+        body,
+        respond,
+        sent: Sent::keeping(),
+    };
+    handle(&shared, &parts, &mut client, &mut out).await;
     let outcome = RequestOutcome {
         target: out.target,
         status: out.status,
@@ -115,13 +120,19 @@ impl Answer {
     }
 }
 
-async fn handle(
-    shared: &Shared,
-    parts: &Parts,
-    mut body: RecvStream,
-    respond: &mut SendResponse<Bytes>,
-    out: &mut Outcome,
-) {
+/// The client's stream.
+struct ClientSide {
+    /// Its request body.
+    body: RecvStream,
+    /// Its response side.
+    respond: SendResponse<Bytes>,
+    /// What of its request body went upstream (kept while small, to send
+    /// it again when the upstream refuses the stream).
+    sent: Sent,
+}
+
+async fn handle(shared: &Shared, parts: &Parts, client: &mut ClientSide, out: &mut Outcome) {
+    let respond = &mut client.respond;
     let fields: Vec<(&str, &[u8])> = parts
         .headers
         .iter()
@@ -148,13 +159,13 @@ async fn handle(
     loop {
         let (target, send, lease) = match route(shared, &view, &mut exclude, out).await {
             Ok(routed) => routed,
-            Err(a) => return answer(respond, grpc, a, out),
+            Err(a) => return answer(&mut client.respond, grpc, a, out),
         };
         let upstream_request = match upstream_request(parts, &target) {
             Ok(r) => r,
             Err(e) => {
                 let a = Answer::new(400, Error::BadRequest(e), target.route_header.clone());
-                return answer(respond, grpc, a, out);
+                return answer(&mut client.respond, grpc, a, out);
             }
         };
         let exchange = Exchange {
@@ -164,7 +175,7 @@ async fn handle(
             deadline: grpc::timeout(&parts.headers),
         };
         match exchange
-            .run(send, lease, upstream_request, &mut body, respond, out)
+            .run((send, lease), upstream_request, client, out)
             .await
         {
             Ran::Done => return,
@@ -174,7 +185,7 @@ async fn handle(
             }
             Ran::Refused(e) => {
                 let a = Answer::new(502, Error::Upstream(e), target.route_header.clone());
-                return answer(respond, grpc, a, out);
+                return answer(&mut client.respond, grpc, a, out);
             }
         }
     }
@@ -303,8 +314,8 @@ fn upstream_request(parts: &Parts, target: &Target) -> Result<Request<()>, http:
 enum Ran {
     /// The upstream's response (or an error) went to the client.
     Done,
-    /// The upstream refused the stream before processing it and nothing of
-    /// the request body was consumed: it can go on another connection.
+    /// The upstream refused the stream before processing it and what of the
+    /// request body went to it is kept: it can go on another connection.
     Refused(h2::Error),
 }
 
@@ -330,8 +341,8 @@ struct Streams<'a> {
     respond: &'a mut SendResponse<Bytes>,
     /// The client's response body, once the head was sent.
     client_send: &'a mut Option<SendStream<Bytes>>,
-    /// Request body bytes handed upstream.
-    consumed: &'a mut u64,
+    /// What of the request body went upstream.
+    sent: &'a mut Sent,
 }
 
 /// One request on one upstream stream.
@@ -346,30 +357,32 @@ struct Exchange<'a> {
 impl Exchange<'_> {
     async fn run(
         &self,
-        send: h2::client::SendRequest<Bytes>,
-        lease: Lease,
+        (mut send, lease): (h2::client::SendRequest<Bytes>, Lease),
         request: Request<()>,
-        body: &mut RecvStream,
-        respond: &mut SendResponse<Bytes>,
+        client: &mut ClientSide,
         out: &mut Outcome,
     ) -> Ran {
-        let mut send = send;
-        let request_ends = body.is_end_stream();
-        let (response, mut up_send) = match send.send_request(request, request_ends) {
+        let ClientSide {
+            body,
+            respond,
+            sent,
+        } = client;
+        // No body at all: the headers end the stream.
+        let headers_only = body.is_end_stream() && sent.bytes == 0 && !sent.ended;
+        let (response, mut up_send) = match send.send_request(request, headers_only) {
             Ok(r) => r,
             Err(e) => {
                 lease.retire();
                 return Ran::Refused(e);
             }
         };
-        let mut consumed = 0u64;
         let mut client_send: Option<SendStream<Bytes>> = None;
         let streams = Streams {
             body,
             up_send: &mut up_send,
             respond,
             client_send: &mut client_send,
-            consumed: &mut consumed,
+            sent,
         };
         let ended = self.relay(response, streams, out).await;
         let cut = match ended {
@@ -377,7 +390,7 @@ impl Exchange<'_> {
             Err(cut) => cut,
         };
         match cut {
-            Cut::Upstream(e) if refused(&e) && consumed == 0 && client_send.is_none() => {
+            Cut::Upstream(e) if refused(&e) && sent.replayable() && client_send.is_none() => {
                 lease.retire();
                 Ran::Refused(e)
             }
@@ -440,7 +453,7 @@ impl Exchange<'_> {
             up_send,
             respond,
             client_send,
-            consumed,
+            sent,
         } = streams;
         let cfg = &self.shared.cfg;
         let mut request_done = body.is_end_stream();
@@ -452,7 +465,16 @@ impl Exchange<'_> {
             call_deadline.unwrap_or_else(|| deadline_after(cfg.response_timeout))
         ));
         let mut armed = call_deadline.is_some() || request_done;
-        let mut pump = pin!(relay::forward(body, up_send, consumed));
+        if sent.bytes > 0 || sent.ended {
+            // Sent again after a refusal: what the refused stream got first.
+            let replayed = tokio::time::timeout(cfg.response_timeout, sent.replay(up_send)).await;
+            match replayed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "sending request to upstream failed"),
+                Err(_) => return Err(Cut::Timeout(cfg.response_timeout)),
+            }
+        }
+        let mut pump = pin!(relay::forward(body, up_send, sent));
         let mut response = pin!(response);
         let head = loop {
             tokio::select! {
@@ -506,26 +528,28 @@ impl Exchange<'_> {
         if response_ends {
             return Ok(());
         }
-        let mut down = 0u64;
-        let mut response_pump = pin!(relay::forward(&mut up_recv, client, &mut down));
-        let relayed: Relayed = loop {
-            tokio::select! {
-                biased;
-                r = &mut pump, if !request_done => {
-                    request_done = true;
-                    if let Err(e @ relay::Error::Recv(_)) = r {
-                        return Err(Cut::Client(e));
+        let mut down = Sent::default();
+        {
+            let mut response_pump = pin!(relay::forward(&mut up_recv, client, &mut down));
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut pump, if !request_done => {
+                        request_done = true;
+                        if let Err(e @ relay::Error::Recv(_)) = r {
+                            return Err(Cut::Client(e));
+                        }
                     }
+                    r = &mut response_pump => match r {
+                        Ok(()) => break,
+                        Err(e @ relay::Error::Recv(_)) => return Err(Cut::ResponseBody(e)),
+                        Err(e) => return Err(Cut::Client(e)),
+                    },
                 }
-                r = &mut response_pump => match r {
-                    Ok(relayed) => break relayed,
-                    Err(e @ relay::Error::Recv(_)) => return Err(Cut::ResponseBody(e)),
-                    Err(e) => return Err(Cut::Client(e)),
-                },
             }
-        };
-        if relayed.grpc_status.is_some() {
-            out.grpc_status = relayed.grpc_status;
+        }
+        if down.grpc_status.is_some() {
+            out.grpc_status = down.grpc_status;
         }
         Ok(())
     }

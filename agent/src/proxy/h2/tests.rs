@@ -32,18 +32,18 @@ use crate::proxy::{
 
 /// Serves one stream: the request, its response, and the backend's
 /// connection number (from 1).
-type Handler = Arc<
+pub(crate) type Handler = Arc<
     dyn Fn(Request<RecvStream>, SendResponse<Bytes>, usize) -> BoxFuture<'static, ()> + Send + Sync,
 >;
 
-struct Backend {
-    addr: SocketAddr,
+pub(crate) struct Backend {
+    pub(crate) addr: SocketAddr,
     conns: Arc<AtomicUsize>,
     streams: Arc<AtomicUsize>,
 }
 
 impl Backend {
-    async fn start(max_concurrent_streams: Option<u32>, handler: Handler) -> Backend {
+    pub(crate) async fn start(max_concurrent_streams: Option<u32>, handler: Handler) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let conns = Arc::new(AtomicUsize::new(0));
@@ -78,7 +78,7 @@ impl Backend {
     /// Answers 200 after reading the whole request: `x-backend`, `x-conn`,
     /// `x-seen-tag` (the tag header it got), the request body back, and
     /// the request's trailers back with `grpc-status: 0`.
-    async fn echo(name: &'static str) -> Backend {
+    pub(crate) async fn echo(name: &'static str) -> Backend {
         Backend::start(
             None,
             Arc::new(move |req, respond, conn| Box::pin(echo(name, req, respond, conn))),
@@ -90,7 +90,7 @@ impl Backend {
         self.conns.load(Ordering::SeqCst)
     }
 
-    async fn wait_streams(&self, n: usize) {
+    pub(crate) async fn wait_streams(&self, n: usize) {
         let deadline = Instant::now() + WAIT;
         while self.streams.load(Ordering::SeqCst) < n {
             assert!(Instant::now() < deadline, "backend expected {n} streams");
@@ -125,7 +125,7 @@ async fn echo(name: &str, req: Request<RecvStream>, mut respond: SendResponse<By
 }
 
 /// A handler that waits until `release` turns true, then echoes.
-fn held(release: watch::Receiver<bool>) -> Handler {
+pub(crate) fn held(release: watch::Receiver<bool>) -> Handler {
     Arc::new(move |req, respond, conn| {
         let mut release = release.clone();
         Box::pin(async move {
@@ -151,7 +151,7 @@ async fn read_all(body: &mut RecvStream) -> Option<(Vec<u8>, Option<HeaderMap>)>
 // ---------------------------------------------------------------------------
 // Test client
 
-async fn client(addr: SocketAddr) -> SendRequest<Bytes> {
+pub(crate) async fn client(addr: SocketAddr) -> SendRequest<Bytes> {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (send, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(async move {
@@ -168,14 +168,14 @@ fn request(path: &str, headers: &[(&'static str, &str)]) -> Request<()> {
     b.body(()).unwrap()
 }
 
-struct Answer {
-    head: Response<()>,
+pub(crate) struct Answer {
+    pub(crate) head: Response<()>,
     body: Vec<u8>,
     trailers: Option<HeaderMap>,
 }
 
 impl Answer {
-    fn header(&self, name: &str) -> &str {
+    pub(crate) fn header(&self, name: &str) -> &str {
         self.head
             .headers()
             .get(name)
@@ -191,7 +191,11 @@ impl Answer {
 }
 
 /// Send a request without a body and read the whole answer.
-async fn get(send: &SendRequest<Bytes>, path: &str, headers: &[(&'static str, &str)]) -> Answer {
+pub(crate) async fn get(
+    send: &SendRequest<Bytes>,
+    path: &str,
+    headers: &[(&'static str, &str)],
+) -> Answer {
     let mut send = send.clone().ready().await.unwrap();
     let (response, _) = send.send_request(request(path, headers), true).unwrap();
     timeout(WAIT, answer(response))
@@ -571,13 +575,15 @@ async fn a_terminating_endpoint_gets_no_new_stream_while_its_open_one_finishes()
     );
 }
 
-#[tokio::test]
-async fn a_refused_stream_is_sent_again_on_another_connection() {
-    let backend = Backend::start(
+/// A backend whose first connection refuses every stream (after reading
+/// its body) and whose others echo.
+async fn refusing_first_connection() -> Backend {
+    Backend::start(
         None,
         Arc::new(|req, mut respond, conn| {
             Box::pin(async move {
                 if conn == 1 {
+                    let _ = read_all(&mut req.into_body()).await;
                     respond.send_reset(h2::Reason::REFUSED_STREAM);
                 } else {
                     echo("second", req, respond, conn).await;
@@ -585,7 +591,12 @@ async fn a_refused_stream_is_sent_again_on_another_connection() {
             })
         }),
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_refused_stream_is_sent_again_on_another_connection() {
+    let backend = refusing_first_connection().await;
     let proxy = Proxy::start(
         cfg(),
         TestRoutes::new(move |_, _| to(backend.addr)),
@@ -595,6 +606,65 @@ async fn a_refused_stream_is_sent_again_on_another_connection() {
     let answer = get(&client(proxy.addr).await, "/", &[]).await;
     assert_eq!(answer.head.status(), 200);
     assert_eq!(answer.header("x-conn"), "2");
+}
+
+#[tokio::test]
+async fn a_refused_stream_with_a_small_body_is_sent_again_whole() {
+    let backend = refusing_first_connection().await;
+    let proxy = Proxy::start(
+        cfg(),
+        TestRoutes::new(move |_, _| to(backend.addr)),
+        Protocol::Sniff,
+    )
+    .await;
+    let mut send = client(proxy.addr).await.ready().await.unwrap();
+    let (response, mut body) = send.send_request(request("/unary", &[]), false).unwrap();
+    body.send_data(Bytes::from_static(b"\0\0\0\0\x05hello"), false)
+        .unwrap();
+    body.send_data(Bytes::from_static(b" again"), true).unwrap();
+    let answer = timeout(WAIT, answer(response)).await.unwrap().unwrap();
+    assert_eq!(answer.head.status(), 200);
+    assert_eq!(answer.header("x-conn"), "2");
+    assert_eq!(
+        answer.body, b"\0\0\0\0\x05hello again",
+        "the whole body, once"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_goaway_moves_new_streams_to_another_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut id = 0;
+        while let Ok((tcp, _)) = listener.accept().await {
+            id += 1;
+            tokio::spawn(async move {
+                let mut conn = h2::server::handshake(tcp).await.unwrap();
+                while let Some(Ok((req, respond))) = conn.accept().await {
+                    if id == 1 {
+                        // Its first stream is still answered after GOAWAY.
+                        conn.graceful_shutdown();
+                    }
+                    tokio::spawn(echo("b", req, respond, id));
+                }
+            });
+        }
+    });
+    let proxy = Proxy::start(
+        cfg(),
+        TestRoutes::new(move |_, _| to(addr)),
+        Protocol::Sniff,
+    )
+    .await;
+    let send = client(proxy.addr).await;
+    assert_eq!(get(&send, "/1", &[]).await.header("x-conn"), "1");
+    assert_eq!(
+        get(&send, "/2", &[]).await.header("x-conn"),
+        "2",
+        "new stream, new connection"
+    );
+    assert_eq!(get(&send, "/3", &[]).await.header("x-conn"), "2");
 }
 
 #[tokio::test]
