@@ -286,6 +286,8 @@ in_modes! {
         sixteen_mib_messages_and_a_slow_reader_get_through_whole,
         cancellation_and_deadlines_reach_the_server,
         takeovers_and_sigterm_under_grpc_load_fail_no_call,
+        a_strict_lane_without_endpoints_answers_unavailable_naming_service_and_lane,
+        an_endpoint_turning_terminating_finishes_its_open_stream_and_gets_no_new_call,
     ],
     tc => Tc: [
         each_kind_of_call_lands_in_its_lane,
@@ -293,12 +295,15 @@ in_modes! {
         sixteen_mib_messages_and_a_slow_reader_get_through_whole,
         cancellation_and_deadlines_reach_the_server,
         takeovers_and_sigterm_under_grpc_load_fail_no_call,
+        a_strict_lane_without_endpoints_answers_unavailable_naming_service_and_lane,
+        an_endpoint_turning_terminating_finishes_its_open_stream_and_gets_no_new_call,
     ],
 }
 
-#[test]
-fn a_strict_lane_without_endpoints_answers_unavailable_naming_service_and_lane() -> Result<()> {
-    let g = GrpcStandard::start(Mode::Socket, |svc| {
+fn a_strict_lane_without_endpoints_answers_unavailable_naming_service_and_lane(
+    mode: Mode,
+) -> Result<()> {
+    let g = GrpcStandard::start(mode, |svc| {
         svc.policy = Some("{lanes: 'joint2=strict'}".into());
     })?;
     run(async {
@@ -325,9 +330,10 @@ fn a_strict_lane_without_endpoints_answers_unavailable_naming_service_and_lane()
     })
 }
 
-#[test]
-fn an_endpoint_turning_terminating_finishes_its_open_stream_and_gets_no_new_call() -> Result<()> {
-    let g = GrpcStandard::start(Mode::Socket, |_| {})?;
+fn an_endpoint_turning_terminating_finishes_its_open_stream_and_gets_no_new_call(
+    mode: Mode,
+) -> Result<()> {
+    let g = GrpcStandard::start(mode, |_| {})?;
     let joint1 = g.server("reviews-joint1");
     run(async {
         let mut client = g.client(g.standard.pods.client)?;
