@@ -187,11 +187,12 @@ fn codec() -> ProstCodec<EchoRequest, EchoReply> {
 
 /// Runs `during` while two workers in `pod`, each with its own client (one
 /// connection, a new one when the server ends it), make unary calls to `to`
-/// without pause, every other one tagged `joint1`. A call the router
+/// (the VIP of [`super::reviews_twin`]) without pause, every other one
+/// tagged `joint1`. A call the router
 /// answered from outside its lane counts as failed; a call that failed
 /// before reaching any server is retried, as gRPC clients do
-/// ([`never_processed`]). The workers stop however `during` ends; its error is returned
-/// after they have.
+/// ([`never_processed`]). The workers stop however `during` ends; its error
+/// is returned after they have.
 pub fn under_load(
     pod: &Pod,
     to: SocketAddr,

@@ -66,12 +66,7 @@ impl EchoServer {
             tokio::net::TcpListener::from_std(listener)?
         };
         let counts = Arc::new(Counts::default());
-        let echo = Echo {
-            name: pod.name.as_str().into(),
-            peer: "".into(),
-            counts: counts.clone(),
-        };
-        runtime.spawn(accept(listener, echo));
+        runtime.spawn(accept(listener, pod.name.as_str().into(), counts.clone()));
         Ok(Self {
             runtime: Some(runtime),
             counts,
@@ -97,7 +92,7 @@ impl Drop for EchoServer {
     }
 }
 
-async fn accept(listener: tokio::net::TcpListener, echo: Echo) {
+async fn accept(listener: tokio::net::TcpListener, name: Arc<str>, counts: Arc<Counts>) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -106,8 +101,9 @@ async fn accept(listener: tokio::net::TcpListener, echo: Echo) {
         // As tonic's own server does: small frames go out at once.
         let _ = stream.set_nodelay(true);
         let echo = Echo {
+            name: name.clone(),
             peer: peer.ip().to_canonical().to_string().into(),
-            ..echo.clone()
+            counts: counts.clone(),
         };
         tokio::spawn(async move {
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
