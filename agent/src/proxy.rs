@@ -271,6 +271,29 @@ pub trait Routes: Send + Sync + 'static {
     fn observe_unrouted(&self, outcome: RequestOutcome);
 }
 
+/// Connect attempts per request (or L4 stream) before giving up, whatever
+/// the router says.
+pub(crate) const MAX_CONNECT_ATTEMPTS: usize = 32;
+
+/// The status a [`Route::Reject`] is answered with: its own, unless it
+/// cannot be an answer with a body (outside 200..=599, 204, 304): 503.
+pub(crate) fn reject_status(status: u16) -> u16 {
+    if (200..=599).contains(&status) && status != 204 && status != 304 {
+        status
+    } else {
+        503
+    }
+}
+
+/// `a, b, c`: the endpoints tried, for an error message.
+pub(crate) fn join_endpoints(endpoints: &[SocketAddr]) -> String {
+    endpoints
+        .iter()
+        .map(SocketAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// What the agent knows about the port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {

@@ -202,6 +202,21 @@ fn conns_doc() -> Conns {
                 bytes_out: 0,
                 age_ms: 250_000,
             },
+            ConnInfo {
+                id: 3,
+                caller: Some("default/client".into()),
+                peer: "10.244.0.10:40002".into(),
+                destination: "10.96.0.12:50051".into(),
+                service: Some("default/greeter".into()),
+                endpoint: Some("10.244.0.20:50051".into()),
+                tag: Some("joint1".into()),
+                protocol: "h2".into(),
+                requests: 120,
+                open_streams: 7,
+                bytes_in: 4_096,
+                bytes_out: 8_192,
+                age_ms: 1_000,
+            },
         ],
     }
 }
@@ -660,6 +675,9 @@ fn conns_table_uses_human_units() {
     let second: Vec<&str> = text.lines().nth(2).unwrap().split_whitespace().collect();
     assert_eq!(second[1], "10.244.0.99:40001");
     assert_eq!(second[10], "4m10s");
+    // An HTTP/2 connection shows its open streams.
+    let third = text.lines().nth(3).unwrap();
+    assert!(third.contains(" h2 (7 open) "), "{third}");
 }
 
 #[test]
@@ -913,6 +931,14 @@ fn preflight_document() {
     let text = String::from_utf8(out).unwrap();
     assert!(text.starts_with("RESULT  CHECK"), "{text}");
     assert!(text.contains("pass    kernel"), "{text}");
+}
+
+#[test]
+fn a_grpc_call_shows_its_grpc_status_in_trace() {
+    let mut event = trace_events().remove(0);
+    event.grpc_status = Some(14);
+    let line = render::trace_line(&event);
+    assert!(line.contains(" -> 10.244.0.14:8081 200/grpc-14 "), "{line}");
 }
 
 #[test]

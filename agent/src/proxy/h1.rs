@@ -33,9 +33,10 @@ use self::{
     head::{RequestInfo, ResponseInfo},
 };
 use super::{
-    InFlight, ProxyConfig, RequestOutcome, RequestView, Route, Routed, Routes, STATUS_CLIENT_GONE,
-    Target, deadline_after, l4,
+    InFlight, MAX_CONNECT_ATTEMPTS, ProxyConfig, RequestOutcome, RequestView, Route, Routed,
+    Routes, STATUS_CLIENT_GONE, Target, deadline_after, join_endpoints, l4,
     pool::{self, Pool},
+    reject_status,
 };
 
 /// Initial size of the per-connection read buffers.
@@ -51,8 +52,6 @@ const DRAIN_MAX: u64 = 256 * 1024;
 const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
 /// At most this many bytes are discarded while lingering.
 const LINGER_MAX: usize = 1 << 20;
-/// Connect attempts per request before giving up, whatever the router says.
-const MAX_CONNECT_ATTEMPTS: usize = 32;
 
 /// Why a request did not get the upstream's response.
 #[derive(Debug, thiserror::Error)]
@@ -602,11 +601,7 @@ impl Conn<'_> {
         error: Error,
         out: &mut Outcome,
     ) -> Next {
-        let status = if (200..=599).contains(&status) && status != 204 && status != 304 {
-            status
-        } else {
-            503
-        };
+        let status = reject_status(status);
         let mut keep = info.keep_alive && info.version >= 1 && !self.pool.is_draining();
         if keep && !info.framing.is_empty() {
             if info.expect_continue {
@@ -1041,17 +1036,6 @@ impl Conn<'_> {
             }
         }
     }
-}
-
-fn join_endpoints(endpoints: &[SocketAddr]) -> String {
-    let mut s = String::new();
-    for (i, ep) in endpoints.iter().enumerate() {
-        if i > 0 {
-            s.push_str(", ");
-        }
-        s.push_str(&ep.to_string());
-    }
-    s
 }
 
 /// Read response heads until the final one, forwarding 1xx interim responses

@@ -12,12 +12,12 @@ use std::{io, net::SocketAddr};
 
 use tokio::{io::AsyncWriteExt, net::TcpStream, time::Instant};
 
-use super::{InFlight, Pool, RequestOutcome, Route, Routed, Routes, STATUS_L4, Target};
+use super::{
+    InFlight, MAX_CONNECT_ATTEMPTS, Pool, RequestOutcome, Route, Routed, Routes, STATUS_L4, Target,
+};
 
 /// Buffer size of each tunnel direction.
 const TUNNEL_BUF: usize = 32 * 1024;
-/// Connect attempts per stream before giving up, whatever the router says.
-const MAX_CONNECT_ATTEMPTS: usize = 32;
 
 /// Why a passthrough ended early.
 #[derive(Debug, thiserror::Error)]

@@ -15,12 +15,10 @@ use super::{
     upstream::{self, Lease},
 };
 use crate::proxy::{
-    InFlight, RequestOutcome, RequestView, Route, Routed, STATUS_CLIENT_GONE, Target,
-    deadline_after,
+    InFlight, MAX_CONNECT_ATTEMPTS, RequestOutcome, RequestView, Route, Routed, STATUS_CLIENT_GONE,
+    Target, deadline_after, join_endpoints, reject_status,
 };
 
-/// Connect attempts per stream before giving up, whatever the router says.
-const MAX_CONNECT_ATTEMPTS: usize = 32;
 /// Times a stream the upstream refused (REFUSED_STREAM, or above a GOAWAY's
 /// last stream id) is sent again on another connection.
 const MAX_REFUSED_RETRIES: usize = 2;
@@ -131,8 +129,9 @@ struct ClientSide {
     sent: Sent,
 }
 
+/// Route the stream and forward it (again on another connection when the
+/// upstream refuses it), or answer it ourselves.
 async fn handle(shared: &Shared, parts: &Parts, client: &mut ClientSide, out: &mut Outcome) {
-    let respond = &mut client.respond;
     let fields: Vec<(&str, &[u8])> = parts
         .headers
         .iter()
@@ -148,19 +147,19 @@ async fn handle(shared: &Shared, parts: &Parts, client: &mut ClientSide, out: &m
     let grpc = view.is_grpc();
     if parts.method == Method::CONNECT {
         return answer(
-            respond,
+            &mut client.respond,
             grpc,
             Answer::new(405, Error::ConnectMethod, None),
             out,
         );
     }
     let mut exclude = Vec::new();
+    let (mut target, mut slot) = match route(shared, &view, &mut exclude, out).await {
+        Ok(routed) => routed,
+        Err(a) => return answer(&mut client.respond, grpc, a, out),
+    };
     let mut retries = 0;
     loop {
-        let (target, send, lease) = match route(shared, &view, &mut exclude, out).await {
-            Ok(routed) => routed,
-            Err(a) => return answer(&mut client.respond, grpc, a, out),
-        };
         let upstream_request = match upstream_request(parts, &target) {
             Ok(r) => r,
             Err(e) => {
@@ -174,20 +173,32 @@ async fn handle(shared: &Shared, parts: &Parts, client: &mut ClientSide, out: &m
             grpc,
             deadline: grpc::timeout(&parts.headers),
         };
-        match exchange
-            .run((send, lease), upstream_request, client, out)
-            .await
-        {
+        let refusal = match exchange.run(slot, upstream_request, client, out).await {
             Ran::Done => return,
-            Ran::Refused(e) if retries < MAX_REFUSED_RETRIES => {
-                tracing::debug!(error = %e, endpoint = %target.endpoint, "upstream refused the stream, sending it again");
-                retries += 1;
-            }
+            Ran::Refused(e) if retries < MAX_REFUSED_RETRIES => e,
             Ran::Refused(e) => {
                 let a = Answer::new(502, Error::Upstream(e), target.route_header.clone());
                 return answer(&mut client.respond, grpc, a, out);
             }
-        }
+        };
+        tracing::debug!(error = %refusal, endpoint = %target.endpoint, "upstream refused the stream, sending it again");
+        retries += 1;
+        // The same endpoint on another connection; if none can be opened,
+        // another endpoint.
+        slot = match shared.pool.h2.open(&shared.pool, target.endpoint).await {
+            Ok(slot) => slot,
+            Err(e) => {
+                tracing::debug!(error = %e, "upstream HTTP/2 connect failed");
+                exclude.push(target.endpoint);
+                match route(shared, &view, &mut exclude, out).await {
+                    Ok((t, s)) => {
+                        target = t;
+                        s
+                    }
+                    Err(a) => return answer(&mut client.respond, grpc, a, out),
+                }
+            }
+        };
     }
 }
 
@@ -198,7 +209,7 @@ async fn route(
     view: &RequestView<'_>,
     exclude: &mut Vec<SocketAddr>,
     out: &mut Outcome,
-) -> Result<(Target, h2::client::SendRequest<Bytes>, Lease), Answer> {
+) -> Result<(Target, Slot), Answer> {
     let mut last_failure: Option<upstream::Error> = None;
     loop {
         let Routed { route, request } = shared.routes.route_http(view, exclude);
@@ -208,9 +219,9 @@ async fn route(
                 if !exclude.contains(&target.endpoint) && exclude.len() < MAX_CONNECT_ATTEMPTS =>
             {
                 match shared.pool.h2.open(&shared.pool, target.endpoint).await {
-                    Ok((send, lease)) => {
+                    Ok(slot) => {
                         out.target = Some(target.clone());
-                        return Ok((target, send, lease));
+                        return Ok((target, slot));
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "upstream HTTP/2 connect failed");
@@ -225,13 +236,8 @@ async fn route(
                 body,
                 route_header,
             } if last_failure.is_none() => {
-                let status = if (200..=599).contains(&status) && status != 204 && status != 304 {
-                    status
-                } else {
-                    503
-                };
                 return Err(Answer {
-                    status,
+                    status: reject_status(status),
                     message: body,
                     route_header,
                     error: Error::Rejected,
@@ -242,11 +248,7 @@ async fn route(
                     Route::Forward(t) => t.route_header,
                     Route::Reject { route_header, .. } => route_header,
                 };
-                let tried = exclude
-                    .iter()
-                    .map(SocketAddr::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let tried = join_endpoints(exclude);
                 let error = match last_failure {
                     Some(last) => Error::NoEndpoint { tried, last },
                     None => Error::Rejected,
@@ -310,6 +312,9 @@ fn upstream_request(parts: &Parts, target: &Target) -> Result<Request<()>, http:
     Ok(request)
 }
 
+/// A stream slot on an upstream connection: its handle and its lease.
+type Slot = (h2::client::SendRequest<Bytes>, Lease);
+
 /// Result of one attempt on one upstream stream.
 enum Ran {
     /// The upstream's response (or an error) went to the client.
@@ -357,7 +362,7 @@ struct Exchange<'a> {
 impl Exchange<'_> {
     async fn run(
         &self,
-        (mut send, lease): (h2::client::SendRequest<Bytes>, Lease),
+        (mut send, lease): Slot,
         request: Request<()>,
         client: &mut ClientSide,
         out: &mut Outcome,

@@ -244,6 +244,16 @@ fn cfg() -> ProxyConfig {
     test_cfg()
 }
 
+/// A proxy sending every request to `endpoint`, with the protocol sniffed.
+async fn proxy_to(endpoint: SocketAddr, cfg: ProxyConfig) -> Proxy {
+    Proxy::start(
+        cfg,
+        TestRoutes::new(move |_, _| to(endpoint)),
+        Protocol::Sniff,
+    )
+    .await
+}
+
 // ---------------------------------------------------------------------------
 // Tests
 
@@ -354,12 +364,7 @@ async fn a_client_reset_resets_the_upstream_stream_with_the_same_reason() {
         }),
     )
     .await;
-    let proxy = Proxy::start(
-        cfg(),
-        TestRoutes::new(move |_, _| to(backend.addr)),
-        Protocol::Sniff,
-    )
-    .await;
+    let proxy = proxy_to(backend.addr, cfg()).await;
     let mut send = client(proxy.addr).await.ready().await.unwrap();
     let (_response, mut body) = send.send_request(request("/upload", &[]), false).unwrap();
     body.send_data(Bytes::from_static(b"part"), false).unwrap();
@@ -395,12 +400,7 @@ async fn an_upstream_reset_resets_the_client_stream_with_the_same_reason() {
         }),
     )
     .await;
-    let proxy = Proxy::start(
-        cfg(),
-        TestRoutes::new(move |_, _| to(backend.addr)),
-        Protocol::Sniff,
-    )
-    .await;
+    let proxy = proxy_to(backend.addr, cfg()).await;
     let send = client(proxy.addr).await;
     for (path, reason) in [
         ("/before-head", h2::Reason::INADEQUATE_SECURITY),
@@ -445,12 +445,7 @@ async fn a_slow_reader_holds_back_the_writer_instead_of_the_router_buffering() {
         }),
     )
     .await;
-    let proxy = Proxy::start(
-        cfg(),
-        TestRoutes::new(move |_, _| to(backend.addr)),
-        Protocol::Sniff,
-    )
-    .await;
+    let proxy = proxy_to(backend.addr, cfg()).await;
     let mut send = client(proxy.addr).await.ready().await.unwrap();
     let (response, mut body) = send.send_request(request("/big", &[]), false).unwrap();
     let data: Vec<u8> = (0..16 << 20)
@@ -493,12 +488,7 @@ async fn a_slow_reader_holds_back_the_writer_instead_of_the_router_buffering() {
 async fn a_full_upstream_connection_makes_the_router_open_another() {
     let (release, held_streams) = watch::channel(false);
     let backend = Backend::start(Some(2), held(held_streams)).await;
-    let proxy = Proxy::start(
-        cfg(),
-        TestRoutes::new(move |_, _| to(backend.addr)),
-        Protocol::Sniff,
-    )
-    .await;
+    let proxy = proxy_to(backend.addr, cfg()).await;
     let send = client(proxy.addr).await;
     let call = |i: usize| {
         let send = send.clone();
@@ -520,12 +510,7 @@ async fn a_full_upstream_connection_makes_the_router_open_another() {
 async fn a_drain_sends_goaway_and_lets_open_streams_finish() {
     let (release, held_streams) = watch::channel(false);
     let backend = Backend::start(None, held(held_streams)).await;
-    let proxy = Proxy::start(
-        cfg(),
-        TestRoutes::new(move |_, _| to(backend.addr)),
-        Protocol::Sniff,
-    )
-    .await;
+    let proxy = proxy_to(backend.addr, cfg()).await;
     let send = client(proxy.addr).await;
     let open = {
         let send = send.clone();
@@ -549,12 +534,7 @@ async fn a_terminating_endpoint_gets_no_new_stream_while_its_open_one_finishes()
     let (release, held_streams) = watch::channel(false);
     let backend = Backend::start(None, held(held_streams)).await;
     let addr = backend.addr;
-    let proxy = Proxy::start(
-        cfg(),
-        TestRoutes::new(move |_, _| to(addr)),
-        Protocol::Sniff,
-    )
-    .await;
+    let proxy = proxy_to(addr, cfg()).await;
     let send = client(proxy.addr).await;
     let open = {
         let send = send.clone();
@@ -597,12 +577,7 @@ async fn refusing_first_connection() -> Backend {
 #[tokio::test]
 async fn a_refused_stream_is_sent_again_on_another_connection() {
     let backend = refusing_first_connection().await;
-    let proxy = Proxy::start(
-        cfg(),
-        TestRoutes::new(move |_, _| to(backend.addr)),
-        Protocol::Sniff,
-    )
-    .await;
+    let proxy = proxy_to(backend.addr, cfg()).await;
     let answer = get(&client(proxy.addr).await, "/", &[]).await;
     assert_eq!(answer.head.status(), 200);
     assert_eq!(answer.header("x-conn"), "2");
@@ -611,12 +586,7 @@ async fn a_refused_stream_is_sent_again_on_another_connection() {
 #[tokio::test]
 async fn a_refused_stream_with_a_small_body_is_sent_again_whole() {
     let backend = refusing_first_connection().await;
-    let proxy = Proxy::start(
-        cfg(),
-        TestRoutes::new(move |_, _| to(backend.addr)),
-        Protocol::Sniff,
-    )
-    .await;
+    let proxy = proxy_to(backend.addr, cfg()).await;
     let mut send = client(proxy.addr).await.ready().await.unwrap();
     let (response, mut body) = send.send_request(request("/unary", &[]), false).unwrap();
     body.send_data(Bytes::from_static(b"\0\0\0\0\x05hello"), false)
@@ -651,12 +621,7 @@ async fn an_upstream_goaway_moves_new_streams_to_another_connection() {
             });
         }
     });
-    let proxy = Proxy::start(
-        cfg(),
-        TestRoutes::new(move |_, _| to(addr)),
-        Protocol::Sniff,
-    )
-    .await;
+    let proxy = proxy_to(addr, cfg()).await;
     let send = client(proxy.addr).await;
     assert_eq!(get(&send, "/1", &[]).await.header("x-conn"), "1");
     assert_eq!(
@@ -710,20 +675,28 @@ async fn grpc_calls_get_grpc_statuses_plain_clients_http_ones() {
     assert!(outcomes.iter().all(|o| o.by_router));
 }
 
-#[tokio::test]
-async fn grpc_timeout_bounds_the_wait_for_the_response() {
-    let (_never, held_streams) = watch::channel(false);
-    let backend = Backend::start(None, held(held_streams)).await;
-    let slow_cfg = ProxyConfig {
-        response_timeout: Duration::from_secs(60),
-        ..cfg()
-    };
-    let proxy = Proxy::start(
-        slow_cfg,
-        TestRoutes::new(move |_, _| to(backend.addr)),
-        Protocol::Sniff,
+/// A proxy to a backend that never answers, with `response_timeout`.
+async fn proxy_to_silence(response_timeout: Duration) -> Proxy {
+    let backend = Backend::start(
+        None,
+        Arc::new(|_request, respond, _| {
+            Box::pin(async move {
+                let _unanswered = respond;
+                std::future::pending::<()>().await;
+            })
+        }),
     )
     .await;
+    let cfg = ProxyConfig {
+        response_timeout,
+        ..cfg()
+    };
+    proxy_to(backend.addr, cfg).await
+}
+
+#[tokio::test]
+async fn grpc_timeout_bounds_the_wait_for_the_response() {
+    let proxy = proxy_to_silence(Duration::from_secs(60)).await;
     let answer = get(
         &client(proxy.addr).await,
         "/svc.Slow/Call",
@@ -734,18 +707,7 @@ async fn grpc_timeout_bounds_the_wait_for_the_response() {
     )
     .await;
     assert_eq!(answer.header("grpc-status"), "4", "DEADLINE_EXCEEDED");
-    let (_never, held_streams) = watch::channel(false);
-    let backend = Backend::start(None, held(held_streams)).await;
-    let quick_cfg = ProxyConfig {
-        response_timeout: Duration::from_millis(200),
-        ..cfg()
-    };
-    let proxy = Proxy::start(
-        quick_cfg,
-        TestRoutes::new(move |_, _| to(backend.addr)),
-        Protocol::Sniff,
-    )
-    .await;
+    let proxy = proxy_to_silence(Duration::from_millis(200)).await;
     let plain = get(&client(proxy.addr).await, "/slow", &[]).await;
     assert_eq!(plain.head.status(), 504);
 }
