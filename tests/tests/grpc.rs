@@ -318,6 +318,11 @@ fn a_strict_lane_without_endpoints_answers_unavailable_naming_service_and_lane(
             message.contains("default/reviews-grpc") && message.contains("joint2"),
             "{message}"
         );
+        // Counted by gRPC status, as operators alert on it.
+        let metrics = laneway_tests::admin::scrape(&g.standard.node)?;
+        let unavailable = "laneway_grpc_responses_total{service=\"default/reviews-grpc\",\
+                           tag=\"joint2\",grpc_status=\"14\"} 1";
+        assert!(metrics.contains(unavailable), "{metrics}");
         // Lanes are permissive unless named strict; the connection serves on.
         let reply = client.unary(tagged(ask(), Some("joint3"))).await?;
         answered_by(
