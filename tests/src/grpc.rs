@@ -167,6 +167,13 @@ impl GrpcStandard {
         Ok(Node::vip(twin_of(&self.standard)?))
     }
 
+    /// The twin's IPv6 VIP.
+    pub fn vip6(&self) -> Result<SocketAddr> {
+        let twin = twin_of(&self.standard)?;
+        let vip6 = twin.vip6.context("the twin has an IPv6 VIP")?;
+        Ok(SocketAddr::new(vip6.into(), twin.port))
+    }
+
     /// The server of the endpoint named `pod`.
     pub fn server(&self, pod: &str) -> &EchoServer {
         let twin = twin_of(&self.standard).expect("started with the twin");

@@ -498,6 +498,16 @@ fn a_sticky_key_keeps_each_users_calls_on_one_side() -> Result<()> {
 }
 
 #[test]
+fn calls_to_the_ipv6_vip_land_in_their_lanes() -> Result<()> {
+    let g = GrpcStandard::start(Mode::Socket, |_| {})?;
+    run(async {
+        let pod = g.standard.node.pod(g.standard.pods.client);
+        let mut client = EchoClient::new(pod, g.vip6()?)?;
+        unary_calls_land(&mut client, "IPv6", &[JOINT1, UNTAGGED, GRAY]).await
+    })
+}
+
+#[test]
 fn a_port_declared_grpc_in_the_static_file_routes_each_call() -> Result<()> {
     let g = GrpcStandard::start(Mode::Socket, |svc| svc.protocol = "grpc")?;
     run(async {
