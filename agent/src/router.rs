@@ -213,7 +213,7 @@ impl Router {
             router: self.clone(),
             origin,
             peer: peer.ip(),
-            caller,
+            caller: caller.map(Arc::from),
             conn: registration.entry.clone(),
         });
         drop(applied);
@@ -249,7 +249,7 @@ struct ConnRoutes {
     origin: Origin,
     peer: IpAddr,
     /// `namespace/name` of the calling pod, if known.
-    caller: Option<String>,
+    caller: Option<Arc<str>>,
     /// This connection's entry in the connection table.
     conn: Arc<conns::ConnEntry>,
 }
@@ -269,9 +269,10 @@ struct Labels {
 /// (released on drop) and one open stream on its connection.
 struct RoutedRequest {
     router: Arc<Router>,
-    caller: Option<String>,
+    caller: Option<Arc<str>>,
     labels: Option<Labels>,
     load: Option<Arc<EndpointLoad>>,
+    /// Counts it among the connection's open streams until dropped.
     _open: Option<conns::OpenStream>,
 }
 
@@ -300,7 +301,7 @@ impl InFlight for RoutedRequest {
         }
         report(
             &self.router,
-            self.caller.clone(),
+            self.caller.as_deref(),
             self.labels.as_ref(),
             outcome,
         );
@@ -308,10 +309,13 @@ impl InFlight for RoutedRequest {
 }
 
 impl RoutedRequest {
+    /// A request decided with `labels`, forwarded to the endpoint of
+    /// `load` (counted in flight there) and `open` on the connection.
     fn new(
         routes: &ConnRoutes,
         labels: Option<Labels>,
         load: Option<Arc<EndpointLoad>>,
+        open: Option<conns::OpenStream>,
     ) -> Box<Self> {
         if let Some(load) = &load {
             load.in_flight
@@ -322,18 +326,13 @@ impl RoutedRequest {
             caller: routes.caller.clone(),
             labels,
             load,
-            _open: None,
+            _open: open,
         })
     }
 }
 
 /// Metrics, log and trace event of a finished request.
-fn report(
-    router: &Router,
-    caller: Option<String>,
-    labels: Option<&Labels>,
-    outcome: RequestOutcome,
-) {
+fn report(router: &Router, caller: Option<&str>, labels: Option<&Labels>, outcome: RequestOutcome) {
     let telemetry = &router.telemetry;
     if let Some(c) = labels {
         let decision = c.decision.map_or("none", Decision::as_str);
@@ -367,7 +366,7 @@ fn report(
             time_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
-            caller,
+            caller: caller.map(str::to_owned),
             service: labels.map(|c| c.service.clone()).unwrap_or_default(),
             tag: labels.and_then(|c| c.tag.clone()),
             tag_source: labels.map_or_else(|| "none".to_owned(), |c| c.tag_source.clone()),
@@ -398,7 +397,7 @@ impl ConnRoutes {
                     ),
                     explain.then(|| route_header(None, &"-", None, None)),
                 ),
-                request: RoutedRequest::new(self, None, None),
+                request: RoutedRequest::new(self, None, None, None),
             };
         };
         let service = applied.snapshot.service_of(port);
@@ -446,7 +445,7 @@ impl ConnRoutes {
                     ),
                     explained(Some(plan.decision), None),
                 ),
-                request: RoutedRequest::new(self, Some(labels), None),
+                request: RoutedRequest::new(self, Some(labels), None, None),
             };
         }
         let picked = route::pick(
@@ -465,11 +464,12 @@ impl ConnRoutes {
             };
             return Routed {
                 route: unavailable(format!("laneway: {err}\n"), explained(None, None)),
-                request: RoutedRequest::new(self, Some(labels), None),
+                request: RoutedRequest::new(self, Some(labels), None, None),
             };
         };
-        let mut request = RoutedRequest::new(self, Some(labels), Some(backend.load.clone()));
-        request._open = Some(self.conn.routed(backend.addr, tag_name.clone(), protocol));
+        let open = self.conn.routed(backend.addr, tag_name.clone(), protocol);
+        let request =
+            RoutedRequest::new(self, Some(labels), Some(backend.load.clone()), Some(open));
         debug!(
             service = %service.id,
             tag = tag_name,
@@ -530,7 +530,7 @@ impl Routes for ConnRoutes {
     }
 
     fn observe_unrouted(&self, outcome: RequestOutcome) {
-        report(&self.router, self.caller.clone(), None, outcome);
+        report(&self.router, self.caller.as_deref(), None, outcome);
     }
 }
 

@@ -383,6 +383,49 @@ async fn a_client_reset_resets_the_upstream_stream_with_the_same_reason() {
 }
 
 #[tokio::test]
+async fn a_client_reset_during_the_response_reaches_the_upstream_with_its_reason() {
+    let seen = Arc::new(Mutex::new(None));
+    let s = seen.clone();
+    let backend = Backend::start(
+        None,
+        Arc::new(move |_req, mut respond, _| {
+            let s = s.clone();
+            Box::pin(async move {
+                // A server stream that never ends by itself.
+                let mut send = respond.send_response(Response::new(()), false).unwrap();
+                let reset = loop {
+                    let _ = send.send_data(Bytes::from_static(b"tick"), false);
+                    let tick = sleep(Duration::from_millis(10));
+                    tokio::select! {
+                        reset = poll_fn(|cx| send.poll_reset(cx)) => break reset,
+                        () = tick => {}
+                    }
+                };
+                *s.lock().unwrap() = reset.ok();
+            })
+        }),
+    )
+    .await;
+    let proxy = proxy_to(backend.addr, cfg()).await;
+    let mut send = client(proxy.addr).await.ready().await.unwrap();
+    // A bidirectional call: the request stays open while the response flows.
+    let (response, mut request_body) = send.send_request(request("/watch", &[]), false).unwrap();
+    let (_, mut body) = timeout(WAIT, response).await.unwrap().unwrap().into_parts();
+    let first = timeout(WAIT, body.data()).await.unwrap().unwrap().unwrap();
+    assert_eq!(&first[..], b"tick");
+    request_body.send_reset(h2::Reason::ENHANCE_YOUR_CALM);
+    let deadline = Instant::now() + WAIT;
+    while seen.lock().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream stream was not reset"
+        );
+        sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(*seen.lock().unwrap(), Some(h2::Reason::ENHANCE_YOUR_CALM));
+}
+
+#[tokio::test]
 async fn an_upstream_reset_resets_the_client_stream_with_the_same_reason() {
     let backend = Backend::start(
         None,
@@ -504,6 +547,21 @@ async fn a_full_upstream_connection_makes_the_router_open_another() {
     for c in calls {
         assert_eq!(c.await.unwrap().head.status(), 200);
     }
+}
+
+#[tokio::test]
+async fn an_upstream_connection_idle_past_the_pool_idle_timeout_is_not_used_again() {
+    let a = Backend::echo("a").await;
+    let idle_cfg = ProxyConfig {
+        pool_idle_timeout: Duration::from_millis(200),
+        ..cfg()
+    };
+    let proxy = proxy_to(a.addr, idle_cfg).await;
+    let send = client(proxy.addr).await;
+    assert_eq!(get(&send, "/1", &[]).await.header("x-conn"), "1");
+    assert_eq!(get(&send, "/2", &[]).await.header("x-conn"), "1", "reused");
+    sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(&send, "/3", &[]).await.header("x-conn"), "2", "expired");
 }
 
 #[tokio::test]

@@ -96,14 +96,34 @@ impl Drop for Lease {
     }
 }
 
-#[derive(Default)]
 struct State {
     by_endpoint: HashMap<SocketAddr, Vec<Arc<Conn>>>,
+    /// When every endpoint's list was last rid of expired connections.
+    last_sweep: Instant,
     /// Endpoints that may take new streams; `None` until the router says.
     eligible: Option<HashSet<SocketAddr>>,
     draining: bool,
     /// Held while a connection to the endpoint is being opened.
     connecting: HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl State {
+    /// Forgets the connections that are closed or idle past `idle_timeout`:
+    /// of `endpoint`, and, at most once per idle timeout, of every endpoint.
+    fn sweep(&mut self, endpoint: SocketAddr, idle_timeout: Duration) {
+        let keep = |conns: &mut Vec<Arc<Conn>>| {
+            conns.retain(|c| c.usable() && !c.expired(idle_timeout));
+            !conns.is_empty()
+        };
+        if self.last_sweep.elapsed() >= idle_timeout {
+            self.last_sweep = Instant::now();
+            self.by_endpoint.retain(|_, conns| keep(conns));
+        } else if let Some(conns) = self.by_endpoint.get_mut(&endpoint)
+            && !keep(conns)
+        {
+            self.by_endpoint.remove(&endpoint);
+        }
+    }
 }
 
 /// The HTTP/2 upstream connections of the router.
@@ -124,7 +144,13 @@ impl std::fmt::Debug for Upstreams {
 impl Upstreams {
     pub(crate) fn new(idle_timeout: Duration, settings_timeout: Duration) -> Self {
         Self {
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                by_endpoint: HashMap::new(),
+                last_sweep: Instant::now(),
+                eligible: None,
+                draining: false,
+                connecting: HashMap::new(),
+            }),
             idle_timeout,
             settings_timeout,
         }
@@ -170,14 +196,8 @@ impl Upstreams {
     /// A slot on an existing connection with room for another stream.
     fn reuse(&self, endpoint: SocketAddr) -> Option<(SendRequest<Bytes>, Lease)> {
         let mut state = self.lock();
-        let idle_timeout = self.idle_timeout;
-        let conns = state.by_endpoint.get_mut(&endpoint)?;
-        conns.retain(|c| c.usable() && !c.expired(idle_timeout));
-        let slot = conns.iter().find_map(lease);
-        if conns.is_empty() {
-            state.by_endpoint.remove(&endpoint);
-        }
-        slot
+        state.sweep(endpoint, self.idle_timeout);
+        state.by_endpoint.get(&endpoint)?.iter().find_map(lease)
     }
 
     /// A new connection to `endpoint`, its task spawned.
