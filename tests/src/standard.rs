@@ -107,9 +107,14 @@ impl Mode {
 
 /// One `#[test]` per mode and test function: `in_modes! { socket => Socket:
 /// [a, b], tc => Tc: [a] }` makes `socket::a`, `socket::b` and `tc::a`, each
-/// calling `a` (of the module it is used in) with its [`Mode`].
+/// calling `a` (of the module it is used in) with its [`Mode`];
+/// `in_modes! { [socket => Socket, tc => Tc]: [a, b] }` runs the same list in
+/// each mode.
 #[macro_export]
 macro_rules! in_modes {
+    ([$($mode:ident => $variant:ident),* $(,)?]: $names:tt $(,)?) => {
+        $crate::in_modes! { $($mode => $variant: $names),* }
+    };
     ($($mode:ident => $variant:ident: [$($name:ident),* $(,)?]),* $(,)?) => {$(
         mod $mode {
             $(

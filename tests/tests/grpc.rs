@@ -280,16 +280,7 @@ fn cancellation_and_deadlines_reach_the_server(mode: Mode) -> Result<()> {
 }
 
 in_modes! {
-    socket => Socket: [
-        each_kind_of_call_lands_in_its_lane,
-        a_hundred_concurrent_streams_on_one_connection_each_stay_in_their_lane,
-        sixteen_mib_messages_and_a_slow_reader_get_through_whole,
-        cancellation_and_deadlines_reach_the_server,
-        takeovers_and_sigterm_under_grpc_load_fail_no_call,
-        a_strict_lane_without_endpoints_answers_unavailable_naming_service_and_lane,
-        an_endpoint_turning_terminating_finishes_its_open_stream_and_gets_no_new_call,
-    ],
-    tc => Tc: [
+    [socket => Socket, tc => Tc]: [
         each_kind_of_call_lands_in_its_lane,
         a_hundred_concurrent_streams_on_one_connection_each_stay_in_their_lane,
         sixteen_mib_messages_and_a_slow_reader_get_through_whole,
