@@ -980,6 +980,22 @@ pods:
     }
 
     #[test]
+    fn http2_and_grpc_ports_are_served_as_http2() {
+        for protocol in ["http2", "grpc"] {
+            let yaml = GOOD.replace(
+                "{port: 80, target_port: 8080}",
+                &format!("{{port: 80, target_port: 8080, protocol: {protocol}}}"),
+            );
+            let c = Config::parse(&yaml).expect("valid");
+            assert_eq!(
+                c.services[0].ports[0].protocol,
+                AppProtocol::Http2,
+                "{protocol}"
+            );
+        }
+    }
+
+    #[test]
     fn bad_tag_names_field_and_line() {
         let e = error_of(&GOOD.replace(
             "tag: joint1}\n      - {ip: 10.0.1.4",

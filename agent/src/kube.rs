@@ -768,7 +768,7 @@ mod tests {
     }
 
     #[test]
-    fn app_protocol_http_is_parsed_known_non_http_passed_through_the_rest_sniffed() {
+    fn app_protocol_http_and_http2_are_parsed_known_non_http_passed_through_the_rest_sniffed() {
         let ports = [
             ("plain", 80, None),
             ("web", 81, Some("http")),

@@ -29,8 +29,9 @@ const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// Receive window of each stream (client requests, upstream responses):
 /// what the router may hold of one stream's body.
 pub(crate) const STREAM_WINDOW: u32 = 256 * 1024;
-/// Receive window of each connection.
-pub(crate) const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+/// Receive window of each client connection: a client whose streams go to
+/// slow readers stalls its own connection after this much.
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 
 /// What every stream of a connection shares.
 pub(crate) struct Shared {

@@ -3,7 +3,8 @@
 //!
 //! Each endpoint has a list of connections; a stream goes on the first one
 //! that has fewer streams open than the peer's
-//! `SETTINGS_MAX_CONCURRENT_STREAMS`, else on a new connection. A connection
+//! `SETTINGS_MAX_CONCURRENT_STREAMS` (and than [`STREAMS_PER_CONNECTION`]),
+//! else on a new connection. A connection
 //! that received GOAWAY (or failed) takes no new stream; one to an endpoint
 //! that is no longer eligible (terminating, removed) leaves the list, and
 //! closes once its open streams finished. Connections without a stream for
@@ -28,8 +29,18 @@ use bytes::Bytes;
 use futures::FutureExt;
 use h2::client::SendRequest;
 
-use super::{CONNECTION_WINDOW, STREAM_WINDOW};
+use super::STREAM_WINDOW;
 use crate::proxy::pool::{self, Pool};
+
+/// Receive window of each upstream connection.
+const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+
+/// Streams per upstream connection at most, whatever the peer allows: as
+/// many as fill the connection's window with full stream windows, so that
+/// the streams of clients that read slowly (whose windows the router
+/// releases only as they read) never stall the other clients' streams on a
+/// shared connection.
+const STREAMS_PER_CONNECTION: usize = (CONNECTION_WINDOW / STREAM_WINDOW) as usize;
 
 /// Why no upstream stream could be opened.
 #[derive(Debug, thiserror::Error)]
@@ -278,7 +289,12 @@ fn lease(conn: &Arc<Conn>) -> Option<(SendRequest<Bytes>, Lease)> {
         return None;
     }
     let open = conn.open.load(Ordering::Relaxed);
-    if open >= conn.send.current_max_send_streams() {
+    if open
+        >= conn
+            .send
+            .current_max_send_streams()
+            .min(STREAMS_PER_CONNECTION)
+    {
         return None;
     }
     match conn.send.clone().ready().now_or_never() {
