@@ -462,14 +462,11 @@ impl Exchange<'_> {
         } = streams;
         let cfg = &self.shared.cfg;
         let mut request_done = body.is_end_stream();
-        let call_deadline = self.deadline.map(deadline_after);
-        // Armed by the call's deadline, and once the request is fully sent
-        // (or can no longer be) by the response timeout.
-        let mut limit = self.deadline.unwrap_or(cfg.response_timeout);
-        let mut timer = pin!(tokio::time::sleep_until(
-            call_deadline.unwrap_or_else(|| deadline_after(cfg.response_timeout))
-        ));
-        let mut armed = call_deadline.is_some() || request_done;
+        let mut deadline = Deadline::new(self.deadline, cfg.response_timeout);
+        let mut timer = pin!(tokio::time::sleep_until(deadline.at));
+        if request_done {
+            timer.as_mut().reset(deadline.request_sent());
+        }
         if sent.bytes > 0 || sent.ended {
             // Sent again after a refusal: what the refused stream got first.
             let replayed = tokio::time::timeout(cfg.response_timeout, sent.replay(up_send)).await;
@@ -491,13 +488,7 @@ impl Exchange<'_> {
                         Err(e) => tracing::debug!(error = %e, "sending request to upstream failed"),
                         Ok(_) => {}
                     }
-                    let by_timeout = deadline_after(cfg.response_timeout);
-                    let deadline = call_deadline.map_or(by_timeout, |d| d.min(by_timeout));
-                    if call_deadline.is_none_or(|d| by_timeout < d) {
-                        limit = cfg.response_timeout;
-                    }
-                    timer.as_mut().reset(deadline);
-                    armed = true;
+                    timer.as_mut().reset(deadline.request_sent());
                 }
                 r = &mut response => match r {
                     Ok(head) => break head,
@@ -507,22 +498,12 @@ impl Exchange<'_> {
                     let reason = reset.unwrap_or_else(|e| e.reason().unwrap_or(h2::Reason::CANCEL));
                     return Err(Cut::Client(relay::Error::Reset(reason)));
                 }
-                () = &mut timer, if armed => {
-                    return Err(Cut::Timeout(limit));
+                () = &mut timer, if deadline.armed => {
+                    return Err(Cut::Timeout(deadline.limit));
                 }
             }
         };
-        let (parts, mut up_recv) = head.into_parts();
-        let mut head = Response::from_parts(parts, ());
-        if let Some(route) = self
-            .target
-            .route_header
-            .as_deref()
-            .and_then(|r| HeaderValue::from_str(r).ok())
-        {
-            head.headers_mut()
-                .insert(crate::router::ROUTE_HEADER, route);
-        }
+        let (head, mut up_recv) = self.client_head(head);
         out.status = head.status().as_u16();
         out.grpc_status = grpc::status(head.headers());
         let response_ends = up_recv.is_end_stream();
@@ -557,6 +538,62 @@ impl Exchange<'_> {
             out.grpc_status = down.grpc_status;
         }
         Ok(())
+    }
+
+    /// The upstream's response head for the client, with `x-laneway-route`
+    /// when asked for.
+    fn client_head(&self, head: Response<RecvStream>) -> (Response<()>, RecvStream) {
+        let (parts, body) = head.into_parts();
+        let mut head = Response::from_parts(parts, ());
+        if let Some(route) = self
+            .target
+            .route_header
+            .as_deref()
+            .and_then(|r| HeaderValue::from_str(r).ok())
+        {
+            head.headers_mut()
+                .insert(crate::router::ROUTE_HEADER, route);
+        }
+        (head, body)
+    }
+}
+
+/// When the wait for the response head ends: at the call's deadline
+/// (`grpc-timeout`), and at the response timeout after the request was
+/// fully sent (or could no longer be), whichever comes first.
+struct Deadline {
+    /// The call's deadline, if it has one.
+    call: Option<Instant>,
+    configured: Duration,
+    /// When the timer fires (meaningful once armed).
+    at: Instant,
+    /// Whether the timer runs.
+    armed: bool,
+    /// The time limit that `at` stands for, for the error.
+    limit: Duration,
+}
+
+impl Deadline {
+    fn new(call: Option<Duration>, configured: Duration) -> Self {
+        let at = call.map(deadline_after);
+        Self {
+            call: at,
+            configured,
+            at: at.unwrap_or_else(|| deadline_after(configured)),
+            armed: at.is_some(),
+            limit: call.unwrap_or(configured),
+        }
+    }
+
+    /// The request is fully sent: the response timeout runs from now.
+    fn request_sent(&mut self) -> Instant {
+        let by_timeout = deadline_after(self.configured);
+        if self.call.is_none_or(|call| by_timeout < call) {
+            self.at = by_timeout;
+            self.limit = self.configured;
+        }
+        self.armed = true;
+        self.at
     }
 }
 

@@ -766,6 +766,18 @@ async fn grpc_timeout_bounds_the_wait_for_the_response() {
     .await;
     assert_eq!(answer.header("grpc-status"), "4", "DEADLINE_EXCEEDED");
     let proxy = proxy_to_silence(Duration::from_millis(200)).await;
-    let plain = get(&client(proxy.addr).await, "/slow", &[]).await;
+    let send = client(proxy.addr).await;
+    let plain = get(&send, "/slow", &[]).await;
     assert_eq!(plain.head.status(), 504);
+    // The configured timeout, when shorter than the call's, ends the wait.
+    let long_call = get(
+        &send,
+        "/svc.Slow/Call",
+        &[
+            ("content-type", "application/grpc"),
+            ("grpc-timeout", "60S"),
+        ],
+    )
+    .await;
+    assert_eq!(long_call.header("grpc-status"), "4");
 }
