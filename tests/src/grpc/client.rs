@@ -265,15 +265,16 @@ async fn load(
 
 /// Whether a call failed before a server could have taken it, so that gRPC
 /// clients retry it transparently (tonic leaves that to its user): its
-/// connection closed before it was sent, its stream was refused, or it came
-/// after the connection's GOAWAY. That GOAWAY error also ends a stream the
+/// connection closed before it was sent (or before it was handed to the
+/// connection at all), its stream was refused, or it came after the
+/// connection's GOAWAY. That GOAWAY error also ends a stream the
 /// server had taken when the connection closes under it: counting the
 /// servers' calls against the calls answered tells the two apart.
 pub fn never_processed(status: &Status) -> bool {
     let mut source = std::error::Error::source(status);
     while let Some(error) = source {
         if let Some(hyper) = error.downcast_ref::<hyper::Error>()
-            && hyper.is_canceled()
+            && (hyper.is_canceled() || hyper.is_closed())
         {
             return true;
         }
