@@ -148,6 +148,21 @@ async fn read_all(body: &mut RecvStream) -> Option<(Vec<u8>, Option<HeaderMap>)>
     Some((data, trailers))
 }
 
+/// The reason the backend recorded in `seen` for its stream's reset.
+async fn upstream_reset(seen: &Mutex<Option<h2::Reason>>) -> h2::Reason {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(reason) = *seen.lock().unwrap() {
+            return reason;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the upstream stream was not reset"
+        );
+        sleep(Duration::from_millis(5)).await;
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Test client
 
@@ -290,6 +305,38 @@ async fn every_stream_of_one_connection_goes_to_its_own_lane() {
     assert!(outcomes.iter().all(|o| o.status == 200 && !o.by_router));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_and_streams_at_once_on_a_multi_thread_runtime() {
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let proxy = Proxy::start(cfg(), by_tag(a.addr, b.addr), Protocol::Sniff).await;
+    let clients = (0..8).map(|c| {
+        let addr = proxy.addr;
+        tokio::spawn(async move {
+            let send = client(addr).await;
+            let calls = (0..50).map(|i| {
+                let send = send.clone();
+                async move {
+                    let tag = if (c + i) % 3 == 0 { "a" } else { "b" };
+                    let body = format!("{c}-{i}");
+                    let mut s = send.ready().await.unwrap();
+                    let (response, mut req) = s
+                        .send_request(request("/", &[("x-mse-tag", tag)]), false)
+                        .unwrap();
+                    req.send_data(Bytes::from(body.clone()), true).unwrap();
+                    let answer = timeout(WAIT, answer(response)).await.unwrap().unwrap();
+                    assert_eq!(answer.header("x-backend"), tag);
+                    assert_eq!(answer.body, body.as_bytes(), "each stream its own body");
+                }
+            });
+            futures::future::join_all(calls).await;
+        })
+    });
+    for c in futures::future::join_all(clients).await {
+        c.unwrap();
+    }
+    assert_eq!(proxy.outcomes(400).await.len(), 400);
+}
+
 #[tokio::test]
 async fn a_declared_http_port_serves_h2c_prior_knowledge_too() {
     let a = Backend::echo("a").await;
@@ -370,15 +417,7 @@ async fn a_client_reset_resets_the_upstream_stream_with_the_same_reason() {
     body.send_data(Bytes::from_static(b"part"), false).unwrap();
     backend.wait_streams(1).await;
     body.send_reset(h2::Reason::ENHANCE_YOUR_CALM);
-    let deadline = Instant::now() + WAIT;
-    while seen.lock().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the upstream stream was not reset"
-        );
-        sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(*seen.lock().unwrap(), Some(h2::Reason::ENHANCE_YOUR_CALM));
+    assert_eq!(upstream_reset(&seen).await, h2::Reason::ENHANCE_YOUR_CALM);
     assert_eq!(proxy.outcomes(1).await[0].status, 499, "client gone");
 }
 
@@ -414,15 +453,7 @@ async fn a_client_reset_during_the_response_reaches_the_upstream_with_its_reason
     let first = timeout(WAIT, body.data()).await.unwrap().unwrap().unwrap();
     assert_eq!(&first[..], b"tick");
     request_body.send_reset(h2::Reason::ENHANCE_YOUR_CALM);
-    let deadline = Instant::now() + WAIT;
-    while seen.lock().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the upstream stream was not reset"
-        );
-        sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(*seen.lock().unwrap(), Some(h2::Reason::ENHANCE_YOUR_CALM));
+    assert_eq!(upstream_reset(&seen).await, h2::Reason::ENHANCE_YOUR_CALM);
 }
 
 #[tokio::test]
