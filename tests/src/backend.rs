@@ -8,7 +8,6 @@
 //! tag header it received), and its name as the body.
 
 use std::{
-    fs::File,
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
@@ -56,7 +55,7 @@ impl Backend {
         forward_tag: bool,
     ) -> Result<Self> {
         let name = pod.name.clone();
-        let netns = Arc::new(File::open(pod.netns.path())?);
+        let netns = Arc::new(pod.netns.file()?);
         Self::start(pod, port, move |stream| {
             // This connection's thread makes its upstream calls from the pod.
             if crate::netns::enter(&netns).is_err() {
@@ -116,12 +115,7 @@ impl Backend {
         port: u16,
         serve: impl Fn(TcpStream) + Send + Sync + Clone + 'static,
     ) -> Result<Self> {
-        // Dual-stack: [::] takes IPv4 too (bindv6only is 0 in a fresh netns);
-        // a pod without IPv6 takes 0.0.0.0.
-        let listener = pod.netns.run(move || {
-            TcpListener::bind(("::", port)).or_else(|_| TcpListener::bind(("0.0.0.0", port)))
-        })??;
-        listener.set_nonblocking(true)?;
+        let listener = listen(pod, port)?;
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU64::new(0));
         let open = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -171,6 +165,17 @@ impl Drop for Backend {
             }
         }
     }
+}
+
+/// A non-blocking listener on `port` inside `pod`: dual-stack (`[::]` takes
+/// IPv4 too, bindv6only is 0 in a fresh netns), or `0.0.0.0` on a pod
+/// without IPv6.
+pub fn listen(pod: &Pod, port: u16) -> Result<TcpListener> {
+    let listener = pod.netns.run(move || {
+        TcpListener::bind(("::", port)).or_else(|_| TcpListener::bind(("0.0.0.0", port)))
+    })??;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
 fn serve_echo(mut stream: TcpStream) {

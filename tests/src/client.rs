@@ -17,10 +17,16 @@ const ROUTE_HEADER: &str = laneway::router::ROUTE_HEADER;
 
 /// Opens a TCP connection from inside `pod`.
 pub fn connect(pod: &Pod, to: SocketAddr) -> Result<TcpStream> {
-    let stream = pod
-        .netns
-        .run(move || TcpStream::connect_timeout(&to, Duration::from_secs(3)))?
-        .with_context(|| format!("connect from {} to {to}", pod.name))?;
+    connect_in(&pod.netns.file()?, to).with_context(|| format!("connect from {}", pod.name))
+}
+
+/// Opens a TCP connection from inside the netns `netns` (a pod's
+/// [`crate::netns::Netns::file`]), with 10 s read and write timeouts.
+pub fn connect_in(netns: &std::fs::File, to: SocketAddr) -> Result<TcpStream> {
+    let stream = crate::netns::run_in(netns, move || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(3))
+    })?
+    .with_context(|| format!("connect to {to}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     Ok(stream)
@@ -232,6 +238,17 @@ pub struct LoadCounts {
     pub direct: u64,
     /// Of the `ok` ones, by the endpoint that answered.
     pub by_endpoint: std::collections::BTreeMap<String, u64>,
+    /// What the first few failures were.
+    pub first_failures: Vec<String>,
+}
+
+impl LoadCounts {
+    /// Notes what a failure was (the first few are kept).
+    pub fn note(&mut self, failure: String) {
+        if self.first_failures.len() < 5 {
+            self.first_failures.push(failure);
+        }
+    }
 }
 
 /// Runs `during` while two workers in `pod` send requests to `to` without
@@ -273,8 +290,13 @@ pub fn under_load(
                                 .entry(r.endpoint().to_owned())
                                 .or_default() += 1;
                         }
-                        _ => {
+                        failure => {
                             counts.failed += 1;
+                            counts.note(match failure {
+                                Some(Ok(r)) => format!("status {}: {}", r.status, r.text()),
+                                Some(Err(e)) => format!("{e:#}"),
+                                None => "no connection".into(),
+                            });
                             conn = None;
                         }
                     }

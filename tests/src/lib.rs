@@ -14,9 +14,11 @@ pub mod admin;
 pub mod agent;
 pub mod backend;
 pub mod client;
+pub mod grpc;
 pub mod kube;
 pub mod netns;
 pub mod node;
+pub mod shares;
 pub mod standard;
 pub mod view;
 

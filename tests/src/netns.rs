@@ -61,17 +61,13 @@ impl Netns {
 
     /// Runs `f` on a thread inside the namespace and returns its result.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
-        let file =
-            File::open(self.path()).with_context(|| format!("open {}", self.path().display()))?;
-        std::thread::scope(|scope| {
-            scope
-                .spawn(move || -> Result<T> {
-                    enter(&file)?;
-                    Ok(f())
-                })
-                .join()
-                .map_err(|_| anyhow::anyhow!("thread in netns {} panicked", self.name))?
-        })
+        run_in(&self.file()?, f).with_context(|| format!("in netns {}", self.name))
+    }
+
+    /// Its file, open: a handle that code running later (e.g. a connector
+    /// called from an async runtime) can enter with [`run_in`].
+    pub fn file(&self) -> Result<File> {
+        File::open(self.path()).with_context(|| format!("open {}", self.path().display()))
     }
 
     /// Sets a sysctl inside.
@@ -87,6 +83,19 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .output();
     }
+}
+
+/// Runs `f` on a thread inside the namespace `file` and returns its result.
+pub fn run_in<T: Send>(file: &File, f: impl FnOnce() -> T + Send) -> Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || -> Result<T> {
+                enter(file)?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in a netns panicked"))?
+    })
 }
 
 /// Moves the calling thread into the namespace `file`.

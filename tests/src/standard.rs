@@ -33,6 +33,11 @@ impl Standard {
         Self::start_with(|_| {})
     }
 
+    /// Like [`Standard::start`], with the agent steering pods as `mode` says.
+    pub fn start_in(mode: Mode) -> Result<Self> {
+        Self::start_with(|sc| mode.apply(sc))
+    }
+
     /// Like [`Standard::start`], letting the caller adjust the scenario first.
     pub fn start_with(adjust: impl FnOnce(&mut Scenario)) -> Result<Self> {
         let mut node = Node::new()?;
@@ -65,6 +70,61 @@ impl Standard {
     pub fn echo(&self) -> std::net::SocketAddr {
         Node::vip(&self.scenario.services[2])
     }
+}
+
+/// How the agent steers pods to the router.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The connect hooks.
+    Socket,
+    /// TC, attached the way this kernel prefers (TCX on 6.6+).
+    Tc,
+    /// TC, attached as a clsact filter (the way before Linux 6.6).
+    TcNetlink,
+    /// The connect hooks, and TC for what they did not see.
+    Both,
+}
+
+impl Mode {
+    /// Whether TC programs steer.
+    pub fn tc(self) -> bool {
+        self != Mode::Socket
+    }
+
+    /// Sets the scenario's router and program settings for this mode.
+    pub fn apply(self, scenario: &mut Scenario) {
+        scenario.router_extra = match self {
+            Mode::Socket => "  mode: socket\n",
+            Mode::Tc | Mode::TcNetlink => "  mode: tc\n",
+            Mode::Both => "  mode: both\n",
+        }
+        .into();
+        if self == Mode::TcNetlink {
+            scenario.bpf_extra = "  tc_attach: netlink\n".into();
+        }
+    }
+}
+
+/// One `#[test]` per mode and test function: `in_modes! { socket => Socket:
+/// [a, b], tc => Tc: [a] }` makes `socket::a`, `socket::b` and `tc::a`, each
+/// calling `a` (of the module it is used in) with its [`Mode`];
+/// `in_modes! { [socket => Socket, tc => Tc]: [a, b] }` runs the same list in
+/// each mode.
+#[macro_export]
+macro_rules! in_modes {
+    ([$($mode:ident => $variant:ident),* $(,)?]: $names:tt $(,)?) => {
+        $crate::in_modes! { $($mode => $variant: $names),* }
+    };
+    ($($mode:ident => $variant:ident: [$($name:ident),* $(,)?]),* $(,)?) => {$(
+        mod $mode {
+            $(
+                #[test]
+                fn $name() -> anyhow::Result<()> {
+                    super::$name($crate::standard::Mode::$variant)
+                }
+            )*
+        }
+    )*};
 }
 
 /// The standard scenario on a fresh node with its HTTP backends and the

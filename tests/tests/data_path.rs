@@ -16,57 +16,13 @@ use anyhow::Result;
 use laneway_tests::{
     Standard,
     client::{self, Conn},
+    in_modes,
+    standard::Mode,
 };
 use rand::RngCore;
 
-/// How the agent steers pods to the router.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    Socket,
-    /// TC, attached the way this kernel prefers (TCX on 6.6+).
-    Tc,
-    /// TC, attached as a clsact filter (the way before Linux 6.6).
-    TcNetlink,
-    Both,
-}
-
-impl Mode {
-    fn tc(self) -> bool {
-        self != Mode::Socket
-    }
-}
-
-/// The standard node with the agent in `mode`.
-fn start(mode: Mode) -> Result<Standard> {
-    Standard::start_with(|sc| {
-        sc.router_extra = match mode {
-            Mode::Socket => "  mode: socket\n",
-            Mode::Tc | Mode::TcNetlink => "  mode: tc\n",
-            Mode::Both => "  mode: both\n",
-        }
-        .into();
-        if mode == Mode::TcNetlink {
-            sc.bpf_extra = "  tc_attach: netlink\n".into();
-        }
-    })
-}
-
-/// One `#[test]` per mode and test function.
-macro_rules! in_modes {
-    ($($mode:ident => $variant:ident: [$($name:ident),* $(,)?]),* $(,)?) => {$(
-        mod $mode {
-            $(
-                #[test]
-                fn $name() -> anyhow::Result<()> {
-                    super::$name(super::Mode::$variant)
-                }
-            )*
-        }
-    )*};
-}
-
 fn tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base(mode: Mode) -> Result<()> {
-    let s = start(mode)?;
+    let s = Standard::start_in(mode)?;
     let client = s.node.pod(s.pods.client);
 
     let r = client::get(client, s.reviews(), &[("x-mse-tag", "joint1")])?;
@@ -104,7 +60,7 @@ fn tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base(mode: Mode) ->
 }
 
 fn untagged_requests_never_reach_tagged_endpoints(mode: Mode) -> Result<()> {
-    let s = start(mode)?;
+    let s = Standard::start_in(mode)?;
     let client = s.node.pod(s.pods.client);
     for _ in 0..40 {
         let r = client::get(client, s.reviews(), &[])?;
@@ -115,7 +71,7 @@ fn untagged_requests_never_reach_tagged_endpoints(mode: Mode) -> Result<()> {
 }
 
 fn tagged_caller_pod_stays_in_its_lane_without_a_header(mode: Mode) -> Result<()> {
-    let s = start(mode)?;
+    let s = Standard::start_in(mode)?;
     let caller = s.node.pod(s.pods.client_joint1);
     for _ in 0..10 {
         let r = client::get(caller, s.reviews(), &[])?;
@@ -138,7 +94,7 @@ fn tagged_caller_pod_stays_in_its_lane_without_a_header(mode: Mode) -> Result<()
 }
 
 fn baggage_member_selects_the_lane(mode: Mode) -> Result<()> {
-    let s = start(mode)?;
+    let s = Standard::start_in(mode)?;
     let client = s.node.pod(s.pods.client);
     let r = client::get(client, s.reviews(), &[("baggage", "user=1,x-mse-tag=gray")])?;
     assert_eq!(r.endpoint(), "reviews-gray");
@@ -147,7 +103,7 @@ fn baggage_member_selects_the_lane(mode: Mode) -> Result<()> {
 }
 
 fn one_keep_alive_connection_routes_each_request_by_its_own_tag(mode: Mode) -> Result<()> {
-    let s = start(mode)?;
+    let s = Standard::start_in(mode)?;
     let mut conn = Conn::open(s.node.pod(s.pods.client), s.reviews())?;
     let plan = [
         (Some("joint1"), "reviews-joint1"),
@@ -169,7 +125,7 @@ fn one_keep_alive_connection_routes_each_request_by_its_own_tag(mode: Mode) -> R
 }
 
 fn the_app_sees_the_vip_it_dialled(mode: Mode) -> Result<()> {
-    let s = start(mode)?;
+    let s = Standard::start_in(mode)?;
     let mut conn = Conn::open(s.node.pod(s.pods.client), s.reviews())?;
     // The direct (DNAT) path shows the VIP too: the connection must be the
     // router's for the check to mean anything.
@@ -184,7 +140,7 @@ fn the_app_sees_the_vip_it_dialled(mode: Mode) -> Result<()> {
 }
 
 fn ipv6_and_v4_mapped_connects_are_steered(mode: Mode) -> Result<()> {
-    let s = start(mode)?;
+    let s = Standard::start_in(mode)?;
     let client = s.node.pod(s.pods.client);
     let vip6: SocketAddr = "[fd00:96::10]:80".parse()?;
     let r = client::get(client, vip6, &[("x-mse-tag", "joint1")])?;
@@ -215,7 +171,7 @@ fn ipv6_and_v4_mapped_connects_are_steered(mode: Mode) -> Result<()> {
 }
 
 fn pods_not_enrolled_are_left_alone(mode: Mode) -> Result<()> {
-    let s = start(mode)?;
+    let s = Standard::start_in(mode)?;
     let r = client::get(
         s.node.pod(s.pods.bystander),
         s.reviews(),
@@ -245,7 +201,7 @@ fn echo_round_trip(s: &Standard, payload: &[u8]) -> Result<Vec<u8>> {
 }
 
 fn unknown_protocols_pass_through_byte_for_byte(mode: Mode) -> Result<()> {
-    let s = start(mode)?;
+    let s = Standard::start_in(mode)?;
     let mut random = vec![0u8; 1 << 20];
     rand::rng().fill_bytes(&mut random);
     random[0] = 0x00; // surely not an HTTP method
@@ -274,7 +230,7 @@ fn unknown_protocols_pass_through_byte_for_byte(mode: Mode) -> Result<()> {
 fn malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving(
     mode: Mode,
 ) -> Result<()> {
-    let s = start(mode)?;
+    let s = Standard::start_in(mode)?;
     let client = s.node.pod(s.pods.client);
 
     let mut conn = Conn::open(client, s.reviews())?;
@@ -316,7 +272,7 @@ fn first_success(s: &Standard, limit: Duration) -> Result<(client::Response, Dur
 fn fails_open_within_a_second_when_the_router_stops_and_steers_again_after(
     mode: Mode,
 ) -> Result<()> {
-    let s = start(mode)?;
+    let s = Standard::start_in(mode)?;
     let (r, _) = first_success(&s, Duration::from_secs(1))?;
     assert!(r.routed());
 
@@ -343,7 +299,7 @@ fn fails_open_within_a_second_when_the_router_stops_and_steers_again_after(
 }
 
 fn a_killed_agent_leaves_pods_on_the_direct_path_at_once(mode: Mode) -> Result<()> {
-    let mut s = start(mode)?;
+    let mut s = Standard::start_in(mode)?;
     s.agent.kill();
     // The programs stay attached (pinned), but nobody listens: they fail open.
     let pinned = std::fs::read_dir(s.node.pin_path().join("links"))?
@@ -410,7 +366,7 @@ fn a_killed_agent_leaves_pods_on_the_direct_path_at_once(mode: Mode) -> Result<(
 }
 
 fn sigterm_fails_open_and_exits_cleanly(mode: Mode) -> Result<()> {
-    let mut s = start(mode)?;
+    let mut s = Standard::start_in(mode)?;
     let status = s.agent.terminate()?;
     assert!(status.success(), "exit status {status}:\n{}", s.agent.log());
     let (r, _) = first_success(&s, Duration::from_secs(1))?;
@@ -419,7 +375,7 @@ fn sigterm_fails_open_and_exits_cleanly(mode: Mode) -> Result<()> {
 }
 
 fn config_reload_changes_routing_without_dropping_a_connection(mode: Mode) -> Result<()> {
-    let s = start(mode)?;
+    let s = Standard::start_in(mode)?;
     let mut conn = Conn::open(s.node.pod(s.pods.client), s.reviews())?;
     assert_eq!(
         conn.get("/", &[("x-mse-tag", "joint1")])?.endpoint(),
@@ -457,7 +413,7 @@ fn config_reload_changes_routing_without_dropping_a_connection(mode: Mode) -> Re
 
 fn sighup_reloads_the_config(mode: Mode) -> Result<()> {
     use std::os::unix::fs::FileExt;
-    let s = start(mode)?;
+    let s = Standard::start_in(mode)?;
     let client = s.node.pod(s.pods.client);
     assert_eq!(
         client::get(client, s.reviews(), &[("x-mse-tag", "joint1")])?.endpoint(),
@@ -503,7 +459,7 @@ fn sighup_reloads_the_config(mode: Mode) -> Result<()> {
 }
 
 fn a_service_with_no_serving_endpoint_answers_503_naming_it(mode: Mode) -> Result<()> {
-    let s = start(mode)?;
+    let s = Standard::start_in(mode)?;
     s.agent.rewrite_config(|text| {
         assert!(text.contains("name: ratings-base}"), "{text}");
         text.replace("name: ratings-base}", "name: ratings-base, serving: false}")
@@ -533,7 +489,7 @@ fn a_service_with_no_serving_endpoint_answers_503_naming_it(mode: Mode) -> Resul
 /// someone asking to enrol the router's network namespace (a host-network
 /// pod) is refused, with the reason.
 fn the_routers_own_connects_are_never_redirected(mode: Mode) -> Result<()> {
-    let s = start(mode)?;
+    let s = Standard::start_in(mode)?;
     let base = s.node.pod(s.pods.base).ip;
     // An `alias` service whose one endpoint is the reviews VIP, the node's
     // own netns enrolled, and a kube-proxy rule sending the client's
@@ -590,7 +546,7 @@ fn the_routers_own_connects_are_never_redirected(mode: Mode) -> Result<()> {
 /// The test node is sealed: neither a pod nor the node has a route off the
 /// machine, so a redirect that fails cannot send a packet out.
 fn the_test_node_has_no_route_out(mode: Mode) -> Result<()> {
-    let s = start(mode)?;
+    let s = Standard::start_in(mode)?;
     let outside: SocketAddr = "192.0.2.1:80".parse()?;
     let err = client::connect(s.node.pod(s.pods.client), outside)
         .expect_err("a pod reached an outside address");
