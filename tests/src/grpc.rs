@@ -18,7 +18,7 @@ mod server;
 use std::{hash::Hasher, net::SocketAddr};
 
 use anyhow::{Context, Result};
-pub use client::{EchoClient, replies, runtime, tagged, under_load};
+pub use client::{EchoClient, by_router, replies, rest_of, runtime, tagged, under_load};
 pub use server::EchoServer;
 
 use crate::{
@@ -87,13 +87,19 @@ pub struct EchoReply {
     /// many requests came.
     #[prost(uint32, tag = "7")]
     pub sequence: u32,
+    /// Never sent by a server: [`EchoClient`] sets it when the answer
+    /// carried `x-laneway-route`, which only laneway's router writes (the
+    /// client asks for it on every call).
+    #[prost(bool, tag = "8")]
+    pub via_router: bool,
 }
 
 impl EchoReply {
-    /// Whether the call went through laneway's router: the server saw the
-    /// node's address (the direct way keeps the pod's).
+    /// Whether the call went through laneway's router. The source address
+    /// cannot tell: routed calls reach endpoints from the calling pod's
+    /// address, as direct ones do.
     pub fn routed(&self) -> bool {
-        self.peer == crate::node::NODE_IP.to_string()
+        self.via_router
     }
 }
 

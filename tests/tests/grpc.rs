@@ -91,13 +91,16 @@ fn each_kind_of_call_lands_in_its_lane(mode: Mode) -> Result<()> {
         let mut client = g.client(pods.client)?;
         for (tag, endpoint, seen) in [JOINT1, UNTAGGED, JOINT1] {
             let unary = client.unary(tagged(ask(), tag)).await?.into_inner();
+            // The router's HTTP/2 connection upstream is the caller pod's.
+            let caller = g.standard.node.pod(pods.client).ip.to_string();
+            assert_eq!(unary.peer, caller, "the endpoint sees the calling pod");
             answered_by("unary", &[unary], endpoint, seen);
             let three = EchoRequest {
                 replies: 3,
                 ..ask()
             };
             let streamed = client.server_stream(tagged(three, tag)).await?;
-            let streamed = replies(streamed.into_inner()).await?;
+            let streamed = replies(streamed).await?;
             assert_eq!(streamed.len(), 3);
             answered_by("server streaming", &streamed, endpoint, seen);
             let requests = stream::iter(vec![ask(); 3]);
@@ -106,7 +109,7 @@ fn each_kind_of_call_lands_in_its_lane(mode: Mode) -> Result<()> {
             assert_eq!(gathered.sequence, 3, "every request arrived");
             answered_by("client streaming", &[gathered], endpoint, seen);
             let requests = stream::iter(vec![ask(); 3]);
-            let bidi = replies(client.bidi(tagged(requests, tag)).await?.into_inner()).await?;
+            let bidi = replies(client.bidi(tagged(requests, tag)).await?).await?;
             assert_eq!(bidi.len(), 3);
             answered_by("bidirectional", &bidi, endpoint, seen);
         }
@@ -148,7 +151,7 @@ fn a_hundred_concurrent_streams_on_one_connection_each_stay_in_their_lane(
                     if i % 2 == 0 {
                         client.unary(request).await.map(|r| vec![r.into_inner()])
                     } else {
-                        replies(client.server_stream(request).await?.into_inner()).await
+                        replies(client.server_stream(request).await?).await
                     }
                 })
             })
@@ -338,10 +341,11 @@ fn an_endpoint_turning_terminating_finishes_its_open_stream_and_gets_no_new_call
             sleep_ms: 100,
             ..ask()
         };
-        let mut stream = client
+        let answer = client
             .server_stream(tagged(request, Some("joint1")))
-            .await?
-            .into_inner();
+            .await?;
+        let routed = grpc::by_router(&answer);
+        let mut stream = answer.into_inner();
         let first = stream.message().await?.context("a first reply")?;
         assert_eq!(first.endpoint, "reviews-joint1");
 
@@ -372,7 +376,7 @@ fn an_endpoint_turning_terminating_finishes_its_open_stream_and_gets_no_new_call
             "no new call on the terminating endpoint"
         );
 
-        let rest = replies(stream).await?;
+        let rest = grpc::rest_of(stream, routed).await?;
         assert_eq!(rest.len(), 19, "the open stream finished");
         answered_by("the open stream", &rest, "reviews-joint1", "joint1");
         assert_eq!(joint1.cancelled(), 0);

@@ -36,6 +36,9 @@ use super::{
 };
 use crate::node::Pod;
 
+/// The header laneway's router answers with when a request asks for it.
+const ROUTE_HEADER: &str = laneway::router::ROUTE_HEADER;
+
 /// A runtime for a test's clients (the servers have their own).
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
@@ -44,9 +47,14 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// `message` as a request with `x-mse-tag: tag` metadata when a tag is given.
+/// `message` as a request with `x-mse-tag: tag` metadata when a tag is given,
+/// asking laneway's router to say it routed the call (`x-laneway-route`, read
+/// into [`EchoReply::via_router`]).
 pub fn tagged<T>(message: T, tag: Option<&str>) -> Request<T> {
     let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(ROUTE_HEADER, MetadataValue::from_static("1"));
     if let Some(tag) = tag {
         let value: MetadataValue<_> = tag.parse().expect("a tag is a valid metadata value");
         request.metadata_mut().insert(TAG_HEADER, value);
@@ -95,7 +103,8 @@ impl EchoClient {
         request: Request<EchoRequest>,
     ) -> Result<Response<EchoReply>, Status> {
         self.ready().await?;
-        self.grpc.unary(request, path(UNARY), codec()).await
+        let answer = self.grpc.unary(request, path(UNARY), codec()).await;
+        answer.map(mark_routed)
     }
 
     /// `ServerStream`: one request, `replies` replies.
@@ -115,9 +124,11 @@ impl EchoClient {
         request: Request<impl Stream<Item = EchoRequest> + Send + 'static>,
     ) -> Result<Response<EchoReply>, Status> {
         self.ready().await?;
-        self.grpc
+        let answer = self
+            .grpc
             .client_streaming(request, path(CLIENT_STREAM), codec())
-            .await
+            .await;
+        answer.map(mark_routed)
     }
 
     /// `Bidi`: a reply per request, as they come.
@@ -168,13 +179,36 @@ impl tower::Service<Uri> for FromPod {
     }
 }
 
-/// Every reply of a stream, until its end (or its error).
-pub async fn replies(mut stream: Streaming<EchoReply>) -> Result<Vec<EchoReply>, Status> {
+/// Every reply of a streamed answer, until its end (or its error), each
+/// marked with whether the router answered.
+pub async fn replies(answer: Response<Streaming<EchoReply>>) -> Result<Vec<EchoReply>, Status> {
+    let routed = by_router(&answer);
+    rest_of(answer.into_inner(), routed).await
+}
+
+/// The replies left in `stream`, until its end (or its error), marked
+/// `routed` (read with [`by_router`] from the answer's headers).
+pub async fn rest_of(
+    mut stream: Streaming<EchoReply>,
+    routed: bool,
+) -> Result<Vec<EchoReply>, Status> {
     let mut all = Vec::new();
-    while let Some(reply) = stream.message().await? {
+    while let Some(mut reply) = stream.message().await? {
+        reply.via_router = routed;
         all.push(reply);
     }
     Ok(all)
+}
+
+/// Whether laneway's router answered (it writes `x-laneway-route` when asked).
+pub fn by_router<T>(answer: &Response<T>) -> bool {
+    answer.metadata().contains_key(ROUTE_HEADER)
+}
+
+/// `answer` with [`EchoReply::via_router`] set from its headers.
+fn mark_routed(mut answer: Response<EchoReply>) -> Response<EchoReply> {
+    answer.get_mut().via_router = by_router(&answer);
+    answer
 }
 
 fn path(method: &'static str) -> PathAndQuery {

@@ -283,6 +283,8 @@ impl Call {
             received_bytes: received.bytes,
             received_digest: received.digest.finish(),
             sequence,
+            // The client's to set.
+            via_router: false,
         }
     }
 
