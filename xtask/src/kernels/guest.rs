@@ -101,7 +101,7 @@ pub fn read_verdicts(path: &Path) -> Vec<Verdict> {
 pub fn main(layout: Layout, root: &Path, out: &Path) -> Result<()> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
     std::fs::write(out.join("release"), &release)?;
-    prepare(layout, out)?;
+    prepare(layout, root, out)?;
     let plan = std::fs::read_to_string(out.join("plan.tsv"))?;
     let logs = out.join("logs");
     std::fs::create_dir_all(&logs)?;
@@ -128,7 +128,8 @@ pub fn main(layout: Layout, root: &Path, out: &Path) -> Result<()> {
 }
 
 /// Mounts what a node has and the VM lacks, in `layout`; loads the modules.
-fn prepare(layout: Layout, out: &Path) -> Result<()> {
+/// `root` (the checkout, with the test binaries) stays visible.
+fn prepare(layout: Layout, root: &Path, out: &Path) -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/self/mounts")?;
     let mounted = |point: &str, kind: &str| {
         mounts.lines().any(|l| {
@@ -148,8 +149,20 @@ fn prepare(layout: Layout, out: &Path) -> Result<()> {
     if !mounted("/sys/fs/bpf", "bpf") {
         mount("bpf", None, "/sys/fs/bpf")?;
     }
+    // A checkout under /tmp (a CI clone, say) would vanish under the
+    // guest's own /tmp: keep the host's /tmp at /mnt and bind the checkout
+    // back to its path (with the shared `out` directory under it).
+    let checkout_in_tmp = root.starts_with("/tmp");
+    if checkout_in_tmp {
+        crate::run(Command::new("mount").args(["--rbind", "/tmp", "/mnt"]))?;
+    }
     for point in ["/tmp", "/run/netns"] {
         mount("tmpfs", None, point)?;
+    }
+    if checkout_in_tmp {
+        let host = Path::new("/mnt").join(root.strip_prefix("/tmp")?);
+        std::fs::create_dir_all(root)?;
+        crate::run(Command::new("mount").arg("--rbind").arg(&host).arg(root))?;
     }
     // The tests' scratch files and `ip netns`' mounts need writable places.
     if mounted("/sys/fs/cgroup", "cgroup2") {
