@@ -15,7 +15,7 @@ use std::{
     collections::HashSet,
     fs::File,
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     sync::{Mutex, mpsc},
     time::{Duration, Instant},
@@ -233,22 +233,28 @@ pub fn so_netns_cookie_here() -> io::Result<u64> {
     }
     // SAFETY: fd is ours, freshly created.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut cookie: u64 = 0;
+    socket_option_u64(sock.as_fd(), SO_NETNS_COOKIE)
+}
+
+/// The `SOL_SOCKET` option `name` of `sock` whose value is a `u64` (a
+/// cookie).
+pub(crate) fn socket_option_u64(sock: BorrowedFd<'_>, name: libc::c_int) -> io::Result<u64> {
+    let mut value: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: cookie and len are valid for the sizes given.
+    // SAFETY: value and len are valid for the sizes given.
     let rc = unsafe {
         libc::getsockopt(
             sock.as_raw_fd(),
             libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
+            name,
+            (&mut value as *mut u64).cast(),
             &mut len,
         )
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(cookie)
+    Ok(value)
 }
 
 #[cfg(test)]

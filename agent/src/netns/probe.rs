@@ -11,7 +11,7 @@
 use std::{
     io,
     net::{Ipv4Addr, UdpSocket},
-    os::fd::AsRawFd,
+    os::fd::AsFd,
     sync::Mutex,
 };
 
@@ -54,7 +54,7 @@ pub fn install(map: HashMap<MapData, u64, u64>) {
 /// `connect4`.
 pub fn cookie_here() -> Result<u64, Error> {
     let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-    let socket_cookie = socket_cookie(&sock)?;
+    let socket_cookie = super::socket_option_u64(sock.as_fd(), libc::SO_COOKIE)?;
     let mut guard = PROBE_MAP.lock().unwrap_or_else(|p| p.into_inner());
     let map = guard.as_mut().ok_or(Error::NoProgram)?;
     map.insert(socket_cookie, 0, 0)?;
@@ -68,24 +68,4 @@ pub fn cookie_here() -> Result<u64, Error> {
         0 => Err(Error::NotSeen),
         cookie => Ok(cookie),
     }
-}
-
-/// `SO_COOKIE` of `sock`.
-fn socket_cookie(sock: &UdpSocket) -> io::Result<u64> {
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: cookie and len are valid for the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(cookie)
 }
