@@ -279,6 +279,9 @@ pub trait Routes: Send + Sync + 'static {
     /// Report a request that ended before it could be routed (malformed,
     /// too large, too slow).
     fn observe_unrouted(&self, outcome: RequestOutcome);
+    /// The connection is served as `protocol` (`http`, `h2` or `tcp`), known
+    /// before its first request is routed.
+    fn serving(&self, protocol: &'static str);
 }
 
 /// Connect attempts per request (or L4 stream) before giving up, whatever
@@ -319,10 +322,22 @@ pub enum Protocol {
 }
 
 /// The engine a connection is served by.
+#[derive(Clone, Copy)]
 enum Engine {
     H1,
     H2,
     L4,
+}
+
+impl Engine {
+    /// The protocol's name, as `laneway conns` shows it.
+    fn protocol(self) -> &'static str {
+        match self {
+            Engine::H1 => "http",
+            Engine::H2 => "h2",
+            Engine::L4 => "tcp",
+        }
+    }
 }
 
 /// The instant `after` from now, saturating far in the future instead of
@@ -365,6 +380,7 @@ pub async fn serve_connection(
             }
         }
     };
+    routes.serving(engine.protocol());
     match engine {
         Engine::L4 => Box::pin(l4::passthrough(client, &*routes, &pool)).await,
         Engine::H1 => h1::serve(client, &*routes, &pool, &cfg).await,

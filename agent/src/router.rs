@@ -567,6 +567,10 @@ impl Routes for ConnRoutes {
     fn observe_unrouted(&self, outcome: RequestOutcome) {
         report(&self.router, self.caller.as_deref(), None, outcome);
     }
+
+    fn serving(&self, protocol: &'static str) {
+        self.conn.serving(protocol);
+    }
 }
 
 /// Reads the original destination of a connection accepted from `peer`:

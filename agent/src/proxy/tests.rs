@@ -421,6 +421,8 @@ impl Routes for TestRoutes {
     fn observe_unrouted(&self, outcome: RequestOutcome) {
         self.outcomes.lock().unwrap().push(outcome);
     }
+
+    fn serving(&self, _: &'static str) {}
 }
 
 pub(crate) fn to(endpoint: SocketAddr) -> Route {

@@ -76,6 +76,15 @@ impl ConnEntry {
         OpenStream(self.open.clone())
     }
 
+    /// Records the protocol the connection is served as, once detected
+    /// (before any request on it is routed).
+    pub fn serving(&self, protocol: &'static str) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .protocol = protocol;
+    }
+
     fn info(&self) -> ConnInfo {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let (bytes_in, bytes_out) = tcp_bytes(self.fd, self.peer, self.local).unwrap_or((0, 0));

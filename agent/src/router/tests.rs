@@ -217,6 +217,17 @@ async fn http2_streams_of_one_connection_are_routed_and_counted_each_on_its_own(
     })
     .await;
     let send = h2t::client(t.addr).await;
+    // Known as HTTP/2 from its preface, before any stream.
+    let mut shown = Vec::new();
+    for _ in 0..250 {
+        shown = t.router.telemetry.conns.list();
+        if shown.first().is_some_and(|c| c.protocol != "sniffing") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let first = shown.first().expect("the connection is listed");
+    assert_eq!((first.protocol.as_str(), first.requests), ("h2", 0));
     let calls: Vec<_> = (0..6)
         .map(|i| {
             let send = send.clone();
