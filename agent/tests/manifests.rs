@@ -535,9 +535,9 @@ fn agent_has_the_capabilities_it_needs_and_no_more() {
         "SYS_PTRACE",
         "SYS_RESOURCE",
     ]
-        .into_iter()
-        .map(String::from)
-        .collect();
+    .into_iter()
+    .map(String::from)
+    .collect();
     assert_eq!(added, expected, "capabilities added");
 }
 
