@@ -186,6 +186,23 @@ impl Backend {
     pub fn eligible(&self) -> bool {
         self.serving && !self.terminating
     }
+
+    /// Its state for people (the lane map): `terminating`, `not-serving`,
+    /// `ejected` (after consecutive failures), `warming` (slow start over
+    /// `warmup`: not yet its full share) or `serving`.
+    pub fn state(&self, warmup: Duration) -> &'static str {
+        if self.terminating {
+            "terminating"
+        } else if !self.serving {
+            "not-serving"
+        } else if self.load.ejected() {
+            "ejected"
+        } else if self.load.warmup_weight(warmup) < 1.0 {
+            "warming"
+        } else {
+            "serving"
+        }
+    }
 }
 
 /// One port of a service, with its endpoints and precomputed candidate sets.
