@@ -190,7 +190,10 @@ impl Browser {
     /// Loads `url` and waits until it has loaded.
     pub fn navigate(&mut self, url: &str) -> Result<()> {
         self.command("Page.navigate", json!({"url": url}))?;
-        self.wait_for("document.readyState === 'complete'", Duration::from_secs(10))
+        self.wait_for(
+            "document.readyState === 'complete'",
+            Duration::from_secs(10),
+        )
     }
 
     /// Evaluates `expression` in the page; its value.

@@ -62,8 +62,13 @@ fn the_lane_map_shows_lanes_endpoints_traffic_and_a_canary_change() -> Result<()
         let card = page.text(&format!("[data-service=\"{service}\"]"))?;
         assert!(card.is_some(), "{service} is on the page");
     }
-    let base = page.text(&lane("reviews", "base"))?.context("reviews base")?;
-    assert!(base.contains("reviews-base") && base.contains("serving"), "{base}");
+    let base = page
+        .text(&lane("reviews", "base"))?
+        .context("reviews base")?;
+    assert!(
+        base.contains("reviews-base") && base.contains("serving"),
+        "{base}"
+    );
     let joint1 = page.text(&lane("reviews", "joint1"))?.context("joint1")?;
     assert!(joint1.contains("reviews-joint1"), "{joint1}");
     assert!(joint1.contains("permissive"), "lane mode: {joint1}");
@@ -156,16 +161,24 @@ fn the_lane_map_shows_lanes_endpoints_traffic_and_a_canary_change() -> Result<()
         ),
         WAIT,
     )?;
-    let lanes = page.eval("[...document.querySelectorAll('[data-lane]')].map(e => e.dataset.lane)")?;
+    let lanes =
+        page.eval("[...document.querySelectorAll('[data-lane]')].map(e => e.dataset.lane)")?;
     assert_eq!(lanes, serde_json::json!(["default/reviews gray"]));
-    assert_eq!(page.eval("document.getElementById('q').value")?, "reviews-gray");
+    assert_eq!(
+        page.eval("document.getElementById('q').value")?,
+        "reviews-gray"
+    );
     Ok(())
 }
 
 #[test]
 fn lanes_and_the_page_are_served_where_metrics_is() -> Result<()> {
     let s = Standard::start()?;
-    client::get(s.node.pod(s.pods.client), s.reviews(), &[("x-mse-tag", "gray")])?;
+    client::get(
+        s.node.pod(s.pods.client),
+        s.reviews(),
+        &[("x-mse-tag", "gray")],
+    )?;
     let (status, body) = s.node.admin_get("/lanes")?;
     assert_eq!(status, 200, "{body}");
     let map: LaneMap = serde_json::from_str(&body)?;
@@ -182,7 +195,10 @@ fn lanes_and_the_page_are_served_where_metrics_is() -> Result<()> {
     assert_eq!(gray.endpoints[0].name.as_deref(), Some("reviews-gray"));
     assert_eq!(gray.endpoints[0].state, "serving");
     assert_eq!(
-        gray.requests.iter().map(|c| (c.decision.as_str(), c.total)).collect::<Vec<_>>(),
+        gray.requests
+            .iter()
+            .map(|c| (c.decision.as_str(), c.total))
+            .collect::<Vec<_>>(),
         [("tagged", 1)]
     );
     for path in ["/ui", "/ui/app.js", "/ui/style.css"] {
