@@ -689,6 +689,43 @@ services:
     }
 
     #[test]
+    fn endpoint_states_for_people() {
+        let first = Snapshot::from_config(&config(), "test".into(), None, true);
+        let mut more = config();
+        let mut added = more.services[0].endpoints[0].clone();
+        added.ip = "10.0.1.6".parse().unwrap();
+        more.services[0].endpoints.push(added);
+        let second = Snapshot::from_config(&more, "test".into(), Some(&first), false);
+        let window = second.services[0].policy.warmup;
+        let states: Vec<&str> = second.ports[0]
+            .backends
+            .iter()
+            .map(|b| b.state(window))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                "serving",
+                "serving",
+                "terminating",
+                "not-serving",
+                "warming"
+            ]
+        );
+        let rules = OutlierRules {
+            consecutive_failures: 1,
+            ..OutlierRules::default()
+        };
+        assert!(second.ports[0].backends[1].load.record_failure(&rules));
+        assert_eq!(second.ports[0].backends[1].state(window), "ejected");
+        assert_eq!(
+            second.ports[0].backends[4].state(Duration::ZERO),
+            "serving",
+            "no warm-up window: at full weight at once"
+        );
+    }
+
+    #[test]
     fn an_endpoint_counts_once_whatever_its_ports() {
         let s = Snapshot::from_config(&config(), "test".into(), None, true);
         assert_eq!(s.ports.iter().map(|p| p.backends.len()).sum::<usize>(), 8);

@@ -201,6 +201,19 @@ fn lanes_and_the_page_are_served_where_metrics_is() -> Result<()> {
             .collect::<Vec<_>>(),
         [("tagged", 1)]
     );
+    // The same document on the admin socket, for scripts.
+    let answer = {
+        use std::io::{Read, Write};
+        let mut socket = std::os::unix::net::UnixStream::connect(s.node.admin_socket())?;
+        socket.write_all(b"GET /lanes HTTP/1.1\r\nhost: laneway\r\nconnection: close\r\n\r\n")?;
+        let mut answer = String::new();
+        socket.read_to_string(&mut answer)?;
+        answer
+    };
+    let (head, body) = answer.split_once("\r\n\r\n").context("an HTTP answer")?;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let on_socket: LaneMap = serde_json::from_str(body)?;
+    assert_eq!(on_socket.services.len(), map.services.len());
     for path in ["/ui", "/ui/app.js", "/ui/style.css"] {
         let (status, body) = s.node.admin_get(path)?;
         assert_eq!(status, 200, "{path}");
