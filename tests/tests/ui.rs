@@ -12,9 +12,11 @@ use std::{
 use anyhow::{Context, Result};
 use laneway::admin::api::LaneMap;
 use laneway_tests::{
-    Standard, StopOnDrop,
+    Agent, Standard, StopOnDrop,
     browser::{Browser, ui_url},
     client::{self, Conn},
+    kube::{reviews_cluster, service},
+    standard,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -35,9 +37,23 @@ fn send(s: &Standard, n: usize, headers: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
-/// The CSS selector of a lane's card.
+/// The CSS selector of a lane's card; `service` without a namespace is in
+/// `default`.
 fn lane(service: &str, lane: &str) -> String {
-    format!("[data-lane=\"default/{service} {lane}\"]")
+    let service = match service.contains('/') {
+        true => service.to_owned(),
+        false => format!("default/{service}"),
+    };
+    format!("[data-lane=\"{service} {lane}\"]")
+}
+
+/// JavaScript: whether the element matching `selector` shows `text`.
+fn shows(selector: &str, text: &str) -> String {
+    format!(
+        "(document.querySelector({}) || {{innerText: ''}}).innerText.includes({})",
+        serde_json::json!(selector),
+        serde_json::json!(text)
+    )
 }
 
 #[test]
@@ -119,21 +135,16 @@ fn the_lane_map_shows_lanes_endpoints_traffic_and_a_canary_change() -> Result<()
         });
         s.agent
             .rewrite_config(|text| text.replace("canary: gray=10", "canary: gray=25"))?;
-        page.wait_for(
-            &format!(
-                "(document.querySelector('{} .canary') || {{}}).innerText === 'canary 25%'",
-                lane("reviews", "gray").replace('\'', "\\'")
-            ),
-            WAIT,
-        )?;
+        let gray = lane("reviews", "gray");
+        page.wait_for(&shows(&format!("{gray} .canary"), "canary 25%"), WAIT)?;
         assert!(
             page.eval("performance.getEntriesByType('navigation').length")? == 1,
             "one load: the page polled, it was not reloaded"
         );
         // Rates: requests per second from successive polls.
         let rate = format!(
-            "parseFloat(document.querySelector('{} .lane-rate').innerText) > 0",
-            lane("reviews", "joint1").replace('\'', "\\'")
+            "parseFloat(document.querySelector({}).innerText) > 0",
+            serde_json::json!(format!("{} .lane-rate", lane("reviews", "joint1")))
         );
         page.wait_for(&rate, WAIT)?;
         page.screenshot(&screenshot_path())?;
@@ -154,13 +165,7 @@ fn the_lane_map_shows_lanes_endpoints_traffic_and_a_canary_change() -> Result<()
     )?;
     assert_eq!(page.eval("location.search")?, "?q=ratings");
     page.navigate(&ui_url("?q=reviews-gray"))?;
-    page.wait_for(
-        &format!(
-            "!!document.querySelector('{}')",
-            lane("reviews", "gray").replace('\'', "\\'")
-        ),
-        WAIT,
-    )?;
+    page.wait_for(&shows(&lane("reviews", "gray"), "reviews-gray"), WAIT)?;
     let lanes =
         page.eval("[...document.querySelectorAll('[data-lane]')].map(e => e.dataset.lane)")?;
     assert_eq!(lanes, serde_json::json!(["default/reviews gray"]));
@@ -219,5 +224,47 @@ fn lanes_and_the_page_are_served_where_metrics_is() -> Result<()> {
         assert_eq!(status, 200, "{path}");
         assert!(!body.is_empty(), "{path}");
     }
+    Ok(())
+}
+
+#[test]
+fn the_lane_map_follows_service_annotations_with_kube() -> Result<()> {
+    let (node, scenario, pods, _backends) = standard::prepare()?;
+    let spec = &scenario.services[0];
+    let reviews = |canary: &str| {
+        let (mut svc, _) = service(&node, spec, "backends");
+        svc.metadata.annotations = Some(
+            [
+                ("laneway.io/canary", canary),
+                ("laneway.io/lanes", "joint1=strict"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        );
+        svc
+    };
+    let cluster = reviews_cluster(&node, &scenario, &pods, reviews("gray=10"))?;
+    let _agent = Agent::start_kube(&node, &scenario, &cluster)?;
+    let mut page = Browser::open(&node, &ui_url(""), (1280, 900))?;
+    let gray = lane("backends/reviews", "gray");
+    page.wait_for(&shows(&gray, "canary 10%"), WAIT)?;
+    let joint1 = page.text(&lane("backends/reviews", "joint1"))?;
+    assert!(
+        joint1.as_deref().is_some_and(|t| t.contains("strict")),
+        "{joint1:?}"
+    );
+
+    // A new share shows on a poll; a bad one shows its error while the
+    // last good share stays in force, and on the page.
+    cluster.api.apply(reviews("gray=30"));
+    page.wait_for(&shows(&gray, "canary 30%"), WAIT)?;
+    cluster.api.apply(reviews("gray=200"));
+    let service = "[data-service=\"backends/reviews\"]";
+    page.wait_for(
+        &shows(&format!("{service} .policy-error"), "laneway.io/canary"),
+        WAIT,
+    )?;
+    assert!(page.text(&gray)?.is_some_and(|t| t.contains("canary 30%")));
     Ok(())
 }
