@@ -206,6 +206,24 @@ fn lanes_and_the_page_are_served_where_metrics_is() -> Result<()> {
             .collect::<Vec<_>>(),
         [("tagged", 1)]
     );
+    // `laneway lanes` reads the same document.
+    let out = laneway_tests::admin::laneway(&s.node, &["lanes"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == [
+                    "gray",
+                    "permissive",
+                    "-",
+                    "reviews-gray",
+                    "serving",
+                    "tagged",
+                    "1"
+                ]),
+        "{text}"
+    );
     // The same document on the admin socket, for scripts.
     let answer = {
         use std::io::{Read, Write};

@@ -2,8 +2,8 @@
 //! `reviews` with base, `joint1` and `gray` endpoints; `ratings` with only
 //! base; `reviews-grpc`, its gRPC twin), the agent on a static config, and
 //! requests and gRPC calls with and without tags. Prints where each went and
-//! why, then the lane map (`/ui` on the agent's admin listener) as `/lanes`
-//! sees it; exits 0 only if every answer matches laneway's routing
+//! why, then a debugging session with the CLI and where the lane map (`/ui`
+//! on the agent's admin listener) is; exits 0 only if every answer matches laneway's routing
 //! semantics. `--hold` keeps the node up afterwards, with a trickle of
 //! traffic, and serves the lane map on this machine's 127.0.0.1:15080 until
 //! Enter is pressed.
@@ -212,58 +212,18 @@ fn demo() -> Result<bool> {
 /// Where `--hold` serves the lane map on this machine.
 const HOLD_ADDR: &str = "127.0.0.1:15080";
 
-/// The lane map: where it is, and what it shows now, from `/lanes`.
+/// Where the lane map is (`laneway lanes`, in the debugging session, shows
+/// what it shows).
 fn lane_map(s: &Standard) -> Result<()> {
+    let (status, page) = s.node.admin_get("/ui")?;
+    anyhow::ensure!(status == 200, "/ui answered {status}: {page}");
     println!(
-        "\n==> lane map: http://127.0.0.1:{}/ui on the agent's admin listener (node netns {})",
+        "\n==> lane map: http://127.0.0.1:{}/ui on the agent's admin listener, in the node's \
+         network namespace ({}); `laneway lanes` above is the same document.\n    \
+         To look at it: `cargo xtask demo --hold` keeps this node up and serves the page at \
+         http://{HOLD_ADDR}/ui (from another machine: ssh -L 15080:{HOLD_ADDR} THIS-HOST).",
         laneway_tests::node::METRICS_PORT,
         s.node.netns.name()
-    );
-    let (status, body) = s.node.admin_get("/lanes")?;
-    anyhow::ensure!(status == 200, "/lanes answered {status}: {body}");
-    let map: laneway::admin::api::LaneMap = serde_json::from_str(&body)?;
-    for service in &map.services {
-        println!("    {}/{}", service.namespace, service.name);
-        for lane in &service.lanes {
-            let endpoints: Vec<String> = lane
-                .endpoints
-                .iter()
-                .map(|e| format!("{} {}", e.name.as_deref().unwrap_or(&e.ip), e.state))
-                .collect();
-            let mut decisions = std::collections::BTreeMap::<&str, u64>::new();
-            for c in &lane.requests {
-                *decisions.entry(c.decision.as_str()).or_default() += c.total;
-            }
-            let decisions: Vec<String> =
-                decisions.iter().map(|(d, n)| format!("{d} {n}")).collect();
-            let canary = lane
-                .canary_percent
-                .map(|p| format!(" (canary {p}%)"))
-                .unwrap_or_default();
-            let name = match lane.tag.as_deref() {
-                None => "base",
-                Some(laneway::snapshot::OTHER_LANE) => "other tags",
-                Some(tag) => tag,
-            };
-            println!(
-                "      {:<19} {:<28} requests: {}",
-                format!("{name}{canary}"),
-                if endpoints.is_empty() {
-                    "-".to_owned()
-                } else {
-                    endpoints.join(", ")
-                },
-                if decisions.is_empty() {
-                    "-".to_owned()
-                } else {
-                    decisions.join(", ")
-                },
-            );
-        }
-    }
-    println!(
-        "    to look at it: `cargo xtask demo --hold` keeps this node up and serves the page at \
-         http://{HOLD_ADDR}/ui (from another machine: ssh -L 15080:{HOLD_ADDR} THIS-HOST)"
     );
     Ok(())
 }
@@ -417,6 +377,7 @@ fn debugging_session(s: &Standard) -> Result<()> {
             "x-mse-tag: joint2",
         ],
         vec!["pods"],
+        vec!["lanes"],
     ] {
         println!(
             "\n$ laneway {}",
