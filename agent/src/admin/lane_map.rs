@@ -373,5 +373,22 @@ services:
             joint1["requests"][0],
             serde_json::json!({"decision": "tagged", "status_class": "2xx", "total": 1})
         );
+        // And the page reads each of them by that name.
+        let script = super::super::ui::asset("/ui/app.js").expect("app.js").body;
+        let mut fields = Vec::new();
+        let mut collect = |v: &serde_json::Value| fields.extend(keys(v));
+        collect(&json);
+        collect(reviews);
+        collect(&reviews["policy"][0]);
+        collect(&reviews["ports"][0]);
+        collect(joint1);
+        collect(&joint1["endpoints"][0]);
+        collect(&joint1["requests"][0]);
+        for field in fields {
+            assert!(
+                script.contains(&format!(".{field}")),
+                "app.js reads {field}"
+            );
+        }
     }
 }
