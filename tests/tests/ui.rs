@@ -164,6 +164,13 @@ fn the_lane_map_shows_lanes_endpoints_traffic_and_a_canary_change() -> Result<()
         WAIT,
     )?;
     assert_eq!(page.eval("location.search")?, "?q=ratings");
+    // A tag finds its lanes (not every lane of a service whose policy names it).
+    page.navigate(&ui_url("?q=gray"))?;
+    page.wait_for(&shows(&lane("reviews", "gray"), "reviews-gray"), WAIT)?;
+    let lanes =
+        page.eval("[...document.querySelectorAll('[data-lane]')].map(e => e.dataset.lane)")?;
+    assert_eq!(lanes, serde_json::json!(["default/reviews gray"]));
+    // So does an endpoint's pod name.
     page.navigate(&ui_url("?q=reviews-gray"))?;
     page.wait_for(&shows(&lane("reviews", "gray"), "reviews-gray"), WAIT)?;
     let lanes =

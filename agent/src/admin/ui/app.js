@@ -101,7 +101,9 @@ function matches(text, q) {
 function filtered(s, q) {
   const all = s.lanes.map((lane) => ({ lane, endpoints: lane.endpoints }));
   if (!q) return all;
-  const serviceText = [serviceId(s), ...s.vips, ...s.policy.map((p) => `${p.name} ${p.value}`)].join(" ");
+  // A service matches by name and address (not its policy: `gray` should
+  // find gray lanes, not every service with a gray canary).
+  const serviceText = [serviceId(s), ...s.vips].join(" ");
   if (matches(serviceText, q)) return all;
   const kept = [];
   for (const { lane, endpoints } of all) {
