@@ -186,6 +186,23 @@ impl Backend {
     pub fn eligible(&self) -> bool {
         self.serving && !self.terminating
     }
+
+    /// Its state for people (the lane map): `terminating`, `not-serving`,
+    /// `ejected` (after consecutive failures), `warming` (slow start over
+    /// `warmup`: not yet its full share) or `serving`.
+    pub fn state(&self, warmup: Duration) -> &'static str {
+        if self.terminating {
+            "terminating"
+        } else if !self.serving {
+            "not-serving"
+        } else if self.load.ejected() {
+            "ejected"
+        } else if self.load.warmup_weight(warmup) < 1.0 {
+            "warming"
+        } else {
+            "serving"
+        }
+    }
 }
 
 /// One port of a service, with its endpoints and precomputed candidate sets.
@@ -668,6 +685,43 @@ services:
         assert!(
             backends[4].load.warmup_weight(window) < 0.1,
             "new: warming up"
+        );
+    }
+
+    #[test]
+    fn endpoint_states_for_people() {
+        let first = Snapshot::from_config(&config(), "test".into(), None, true);
+        let mut more = config();
+        let mut added = more.services[0].endpoints[0].clone();
+        added.ip = "10.0.1.6".parse().unwrap();
+        more.services[0].endpoints.push(added);
+        let second = Snapshot::from_config(&more, "test".into(), Some(&first), false);
+        let window = second.services[0].policy.warmup;
+        let states: Vec<&str> = second.ports[0]
+            .backends
+            .iter()
+            .map(|b| b.state(window))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                "serving",
+                "serving",
+                "terminating",
+                "not-serving",
+                "warming"
+            ]
+        );
+        let rules = OutlierRules {
+            consecutive_failures: 1,
+            ..OutlierRules::default()
+        };
+        assert!(second.ports[0].backends[1].load.record_failure(&rules));
+        assert_eq!(second.ports[0].backends[1].state(window), "ejected");
+        assert_eq!(
+            second.ports[0].backends[4].state(Duration::ZERO),
+            "serving",
+            "no warm-up window: at full weight at once"
         );
     }
 
