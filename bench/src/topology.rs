@@ -107,6 +107,7 @@ impl BenchNode {
         let scenario = Scenario {
             services: vec![reviews, echo],
             enrolled: Vec::new(),
+            namespaces: Vec::new(),
             router_extra: String::new(),
             bpf_extra: String::new(),
         };
