@@ -308,7 +308,8 @@ pods:
 }
 
 #[tokio::test]
-async fn allow_from_serves_listed_callers_and_refuses_others_with_403_or_a_reset() {
+async fn allow_from_serves_listed_callers_and_refuses_others_with_403_over_http1_and_http2_or_a_reset()
+ {
     let base = Backend::start("base").await;
     let echo_server = spawn_server(echo).await;
     // The echo service's port is a second listener of the same router.
@@ -348,10 +349,19 @@ async fn allow_from_serves_listed_callers_and_refuses_others_with_403_or_a_reset
         r.header("x-laneway-route"),
         Some("decision=denied; service=default/reviews; tag=-; endpoint=-")
     );
+    // Plain HTTP/2 (the port is `http`: the preface selects it) alike.
+    let h2 = crate::proxy::h2::tests::client(t.addr).await;
+    let answer = crate::proxy::h2::tests::get(&h2, "/", &[]).await;
+    assert_eq!(answer.head.status(), 403);
+    assert_eq!(
+        answer.text(),
+        "laneway: caller shop/client may not call service default/reviews \
+         (allow-from namespaces=checkout): its namespace shop is not listed\n"
+    );
     assert_eq!(
         base.seen().len(),
         1,
-        "the denied request reached no endpoint"
+        "the denied requests reached no endpoint"
     );
     let mut s = tokio::net::TcpStream::connect(echo_addr).await.unwrap();
     let read = s.read(&mut [0; 16]).await;
@@ -360,12 +370,12 @@ async fn allow_from_serves_listed_callers_and_refuses_others_with_403_or_a_reset
         Err(std::io::ErrorKind::ConnectionReset),
         "a refused L4 stream is reset, not ended"
     );
-    t.wait_for_metric("laneway_denied_total{service=\"default/reviews\"} 1\n")
+    t.wait_for_metric("laneway_denied_total{service=\"default/reviews\"} 2\n")
         .await;
     t.wait_for_metric("laneway_denied_total{service=\"default/echo\"} 1\n")
         .await;
     t.wait_for_metric(
-        "laneway_requests_total{service=\"default/reviews\",tag=\"\",decision=\"denied\",status_class=\"4xx\"} 1\n",
+        "laneway_requests_total{service=\"default/reviews\",tag=\"\",decision=\"denied\",status_class=\"4xx\"} 2\n",
     )
     .await;
 }
