@@ -56,8 +56,7 @@ pub fn explain(applied: &Applied, req: &ExplainRequest) -> Result<Explanation, E
         match rule.check(caller) {
             Ok(()) => steps.push(format!("allow-from {rule} admits the caller")),
             Err(denial) => {
-                let who =
-                    caller.map_or_else(|| "(not an enrolled pod)".to_owned(), |p| p.to_string());
+                let who = caller.map_or_else(|| "-".to_owned(), |p| p.to_string());
                 let message = denial.message(&who, &service, rule);
                 let message = message.strip_prefix("laneway: ").unwrap_or(&message);
                 steps.push(format!("{message}: the router answers 403 (gRPC PERMISSION_DENIED; an L4 stream is reset)"));
