@@ -184,6 +184,8 @@ pub enum Command {
     ///   => endpoint IP:PORT (decision tagged|fallback|base|canary)
     /// or
     ///   => no endpoint: REASON (decision strict-reject|none; the router answers 503)
+    /// or, when the service's allow-from rule refuses the caller,
+    ///   => denied: REASON NAMING THE RULE (the router answers 403)
     /// An unknown --from pod or --to service exits 1.
     #[command(verbatim_doc_comment, after_long_help = EXIT_CODES)]
     Explain {
@@ -219,7 +221,8 @@ pub enum Command {
     /// TIME is local wall-clock time; CALLER the calling pod (- if unknown); TAG
     /// the request tag (- = none) and SOURCE where it came from (header:NAME,
     /// baggage, caller, none); DECISION tagged, fallback, base, canary,
-    /// strict-reject (a strict lane without endpoints), or none (no decision:
+    /// strict-reject (a strict lane without endpoints), denied (the service's
+    /// allow-from rule refuses the caller: 403), or none (no decision:
     /// no endpoint, or a request the router could not read);
     /// STATUS the HTTP status sent to the client (L4 for a byte stream);
     /// DURATION how long the request took. Router errors follow as `error: ...`.

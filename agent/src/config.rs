@@ -1166,6 +1166,17 @@ pods:
             e.contains("services[0].policy.match") && e.contains("regex"),
             "{e}"
         );
+        let text = GOOD.replace(
+            "    endpoints:\n",
+            "    policy: {allow_from: 'namespaces=shop;lanes=gray!'}\n    endpoints:\n",
+        );
+        let e = error_of(&text);
+        assert!(
+            e.contains("services[0].policy.allow_from")
+                && e.contains("lanes: invalid tag \"gray!\"")
+                && e.contains("line 10"),
+            "{e}"
+        );
         let ok = Config::parse(&GOOD.replace(
             "    endpoints:\n",
             "    policy: {canary: gray=10, lanes: gray=strict}\n    endpoints:\n",

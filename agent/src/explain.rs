@@ -52,6 +52,30 @@ pub fn explain(applied: &Applied, req: &ExplainRequest) -> Result<Explanation, E
         )),
         None => steps.push("caller is not an enrolled pod".into()),
     }
+    if let Some(rule) = &snapshot.service_of(port).policy.allow_from {
+        match rule.check(caller) {
+            Ok(()) => steps.push(format!("allow-from {rule} admits the caller")),
+            Err(denial) => {
+                let who = caller.map_or_else(|| "-".to_owned(), |p| p.to_string());
+                let message = denial.message(&who, &service, rule);
+                let message = message.strip_prefix("laneway: ").unwrap_or(&message);
+                steps.push(format!("{message}: the router answers 403 (gRPC PERMISSION_DENIED; an L4 stream is reset)"));
+                return Ok(Explanation {
+                    service,
+                    destination: destination.to_string(),
+                    caller: caller.map(|p| p.to_string()),
+                    caller_tag: caller.and_then(|p| p.tag.as_ref()).map(|t| t.to_string()),
+                    tag: None,
+                    tag_source: route::TagSource::None.to_string(),
+                    decision: Some(route::Decision::Denied.as_str().to_owned()),
+                    candidates: Vec::new(),
+                    endpoint: None,
+                    reject: Some(message.to_owned()),
+                    steps,
+                });
+            }
+        }
+    }
     let owned: Vec<(String, Vec<u8>)> = req
         .headers
         .iter()
@@ -354,6 +378,45 @@ mod tests {
         assert_eq!(e.endpoint.as_deref(), Some("10.0.0.1:8080"));
         let by_ip = ask("10.244.0.5", "default/reviews:80", &[]).expect("by IP");
         assert_eq!(by_ip.caller.as_deref(), Some("default/client"));
+    }
+
+    #[test]
+    fn an_allow_from_rule_is_explained_allowed_or_denied_with_the_rule() {
+        let mut applied = applied();
+        let reviews = &mut applied.snapshot.services[0];
+        let mut policy = (*reviews.policy).clone();
+        policy.allow_from = Some("namespaces=default;lanes=gray".parse().expect("valid"));
+        reviews.policy = std::sync::Arc::new(policy);
+        let ask = |from: &str| {
+            explain(
+                &applied,
+                &ExplainRequest {
+                    from: from.into(),
+                    to: "reviews".into(),
+                    headers: Vec::new(),
+                    path: None,
+                },
+            )
+            .expect("explained")
+        };
+        let allowed = ask("client");
+        assert_eq!(allowed.endpoint.as_deref(), Some("10.0.0.1:8080"));
+        assert!(
+            allowed
+                .steps
+                .contains(&"allow-from namespaces=default;lanes=gray admits the caller".to_owned()),
+            "{:?}",
+            allowed.steps
+        );
+        let unknown = ask("");
+        assert_eq!(unknown.decision.as_deref(), Some("denied"));
+        assert_eq!(unknown.endpoint, None);
+        let reject = unknown.reject.expect("a reason");
+        assert!(
+            reject.contains("allow-from namespaces=default;lanes=gray")
+                && reject.contains("no enrolled pod"),
+            "{reject}"
+        );
     }
 
     #[test]

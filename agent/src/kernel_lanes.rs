@@ -15,9 +15,13 @@
 //! gets a small integer lane id ([`LaneIds`]), carried in the pod's
 //! `ENROLLED` entry.
 //!
-//! The kernel applies no policy: canary shares, strict lanes, warm-up and
-//! ejections need the router. So a `protocol: tcp` port whose service has
-//! canary shares or strict lanes stays with the router while it is live.
+//! The kernel applies no policy: canary shares, strict lanes, warm-up,
+//! ejections and caller authorization (`allow-from`) need the router. So a
+//! `protocol: tcp` port whose service has canary shares, strict lanes or an
+//! `allow-from` rule stays with the router while it is live. Its lanes are
+//! still mirrored: with no live router the kernel holds them without the
+//! rule (leaving the service out would not deny anyone, it would only hand
+//! the connect to kube-proxy, which knows neither lanes nor rules).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -188,10 +192,11 @@ impl KernelLanes {
 
 /// Whether the kernel's plain lane-else-base choice is what the router
 /// would do for an L4 stream under `policy`: no canary shares (which apply
-/// to untagged streams) and no strict lane (which rejects instead of
-/// falling back).
+/// to untagged streams), no strict lane (which rejects instead of falling
+/// back) and no `allow-from` rule (which the router checks per caller).
 fn policy_free(policy: &Policy) -> bool {
     policy.canary.0.is_empty()
+        && policy.allow_from.is_none()
         && policy.default_lane_mode == LaneMode::Permissive
         && policy.lanes.0.values().all(|m| *m == LaneMode::Permissive)
 }
@@ -326,11 +331,12 @@ pods:
     }
 
     #[test]
-    fn a_tcp_port_with_canary_shares_or_strict_lanes_stays_with_the_router() {
+    fn a_tcp_port_with_canary_shares_strict_lanes_or_allow_from_stays_with_the_router() {
         for policy in [
             "{canary: gray=10}",
             "{lanes: gray=strict}",
             "{default_lane_mode: strict}",
+            "{allow_from: namespaces=shop}",
         ] {
             let yaml = LANES.replacen(
                 "    endpoints:",

@@ -10,15 +10,19 @@
 //! | `sticky` | `laneway.io/sticky` | `header:x-user-id` or `cookie:uid`: the same key always lands on the same side |
 //! | `match` | `laneway.io/match` | `[{"header":"x-user-type","exact":"internal","tag":"gray"}]`; sources `header`, `cookie`, `query`; patterns `exact`, `prefix`, `regex` |
 //! | `lanes` | `laneway.io/lanes` | `gray=strict,joint1=permissive`: a strict lane answers 503 when it has no endpoint instead of falling back to base |
+//! | `allow_from` | `laneway.io/allow-from` | `namespaces=shop,checkout;lanes=gray,base`: only these callers are served ([`authz`]) |
 //!
 //! Every field parses into a checked value, so a bad annotation is found when
 //! it is read, never while routing.
 
 use std::{collections::BTreeMap, fmt, str::FromStr};
 
+pub mod authz;
+
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use crate::config::Tag;
+pub use authz::AllowFrom;
 
 /// Basis points in 100%.
 pub const FULL_SHARE: u32 = 10_000;
@@ -341,7 +345,7 @@ macro_rules! string_serde {
         }
     )*};
 }
-string_serde!(CanaryShares, StickyKey, LaneModes);
+string_serde!(CanaryShares, StickyKey, LaneModes, AllowFrom);
 
 /// A policy as written: every field optional, so a Service's policy can
 /// override the cluster default field by field.
@@ -371,6 +375,10 @@ pub struct PolicySpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub warmup: Option<std::time::Duration>,
+    /// Who may call the service (`laneway.io/allow-from:
+    /// namespaces=shop;lanes=gray`); everyone when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_from: Option<AllowFrom>,
 }
 
 /// `strict` or `permissive`.
@@ -406,6 +414,10 @@ impl PolicySpec {
             lanes: self.lanes.clone().or_else(|| defaults.lanes.clone()),
             default_lane_mode: self.default_lane_mode.or(defaults.default_lane_mode),
             warmup: self.warmup.or(defaults.warmup),
+            allow_from: self
+                .allow_from
+                .clone()
+                .or_else(|| defaults.allow_from.clone()),
         }
     }
 
@@ -430,6 +442,7 @@ impl PolicySpec {
                         Some(serde_yaml::from_str(value).map_err(|e| bad(e.to_string()))?)
                 }
                 "lanes" => spec.lanes = Some(value.parse().map_err(bad)?),
+                "allow-from" => spec.allow_from = Some(value.parse().map_err(bad)?),
                 "warmup" => {
                     spec.warmup = Some(
                         humantime::parse_duration(value.trim()).map_err(|e| bad(e.to_string()))?,
@@ -462,6 +475,8 @@ pub struct Policy {
     pub default_lane_mode: LaneMode,
     /// Slow-start window (zero: none).
     pub warmup: std::time::Duration,
+    /// Who may call (`None`: everyone).
+    pub allow_from: Option<AllowFrom>,
 }
 
 impl From<&PolicySpec> for Policy {
@@ -476,6 +491,7 @@ impl From<&PolicySpec> for Policy {
                 _ => LaneMode::Permissive,
             },
             warmup: spec.warmup.unwrap_or_default(),
+            allow_from: spec.allow_from.clone(),
         }
     }
 }
@@ -544,6 +560,9 @@ impl Policy {
                 "warmup",
                 humantime::format_duration(self.warmup).to_string(),
             ));
+        }
+        if let Some(rule) = &self.allow_from {
+            fields.push(("allow-from", rule.to_string()));
         }
         fields
     }
@@ -755,6 +774,25 @@ mod tests {
             .unwrap_err();
         assert!(
             e.contains("laneway.io/canary") && e.contains("0-100"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_allow_from_annotation_parses_and_a_bad_one_names_annotation_and_part() {
+        let spec = PolicySpec::from_annotations(
+            [("laneway.io/allow-from", "namespaces=shop")].into_iter(),
+        )
+        .expect("valid")
+        .expect("some");
+        let policy = Policy::from(&spec);
+        assert_eq!(policy.to_string(), "allow-from namespaces=shop");
+        let e = PolicySpec::from_annotations(
+            [("laneway.io/allow-from", "namespaces=shop;pods=web")].into_iter(),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("annotation laneway.io/allow-from") && e.contains("\"pods\""),
             "{e}"
         );
     }

@@ -195,7 +195,8 @@ pub enum Route {
     Forward(Target),
     /// Answer the client with this status (e.g. 503) and a plain-text body;
     /// the connection is kept if the request body could be skipped. For L4
-    /// streams the client connection is simply closed.
+    /// streams the client connection is simply closed, or reset when the
+    /// status is [`STATUS_FORBIDDEN`] (the caller is not allowed).
     Reject {
         /// Status code to answer with (outside 200..=599, or 204/304, is
         /// answered as 503).
@@ -209,6 +210,10 @@ pub enum Route {
 
 /// [`RequestOutcome::status`] of an L4 stream: it has no HTTP status.
 pub const STATUS_L4: u16 = 0;
+
+/// The status of a request whose caller the service does not allow: a gRPC
+/// call gets `PERMISSION_DENIED`, an L4 stream a reset.
+pub const STATUS_FORBIDDEN: u16 = 403;
 
 /// [`RequestOutcome::status`] when the client went away before any final
 /// status could be sent (nginx's convention).

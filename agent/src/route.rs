@@ -83,6 +83,9 @@ pub enum Decision {
     Canary,
     /// A strict lane had no endpoint: 503.
     StrictReject,
+    /// The service's `allow-from` rule refuses the caller: 403 (an L4
+    /// stream is reset).
+    Denied,
 }
 
 impl Decision {
@@ -94,6 +97,7 @@ impl Decision {
             Decision::Base => "base",
             Decision::Canary => "canary",
             Decision::StrictReject => "strict-reject",
+            Decision::Denied => "denied",
         }
     }
 }

@@ -371,6 +371,9 @@ fn report(router: &Router, caller: Option<&str>, labels: Option<&Labels>, outcom
     let telemetry = &router.telemetry;
     if let Some(c) = labels {
         let decision = c.decision.map_or("none", Decision::as_str);
+        if c.decision == Some(Decision::Denied) {
+            telemetry.metrics.denied(&c.service);
+        }
         telemetry.metrics.request(
             RequestLabels {
                 service: c.service.clone(),
@@ -437,6 +440,29 @@ impl ConnRoutes {
         };
         let service = applied.snapshot.service_of(port);
         let caller = applied.caller(self.origin.netns_cookie, self.peer);
+        if let Some(rule) = &service.policy.allow_from
+            && let Err(denial) = rule.check(caller)
+        {
+            let who = caller.map_or_else(|| self.peer.to_string(), |p| p.to_string());
+            let message = denial.message(&who, &service.id.to_string(), rule);
+            debug!(service = %service.id, caller = who, %message, "denied");
+            let labels = Labels {
+                service: service.id.to_string(),
+                tag: None,
+                metric_tag: service.metric_tag(None),
+                tag_source: route::TagSource::None.to_string(),
+                decision: Some(Decision::Denied),
+            };
+            return Routed {
+                route: Route::Reject {
+                    status: proxy::STATUS_FORBIDDEN,
+                    body: format!("{message}\n"),
+                    route_header: explain
+                        .then(|| route_header(Some(Decision::Denied), &service.id, None, None)),
+                },
+                request: RoutedRequest::new(self, Some(labels), None, None),
+            };
+        }
         if let Some(failed) = exclude.last() {
             // Asked again for the same request only after a failed connect.
             self.router

@@ -120,6 +120,7 @@ impl BenchNode {
         let scenario = Scenario {
             services: vec![reviews, echo, stream],
             enrolled: Vec::new(),
+            namespaces: Vec::new(),
             router_extra: String::new(),
             bpf_extra: String::new(),
         };

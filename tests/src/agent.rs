@@ -96,6 +96,7 @@ impl Agent {
         let settings = Scenario {
             services: Vec::new(),
             enrolled: Vec::new(),
+            namespaces: Vec::new(),
             router_extra: scenario.router_extra.clone(),
             bpf_extra: scenario.bpf_extra.clone(),
         };

@@ -106,6 +106,9 @@ pub struct Scenario {
     pub services: Vec<ServiceSpec>,
     /// Enrolled pods: pod index and tag.
     pub enrolled: Vec<(usize, Option<String>)>,
+    /// Enrolled pods in a namespace other than `default`: pod index and
+    /// namespace.
+    pub namespaces: Vec<(usize, String)>,
     /// Extra YAML under `router:` (e.g. timeouts), indented by the caller.
     pub router_extra: String,
     /// Extra YAML under `bpf:` (e.g. `tc_attach`), indented by the caller.
@@ -569,9 +572,14 @@ impl Node {
                 .as_ref()
                 .map(|t| format!(", tag: {t}"))
                 .unwrap_or_default();
+            let namespace = scenario
+                .namespaces
+                .iter()
+                .find(|(index, _)| index == pod)
+                .map_or("default", |(_, ns)| ns.as_str());
             let _ = writeln!(
                 y,
-                "  - {{name: {}, netns: {}, ips: [{}, \"{}\"], interface: {}{tag}}}",
+                "  - {{name: {}, namespace: {namespace}, netns: {}, ips: [{}, \"{}\"], interface: {}{tag}}}",
                 p.name,
                 p.netns.path().display(),
                 p.ip,

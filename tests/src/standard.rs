@@ -194,6 +194,7 @@ pub fn scenario(node: &mut Node) -> Result<(Scenario, Pods)> {
             },
         ],
         enrolled: vec![(client, None), (client_joint1, Some("joint1".into()))],
+        namespaces: Vec::new(),
         router_extra: String::new(),
         bpf_extra: String::new(),
     };

@@ -175,6 +175,7 @@ fn reviews_node(
             endpoints: vec![(pods[0], None)],
         }],
         enrolled: vec![(client, None)],
+        namespaces: Vec::new(),
         router_extra: router_extra.into(),
         bpf_extra: String::new(),
     };

@@ -294,14 +294,16 @@ pub struct Explanation {
     /// Where the tag came from: `header:NAME`, `baggage`, `caller`, `none`.
     pub tag_source: String,
     /// The decision (`tagged`, `fallback`, `base`, `canary`,
-    /// `strict-reject`); `null` when none could be made (no endpoint).
+    /// `strict-reject`, `denied`); `null` when none could be made (no
+    /// endpoint).
     pub decision: Option<String>,
     /// The candidate endpoints (`ip:port`).
     pub candidates: Vec<String>,
     /// The endpoint the router picks now (least requests of two random
     /// candidates: with one candidate, certain).
     pub endpoint: Option<String>,
-    /// Why no endpoint can take it, if so (the router answers 503).
+    /// Why no endpoint can take it, if so (the router answers 503), or
+    /// why the caller is denied (`denied`: 403), naming the rule.
     pub reject: Option<String>,
     /// The steps, for people.
     pub steps: Vec<String>,
@@ -321,7 +323,7 @@ pub struct TraceEvent {
     /// Where the tag came from.
     pub tag_source: String,
     /// The decision (`tagged`, `fallback`, `base`, `canary`,
-    /// `strict-reject`); `null` when none could be made (no endpoint, a
+    /// `strict-reject`, `denied`); `null` when none could be made (no endpoint, a
     /// request the router could not read).
     pub decision: Option<String>,
     /// The endpoint; `null` when the router answered itself.

@@ -23,8 +23,8 @@ pub struct RequestLabels {
     /// The lane: the request tag when the service knows it, `_other` for
     /// any other tag, empty for none (`Service::metric_tag`).
     pub tag: String,
-    /// `tagged`, `fallback`, `base`, `canary`, `strict-reject`, or `none`
-    /// when no decision could be made.
+    /// `tagged`, `fallback`, `base`, `canary`, `strict-reject`, `denied`,
+    /// or `none` when no decision could be made.
     pub decision: String,
     /// `2xx`, `3xx`, `4xx`, `5xx`, or `none` for an L4 stream.
     pub status_class: String,
@@ -59,6 +59,7 @@ pub struct Metrics {
     durations: Family<ServiceLabels, Histogram>,
     connect_errors: Family<ServiceLabels, Counter>,
     policy_errors: Family<ServiceLabels, Counter>,
+    denied: Family<ServiceLabels, Counter>,
     snapshot_updates: Counter<u64, AtomicU64>,
 }
 
@@ -102,6 +103,12 @@ impl Default for Metrics {
         );
         let policy_errors = Family::<ServiceLabels, Counter>::default();
         registry.register("policy_errors", "Snapshots in which a service's policy annotations were bad (it kept its last good policy)", policy_errors.clone());
+        let denied = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "denied",
+            "HTTP requests, HTTP/2 streams and L4 streams refused because the service's allow-from rule does not admit the caller",
+            denied.clone(),
+        );
         let snapshot_updates = Counter::default();
         registry.register(
             "snapshot_updates",
@@ -116,6 +123,7 @@ impl Default for Metrics {
             durations,
             connect_errors,
             policy_errors,
+            denied,
             snapshot_updates,
         }
     }
@@ -205,7 +213,18 @@ impl Metrics {
             // Creating the series is the point; the guard is not needed.
             drop(self.connect_errors.get_or_create(&labels));
             drop(self.policy_errors.get_or_create(&labels));
+            drop(self.denied.get_or_create(&labels));
         }
+    }
+
+    /// Counts a request or L4 stream of `service` refused by its
+    /// `allow-from` rule.
+    pub fn denied(&self, service: &str) {
+        self.denied
+            .get_or_create(&ServiceLabels {
+                service: service.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a failed upstream connect.
@@ -341,6 +360,8 @@ mod tests {
         m.request(labels.clone(), Some(Duration::from_millis(2)));
         m.request(labels, Some(Duration::from_millis(3)));
         m.connect_error("default/reviews");
+        m.known_services(["default/ratings".to_owned()]);
+        m.denied("default/reviews");
         m.grpc_response("default/reviews", "joint1", 14);
         m.grpc_response("default/reviews", "joint1", 1234);
         m.snapshot_applied();
@@ -365,6 +386,11 @@ mod tests {
             "laneway_grpc_responses_total{service=\"default/reviews\",tag=\"joint1\",grpc_status=\"14\"} 1"
         ), "{text}");
         assert!(text.contains("grpc_status=\"other\"} 1"), "bounded: {text}");
+        assert!(text.contains("laneway_denied_total{service=\"default/reviews\"} 1"));
+        assert!(
+            text.contains("laneway_denied_total{service=\"default/ratings\"} 0"),
+            "every known service has the series: {text}"
+        );
         assert!(text.contains("laneway_snapshot_updates_total 1"));
         assert!(text.contains("laneway_active_connections 3"));
         assert!(

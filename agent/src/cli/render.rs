@@ -282,6 +282,9 @@ pub(crate) fn explanation(e: &Explanation) -> String {
         out.push('\n');
     }
     match (&e.endpoint, &e.reject) {
+        (_, Some(reason)) if e.decision.as_deref() == Some("denied") => {
+            let _ = writeln!(out, "=> denied: {reason} (the router answers 403)");
+        }
         (_, Some(reason)) => {
             let _ = writeln!(
                 out,

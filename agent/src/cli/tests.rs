@@ -942,7 +942,7 @@ fn a_grpc_call_shows_its_grpc_status_in_trace() {
 }
 
 #[test]
-fn a_strict_lane_rejection_is_strict_reject_in_trace_explain_and_help() {
+fn strict_lane_rejections_and_denials_are_named_alike_in_trace_explain_and_help() {
     let [_, _, mut event] = trace_events().try_into().unwrap();
     event.decision = Some("strict-reject".into());
     let line = render::trace_line(&event);
@@ -972,6 +972,19 @@ fn a_strict_lane_rejection_is_strict_reject_in_trace_explain_and_help() {
         ),
         "{text}"
     );
+    let denied = Explanation {
+        decision: Some("denied".into()),
+        reject: Some("caller default/client may not call service default/reviews (allow-from namespaces=shop): its namespace default is not listed".into()),
+        ..strict
+    };
+    assert!(
+        render::explanation(&denied).ends_with(
+            "=> denied: caller default/client may not call service default/reviews \
+             (allow-from namespaces=shop): its namespace default is not listed (the router answers 403)\n"
+        ),
+        "{}",
+        render::explanation(&denied)
+    );
     use clap::CommandFactory;
     for command in ["trace", "explain"] {
         let help = TestCli::command()
@@ -980,6 +993,7 @@ fn a_strict_lane_rejection_is_strict_reject_in_trace_explain_and_help() {
             .render_long_help()
             .to_string();
         assert!(help.contains("strict-reject"), "{help}");
+        assert!(help.contains("denied"), "{help}");
         assert!(!help.contains("rejected"), "{help}");
     }
 }

@@ -13,7 +13,8 @@ use std::{io, net::SocketAddr};
 use tokio::{io::AsyncWriteExt, net::TcpStream, time::Instant};
 
 use super::{
-    InFlight, MAX_CONNECT_ATTEMPTS, Pool, RequestOutcome, Route, Routed, Routes, STATUS_L4, Target,
+    InFlight, MAX_CONNECT_ATTEMPTS, Pool, RequestOutcome, Route, Routed, Routes, STATUS_FORBIDDEN,
+    STATUS_L4, Target,
 };
 
 /// Buffer size of each tunnel direction.
@@ -46,6 +47,9 @@ pub(crate) async fn passthrough(mut client: TcpStream, routes: &dyn Routes, pool
         }
         Err(e) => {
             tracing::debug!(error = %e, "l4 stream ended");
+            if matches!(e, Error::Rejected(STATUS_FORBIDDEN)) {
+                reset(&client);
+            }
             let ours = !matches!(e, Error::Io(_));
             (Some(e.to_string()), ours)
         }
@@ -61,6 +65,14 @@ pub(crate) async fn passthrough(mut client: TcpStream, routes: &dyn Routes, pool
     match request {
         Some(request) => request.finish(outcome),
         None => routes.observe_unrouted(outcome),
+    }
+}
+
+/// Makes the close of `client` a reset (`SO_LINGER` 0): a refused caller
+/// sees `ECONNRESET`, not an orderly end it might take for an answer.
+fn reset(client: &TcpStream) {
+    if let Err(e) = socket2::SockRef::from(client).set_linger(Some(std::time::Duration::ZERO)) {
+        tracing::debug!(error = %e, "SO_LINGER 0 on a refused stream");
     }
 }
 

@@ -518,7 +518,7 @@ impl Resp {
         header(&self.headers, name)
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }

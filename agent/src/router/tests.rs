@@ -283,3 +283,99 @@ async fn http2_streams_of_one_connection_are_routed_and_counted_each_on_its_own(
     )
     .await;
 }
+
+/// Service `default/reviews` on 127.0.0.1:`port` (HTTP, its base endpoint
+/// on `base`) and `default/echo` on 127.0.0.1:`echo_port` (`protocol:
+/// tcp`, its endpoint on `echo`), both allowing `rule`; the caller at
+/// 127.0.0.1 is pod `shop/client`.
+fn guarded(port: u16, base: u16, echo_port: u16, echo: u16, rule: &str) -> String {
+    format!(
+        "services:
+  - name: reviews
+    vips: [127.0.0.1]
+    ports: [{{port: {port}, target_port: {base}, protocol: http}}]
+    policy: {{allow_from: '{rule}'}}
+    endpoints: [{{ip: 127.0.0.1}}]
+  - name: echo
+    vips: [127.0.0.1]
+    ports: [{{port: {echo_port}, target_port: {echo}, protocol: tcp}}]
+    policy: {{allow_from: '{rule}'}}
+    endpoints: [{{ip: 127.0.0.1}}]
+pods:
+  - {{name: client, namespace: shop, netns: /nonexistent, ips: [127.0.0.1]}}
+"
+    )
+}
+
+#[tokio::test]
+async fn allow_from_serves_listed_callers_and_refuses_others_with_403_over_http1_and_http2_or_a_reset()
+ {
+    let base = Backend::start("base").await;
+    let echo_server = spawn_server(echo).await;
+    // The echo service's port is a second listener of the same router.
+    let echo_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_port = echo_listener.local_addr().unwrap().port();
+    let (b, e) = (base.addr.port(), echo_server.port());
+    let t = TestRouter::start(|port| guarded(port, b, echo_port, e, "namespaces=shop")).await;
+    tokio::spawn(t.router.clone().serve(echo_listener, true));
+    let echo_addr = SocketAddr::from(([127, 0, 0, 1], echo_port));
+
+    let mut c = t.client().await;
+    c.send(b"GET / HTTP/1.1\r\nhost: reviews\r\n\r\n").await;
+    assert_eq!(c.response().await.status, 200, "shop/client is listed");
+    let mut s = tokio::net::TcpStream::connect(echo_addr).await.unwrap();
+    s.write_all(b"ping").await.unwrap();
+    let mut back = [0; 4];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"ping");
+
+    t.reload(&guarded(
+        t.addr.port(),
+        b,
+        echo_port,
+        e,
+        "namespaces=checkout",
+    ));
+    c.send(b"GET / HTTP/1.1\r\nhost: reviews\r\nx-laneway-route: 1\r\n\r\n")
+        .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.text(),
+        "laneway: caller shop/client may not call service default/reviews \
+         (allow-from namespaces=checkout): its namespace shop is not listed\n"
+    );
+    assert_eq!(
+        r.header("x-laneway-route"),
+        Some("decision=denied; service=default/reviews; tag=-; endpoint=-")
+    );
+    // Plain HTTP/2 (the port is `http`: the preface selects it) alike.
+    let h2 = crate::proxy::h2::tests::client(t.addr).await;
+    let answer = crate::proxy::h2::tests::get(&h2, "/", &[]).await;
+    assert_eq!(answer.head.status(), 403);
+    assert_eq!(
+        answer.text(),
+        "laneway: caller shop/client may not call service default/reviews \
+         (allow-from namespaces=checkout): its namespace shop is not listed\n"
+    );
+    assert_eq!(
+        base.seen().len(),
+        1,
+        "the denied requests reached no endpoint"
+    );
+    let mut s = tokio::net::TcpStream::connect(echo_addr).await.unwrap();
+    let read = s.read(&mut [0; 16]).await;
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "a refused L4 stream is reset, not ended"
+    );
+    t.wait_for_metric("laneway_denied_total{service=\"default/reviews\"} 2\n")
+        .await;
+    t.wait_for_metric("laneway_denied_total{service=\"default/echo\"} 1\n")
+        .await;
+    t.wait_for_metric(
+        "laneway_requests_total{service=\"default/reviews\",tag=\"\",decision=\"denied\",status_class=\"4xx\"} 2\n",
+    )
+    .await;
+}

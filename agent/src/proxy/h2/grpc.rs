@@ -11,6 +11,8 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 pub(crate) const DEADLINE_EXCEEDED: u32 = 4;
 /// `INTERNAL`: the request was malformed.
 pub(crate) const INTERNAL: u32 = 13;
+/// `PERMISSION_DENIED`: the service's `allow-from` rule refuses the caller.
+pub(crate) const PERMISSION_DENIED: u32 = 7;
 
 /// The call's deadline from `grpc-timeout` (`1..=8` digits and a unit:
 /// `H`, `M`, `S`, `m`, `u`, `n`); `None` when absent or malformed.
@@ -42,12 +44,14 @@ pub(crate) fn status(headers: &HeaderMap) -> Option<u32> {
 }
 
 /// The gRPC status for an HTTP status the router answers with: `504` (the
-/// router's response timeout) is `DEADLINE_EXCEEDED`, `400`-class
-/// malformed requests `INTERNAL`, anything else (no endpoint, strict lane,
-/// connect failures) `UNAVAILABLE`, which a client may retry.
+/// router's response timeout) is `DEADLINE_EXCEEDED`, `403` (a caller the
+/// service does not allow) `PERMISSION_DENIED`, `400`-class malformed
+/// requests `INTERNAL`, anything else (no endpoint, strict lane, connect
+/// failures) `UNAVAILABLE`, which a client may retry.
 pub(crate) fn code_for(http_status: u16) -> u32 {
     match http_status {
         504 => DEADLINE_EXCEEDED,
+        crate::proxy::STATUS_FORBIDDEN => PERMISSION_DENIED,
         400 | 405 | 413 | 431 => INTERNAL,
         _ => crate::proxy::GRPC_UNAVAILABLE,
     }
@@ -156,6 +160,7 @@ mod tests {
         );
         assert_eq!(head.headers()["x-laneway-route"], "decision=strict-reject");
         assert_eq!(error_response(true, 504, "t", None).2, Some(4));
+        assert_eq!(error_response(true, 403, "denied", None).2, Some(7));
         assert_eq!(error_response(true, 400, "m", None).2, Some(13));
         assert_eq!(error_response(true, 502, "c", None).2, Some(14));
         let (head, body, code) = error_response(false, 503, "no lane\n", None);

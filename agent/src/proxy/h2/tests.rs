@@ -197,6 +197,10 @@ impl Answer {
             .map_or("", |v| v.to_str().unwrap())
     }
 
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
     fn trailer(&self, name: &str) -> &str {
         self.trailers
             .as_ref()
