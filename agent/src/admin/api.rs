@@ -207,7 +207,8 @@ pub struct EndpointInfo {
     pub serving: bool,
     /// Terminating.
     pub terminating: bool,
-    /// Whether new requests may go here (serving and not terminating).
+    /// Whether new requests may go here (serving and not terminating; an
+    /// external endpoint: its health checks connect).
     pub eligible: bool,
     /// Requests in flight now.
     pub in_flight: u32,
@@ -216,6 +217,10 @@ pub struct EndpointInfo {
     /// Ejected for a while after consecutive failures.
     #[serde(default)]
     pub ejected: bool,
+    /// Outside the cluster (an external lane's address, health checked by
+    /// the agent); `eligible` says whether its health checks connect.
+    #[serde(default)]
+    pub external: bool,
 }
 
 /// `GET /conns`.

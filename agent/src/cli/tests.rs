@@ -114,6 +114,7 @@ fn pods_doc() -> Pods {
 fn endpoint(address: &str, name: &str, serving: bool, terminating: bool) -> EndpointInfo {
     EndpointInfo {
         ejected: false,
+        external: false,
         address: address.into(),
         name: Some(name.into()),
         serving,
@@ -631,6 +632,15 @@ fn services_table_shows_lanes_and_states() {
     let err = exec(&agent.socket(), &["services", "nope"]).unwrap_err();
     assert_eq!(err.exit_code(), 1);
     assert_eq!(err.to_string(), "the agent answered 404: no service nope");
+}
+
+#[test]
+fn external_endpoints_show_as_external_while_they_answer_else_external_down() {
+    let mut e = endpoint("10.8.0.5:8080", "-", true, false);
+    e.external = true;
+    assert_eq!(render::endpoint_state(&e), "external");
+    e.eligible = false;
+    assert_eq!(render::endpoint_state(&e), "external-down");
 }
 
 #[test]
