@@ -18,10 +18,12 @@ use laneway_tests::{
     admin::{json, laneway, scrape},
     backend::Backend,
     client::{self, Response, eventually},
+    grpc::{self, EchoRequest, GrpcStandard, tagged},
     in_modes,
     kube::{reviews_cluster, service},
     standard::{self, Mode},
 };
+use tonic::Code;
 
 /// The laptop's address (outside the pod network, routed by the node).
 const LAPTOP: Ipv4Addr = Ipv4Addr::new(10, 8, 0, 5);
@@ -187,10 +189,78 @@ fn a_pinned_request_reaches_exactly_the_named_pod(mode: Mode) -> Result<()> {
     Ok(())
 }
 
+fn a_pinned_grpc_call_reaches_the_named_pod_and_an_unknown_one_is_unavailable(
+    mode: Mode,
+) -> Result<()> {
+    let g = GrpcStandard::start(mode, |svc| {
+        svc.policy = Some("{endpoint_pinning: true}".into());
+    })?;
+    let pinned = |to: &str| {
+        let mut request = tagged(EchoRequest::default(), Some("joint1"));
+        let value = to.parse().expect("a valid metadata value");
+        request.metadata_mut().insert("x-laneway-endpoint", value);
+        request
+    };
+    grpc::runtime()?.block_on(async {
+        let mut client = g.client(g.standard.pods.client)?;
+        for _ in 0..10 {
+            let reply = client.unary(pinned("reviews-gray")).await?.into_inner();
+            assert_eq!(
+                (
+                    reply.endpoint.as_str(),
+                    reply.seen_tag.as_str(),
+                    reply.routed()
+                ),
+                ("reviews-gray", "joint1", true),
+                "{reply:?}"
+            );
+        }
+        let status = client
+            .unary(pinned("reviews-nope"))
+            .await
+            .expect_err("a pin to an unknown endpoint answered");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("default/reviews-grpc")
+                && status.message().contains("reviews-nope"),
+            "{}",
+            status.message()
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn a_grpc_call_in_an_external_lane_whose_laptop_is_down_is_unavailable_naming_it() -> Result<()> {
+    let g = GrpcStandard::start(Mode::Socket, |svc| {
+        svc.policy = Some("{external_lanes: 'dev-alice=10.8.0.5:50051'}".into());
+    })?;
+    grpc::runtime()?.block_on(async {
+        let mut client = g.client(g.standard.pods.client)?;
+        let status = client
+            .unary(tagged(EchoRequest::default(), Some("dev-alice")))
+            .await
+            .expect_err("a lane whose laptop is down answered");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        let message = status.message();
+        assert!(
+            message.contains("default/reviews-grpc")
+                && message.contains("lane dev-alice")
+                && message.contains("10.8.0.5:50051"),
+            "{message}"
+        );
+        // Other lanes are served on the same connection.
+        let reply = client.unary(tagged(EchoRequest::default(), None)).await?;
+        assert_eq!(reply.into_inner().endpoint, "reviews-base");
+        Ok(())
+    })
+}
+
 in_modes! {
     [socket => Socket, tc => Tc]: [
         the_laptop_serves_its_lane_while_it_answers,
         a_pinned_request_reaches_exactly_the_named_pod,
+        a_pinned_grpc_call_reaches_the_named_pod_and_an_unknown_one_is_unavailable,
     ]
 }
 
