@@ -304,6 +304,8 @@ struct Labels {
     metric_tag: String,
     tag_source: String,
     decision: Option<Decision>,
+    /// The endpoint picked is outside the cluster (an external lane's).
+    external: bool,
 }
 
 /// One routed request in flight: holds one in-flight count on its endpoint
@@ -415,6 +417,7 @@ fn report(router: &Router, caller: Option<&str>, labels: Option<&Labels>, outcom
                 .and_then(|c| c.decision)
                 .map(|d| d.as_str().to_owned()),
             endpoint: outcome.target.map(|t| t.endpoint.to_string()),
+            external: labels.is_some_and(|c| c.external),
             status: outcome.status,
             grpc_status: outcome.grpc_status,
             duration_us: outcome.duration.as_micros() as u64,
@@ -482,6 +485,7 @@ impl ConnRoutes {
             metric_tag: service.metric_tag(plan.tag.as_ref()),
             tag_source: plan.source.to_string(),
             decision: Some(decision),
+            external: false,
         };
         let explained = |decision, endpoint| {
             explain.then(|| route_header(decision, &service.id, plan.tag.as_ref(), endpoint))
@@ -524,6 +528,7 @@ impl ConnRoutes {
                 request: RoutedRequest::new(self, Some(labels), None, None),
             };
         };
+        labels.external = backend.external;
         let open = self.conn.routed(backend.addr, tag_name.clone(), protocol);
         let request =
             RoutedRequest::new(self, Some(labels), Some(backend.load.clone()), Some(open));

@@ -4,8 +4,8 @@
 //! requests just sent by decision).
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    process::{Command, Stdio},
+    io::{Read, Write},
+    process::Command,
     time::Duration,
 };
 
@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use laneway::admin::api;
 use laneway_tests::{
     Standard,
-    admin::{json, laneway, scrape},
+    admin::{json, laneway, scrape, trace},
     agent::binary,
     client,
 };
@@ -288,50 +288,11 @@ fn status_and_config_check_count_endpoints_alike() -> Result<()> {
     Ok(())
 }
 
-/// Runs `laneway trace ARGS --count N -o json` while `send` makes requests;
-/// returns the events. Fails (instead of hanging) if fewer than `count`
-/// arrive within 10 s.
-fn trace(
-    s: &Standard,
-    args: &[&str],
-    count: usize,
-    send: impl FnOnce() -> Result<()>,
-) -> Result<Vec<api::TraceEvent>> {
-    let mut child = Command::new(binary())
-        .arg("trace")
-        .args(args)
-        .args(["--count", &count.to_string(), "-o", "json", "--socket"])
-        .arg(s.node.admin_socket())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    send()?;
-    let mut events = Vec::new();
-    while events.len() < count {
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(line) => events.push(serde_json::from_str::<api::TraceEvent>(&line)?),
-            Err(_) => {
-                let _ = child.kill();
-                anyhow::bail!("trace {args:?} printed only {events:?}");
-            }
-        }
-    }
-    assert!(child.wait()?.success(), "trace exits 0 after --count");
-    Ok(events)
-}
-
 #[test]
 fn trace_streams_decisions_as_they_happen() -> Result<()> {
     let s = Standard::start()?;
     let client = s.node.pod(s.pods.client);
-    let events = trace(&s, &["--service", "reviews"], 2, || {
+    let events = trace(&s.node, &["--service", "reviews"], 2, || {
         client::get(client, s.ratings(), &[])?; // filtered out
         client::get(client, s.reviews(), &[("x-mse-tag", "gray")])?;
         client::get(client, s.reviews(), &[])?;
@@ -349,7 +310,7 @@ fn trace_streams_decisions_as_they_happen() -> Result<()> {
     assert_eq!(events[0].caller.as_deref(), Some("default/client"));
 
     // --tag keeps only that lane's decisions, across services.
-    let events = trace(&s, &["--tag", "joint1"], 2, || {
+    let events = trace(&s.node, &["--tag", "joint1"], 2, || {
         client::get(client, s.reviews(), &[("x-mse-tag", "gray")])?; // filtered out
         client::get(client, s.reviews(), &[])?; // filtered out
         client::get(client, s.ratings(), &[("x-mse-tag", "joint1")])?;

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use laneway::admin::api;
 use laneway_tests::{
     Agent, Node, Standard,
-    admin::{json, laneway, scrape},
+    admin::{json, laneway, scrape, trace},
     backend::Backend,
     client::{self, Response, eventually},
     grpc::{self, EchoRequest, GrpcStandard, tagged},
@@ -92,6 +92,32 @@ fn the_laptop_serves_its_lane_while_it_answers(mode: Mode) -> Result<()> {
     }
     let info = endpoint_info(&s.node, "10.8.0.5:8080")?;
     assert!(info.external && info.eligible, "{info:?}");
+    let events = trace(&s.node, &["--tag", "dev-alice"], 1, || dev().map(drop))?;
+    assert_eq!(
+        (events[0].endpoint.as_deref(), events[0].external),
+        (Some("10.8.0.5:8080"), true),
+        "{events:?}"
+    );
+    let explained: api::Explanation = json(
+        &s.node,
+        &[
+            "explain",
+            "--from",
+            "client",
+            "--to",
+            "reviews",
+            "-H",
+            "x-mse-tag: dev-alice",
+        ],
+    )?;
+    assert_eq!(explained.endpoint.as_deref(), Some("10.8.0.5:8080"));
+    assert!(
+        explained
+            .steps
+            .iter()
+            .any(|s| s.contains("outside the cluster")),
+        "{explained:?}"
+    );
     let table = String::from_utf8(laneway(&s.node, &["services", "reviews"])?.stdout)?;
     assert!(
         table.lines().any(|l| l.contains("dev-alice")
@@ -166,6 +192,10 @@ fn a_pinned_request_reaches_exactly_the_named_pod(mode: Mode) -> Result<()> {
     let seen = r.header("x-seen-headers").unwrap_or_default();
     assert!(!seen.contains("x-laneway-endpoint"), "forwarded: {seen}");
 
+    let events = trace(&s.node, &["--service", "reviews"], 1, || {
+        pin("reviews-gray", None).map(drop)
+    })?;
+    assert_eq!(events[0].decision.as_deref(), Some("pinned"), "{events:?}");
     s.agent
         .wait_for_log("pinned request", Duration::from_secs(5))?;
     let log = s.agent.log();
@@ -185,7 +215,7 @@ fn a_pinned_request_reaches_exactly_the_named_pod(mode: Mode) -> Result<()> {
         })
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
         .sum();
-    assert_eq!(pinned, 20, "{metrics}");
+    assert_eq!(pinned, 21, "{metrics}");
     Ok(())
 }
 

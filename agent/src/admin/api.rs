@@ -322,11 +322,14 @@ pub struct TraceEvent {
     /// Where the tag came from.
     pub tag_source: String,
     /// The decision (`tagged`, `fallback`, `base`, `canary`,
-    /// `strict-reject`); `null` when none could be made (no endpoint, a
-    /// request the router could not read).
+    /// `strict-reject`, `pinned`); `null` when none could be made (no
+    /// endpoint, a request the router could not read).
     pub decision: Option<String>,
     /// The endpoint; `null` when the router answered itself.
     pub endpoint: Option<String>,
+    /// The endpoint is outside the cluster (an external lane's).
+    #[serde(default)]
+    pub external: bool,
     /// HTTP status sent to the client (`0` for an L4 stream).
     pub status: u16,
     /// The gRPC status of a gRPC call.

@@ -331,7 +331,10 @@ pub(crate) fn trace_line(e: &TraceEvent) -> String {
         or_dash(e.tag.as_deref()),
         e.tag_source,
         e.decision.as_deref().unwrap_or("none"),
-        or_dash(e.endpoint.as_deref()),
+        match (&e.endpoint, e.external) {
+            (Some(endpoint), true) => format!("{endpoint} (external)"),
+            (endpoint, _) => or_dash(endpoint.as_deref()),
+        },
         status,
         human_us(e.duration_us),
     );

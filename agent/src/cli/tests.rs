@@ -265,6 +265,7 @@ fn maps_doc() -> Maps {
 fn trace_events() -> Vec<TraceEvent> {
     vec![
         TraceEvent {
+            external: false,
             time_ms: 1_700_000_000_123,
             caller: Some("default/client".into()),
             service: "default/reviews".into(),
@@ -278,6 +279,7 @@ fn trace_events() -> Vec<TraceEvent> {
             error: None,
         },
         TraceEvent {
+            external: false,
             time_ms: 1_700_000_000_456,
             caller: None,
             service: "default/reviews".into(),
@@ -291,6 +293,7 @@ fn trace_events() -> Vec<TraceEvent> {
             error: None,
         },
         TraceEvent {
+            external: false,
             time_ms: 1_700_000_000_789,
             caller: Some("default/client".into()),
             service: "default/ratings".into(),
