@@ -6,11 +6,15 @@
 //! - On a local TCP address (`admin.listen`): `/healthz` (the process
 //!   serves), `/readyz` (the first snapshot from the source of truth is
 //!   applied: with the Kubernetes source, only after the first full sync) and
-//!   `/metrics` (Prometheus text, see [`metrics`]). No secrets are served.
+//!   `/metrics` (Prometheus text, see [`metrics`]); and the lane map, a page
+//!   at `/ui` (see [`ui`]) reading `/lanes` (see [`lane_map`]), which the
+//!   Unix socket serves too. No secrets are served.
 
 pub mod api;
+pub mod lane_map;
 pub mod metrics;
 mod server;
+pub mod ui;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

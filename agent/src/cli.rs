@@ -1,5 +1,5 @@
-//! The node CLI: `laneway status | pods | services | conns | explain | trace |
-//! maps | preflight`.
+//! The node CLI: `laneway status | pods | services | lanes | conns | explain |
+//! trace | maps | preflight`.
 //!
 //! Every command but `preflight` asks the running agent over its admin socket
 //! (HTTP/1.1 with JSON bodies on a root-only Unix socket, default
@@ -25,6 +25,7 @@
 //! codes.
 
 pub(crate) mod client;
+mod lanes;
 mod render;
 mod table;
 #[cfg(test)]
@@ -40,7 +41,8 @@ use std::{
 use serde::Serialize;
 
 use crate::admin::api::{
-    Conns, DEFAULT_SOCKET, ExplainRequest, Explanation, Maps, Pods, Services, Status, TraceEvent,
+    Conns, DEFAULT_SOCKET, ExplainRequest, Explanation, LaneMap, Maps, Pods, Services, Status,
+    TraceEvent,
 };
 use client::{Client, encode_query};
 
@@ -117,6 +119,30 @@ pub enum Command {
     Services {
         /// Only this service: `name` or `namespace/name` (an unknown name exits 1).
         name: Option<String>,
+        /// `--output` and `--socket`.
+        #[command(flatten)]
+        common: Common,
+    },
+
+    /// Show every service's lanes side by side: endpoints, policy, requests
+    ///
+    /// Example: `sudo laneway lanes`. The same document (`-o json`) feeds the
+    /// lane map, a page at `/ui` on `admin.listen`.
+    ///
+    /// Per service a line `namespace/name  VIPs`, its policy, then a table:
+    ///   LANE       base, a tag, or `other tags` (requests with a tag the
+    ///              service does not know); `match RULE` lines under a lane
+    ///              are the match rules that lead to it
+    ///   MODE       strict (503 without an endpoint) or permissive (falls back
+    ///              to base); - for base
+    ///   CANARY     its share of untagged requests
+    ///   ENDPOINTS  each endpoint (pod name, else IP) with its state: serving,
+    ///              warming, ejected, terminating, not-serving
+    ///   REQUESTS   requests of this lane since the agent started, by decision
+    ///              (tagged, fallback, base, canary, strict-reject, none), with
+    ///              their 5xx
+    #[command(verbatim_doc_comment, after_long_help = EXIT_CODES)]
+    Lanes {
         /// `--output` and `--socket`.
         #[command(flatten)]
         common: Common,
@@ -500,6 +526,10 @@ pub fn execute(command: &Command, out: &mut impl Write) -> Result<(), Error> {
             };
             let doc: Services = client(common).get(&path)?;
             emit(out, common.format.output, &doc, render::services)
+        }
+        Command::Lanes { common } => {
+            let doc: LaneMap = client(common).get("/lanes")?;
+            emit(out, common.format.output, &doc, lanes::render)
         }
         Command::Conns { common } => {
             let doc: Conns = client(common).get("/conns")?;

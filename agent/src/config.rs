@@ -414,6 +414,18 @@ pub enum AppProtocol {
     Tcp,
 }
 
+impl fmt::Display for AppProtocol {
+    /// As in the file: `auto`, `http`, `http2`, `tcp`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AppProtocol::Auto => "auto",
+            AppProtocol::Http => "http",
+            AppProtocol::Http2 => "http2",
+            AppProtocol::Tcp => "tcp",
+        })
+    }
+}
+
 /// An endpoint of a Service.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

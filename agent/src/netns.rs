@@ -319,6 +319,53 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// One netlink message: header (length, type), then `payload`.
+    fn nlmsg(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let len = 16 + payload.len();
+        let mut m = Vec::with_capacity(len);
+        m.extend_from_slice(&(len as u32).to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&[0; 10]);
+        m.extend_from_slice(payload);
+        m.resize((len + 3) & !3, 0);
+        m
+    }
+
+    /// An `RTM_NEWLINK` with `IFLA_LINK` = `link` and, for a veth whose
+    /// peer is in another netns, `IFLA_LINK_NETNSID`.
+    fn new_link(link: u32, peer_elsewhere: bool) -> Vec<u8> {
+        let mut payload = vec![0u8; 16]; // ifinfomsg
+        payload.extend_from_slice(&8u16.to_ne_bytes());
+        payload.extend_from_slice(&5u16.to_ne_bytes());
+        payload.extend_from_slice(&link.to_ne_bytes());
+        if peer_elsewhere {
+            payload.extend_from_slice(&8u16.to_ne_bytes());
+            payload.extend_from_slice(&37u16.to_ne_bytes());
+            payload.extend_from_slice(&0i32.to_ne_bytes());
+        }
+        nlmsg(16, &payload)
+    }
+
+    #[test]
+    fn a_link_dump_finds_the_first_link_whose_peer_is_elsewhere() {
+        let mut found = None;
+        let first = [new_link(1, false), new_link(7, true)].concat();
+        assert!(read_link_dump(&first, &mut found).is_none(), "goes on");
+        let rest = [new_link(9, true), nlmsg(3, &[0; 4])].concat();
+        assert_eq!(read_link_dump(&rest, &mut found).unwrap().unwrap(), Some(7));
+    }
+
+    #[test]
+    fn a_failed_link_dump_is_its_errno_not_an_empty_answer() {
+        let mut found = None;
+        let error = nlmsg(2, &(-libc::EPERM).to_ne_bytes());
+        let e = read_link_dump(&error, &mut found).unwrap().unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        // An acknowledgement (errno 0) ends the dump with what was found.
+        let ack = [new_link(4, true), nlmsg(2, &0i32.to_ne_bytes())].concat();
+        assert_eq!(read_link_dump(&ack, &mut found).unwrap().unwrap(), Some(4));
+    }
+
     #[test]
     fn missing_namespace_is_a_clear_error() {
         let e = open(Path::new("/run/netns/does-not-exist")).expect_err("missing");
@@ -349,10 +396,6 @@ fn link_dump_peer() -> io::Result<Option<u32>> {
     const RTM_GETLINK: u16 = 18;
     const NLM_F_REQUEST: u16 = 1;
     const NLM_F_DUMP: u16 = 0x300;
-    const NLMSG_ERROR: u16 = 2;
-    const NLMSG_DONE: u16 = 3;
-    const IFLA_LINK: u16 = 5;
-    const IFLA_LINK_NETNSID: u16 = 37;
     // SAFETY: socket(2) returns a new fd or -1.
     let fd = unsafe {
         libc::socket(
@@ -402,48 +445,60 @@ fn link_dump_peer() -> io::Result<Option<u32>> {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut msg = &buf[..n as usize];
-        while msg.len() >= 16 {
-            let len = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]) as usize;
-            let kind = u16::from_ne_bytes([msg[4], msg[5]]);
-            if kind == NLMSG_DONE || len < 16 || len > msg.len() {
-                return Ok(found);
-            }
-            // The dump failed: an nlmsgerr (a negative errno first) ends it,
-            // and no NLMSG_DONE follows.
-            if kind == NLMSG_ERROR {
-                let errno = msg
-                    .get(16..20)
-                    .map_or(0, |e| i32::from_ne_bytes([e[0], e[1], e[2], e[3]]));
-                return match errno {
-                    0 => Ok(found),
-                    e => Err(io::Error::from_raw_os_error(-e)),
-                };
-            }
-            if kind == 16 && found.is_none() {
-                // RTM_NEWLINK: ifinfomsg (16 bytes), then attributes.
-                let mut attrs = msg.get(32..len).unwrap_or(&[]);
-                let (mut link, mut elsewhere) = (None, false);
-                while attrs.len() >= 4 {
-                    let alen = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
-                    let atype = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
-                    if alen < 4 || alen > attrs.len() {
-                        break;
-                    }
-                    match (atype, &attrs[4..alen]) {
-                        (IFLA_LINK, [a, b, c, d]) => {
-                            link = Some(u32::from_ne_bytes([*a, *b, *c, *d]))
-                        }
-                        (IFLA_LINK_NETNSID, _) => elsewhere = true,
-                        _ => {}
-                    }
-                    attrs = &attrs[((alen + 3) & !3).min(attrs.len())..];
-                }
-                if elsewhere {
-                    found = link;
-                }
-            }
-            msg = &msg[((len + 3) & !3).min(msg.len())..];
+        if let Some(end) = read_link_dump(&buf[..n as usize], &mut found) {
+            return end;
         }
     }
+}
+
+/// One datagram of an rtnetlink link dump: records in `found` the
+/// `IFLA_LINK` of the first link that also has `IFLA_LINK_NETNSID`, and
+/// says whether the dump ended (`Some`: its outcome) or goes on.
+fn read_link_dump(mut msg: &[u8], found: &mut Option<u32>) -> Option<io::Result<Option<u32>>> {
+    const RTM_NEWLINK: u16 = 16;
+    const NLMSG_ERROR: u16 = 2;
+    const NLMSG_DONE: u16 = 3;
+    const IFLA_LINK: u16 = 5;
+    const IFLA_LINK_NETNSID: u16 = 37;
+    while msg.len() >= 16 {
+        let len = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]) as usize;
+        let kind = u16::from_ne_bytes([msg[4], msg[5]]);
+        if kind == NLMSG_DONE || len < 16 || len > msg.len() {
+            return Some(Ok(*found));
+        }
+        // The dump failed: an nlmsgerr (a negative errno first) ends it,
+        // and no NLMSG_DONE follows.
+        if kind == NLMSG_ERROR {
+            let errno = msg
+                .get(16..20)
+                .map_or(0, |e| i32::from_ne_bytes([e[0], e[1], e[2], e[3]]));
+            return Some(match errno {
+                0 => Ok(*found),
+                e => Err(io::Error::from_raw_os_error(-e)),
+            });
+        }
+        if kind == RTM_NEWLINK && found.is_none() {
+            // ifinfomsg (16 bytes), then attributes.
+            let mut attrs = msg.get(32..len).unwrap_or(&[]);
+            let (mut link, mut elsewhere) = (None, false);
+            while attrs.len() >= 4 {
+                let alen = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+                let atype = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+                if alen < 4 || alen > attrs.len() {
+                    break;
+                }
+                match (atype, &attrs[4..alen]) {
+                    (IFLA_LINK, [a, b, c, d]) => link = Some(u32::from_ne_bytes([*a, *b, *c, *d])),
+                    (IFLA_LINK_NETNSID, _) => elsewhere = true,
+                    _ => {}
+                }
+                attrs = &attrs[((alen + 3) & !3).min(attrs.len())..];
+            }
+            if elsewhere {
+                *found = link;
+            }
+        }
+        msg = &msg[((len + 3) & !3).min(msg.len())..];
+    }
+    None
 }

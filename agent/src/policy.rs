@@ -516,50 +516,35 @@ impl From<&PolicySpec> for Policy {
     }
 }
 
+impl MatchRule {
+    /// What a request must have: `header:x-user-type=internal` (`^=` a
+    /// prefix, `~` a regex).
+    pub fn condition(&self) -> String {
+        let pattern = match &self.pattern {
+            Pattern::Exact(s) => format!("={s}"),
+            Pattern::Prefix(s) => format!("^={s}"),
+            Pattern::Regex(r) => format!("~{}", r.as_str()),
+        };
+        format!("{}{pattern}", self.source)
+    }
+}
+
+impl fmt::Display for MatchRule {
+    /// `header:x-user-type=internal->gray`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}->{}", self.condition(), self.tag)
+    }
+}
+
 impl fmt::Display for Policy {
     /// A one-line summary: `canary gray=10; sticky header:x-user-id; ...`,
-    /// or `none`.
+    /// or `none`: [`Policy::fields`], each as `name value`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut parts = Vec::new();
-        if !self.canary.0.is_empty() {
-            parts.push(format!("canary {}", self.canary));
-        }
-        if let Some(k) = &self.sticky {
-            parts.push(format!("sticky {k}"));
-        }
-        if !self.matches.is_empty() {
-            let rules: Vec<String> = self
-                .matches
-                .iter()
-                .map(|r| {
-                    let pattern = match &r.pattern {
-                        Pattern::Exact(s) => format!("={s}"),
-                        Pattern::Prefix(s) => format!("^={s}"),
-                        Pattern::Regex(r) => format!("~{}", r.as_str()),
-                    };
-                    format!("{}{pattern}->{}", r.source, r.tag)
-                })
-                .collect();
-            parts.push(format!("match {}", rules.join(",")));
-        }
-        if !self.lanes.0.is_empty() {
-            parts.push(format!("lanes {}", self.lanes));
-        }
-        if self.default_lane_mode == LaneMode::Strict {
-            parts.push("lanes strict by default".into());
-        }
-        if !self.warmup.is_zero() {
-            parts.push(format!(
-                "warmup {}",
-                humantime::format_duration(self.warmup)
-            ));
-        }
-        if !self.external_lanes.is_empty() {
-            parts.push(format!("external {}", self.external_lanes));
-        }
-        if self.endpoint_pinning {
-            parts.push("endpoint pinning".into());
-        }
+        let parts: Vec<String> = self
+            .fields()
+            .into_iter()
+            .map(|(name, value)| format!("{name} {value}"))
+            .collect();
         if parts.is_empty() {
             f.write_str("none")
         } else {
@@ -569,6 +554,42 @@ impl fmt::Display for Policy {
 }
 
 impl Policy {
+    /// The fields that differ from no policy at all, as (name, value) for
+    /// people: the one-line summary (`laneway services`) and the lane map
+    /// (`/lanes`) both show these.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut fields = Vec::new();
+        if !self.canary.0.is_empty() {
+            fields.push(("canary", self.canary.to_string()));
+        }
+        if let Some(k) = &self.sticky {
+            fields.push(("sticky", k.to_string()));
+        }
+        if !self.matches.is_empty() {
+            let rules: Vec<String> = self.matches.iter().map(ToString::to_string).collect();
+            fields.push(("match", rules.join(",")));
+        }
+        if !self.lanes.0.is_empty() {
+            fields.push(("lanes", self.lanes.to_string()));
+        }
+        if self.default_lane_mode == LaneMode::Strict {
+            fields.push(("lanes", "strict by default".to_owned()));
+        }
+        if !self.warmup.is_zero() {
+            fields.push((
+                "warmup",
+                humantime::format_duration(self.warmup).to_string(),
+            ));
+        }
+        if !self.external_lanes.is_empty() {
+            fields.push(("external", self.external_lanes.to_string()));
+        }
+        if self.endpoint_pinning {
+            fields.push(("pinning", "allowed".to_owned()));
+        }
+        fields
+    }
+
     /// The mode of `tag`'s lane: as `lanes` names it, else strict for an
     /// external lane (a developer wants their laptop or an error, not base),
     /// else the default mode.
@@ -799,7 +820,7 @@ mod tests {
         assert_eq!(policy.external_lanes.of(&tag("dev-alice")).len(), 1);
         assert_eq!(
             policy.to_string(),
-            "external dev-alice=10.8.0.5:8080; endpoint pinning"
+            "external dev-alice=10.8.0.5:8080; pinning allowed"
         );
         let e = PolicySpec::from_annotations(
             [("laneway.io/external-lanes", "dev-alice=10.8.0.5")].into_iter(),

@@ -212,16 +212,29 @@ impl Backend {
         !self.external || self.load.reachable()
     }
 
-    /// Its state for people and the endpoints gauge: `serving`,
-    /// `terminating`, `not-serving`, or for an external endpoint
-    /// `external` (health checks connect) or `external-down`.
-    pub fn state(&self) -> &'static str {
+    /// Its condition as the source and the health checks give it (the
+    /// endpoints gauge counts by it): `terminating`, `not-serving`,
+    /// `serving`, or for an external endpoint `external` (health checks
+    /// connect) or `external-down`.
+    pub fn condition(&self) -> &'static str {
         match (self.external, self.available()) {
             (true, true) => "external",
             (true, false) => "external-down",
             _ if self.terminating => "terminating",
             _ if self.serving => "serving",
             _ => "not-serving",
+        }
+    }
+
+    /// Its state for people (the lane map, `laneway services`): its
+    /// [`condition`](Backend::condition), with a serving endpoint shown
+    /// `ejected` (after consecutive failures) or `warming` (slow start over
+    /// `warmup`: not yet its full share).
+    pub fn state(&self, warmup: Duration) -> &'static str {
+        match self.condition() {
+            "serving" if self.load.ejected() => "ejected",
+            "serving" if self.load.warmup_weight(warmup) < 1.0 => "warming",
+            condition => condition,
         }
     }
 }
@@ -516,7 +529,7 @@ impl Snapshot {
             .sum()
     }
 
-    /// Each service's endpoints by state ([`Backend::state`]: `serving`,
+    /// Each service's endpoints by state ([`Backend::condition`]: `serving`,
     /// `terminating`, `not-serving`, `external`, `external-down`), keyed
     /// by `namespace/name`: each endpoint once,
     /// however many of the service's ports it serves, as
@@ -530,7 +543,7 @@ impl Snapshot {
                     continue;
                 }
                 *states
-                    .entry((service.id.to_string(), backend.state()))
+                    .entry((service.id.to_string(), backend.condition()))
                     .or_default() += 1;
             }
         }
@@ -763,6 +776,43 @@ services:
         assert!(
             backends[4].load.warmup_weight(window) < 0.1,
             "new: warming up"
+        );
+    }
+
+    #[test]
+    fn endpoint_states_for_people() {
+        let first = Snapshot::from_config(&config(), "test".into(), None, true);
+        let mut more = config();
+        let mut added = more.services[0].endpoints[0].clone();
+        added.ip = "10.0.1.6".parse().unwrap();
+        more.services[0].endpoints.push(added);
+        let second = Snapshot::from_config(&more, "test".into(), Some(&first), false);
+        let window = second.services[0].policy.warmup;
+        let states: Vec<&str> = second.ports[0]
+            .backends
+            .iter()
+            .map(|b| b.state(window))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                "serving",
+                "serving",
+                "terminating",
+                "not-serving",
+                "warming"
+            ]
+        );
+        let rules = OutlierRules {
+            consecutive_failures: 1,
+            ..OutlierRules::default()
+        };
+        assert!(second.ports[0].backends[1].load.record_failure(&rules));
+        assert_eq!(second.ports[0].backends[1].state(window), "ejected");
+        assert_eq!(
+            second.ports[0].backends[4].state(Duration::ZERO),
+            "serving",
+            "no warm-up window: at full weight at once"
         );
     }
 

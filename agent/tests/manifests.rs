@@ -527,10 +527,17 @@ fn agent_has_the_capabilities_it_needs_and_no_more() {
     let caps = security.capabilities.as_ref().expect("capabilities");
     assert_eq!(caps.drop.clone().unwrap_or_default(), ["ALL"]);
     let added: BTreeSet<String> = caps.add.iter().flatten().cloned().collect();
-    let expected: BTreeSet<String> = ["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"]
-        .into_iter()
-        .map(String::from)
-        .collect();
+    let expected: BTreeSet<String> = [
+        "BPF",
+        "PERFMON",
+        "NET_ADMIN",
+        "SYS_ADMIN",
+        "SYS_PTRACE",
+        "SYS_RESOURCE",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
     assert_eq!(added, expected, "capabilities added");
 }
 

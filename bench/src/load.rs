@@ -16,7 +16,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use laneway_tests::client::connect;
 
-use crate::topology::{BenchNode, TAG};
+use crate::{
+    l4,
+    topology::{BenchNode, TAG},
+};
 
 /// One workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -28,15 +31,24 @@ pub enum Workload {
         /// Ask for the 16 KiB answer (else the few-byte one).
         large: bool,
     },
+    /// HTTP/1.1 keep-alive `GET`s of the small answer on this many
+    /// connections at full speed, whatever `--connections` says: 256 (many
+    /// clients) or 1 (one request at a time: pure latency).
+    Http1Connections(u32),
     /// h2c `GET /small` of the `echo` service, many streams per connection.
     Http2Small,
     /// Unary gRPC calls of the `echo` service (h2c).
     GrpcUnary,
+    /// 64-byte round trips of an opaque protocol (`stream` service), which
+    /// a proxy can only pass through.
+    L4RoundTrip,
+    /// A download over the opaque protocol, as fast as it goes.
+    L4Bulk,
 }
 
 impl Workload {
     /// All of them, in report order.
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 10] = [
         Workload::Http1 {
             keep_alive: true,
             large: false,
@@ -53,8 +65,12 @@ impl Workload {
             keep_alive: false,
             large: true,
         },
+        Workload::Http1Connections(256),
+        Workload::Http1Connections(1),
         Workload::Http2Small,
         Workload::GrpcUnary,
+        Workload::L4RoundTrip,
+        Workload::L4Bulk,
     ];
 
     /// Its name in the report.
@@ -69,8 +85,12 @@ impl Workload {
                 },
                 if large { "16 KiB" } else { "small" }
             ),
+            Workload::Http1Connections(1) => "keep-alive, small, 1 connection".into(),
+            Workload::Http1Connections(n) => format!("keep-alive, small, {n} connections"),
             Workload::Http2Small => "h2c, small".into(),
             Workload::GrpcUnary => "gRPC unary".into(),
+            Workload::L4RoundTrip => "L4 round trips, 64 bytes".into(),
+            Workload::L4Bulk => "L4 bulk download".into(),
         }
     }
 
@@ -93,20 +113,63 @@ impl Workload {
                 keep_alive: false,
                 large: true,
             } => "newconn-16k",
+            Workload::Http1Connections(1) => "keepalive-1conn",
+            Workload::Http1Connections(_) => "keepalive-256conn",
             Workload::Http2Small => "h2-small",
             Workload::GrpcUnary => "grpc-unary",
+            Workload::L4RoundTrip => "l4-rr",
+            Workload::L4Bulk => "l4-bulk",
         }
     }
 
-    /// Whether it speaks HTTP/2 (to the `echo` service).
-    pub fn is_h2(self) -> bool {
-        !matches!(self, Workload::Http1 { .. })
+    /// What it speaks.
+    pub fn protocol(self) -> Protocol {
+        match self {
+            Workload::Http1 { .. } | Workload::Http1Connections(_) => Protocol::Http1,
+            Workload::Http2Small | Workload::GrpcUnary => Protocol::Http2,
+            Workload::L4RoundTrip | Workload::L4Bulk => Protocol::L4,
+        }
     }
 
-    /// What the report counts: HTTP/1.1 requests, or HTTP/2 streams.
+    /// What the report counts: HTTP/1.1 requests, HTTP/2 streams, L4 round
+    /// trips or MiB.
     pub fn unit(self) -> &'static str {
-        if self.is_h2() { "streams" } else { "req" }
+        match self {
+            Workload::L4Bulk => "MiB",
+            Workload::L4RoundTrip => "round trips",
+            _ if self.protocol() == Protocol::Http2 => "streams",
+            _ => "req",
+        }
     }
+
+    /// Whether it has a fixed-rate run (a download has no rate of
+    /// requests).
+    pub fn has_fixed_rate(self) -> bool {
+        self != Workload::L4Bulk
+    }
+
+    /// Its pace at full speed, from the command line's.
+    pub fn flat(self, connections: u32, streams: u32) -> Pace {
+        let connections = match self {
+            Workload::Http1Connections(n) => n,
+            _ => connections,
+        };
+        Pace::Flat {
+            connections,
+            streams,
+        }
+    }
+}
+
+/// What a workload speaks, which decides the service it goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1, to `reviews`.
+    Http1,
+    /// HTTP/2 (h2c) and gRPC, to `echo`.
+    Http2,
+    /// The opaque protocol, to `stream`.
+    L4,
 }
 
 /// How hard to push.
@@ -128,7 +191,7 @@ pub enum Pace {
 }
 
 /// What one load generator run measured.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct Measured {
     /// Requests (streams) answered in full with a 200.
     pub ok: u64,
@@ -140,6 +203,19 @@ pub struct Measured {
     pub p99_us: f64,
     /// 99.9th percentile.
     pub p999_us: f64,
+}
+
+impl Measured {
+    /// A run that was not made: no latency.
+    pub fn none() -> Self {
+        Self {
+            ok: 0,
+            per_second: f64::NAN,
+            p50_us: f64::NAN,
+            p99_us: f64::NAN,
+            p999_us: f64::NAN,
+        }
+    }
 }
 
 /// Runs `workload` at `pace` for `duration` from the `client` pod to its
@@ -156,8 +232,13 @@ pub fn run(
         Workload::Http1 { keep_alive, large } => {
             oha::run(bench, client, keep_alive, large, pace, duration)
         }
+        Workload::Http1Connections(_) => oha::run(bench, client, true, false, pace, duration),
         Workload::Http2Small => h2load::run(bench, client, h2load::Call::Small, pace, duration),
         Workload::GrpcUnary => h2load::run(bench, client, h2load::Call::Grpc, pace, duration),
+        Workload::L4RoundTrip => {
+            l4::client::run(bench, client, l4::Mode::RoundTrip, pace, duration)
+        }
+        Workload::L4Bulk => l4::client::run(bench, client, l4::Mode::Bulk, pace, duration),
     }
 }
 

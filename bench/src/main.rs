@@ -11,6 +11,7 @@
 //! medians and ratios to the direct path and to HAProxy.
 
 mod h2;
+mod l4;
 mod load;
 mod procstat;
 mod proxy;
@@ -54,6 +55,38 @@ enum Part {
         #[arg(long)]
         name: String,
     },
+    /// The L4 endpoint the benchmark starts in each endpoint pod (see
+    /// `l4::backend`).
+    #[command(hide = true)]
+    L4Backend {
+        /// Where to listen.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Its name, answered in the name mode.
+        #[arg(long)]
+        name: String,
+    },
+    /// The L4 load, run inside the client pod; prints its report as JSON
+    /// (see `l4::client`).
+    #[command(hide = true)]
+    L4Load {
+        /// The `stream` VIP.
+        #[arg(long)]
+        target: SocketAddr,
+        /// Round trips or bulk.
+        #[arg(long, value_enum)]
+        mode: l4::Mode,
+        /// Concurrent connections.
+        #[arg(long)]
+        connections: u32,
+        /// How long.
+        #[arg(long)]
+        seconds: f64,
+        /// Round trips per second over all connections (default: as fast
+        /// as they go).
+        #[arg(long)]
+        rate: Option<u32>,
+    },
 }
 
 /// The benchmark's options.
@@ -92,7 +125,8 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only these workloads (comma-separated): keepalive-small,
-    /// keepalive-16k, newconn-small, newconn-16k, h2-small, grpc-unary.
+    /// keepalive-16k, newconn-small, newconn-16k, keepalive-256conn,
+    /// keepalive-1conn, h2-small, grpc-unary, l4-rr, l4-bulk.
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
     /// Keep each configuration running this many seconds before its load
@@ -105,6 +139,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.part {
         Some(Part::H2Backend { listen, name }) => h2::backend::serve(listen, &name),
+        Some(Part::L4Backend { listen, name }) => l4::backend::serve(listen, &name),
+        Some(Part::L4Load {
+            target,
+            mode,
+            connections,
+            seconds,
+            rate,
+        }) => l4::client::load(target, mode, connections, seconds, rate).and_then(|report| {
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }),
         None => run(cli.args),
     };
     match result {
@@ -205,9 +250,10 @@ fn measure(
         eprintln!("    pid {:?}: starting in {} s", running.pid, args.pause);
         std::thread::sleep(Duration::from_secs(args.pause));
     }
-    let workloads = Workload::ALL
-        .into_iter()
-        .filter(|w| args.workloads.is_empty() || args.workloads.iter().any(|s| s == w.slug()));
+    let workloads = Workload::ALL.into_iter().filter(|w| {
+        config.speaks(w.protocol())
+            && (args.workloads.is_empty() || args.workloads.iter().any(|s| s == w.slug()))
+    });
     for workload in workloads {
         let cpu = || running.pid.map(procstat::cpu_seconds).transpose();
         let before = cpu()?;
@@ -215,26 +261,26 @@ fn measure(
             bench,
             client,
             workload,
-            Pace::Flat {
-                connections: args.connections,
-                streams: args.streams,
-            },
+            workload.flat(args.connections, args.streams),
             duration,
         )
         .with_context(|| format!("{} at full speed\n{}", workload.name(), running.log()))?;
         let after = cpu()?;
-        let fixed = load::run(
-            bench,
-            client,
-            workload,
-            Pace::Rate {
-                per_second: args.rate,
-            },
-            duration,
-        )
-        .with_context(|| format!("{} at a fixed rate\n{}", workload.name(), running.log()))?;
+        let fixed = match workload.has_fixed_rate() {
+            true => load::run(
+                bench,
+                client,
+                workload,
+                Pace::Rate {
+                    per_second: args.rate,
+                },
+                duration,
+            )
+            .with_context(|| format!("{} at a fixed rate\n{}", workload.name(), running.log()))?,
+            false => load::Measured::none(),
+        };
         eprintln!(
-            "    {:<28} {:>8.0} {unit}/s   p99 {:>6.0} µs at {} {unit}/s",
+            "    {:<34} {:>8.0} {unit}/s   p99 {:>6.0} µs at {} {unit}/s",
             workload.name(),
             flat.per_second,
             fixed.p99_us,
@@ -250,6 +296,7 @@ fn measure(
                 cpu_per_1000: before
                     .zip(after)
                     .map(|(b, a)| (a - b) / flat.ok as f64 * 1000.0),
+                saturated_p99_us: flat.p99_us,
                 p50_us: fixed.p50_us,
                 p99_us: fixed.p99_us,
                 p999_us: fixed.p999_us,

@@ -11,11 +11,15 @@ use laneway_tests::{
     node::{NODE_IP, ROUTER_PORT},
 };
 
-use crate::topology::{BenchNode, Process, TAG, scratch, spawn_listening};
+use crate::{
+    load::Protocol,
+    topology::{BenchNode, Process, TAG, scratch, spawn_listening},
+};
 
-/// HAProxy's HTTP/1.1 and HTTP/2 ports in the node netns.
-const HAPROXY_PORTS: [u16; 2] = [15002, 15004];
-/// nginx's HTTP/1.1 and HTTP/2 ports in the node netns.
+/// HAProxy's HTTP/1.1, HTTP/2 and L4 ports in the node netns.
+const HAPROXY_PORTS: [u16; 3] = [15002, 15004, 15006];
+/// nginx's HTTP/1.1 and HTTP/2 ports in the node netns (no L4: Debian's
+/// nginx-light has no `stream` module).
 const NGINX_PORTS: [u16; 2] = [15003, 15005];
 
 /// One way for the client's requests to reach the endpoints.
@@ -76,6 +80,12 @@ impl Config {
         }
     }
 
+    /// Whether it can carry workloads of `protocol` (nginx is set up for
+    /// HTTP only).
+    pub fn speaks(self, protocol: Protocol) -> bool {
+        !(self == Config::Nginx && protocol == Protocol::L4)
+    }
+
     /// Whether it routes on the tag (all but the direct path).
     pub fn routes_lanes(self) -> bool {
         self != Config::Direct
@@ -120,7 +130,7 @@ impl Config {
                 let agent = Agent::start_with(&bench.node, config)?;
                 Running {
                     pid: Some(agent.pid()),
-                    _redirects: Redirect::install(bench, client, [ROUTER_PORT; 2])?,
+                    _redirects: Redirect::install(bench, client, &[ROUTER_PORT; 3])?,
                     proxy: Box::new(agent),
                 }
             }
@@ -129,7 +139,7 @@ impl Config {
                 Running {
                     pid: Some(process.pid()),
                     proxy: Box::new(process),
-                    _redirects: Redirect::install(bench, client, HAPROXY_PORTS)?,
+                    _redirects: Redirect::install(bench, client, &HAPROXY_PORTS)?,
                 }
             }
             Config::Nginx => {
@@ -137,7 +147,7 @@ impl Config {
                 Running {
                     pid: Some(process.pid()),
                     proxy: Box::new(process),
-                    _redirects: Redirect::install(bench, client, NGINX_PORTS)?,
+                    _redirects: Redirect::install(bench, client, &NGINX_PORTS)?,
                 }
             }
         };
@@ -176,12 +186,13 @@ struct Redirect {
 
 impl Redirect {
     /// Redirects the client's connections to each VIP (see
-    /// [`BenchNode::vips`]) to the port at the same index.
-    fn install(bench: &BenchNode, client: usize, ports: [u16; 2]) -> Result<Vec<Self>> {
+    /// [`BenchNode::vips`]) to the port at the same index; VIPs past the
+    /// ports' end are not redirected.
+    fn install(bench: &BenchNode, client: usize, ports: &[u16]) -> Result<Vec<Self>> {
         bench
             .vips()
             .into_iter()
-            .zip(ports)
+            .zip(ports.iter().copied())
             .map(|(vip, port)| Self::install_one(bench, client, vip, port))
             .collect()
     }
@@ -227,11 +238,15 @@ impl Drop for Redirect {
     }
 }
 
-/// The two lanes' backend names and endpoints for the HTTP/1.1 or the
-/// HTTP/2 service (its names end in `_h2`).
-fn named_lanes(bench: &BenchNode, h2: bool) -> [(String, Vec<SocketAddr>); 2] {
-    let suffix = if h2 { "_h2" } else { "" };
-    let endpoints = bench.endpoints(h2);
+/// The two lanes' backend names and endpoints for the service of
+/// `protocol` (names end in `_h2` for HTTP/2, `_l4` for L4).
+fn named_lanes(bench: &BenchNode, protocol: Protocol) -> [(String, Vec<SocketAddr>); 2] {
+    let suffix = match protocol {
+        Protocol::Http1 => "",
+        Protocol::Http2 => "_h2",
+        Protocol::L4 => "_l4",
+    };
+    let endpoints = bench.endpoints(protocol);
     let pick = |tagged: bool| {
         endpoints
             .iter()
@@ -248,7 +263,9 @@ fn named_lanes(bench: &BenchNode, h2: bool) -> [(String, Vec<SocketAddr>); 2] {
 /// HAProxy with two threads (as many as the router's workers): the tag
 /// header picks the lane, power-of-two-choices within it, pooled server
 /// connections. A second frontend speaks HTTP/2 (h2c) to clients and
-/// endpoints (`proto h2`), streams multiplexed on the server connections.
+/// endpoints (`proto h2`), streams multiplexed on the server connections. A
+/// third passes the opaque protocol through (`mode tcp`) to the base lane,
+/// where laneway sends an untagged pod's L4 streams.
 fn haproxy(bench: &BenchNode) -> Result<Process> {
     let dir = scratch(&bench.node, "haproxy")?;
     let maxconn = haproxy_maxconn();
@@ -257,20 +274,34 @@ fn haproxy(bench: &BenchNode) -> Result<Process> {
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 600s\n  timeout server 600s\n  \
          option http-keep-alive\n  http-reuse always\n"
     );
-    for (h2, port) in [false, true].into_iter().zip(HAPROXY_PORTS) {
-        let [(lane, _), (base, _)] = named_lanes(bench, h2);
-        let proto = if h2 { " proto h2" } else { "" };
+    let [http1_port, h2_port, l4_port] = HAPROXY_PORTS;
+    for (protocol, port) in [(Protocol::Http1, http1_port), (Protocol::Http2, h2_port)] {
+        let [(lane, _), (base, _)] = named_lanes(bench, protocol);
+        let proto = if protocol == Protocol::Http2 {
+            " proto h2"
+        } else {
+            ""
+        };
         let _ = write!(
             conf,
             "frontend node{port}\n  bind 0.0.0.0:{port}{proto}\n  \
              use_backend {lane} if {{ req.hdr(x-mse-tag) -m str {TAG} }}\n  default_backend {base}\n"
         );
-        for (name, endpoints) in named_lanes(bench, h2) {
+        for (name, endpoints) in named_lanes(bench, protocol) {
             let _ = writeln!(conf, "backend {name}\n  balance random(2)");
             for (i, addr) in endpoints.iter().enumerate() {
                 let _ = writeln!(conf, "  server e{i} {addr}{proto}");
             }
         }
+    }
+    let [_, (base, endpoints)] = named_lanes(bench, Protocol::L4);
+    let _ = writeln!(
+        conf,
+        "frontend node{l4_port}\n  mode tcp\n  bind 0.0.0.0:{l4_port}\n  default_backend {base}\n\
+         backend {base}\n  mode tcp\n  balance random(2)"
+    );
+    for (i, addr) in endpoints.iter().enumerate() {
+        let _ = writeln!(conf, "  server e{i} {addr}");
     }
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, conf)?;
@@ -305,13 +336,14 @@ fn nginx(bench: &BenchNode) -> Result<Process> {
         dir = dir.display()
     );
     for h2 in [false, true] {
-        let [(lane, _), (base, _)] = named_lanes(bench, h2);
+        let protocol = if h2 { Protocol::Http2 } else { Protocol::Http1 };
+        let [(lane, _), (base, _)] = named_lanes(bench, protocol);
         let variable = if h2 { "lane_h2" } else { "lane" };
         let _ = writeln!(
             conf,
             "  map $http_x_mse_tag ${variable} {{ default {base}; {TAG} {lane}; }}"
         );
-        for (name, endpoints) in named_lanes(bench, h2) {
+        for (name, endpoints) in named_lanes(bench, protocol) {
             let _ = writeln!(conf, "  upstream {name} {{\n    random two least_conn;");
             for addr in endpoints {
                 let _ = writeln!(conf, "    server {addr};");

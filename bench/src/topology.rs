@@ -1,7 +1,8 @@
 //! The benchmark's node: a client pod per configuration, three endpoint
-//! pods (one base, two `gray`), two services on them (`reviews`: HTTP/1.1,
+//! pods (one base, two `gray`), three services on them (`reviews`: HTTP/1.1,
 //! an nginx in each pod serving a small and a 16 KiB answer; `echo`: h2c and
-//! gRPC, [`crate::h2::backend`] in each pod), and the kube-proxy stand-in
+//! gRPC, [`crate::h2::backend`] in each pod; `stream`: an opaque protocol,
+//! [`crate::l4::backend`] in each pod), and the kube-proxy stand-in
 //! (iptables DNAT, which knows nothing of tags).
 //!
 //! Each configuration has its own client pod (its own address), so the
@@ -18,7 +19,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{h2, proxy::Config};
+use crate::{h2, l4, load::Protocol, proxy::Config};
 use laneway_tests::{
     client::Conn,
     node::{NODE_IP, Node, Scenario, ServiceSpec},
@@ -30,13 +31,15 @@ pub const TAG: &str = "gray";
 pub const BACKEND_PORT: u16 = 8080;
 /// The endpoints' h2c and gRPC port (`echo`).
 pub const H2_BACKEND_PORT: u16 = 9090;
+/// The endpoints' port of the opaque protocol (`stream`).
+pub const L4_BACKEND_PORT: u16 = 7070;
 /// Size of the large answer, in bytes.
 pub const LARGE_BODY: usize = 16 * 1024;
 
 /// The running node. Dropped in field order: backends, then the node.
 pub struct BenchNode {
     _backends: Vec<Process>,
-    /// The scenario (`reviews`, then `echo`; no pod enrolled yet).
+    /// The scenario (`reviews`, `echo`, then `stream`; no pod enrolled yet).
     pub scenario: Scenario,
     /// The client pods' indices, one per configuration (see [`Config::ALL`]).
     clients: Vec<usize>,
@@ -104,8 +107,18 @@ impl BenchNode {
             target_port: H2_BACKEND_PORT,
             ..reviews.clone()
         };
+        // An opaque protocol on a port that may carry HTTP: the router
+        // sniffs, then passes it through.
+        let stream = ServiceSpec {
+            name: "stream".into(),
+            vip: "10.96.0.12".parse()?,
+            port: 7000,
+            target_port: L4_BACKEND_PORT,
+            protocol: "auto",
+            ..reviews.clone()
+        };
         let scenario = Scenario {
-            services: vec![reviews, echo],
+            services: vec![reviews, echo, stream],
             enrolled: Vec::new(),
             router_extra: String::new(),
             bpf_extra: String::new(),
@@ -115,7 +128,8 @@ impl BenchNode {
         let mut backends = Vec::new();
         for pod in [base, gray1, gray2] {
             backends.push(backend(&node, pod, &large)?);
-            backends.push(h2_backend(&node, pod)?);
+            backends.push(own_backend(&node, pod, Protocol::Http2)?);
+            backends.push(own_backend(&node, pod, Protocol::L4)?);
         }
         node.install_kube_proxy(&scenario)?;
         Ok(Self {
@@ -141,15 +155,24 @@ impl BenchNode {
         Node::vip(&self.scenario.services[1])
     }
 
-    /// Both VIPs.
-    pub fn vips(&self) -> [SocketAddr; 2] {
-        [self.vip(), self.h2_vip()]
+    /// The VIP of `stream`, which the L4 workloads dial.
+    pub fn l4_vip(&self) -> SocketAddr {
+        Node::vip(&self.scenario.services[2])
     }
 
-    /// The endpoints' addresses for the HTTP/1.1 or the HTTP/2 workloads,
-    /// with their tags.
-    pub fn endpoints(&self, h2: bool) -> Vec<(SocketAddr, Option<&str>)> {
-        let port = if h2 { H2_BACKEND_PORT } else { BACKEND_PORT };
+    /// The VIPs of the HTTP/1.1, HTTP/2 and L4 services, in that order.
+    pub fn vips(&self) -> [SocketAddr; 3] {
+        [self.vip(), self.h2_vip(), self.l4_vip()]
+    }
+
+    /// The endpoints' addresses for the workloads of `protocol`, with their
+    /// tags.
+    pub fn endpoints(&self, protocol: Protocol) -> Vec<(SocketAddr, Option<&str>)> {
+        let port = match protocol {
+            Protocol::Http1 => BACKEND_PORT,
+            Protocol::Http2 => H2_BACKEND_PORT,
+            Protocol::L4 => L4_BACKEND_PORT,
+        };
         self.scenario.services[0]
             .endpoints
             .iter()
@@ -160,15 +183,33 @@ impl BenchNode {
             .collect()
     }
 
-    /// Checks that `config` routes both services: see
-    /// [`Self::check_http1_routing`] and [`h2::client::check_routing`]. The
-    /// numbers are worthless otherwise.
+    /// Checks that `config` routes every service it carries: see
+    /// [`Self::check_http1_routing`], [`h2::client::check_routing`] and
+    /// [`Self::check_l4_routing`]. The numbers are worthless otherwise.
     pub fn check_routing(&self, config: Config) -> Result<()> {
         let client = self.client(config);
         self.check_http1_routing(client, config.routes_lanes())
             .context("HTTP/1.1 requests")?;
         h2::client::check_routing(self.node.pod(client), self.h2_vip(), config.routes_lanes())
-            .context("HTTP/2 and gRPC streams")
+            .context("HTTP/2 and gRPC streams")?;
+        if config.speaks(Protocol::L4) {
+            self.check_l4_routing(client, config.routes_lanes())
+                .context("L4 streams")?;
+        }
+        Ok(())
+    }
+
+    /// Checks that L4 streams from `client` (an untagged pod) reach the
+    /// base endpoint, and that the proxy passes them through at all. `lanes`
+    /// is false for the direct path.
+    fn check_l4_routing(&self, client: usize, lanes: bool) -> Result<()> {
+        for _ in 0..4 {
+            let name = l4::endpoint_name(self.node.pod(client), self.l4_vip())?;
+            if lanes && name != "reviews-base" {
+                bail!("an L4 stream of an untagged pod went to {name}");
+            }
+        }
+        Ok(())
     }
 
     /// Checks that tagged HTTP/1.1 requests from `client` reach a `gray`
@@ -302,28 +343,28 @@ fn backend(node: &Node, pod: usize, large: &Path) -> Result<Process> {
     )
 }
 
-/// [`h2::backend`] in `pod`, run as `laneway-bench h2-backend` (this
-/// program) inside the pod's netns.
-fn h2_backend(node: &Node, pod: usize) -> Result<Process> {
+/// The benchmark's own endpoint for `protocol` in `pod`, run as
+/// `laneway-bench h2-backend` ([`h2::backend`]) or `l4-backend`
+/// ([`l4::backend`]) (this program) inside the pod's netns.
+fn own_backend(node: &Node, pod: usize, protocol: Protocol) -> Result<Process> {
     let pod = node.pod(pod);
-    let dir = scratch(node, &format!("{}-h2", pod.name))?;
-    let addr = SocketAddr::new(pod.ip.into(), H2_BACKEND_PORT);
+    let (part, port) = match protocol {
+        Protocol::Http2 => ("h2-backend", H2_BACKEND_PORT),
+        Protocol::L4 => ("l4-backend", L4_BACKEND_PORT),
+        Protocol::Http1 => bail!("the HTTP/1.1 endpoints are nginx"),
+    };
+    let dir = scratch(node, &format!("{}-{part}", pod.name))?;
+    let addr = SocketAddr::new(pod.ip.into(), port);
     let mut cmd = pod
         .netns
         .command(&std::env::current_exe()?.to_string_lossy());
-    cmd.args([
-        "h2-backend",
-        "--listen",
-        &addr.to_string(),
-        "--name",
-        &pod.name,
-    ]);
+    cmd.args([part, "--listen", &addr.to_string(), "--name", &pod.name]);
     let client = &node.pods[0];
     spawn_listening(
         cmd,
         &dir.join("stdout.log"),
         || laneway_tests::client::connect(client, addr).is_ok(),
-        &format!("h2 backend {}", pod.name),
+        &format!("{part} {}", pod.name),
     )
 }
 

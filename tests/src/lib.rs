@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod agent;
 pub mod backend;
+pub mod browser;
 pub mod client;
 pub mod grpc;
 pub mod kube;

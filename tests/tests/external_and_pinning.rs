@@ -373,7 +373,7 @@ fn kube_annotations_serve_an_external_lane_and_pin_and_bad_ones_keep_the_last_go
         );
         assert!(
             info.policy.contains("external dev-alice=10.8.0.5:8080")
-                && info.policy.contains("endpoint pinning"),
+                && info.policy.contains("pinning allowed"),
             "the last good policy is in force: {}",
             info.policy
         );

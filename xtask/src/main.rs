@@ -60,8 +60,14 @@ enum Task {
         out: PathBuf,
     },
     /// Build a demo node, run the agent, send tagged and untagged requests,
-    /// print where each went; exit 0 only if every answer is right.
-    Demo,
+    /// print where each went and the lane map; exit 0 only if every answer
+    /// is right.
+    Demo {
+        /// Keep the demo node up afterwards, with some traffic, and serve
+        /// the lane map at http://127.0.0.1:15080/ui until Enter is pressed.
+        #[arg(long)]
+        hold: bool,
+    },
     /// Benchmark laneway against the direct path, its router behind iptables
     /// REDIRECT, HAProxy and nginx (release builds; about 15 minutes); writes
     /// target/bench/ and BENCHMARKS.md. `--smoke`: a one-minute check that
@@ -89,6 +95,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nginx", "nginx-light"),
     // The benchmark's HTTP/2 and gRPC load generator.
     ("h2load", "nghttp2-client"),
+    // The lane map's test: a real browser, headless.
+    ("chromium", "chromium"),
 ];
 
 fn main() -> Result<()> {
@@ -125,7 +133,7 @@ fn main() -> Result<()> {
             test(&root, filter.as_deref())
         }
         Task::KernelGuest { layout, root, out } => kernels::guest::main(layout, &root, &out),
-        Task::Demo => {
+        Task::Demo { hold } => {
             setup(&root)?;
             require_root("the demo")?;
             cargo(
@@ -133,6 +141,7 @@ fn main() -> Result<()> {
                 &["build", "--release", "-p", "laneway", "-p", "laneway-tests"],
             )?;
             let status = Command::new(root.join("target/release/laneway-demo"))
+                .args(hold.then_some("--hold"))
                 .env("LANEWAY_BIN", root.join("target/release/laneway"))
                 .status()
                 .context("run laneway-demo")?;

@@ -7,6 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
+mod lanes;
+
+pub use lanes::{Lane, LaneEndpoint, LaneMap, LanePort, PolicyField, RequestCount, ServiceLanes};
+
 /// Default path of the admin socket.
 pub const DEFAULT_SOCKET: &str = "/run/laneway/admin.sock";
 

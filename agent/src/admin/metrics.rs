@@ -3,7 +3,11 @@
 //! scrape time, active connections, endpoints by state and the kernel
 //! programs' own counters (redirected connections, fail-open events).
 
-use std::{sync::atomic::AtomicU64, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{Mutex, atomic::AtomicU64},
+    time::Duration,
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -48,6 +52,9 @@ pub struct ServiceLabels {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    /// The label sets of `requests`' series, which a `Family` cannot list:
+    /// the lane map reads the counters through it ([`Metrics::request_totals`]).
+    request_series: Mutex<HashSet<RequestLabels>>,
     grpc_responses: Family<GrpcLabels, Counter>,
     durations: Family<ServiceLabels, Histogram>,
     connect_errors: Family<ServiceLabels, Counter>,
@@ -104,6 +111,7 @@ impl Default for Metrics {
         Self {
             registry,
             requests,
+            request_series: Mutex::default(),
             grpc_responses,
             durations,
             connect_errors,
@@ -142,7 +150,37 @@ impl Metrics {
                 .get_or_create(&service)
                 .observe(duration.as_secs_f64());
         }
-        self.requests.get_or_create(&labels).inc();
+        match self.requests.get(&labels) {
+            Some(counter) => {
+                counter.inc();
+            }
+            None => {
+                self.request_series
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(labels.clone());
+                self.requests.get_or_create(&labels).inc();
+            }
+        }
+    }
+
+    /// Every series of `laneway_requests_total` with its count, as
+    /// `/metrics` shows them (in no particular order).
+    pub fn request_totals(&self) -> Vec<(RequestLabels, u64)> {
+        let series: Vec<RequestLabels> = self
+            .request_series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        series
+            .into_iter()
+            .filter_map(|labels| {
+                let total = self.requests.get(&labels)?.get();
+                Some((labels, total))
+            })
+            .collect()
     }
 
     /// Counts a finished gRPC call by its status.
@@ -268,6 +306,29 @@ mod tests {
         assert_eq!(status_class(204), "2xx");
         assert_eq!(status_class(503), "5xx");
         assert_eq!(status_class(0), "none", "L4 streams have no status");
+    }
+
+    #[test]
+    fn request_totals_are_the_series_metrics_shows() {
+        let m = Metrics::default();
+        let labels = |tag: &str, status| RequestLabels {
+            service: "default/reviews".into(),
+            tag: tag.into(),
+            decision: "tagged".into(),
+            status_class: status_class(status),
+        };
+        for _ in 0..3 {
+            m.request(labels("joint1", 200), None);
+        }
+        m.request(labels("joint1", 503), None);
+        let mut totals = m.request_totals();
+        totals.sort_by(|a, b| a.0.status_class.cmp(&b.0.status_class));
+        assert_eq!(
+            totals,
+            [(labels("joint1", 200), 3), (labels("joint1", 503), 1)]
+        );
+        let text = m.render(&Gauges::default());
+        assert!(text.contains("tag=\"joint1\",decision=\"tagged\",status_class=\"2xx\"} 3"));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::{Health, api, metrics::Gauges};
+use super::{Health, api, lane_map, metrics::Gauges, ui};
 use crate::{bpf, bpf::Datapath, config::Config, explain, router::Router};
 
 /// Why the admin socket could not be served.
@@ -234,11 +234,23 @@ fn http_response(req: &Request<hyper::body::Incoming>, state: &AdminState) -> Re
             state.router.telemetry.metrics.render(&gauges(state)),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found: try /healthz, /readyz or /metrics\n".into(),
-            plain,
-        ),
+        "/lanes" => json(StatusCode::OK, &lanes(state)),
+        path => match ui::asset(path) {
+            Some(asset) => {
+                let mut response = text(StatusCode::OK, asset.body.to_owned(), asset.content_type);
+                for &(name, value) in ui::HEADERS {
+                    response
+                        .headers_mut()
+                        .insert(name, hyper::header::HeaderValue::from_static(value));
+                }
+                response
+            }
+            None => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /healthz, /readyz, /metrics, /lanes or /ui\n".into(),
+                plain,
+            ),
+        },
     }
 }
 
@@ -257,6 +269,7 @@ async fn api_response(
                 _ => json(StatusCode::OK, &services),
             }
         }
+        (&Method::GET, "/lanes") => json(StatusCode::OK, &lanes(&state)),
         (&Method::GET, "/conns") => json(
             StatusCode::OK,
             &api::Conns {
@@ -342,7 +355,7 @@ async fn api_response(
         (_, path) => error(
             StatusCode::NOT_FOUND,
             format!(
-                "no {path}: try /status, /pods, /services, /conns, /explain, /trace, /maps, /config"
+                "no {path}: try /status, /pods, /services, /lanes, /conns, /explain, /trace, /maps, /config"
             ),
         ),
     }
@@ -568,7 +581,7 @@ fn services(state: &AdminState, name: Option<&str>) -> api::Services {
                     api::PortInfo {
                         port: port.port,
                         target_port: port.target_port,
-                        protocol: format!("{:?}", port.protocol).to_lowercase(),
+                        protocol: port.protocol.to_string(),
                         lanes: lanes
                             .into_iter()
                             .map(|(tag, endpoints)| api::LaneInfo { tag, endpoints })
@@ -579,6 +592,20 @@ fn services(state: &AdminState, name: Option<&str>) -> api::Services {
         })
         .collect();
     api::Services { services }
+}
+
+fn lanes(state: &AdminState) -> api::LaneMap {
+    let applied = state.router.applied();
+    let totals = state.router.telemetry.metrics.request_totals();
+    api::LaneMap {
+        time_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        version: env!("CARGO_PKG_VERSION").into(),
+        mode: state.mode.into(),
+        source: applied.snapshot.source.clone(),
+        services: lane_map::services(&applied.snapshot, &totals),
+    }
 }
 
 fn maps(state: &AdminState) -> Result<api::Maps, bpf::Error> {

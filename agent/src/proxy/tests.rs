@@ -468,6 +468,15 @@ impl Proxy {
         Proxy { addr, routes, pool }
     }
 
+    /// A proxy with the default config that sends every request and stream
+    /// to one fresh backend, `a`.
+    async fn to_one_backend(mode: Protocol) -> (Backend, Proxy) {
+        let a = Backend::start("a").await;
+        let aa = a.addr;
+        let proxy = Proxy::start(test_cfg(), TestRoutes::new(move |_, _| to(aa)), mode).await;
+        (a, proxy)
+    }
+
     async fn client(&self) -> Client {
         Client::connect(self.addr).await
     }
@@ -696,14 +705,7 @@ async fn tag_header_is_replaced_or_removed_upstream() {
 
 #[tokio::test]
 async fn an_h2c_upgrade_request_is_served_as_http11_with_the_upgrade_declined() {
-    let a = Backend::start("a").await;
-    let aa = a.addr;
-    let proxy = Proxy::start(
-        test_cfg(),
-        TestRoutes::new(move |_, _| to(aa)),
-        Protocol::Sniff,
-    )
-    .await;
+    let (a, proxy) = Proxy::to_one_backend(Protocol::Sniff).await;
     let mut c = proxy.client().await;
     c.send(
         b"GET /up HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade, HTTP2-Settings\r\n\
@@ -724,14 +726,7 @@ async fn an_h2c_upgrade_request_is_served_as_http11_with_the_upgrade_declined() 
 
 #[tokio::test]
 async fn content_length_body_arrives_intact() {
-    let a = Backend::start("a").await;
-    let aa = a.addr;
-    let proxy = Proxy::start(
-        test_cfg(),
-        TestRoutes::new(move |_, _| to(aa)),
-        Protocol::Sniff,
-    )
-    .await;
+    let (a, proxy) = Proxy::to_one_backend(Protocol::Sniff).await;
     let mut c = proxy.client().await;
     let body = random_bytes(100 * 1024);
     let mut req = format!(
@@ -751,14 +746,7 @@ async fn content_length_body_arrives_intact() {
 
 #[tokio::test]
 async fn chunked_body_with_extensions_and_trailers_then_pipelined_request() {
-    let a = Backend::start("a").await;
-    let aa = a.addr;
-    let proxy = Proxy::start(
-        test_cfg(),
-        TestRoutes::new(move |_, _| to(aa)),
-        Protocol::Sniff,
-    )
-    .await;
+    let (a, proxy) = Proxy::to_one_backend(Protocol::Sniff).await;
     let mut c = proxy.client().await;
     let chunked: &[u8] =
         b"4;name=value\r\nWiki\r\n6;a=\"b c\"\r\npedia \r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nx-checksum: abc\r\nx-more: 1\r\n\r\n";
@@ -783,14 +771,7 @@ async fn chunked_body_with_extensions_and_trailers_then_pipelined_request() {
 
 #[tokio::test]
 async fn invalid_chunked_request_body_is_400() {
-    let a = Backend::start("a").await;
-    let aa = a.addr;
-    let proxy = Proxy::start(
-        test_cfg(),
-        TestRoutes::new(move |_, _| to(aa)),
-        Protocol::Http,
-    )
-    .await;
+    let (_a, proxy) = Proxy::to_one_backend(Protocol::Http).await;
     let mut c = proxy.client().await;
     c.send(b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
         .await;
@@ -834,14 +815,7 @@ async fn chunked_content_length_and_until_close_responses() {
 
 #[tokio::test]
 async fn bodyless_responses_keep_the_connection() {
-    let a = Backend::start("a").await;
-    let aa = a.addr;
-    let proxy = Proxy::start(
-        test_cfg(),
-        TestRoutes::new(move |_, _| to(aa)),
-        Protocol::Sniff,
-    )
-    .await;
+    let (a, proxy) = Proxy::to_one_backend(Protocol::Sniff).await;
     let mut c = proxy.client().await;
     c.send(b"HEAD /head HTTP/1.1\r\nHost: svc\r\n\r\n").await;
     let r = c.response_to(true).await;
@@ -898,14 +872,7 @@ async fn expect_100_continue() {
 
 #[tokio::test]
 async fn early_response_without_reading_body_closes_client() {
-    let a = Backend::start("a").await;
-    let aa = a.addr;
-    let proxy = Proxy::start(
-        test_cfg(),
-        TestRoutes::new(move |_, _| to(aa)),
-        Protocol::Sniff,
-    )
-    .await;
+    let (_a, proxy) = Proxy::to_one_backend(Protocol::Sniff).await;
     let mut c = proxy.client().await;
     c.send(
         b"POST /early HTTP/1.1\r\nHost: svc\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n",
@@ -923,14 +890,7 @@ async fn early_response_without_reading_body_closes_client() {
 
 #[tokio::test]
 async fn upstream_dies_mid_response_closes_client() {
-    let a = Backend::start("a").await;
-    let aa = a.addr;
-    let proxy = Proxy::start(
-        test_cfg(),
-        TestRoutes::new(move |_, _| to(aa)),
-        Protocol::Sniff,
-    )
-    .await;
+    let (_a, proxy) = Proxy::to_one_backend(Protocol::Sniff).await;
     let mut c = proxy.client().await;
     c.send(b"GET /partial HTTP/1.1\r\nHost: svc\r\n\r\n").await;
     let head = timeout(WAIT, read_until(&mut c.s, &mut c.buf, b"\r\n\r\n"))
@@ -954,14 +914,7 @@ async fn upstream_dies_mid_response_closes_client() {
 
 #[tokio::test]
 async fn client_connection_close_closes_the_client_side_only() {
-    let a = Backend::start("a").await;
-    let aa = a.addr;
-    let proxy = Proxy::start(
-        test_cfg(),
-        TestRoutes::new(move |_, _| to(aa)),
-        Protocol::Sniff,
-    )
-    .await;
+    let (a, proxy) = Proxy::to_one_backend(Protocol::Sniff).await;
     let mut c = proxy.client().await;
     c.send(b"GET /bye HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
         .await;
@@ -977,14 +930,7 @@ async fn client_connection_close_closes_the_client_side_only() {
 
 #[tokio::test]
 async fn upstream_connection_close_is_forwarded_and_honoured() {
-    let a = Backend::start("a").await;
-    let aa = a.addr;
-    let proxy = Proxy::start(
-        test_cfg(),
-        TestRoutes::new(move |_, _| to(aa)),
-        Protocol::Sniff,
-    )
-    .await;
+    let (_a, proxy) = Proxy::to_one_backend(Protocol::Sniff).await;
     let mut c = proxy.client().await;
     let r = c.get("/conn-close").await;
     assert_eq!(r.status, 200);
@@ -997,14 +943,7 @@ async fn upstream_connection_close_is_forwarded_and_honoured() {
 
 #[tokio::test]
 async fn http10_client_without_keep_alive_is_closed() {
-    let a = Backend::start("a").await;
-    let aa = a.addr;
-    let proxy = Proxy::start(
-        test_cfg(),
-        TestRoutes::new(move |_, _| to(aa)),
-        Protocol::Sniff,
-    )
-    .await;
+    let (a, proxy) = Proxy::to_one_backend(Protocol::Sniff).await;
     let mut c = proxy.client().await;
     c.send(b"GET /old HTTP/1.0\r\n\r\n").await;
     let r = c.response().await;
@@ -1015,14 +954,7 @@ async fn http10_client_without_keep_alive_is_closed() {
 
 #[tokio::test]
 async fn http10_client_asking_for_keep_alive_keeps_its_connection() {
-    let a = Backend::start("a").await;
-    let aa = a.addr;
-    let proxy = Proxy::start(
-        test_cfg(),
-        TestRoutes::new(move |_, _| to(aa)),
-        Protocol::Sniff,
-    )
-    .await;
+    let (a, proxy) = Proxy::to_one_backend(Protocol::Sniff).await;
     let mut c = proxy.client().await;
     for path in ["/one", "/two"] {
         c.send(format!("GET {path} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").as_bytes())
@@ -1414,14 +1346,7 @@ async fn oversized_head_is_431() {
 
 #[tokio::test]
 async fn content_length_with_transfer_encoding_is_400() {
-    let a = Backend::start("a").await;
-    let aa = a.addr;
-    let proxy = Proxy::start(
-        test_cfg(),
-        TestRoutes::new(move |_, _| to(aa)),
-        Protocol::Sniff,
-    )
-    .await;
+    let (a, proxy) = Proxy::to_one_backend(Protocol::Sniff).await;
     for bad in [
         "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
@@ -1575,14 +1500,7 @@ async fn response_timeout_is_504() {
 
 #[tokio::test]
 async fn garbage_response_is_502() {
-    let a = Backend::start("a").await;
-    let aa = a.addr;
-    let proxy = Proxy::start(
-        test_cfg(),
-        TestRoutes::new(move |_, _| to(aa)),
-        Protocol::Sniff,
-    )
-    .await;
+    let (_a, proxy) = Proxy::to_one_backend(Protocol::Sniff).await;
     let mut c = proxy.client().await;
     let r = c.get("/garbage").await;
     assert_eq!(r.status, 502);
@@ -1595,14 +1513,7 @@ async fn garbage_response_is_502() {
 
 #[tokio::test]
 async fn pool_reuses_upstream_connections_across_clients() {
-    let a = Backend::start("a").await;
-    let aa = a.addr;
-    let proxy = Proxy::start(
-        test_cfg(),
-        TestRoutes::new(move |_, _| to(aa)),
-        Protocol::Sniff,
-    )
-    .await;
+    let (a, proxy) = Proxy::to_one_backend(Protocol::Sniff).await;
     for i in 0..3 {
         let mut c = proxy.client().await;
         assert_eq!(c.get(&format!("/r{i}")).await.status, 200);
@@ -1633,14 +1544,7 @@ async fn pool_keeps_at_most_max_idle_per_endpoint() {
 
 #[tokio::test]
 async fn stale_pooled_connection_is_not_used() {
-    let a = Backend::start("a").await;
-    let aa = a.addr;
-    let proxy = Proxy::start(
-        test_cfg(),
-        TestRoutes::new(move |_, _| to(aa)),
-        Protocol::Sniff,
-    )
-    .await;
+    let (_a, proxy) = Proxy::to_one_backend(Protocol::Sniff).await;
     let mut c = proxy.client().await;
     // The backend closes the connection right after this response.
     assert_eq!(c.get("/stale").await.status, 200);
@@ -1652,14 +1556,7 @@ async fn stale_pooled_connection_is_not_used() {
 
 #[tokio::test]
 async fn dead_pooled_connection_is_retried_once_without_body() {
-    let a = Backend::start("a").await;
-    let aa = a.addr;
-    let proxy = Proxy::start(
-        test_cfg(),
-        TestRoutes::new(move |_, _| to(aa)),
-        Protocol::Sniff,
-    )
-    .await;
+    let (a, proxy) = Proxy::to_one_backend(Protocol::Sniff).await;
     let mut c = proxy.client().await;
     assert_eq!(c.get("/die-on-reuse").await.status, 200);
     // The pooled connection looks healthy, but the backend drops the next

@@ -82,7 +82,7 @@ pub fn pinned(
     Some(usable.ok_or_else(|| Error::NotServing {
         service: service.to_string(),
         addr: port.backends[first].addr,
-        state: port.backends[first].state(),
+        state: port.backends[first].condition(),
         asked,
     }))
 }

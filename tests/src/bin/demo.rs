@@ -3,8 +3,11 @@
 //! base; `reviews-grpc`, its gRPC twin), the agent on a static config, and
 //! requests and gRPC calls with and without tags, a canary, and a lane of
 //! `reviews` served by a "laptop" outside the pod network. Prints where each
-//! went and why; exits 0 only if every answer matches laneway's routing
-//! semantics.
+//! went and why, then a debugging session with the CLI and where the lane
+//! map (`/ui` on the agent's admin listener) is; exits 0 only if every
+//! answer matches laneway's routing semantics. `--hold` keeps the node up
+//! afterwards, with a trickle of traffic, and serves the lane map on this
+//! machine's 127.0.0.1:15080 until Enter is pressed.
 
 use std::process::ExitCode;
 
@@ -205,7 +208,94 @@ fn demo() -> Result<bool> {
     let (ok, _laptop) = external_lane(s, laptop)?;
     all_ok &= ok;
     debugging_session(s)?;
+    lane_map(s)?;
+    if std::env::args().any(|a| a == "--hold") {
+        hold(s)?;
+    }
     Ok(all_ok)
+}
+
+/// Where `--hold` serves the lane map on this machine.
+const HOLD_ADDR: &str = "127.0.0.1:15080";
+
+/// Where the lane map is (`laneway lanes`, in the debugging session, shows
+/// what it shows).
+fn lane_map(s: &Standard) -> Result<()> {
+    let (status, page) = s.node.admin_get("/ui")?;
+    anyhow::ensure!(status == 200, "/ui answered {status}: {page}");
+    println!(
+        "\n==> lane map: http://127.0.0.1:{}/ui on the agent's admin listener, in the node's \
+         network namespace ({}); `laneway lanes` above is the same document.\n    \
+         To look at it: `cargo xtask demo --hold` keeps this node up and serves the page at \
+         http://{HOLD_ADDR}/ui (from another machine: ssh -L 15080:{HOLD_ADDR} THIS-HOST).",
+        laneway_tests::node::METRICS_PORT,
+        s.node.netns.name()
+    );
+    Ok(())
+}
+
+/// Keeps the node up with a trickle of traffic and forwards `HOLD_ADDR`
+/// to the admin listener inside the node netns, until Enter is pressed.
+fn hold(s: &Standard) -> Result<()> {
+    let listener = std::net::TcpListener::bind(HOLD_ADDR)?;
+    listener.set_nonblocking(true)?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "\n==> holding: open http://{HOLD_ADDR}/ui (ssh -L 15080:{HOLD_ADDR} THIS-HOST from \
+         elsewhere); press Enter to stop"
+    );
+    std::thread::scope(|scope| -> Result<()> {
+        let _stop = laneway_tests::StopOnDrop(&stop);
+        scope.spawn(|| {
+            let tags = [
+                None,
+                None,
+                None,
+                Some("joint1"),
+                Some("gray"),
+                Some("joint2"),
+            ];
+            while !stopped() {
+                for tag in tags {
+                    let headers: Vec<(&str, &str)> =
+                        tag.map(|t| ("x-mse-tag", t)).into_iter().collect();
+                    let _ = client::get(s.node.pod(s.pods.client), s.reviews(), &headers);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        scope.spawn(|| {
+            while !stopped() {
+                let Ok((visitor, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    continue;
+                };
+                let admin = s.node.netns.run(|| {
+                    std::net::TcpStream::connect(("127.0.0.1", laneway_tests::node::METRICS_PORT))
+                });
+                if let (Ok(Ok(admin)), Ok(())) = (admin, visitor.set_nonblocking(false)) {
+                    splice(visitor, admin);
+                }
+            }
+        });
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        Ok(())
+    })
+}
+
+/// Copies bytes both ways between two connections, on two threads.
+fn splice(a: std::net::TcpStream, b: std::net::TcpStream) {
+    for (mut from, mut to) in [(a.try_clone(), b.try_clone()), (Ok(b), Ok(a))]
+        .into_iter()
+        .filter_map(|(x, y)| Some((x.ok()?, y.ok()?)))
+    {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        });
+    }
 }
 
 /// gRPC calls on one HTTP/2 connection from the untagged client, each in
@@ -358,6 +448,7 @@ fn debugging_session(s: &Standard) -> Result<()> {
             "x-mse-tag: dev-alice",
         ],
         vec!["pods"],
+        vec!["lanes"],
     ] {
         println!(
             "\n$ laneway {}",
