@@ -331,6 +331,13 @@ async fn serve(
     owned.push(tokio::spawn(crate::memory::trim_after_spikes(
         router.telemetry.conns.clone(),
     )));
+    owned.push(tokio::spawn(crate::router::external::check(
+        router.clone(),
+        crate::router::external::Probing {
+            interval: config.router.external_health_interval,
+            timeout: config.router.external_health_timeout,
+        },
+    )));
     info!(listen = %config.router.listen, redirect = %config.router.redirect_ipv4, %source, "router up");
 
     let reconciler = Reconciler::new(

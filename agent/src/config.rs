@@ -197,6 +197,13 @@ pub struct RouterConfig {
     /// Send an idempotent request without a body (GET, HEAD, OPTIONS, PUT,
     /// DELETE) once more when the upstream closed or reset before answering.
     pub retry_idempotent: bool,
+    /// How often each external endpoint (`external_lanes`) is probed with a
+    /// TCP connect.
+    #[serde(with = "humantime_serde")]
+    pub external_health_interval: Duration,
+    /// A probe that has not connected within this failed.
+    #[serde(with = "humantime_serde")]
+    pub external_health_timeout: Duration,
 }
 
 impl Default for RouterConfig {
@@ -224,6 +231,8 @@ impl Default for RouterConfig {
             outlier_base_ejection: Duration::from_secs(10),
             outlier_max_ejection_percent: 50,
             retry_idempotent: true,
+            external_health_interval: Duration::from_secs(2),
+            external_health_timeout: Duration::from_millis(500),
         }
     }
 }
@@ -652,6 +661,14 @@ impl Config {
                 text,
                 "listen_v6:",
                 "router.listen_v6 and router.redirect_ipv6 go together: set both or neither",
+            ));
+        }
+        if self.policy.external_lanes.is_some() {
+            return Err(at(
+                text,
+                "external_lanes:",
+                "policy.external_lanes: an external lane belongs to one service: \
+                 write it in that service's policy (services[].policy.external_lanes)",
             ));
         }
         let mut seen: HashMap<(IpAddr, u16), String> = HashMap::new();
@@ -1180,6 +1197,39 @@ pods:
         let ok = Config::parse(&GOOD.replace(
             "    endpoints:\n",
             "    policy: {canary: gray=10, lanes: gray=strict}\n    endpoints:\n",
+        ))
+        .expect("valid policy");
+        assert!(ok.services[0].policy.is_some());
+    }
+
+    #[test]
+    fn bad_external_lanes_and_pinning_name_field_and_bad_part() {
+        let text = GOOD.replace(
+            "    endpoints:\n",
+            "    policy: {external_lanes: 'dev-alice=10.8.0.5'}\n    endpoints:\n",
+        );
+        let e = error_of(&text);
+        assert!(
+            e.contains("services[0].policy.external_lanes")
+                && e.contains("\"10.8.0.5\" is not IP:PORT")
+                && e.contains("line 10"),
+            "{e}"
+        );
+        let e = error_of(&GOOD.replace(
+            "    endpoints:\n",
+            "    policy: {endpoint_pinning: maybe}\n    endpoints:\n",
+        ));
+        assert!(e.contains("services[0].policy.endpoint_pinning"), "{e}");
+        let e = error_of(&format!(
+            "policy: {{external_lanes: 'dev=10.8.0.5:80'}}\n{GOOD}"
+        ));
+        assert!(
+            e.contains("policy.external_lanes") && e.contains("belongs to one service"),
+            "{e}"
+        );
+        let ok = Config::parse(&GOOD.replace(
+            "    endpoints:\n",
+            "    policy: {external_lanes: 'dev=10.8.0.5:80', endpoint_pinning: true}\n    endpoints:\n",
         ))
         .expect("valid policy");
         assert!(ok.services[0].policy.is_some());

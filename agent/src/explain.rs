@@ -135,15 +135,52 @@ pub fn explain(applied: &Applied, req: &ExplainRequest) -> Result<Explanation, E
             "note: the service's policy annotations are bad ({e}); its last good policy is in force"
         ));
     }
+    if let Some(pin) = route::pinning::pinned(port, &service, policy.endpoint_pinning, &headers) {
+        steps.push(format!(
+            "header {} names the endpoint, and the service allows pinning: the lane is not consulted",
+            route::pinning::PIN_HEADER
+        ));
+        let (endpoint, reject) = match pin {
+            Ok(i) => {
+                let b = &port.backends[i];
+                steps.push(format!("endpoint {} (pinned)", b.addr));
+                (Some(b.addr.to_string()), None)
+            }
+            Err(e) => {
+                steps.push(format!("{e}: the router answers 503"));
+                (None, Some(e.to_string()))
+            }
+        };
+        return Ok(Explanation {
+            decision: Some(route::Decision::Pinned.as_str().to_owned()),
+            candidates: endpoint.iter().cloned().collect(),
+            endpoint,
+            reject,
+            ..explanation(service, destination, caller, &plan, steps)
+        });
+    }
+    let external_addrs = |tag: &crate::config::Tag| policy.external_lanes.of(tag).to_vec();
     let addrs: Vec<String> = plan
         .candidates
         .iter()
-        .map(|&i| port.backends[i].addr.to_string())
+        .map(|&i| &port.backends[i])
+        .filter(|b| b.available())
+        .map(|b| b.addr.to_string())
         .collect();
     steps.push(match (plan.decision, &plan.tag) {
+        (route::Decision::Tagged | route::Decision::Canary, Some(t)) if !external_addrs(t).is_empty() => format!(
+            "lane {t} has {} serving endpoint(s), served from outside the cluster at {} (external, health checks connect): {}",
+            addrs.len(),
+            crate::proxy::join_endpoints(&external_addrs(t)),
+            plan.decision
+        ),
         (route::Decision::Tagged | route::Decision::Canary, Some(t)) => {
             format!("lane {t} has {} serving endpoint(s): {}", addrs.len(), plan.decision)
         }
+        (route::Decision::StrictReject, Some(t)) if !external_addrs(t).is_empty() => format!(
+            "lane {t} is served from outside the cluster at {}, whose health checks do not connect; the lane is strict: the router answers 503",
+            crate::proxy::join_endpoints(&external_addrs(t))
+        ),
         (route::Decision::StrictReject, Some(t)) => format!(
             "lane {t} has no serving endpoint and is strict: the router answers 503"
         ),
@@ -184,10 +221,18 @@ pub fn explain(applied: &Applied, req: &ExplainRequest) -> Result<Explanation, E
         }
         None if plan.decision == route::Decision::StrictReject => (
             None,
-            Some(format!(
-                "lane {} of service {service} has no serving endpoint, and the lane is strict",
-                plan.tag.as_ref().map_or("-", |t| t.as_str())
-            )),
+            Some(match plan.tag.as_ref() {
+                Some(t) if !external_addrs(t).is_empty() => {
+                    crate::policy::external::down_message(&service, t, &external_addrs(t))
+                        .trim_start_matches("laneway: ")
+                        .trim_end()
+                        .to_owned()
+                }
+                t => format!(
+                    "lane {} of service {service} has no serving endpoint, and the lane is strict",
+                    t.map_or("-", |t| t.as_str())
+                ),
+            }),
         ),
         None => {
             let err = route::NoEndpoint::Empty {
@@ -205,19 +250,37 @@ pub fn explain(applied: &Applied, req: &ExplainRequest) -> Result<Explanation, E
         ));
     }
     Ok(Explanation {
+        decision: (endpoint.is_some() || plan.decision == route::Decision::StrictReject)
+            .then(|| plan.decision.as_str().to_owned()),
+        candidates: addrs,
+        endpoint,
+        reject,
+        ..explanation(service, destination, caller, &plan, steps)
+    })
+}
+
+/// The explanation's fields that say who asked what: service, caller and
+/// tag, with the steps; the decision and endpoint left empty.
+fn explanation(
+    service: String,
+    destination: SocketAddr,
+    caller: Option<&Pod>,
+    plan: &route::Plan<'_>,
+    steps: Vec<String>,
+) -> Explanation {
+    Explanation {
         service,
         destination: destination.to_string(),
         caller: caller.map(|p| p.to_string()),
         caller_tag: caller.and_then(|p| p.tag.as_ref()).map(|t| t.to_string()),
         tag: plan.tag.as_ref().map(|t| t.to_string()),
         tag_source: plan.source.to_string(),
-        decision: (endpoint.is_some() || plan.decision == route::Decision::StrictReject)
-            .then(|| plan.decision.as_str().to_owned()),
-        candidates: addrs,
-        endpoint,
-        reject,
+        decision: None,
+        candidates: Vec::new(),
+        endpoint: None,
+        reject: None,
         steps,
-    })
+    }
 }
 
 fn find_pod<'a>(applied: &'a Applied, from: &str) -> Result<Option<&'a Pod>, Error> {
@@ -301,7 +364,7 @@ mod tests {
 
     fn applied() -> Applied {
         let config = Config::parse(
-            "services:\n  - name: reviews\n    vips: [10.96.0.10]\n    ports: [{port: 80, target_port: 8080}]\n    policy: {match: [{query: lane, exact: j1, tag: joint1}]}\n    endpoints:\n      - {ip: 10.0.0.1}\n      - {ip: 10.0.0.2, tag: joint1}\npods:\n  - {name: client, netns: /x, tag: gray, ips: [10.244.0.5]}\n",
+            "services:\n  - name: reviews\n    vips: [10.96.0.10]\n    ports: [{port: 80, target_port: 8080}]\n    policy: {match: [{query: lane, exact: j1, tag: joint1}], external_lanes: 'dev=10.8.0.5:8080', endpoint_pinning: true}\n    endpoints:\n      - {ip: 10.0.0.1}\n      - {ip: 10.0.0.2, tag: joint1}\npods:\n  - {name: client, netns: /x, tag: gray, ips: [10.244.0.5]}\n",
         )
         .expect("valid");
         Applied {
@@ -416,6 +479,47 @@ mod tests {
             reject.contains("allow-from namespaces=default;lanes=gray")
                 && reject.contains("no enrolled pod"),
             "{reject}"
+        );
+    }
+
+    #[test]
+    fn a_pin_is_explained_as_pinned_and_overrides_the_lane() {
+        let e = ask(
+            "client",
+            "reviews",
+            &[("x-mse-tag", "joint1"), ("x-laneway-endpoint", "10.0.0.1")],
+        )
+        .expect("explained");
+        assert_eq!(e.decision.as_deref(), Some("pinned"));
+        assert_eq!(e.endpoint.as_deref(), Some("10.0.0.1:8080"));
+        let e =
+            ask("client", "reviews", &[("x-laneway-endpoint", "reviews-9")]).expect("explained");
+        assert_eq!(
+            (e.decision.as_deref(), e.endpoint.as_deref()),
+            (Some("pinned"), None)
+        );
+        assert!(
+            e.reject.as_deref().is_some_and(|r| r.contains("reviews-9")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn an_external_lane_is_explained_as_external_and_strict_when_down() {
+        let e = ask("client", "reviews", &[("x-mse-tag", "dev")]).expect("explained");
+        assert_eq!(e.decision.as_deref(), Some("strict-reject"));
+        let reject = e.reject.as_deref().unwrap_or_default();
+        assert!(
+            reject.contains("lane dev of service default/reviews")
+                && reject.contains("10.8.0.5:8080"),
+            "{reject}"
+        );
+        assert!(
+            e.steps
+                .iter()
+                .any(|s| s.contains("outside the cluster at 10.8.0.5:8080")),
+            "{:?}",
+            e.steps
         );
     }
 

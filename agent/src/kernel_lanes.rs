@@ -17,11 +17,13 @@
 //!
 //! The kernel applies no policy: canary shares, strict lanes, warm-up,
 //! ejections and caller authorization (`allow-from`) need the router. So a
-//! `protocol: tcp` port whose service has canary shares, strict lanes or an
-//! `allow-from` rule stays with the router while it is live. Its lanes are
-//! still mirrored: with no live router the kernel holds them without the
-//! rule (leaving the service out would not deny anyone, it would only hand
-//! the connect to kube-proxy, which knows neither lanes nor rules).
+//! `protocol: tcp` port whose service has canary shares, strict lanes,
+//! external lanes or an `allow-from` rule stays with the router while it is
+//! live. Its lanes are still mirrored: with no live router the kernel holds
+//! them without the rule (leaving the service out would not deny anyone, it
+//! would only hand the connect to kube-proxy, which knows neither lanes nor
+//! rules). External endpoints are never in the kernel's lanes: without a
+//! live router nobody checks whether they answer.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -143,9 +145,13 @@ impl KernelLanes {
             count: 0,
             endpoints: [KernelEndpoint::default(); MAX_LANE_ENDPOINTS],
         };
+        // External endpoints stay with the router: only it knows whether
+        // they answer (ARCHITECTURE.md, "External lanes").
         let same_family = indices
             .iter()
-            .map(|&i| port.backends[i].addr)
+            .map(|&i| &port.backends[i])
+            .filter(|b| !b.external)
+            .map(|b| b.addr)
             .filter(|addr| addr.is_ipv4() == vip_is_v4);
         for (slot, addr) in set.endpoints.iter_mut().zip(same_family) {
             *slot = KernelEndpoint {
@@ -193,9 +199,11 @@ impl KernelLanes {
 /// Whether the kernel's plain lane-else-base choice is what the router
 /// would do for an L4 stream under `policy`: no canary shares (which apply
 /// to untagged streams), no strict lane (which rejects instead of falling
-/// back) and no `allow-from` rule (which the router checks per caller).
+/// back), no external lane (which the kernel never serves) and no
+/// `allow-from` rule (which the router checks per caller).
 fn policy_free(policy: &Policy) -> bool {
     policy.canary.0.is_empty()
+        && policy.external_lanes.is_empty()
         && policy.allow_from.is_none()
         && policy.default_lane_mode == LaneMode::Permissive
         && policy.lanes.0.values().all(|m| *m == LaneMode::Permissive)
@@ -337,6 +345,7 @@ pods:
             "{lanes: gray=strict}",
             "{default_lane_mode: strict}",
             "{allow_from: namespaces=shop}",
+            "{external_lanes: 'gray=10.8.0.5:8080', lanes: gray=permissive}",
         ] {
             let yaml = LANES.replacen(
                 "    endpoints:",
@@ -348,6 +357,26 @@ pods:
             // Its lanes are still mirrored, for when no router is live.
             assert!(entry(&lanes, "10.96.0.10:81", BASE_LANE).is_some());
         }
+    }
+
+    #[test]
+    fn external_endpoints_are_never_in_the_kernels_lanes() {
+        let yaml = LANES.replacen(
+            "    endpoints:",
+            "    policy: {external_lanes: 'joint1=10.8.0.5:8080,dev=10.8.0.6:8080'}\n    endpoints:",
+            1,
+        );
+        let mut ids = LaneIds::default();
+        let lanes = KernelLanes::new(&snapshot(&yaml), &mut ids);
+        let joint1 = ids.lane(Some(&tag("joint1")));
+        assert_eq!(
+            entry(&lanes, "10.96.0.10:80", joint1),
+            Some(vec!["10.0.1.3:8080".to_string()]),
+            "the lane's pod, not its laptop"
+        );
+        let dev = ids.lane(Some(&tag("dev")));
+        assert_ne!(dev, BASE_LANE);
+        assert_eq!(entry(&lanes, "10.96.0.10:80", dev), None);
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! | `match` | `laneway.io/match` | `[{"header":"x-user-type","exact":"internal","tag":"gray"}]`; sources `header`, `cookie`, `query`; patterns `exact`, `prefix`, `regex` |
 //! | `lanes` | `laneway.io/lanes` | `gray=strict,joint1=permissive`: a strict lane answers 503 when it has no endpoint instead of falling back to base |
 //! | `allow_from` | `laneway.io/allow-from` | `namespaces=shop,checkout;lanes=gray,base`: only these callers are served ([`authz`]) |
+//! | `external_lanes` | `laneway.io/external-lanes` | `dev-alice=10.8.0.5:8080`: lane dev-alice is served from outside the cluster ([`external`]) |
+//! | `endpoint_pinning` | `laneway.io/endpoint-pinning` | `"true"`: header `x-laneway-endpoint` picks the endpoint ([`crate::route::pinning`]) |
 //!
 //! Every field parses into a checked value, so a bad annotation is found when
 //! it is read, never while routing.
@@ -23,6 +25,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use crate::config::Tag;
 pub use authz::AllowFrom;
+
+pub mod external;
+
+pub use external::ExternalLanes;
 
 /// Basis points in 100%.
 pub const FULL_SHARE: u32 = 10_000;
@@ -345,7 +351,7 @@ macro_rules! string_serde {
         }
     )*};
 }
-string_serde!(CanaryShares, StickyKey, LaneModes, AllowFrom);
+string_serde!(CanaryShares, StickyKey, LaneModes, AllowFrom, ExternalLanes);
 
 /// A policy as written: every field optional, so a Service's policy can
 /// override the cluster default field by field.
@@ -379,6 +385,15 @@ pub struct PolicySpec {
     /// namespaces=shop;lanes=gray`); everyone when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_from: Option<AllowFrom>,
+    /// Lanes served from outside the cluster
+    /// (`laneway.io/external-lanes: dev-alice=10.8.0.5:8080`); a service's
+    /// own field only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_lanes: Option<ExternalLanes>,
+    /// Requests may pick their endpoint with `x-laneway-endpoint`
+    /// (`laneway.io/endpoint-pinning: "true"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_pinning: Option<bool>,
 }
 
 /// `strict` or `permissive`.
@@ -418,6 +433,11 @@ impl PolicySpec {
                 .allow_from
                 .clone()
                 .or_else(|| defaults.allow_from.clone()),
+            external_lanes: self
+                .external_lanes
+                .clone()
+                .or_else(|| defaults.external_lanes.clone()),
+            endpoint_pinning: self.endpoint_pinning.or(defaults.endpoint_pinning),
         }
     }
 
@@ -452,6 +472,16 @@ impl PolicySpec {
                     spec.default_lane_mode =
                         Some(serde_yaml::from_str(value).map_err(|e| bad(e.to_string()))?)
                 }
+                "external-lanes" => spec.external_lanes = Some(value.parse().map_err(bad)?),
+                "endpoint-pinning" => {
+                    spec.endpoint_pinning = Some(match value.trim() {
+                        "true" => true,
+                        "false" => false,
+                        other => {
+                            return Err(bad(format!("{other:?} is not \"true\" or \"false\"")));
+                        }
+                    })
+                }
                 _ => continue,
             }
             any = true;
@@ -477,6 +507,10 @@ pub struct Policy {
     pub warmup: std::time::Duration,
     /// Who may call (`None`: everyone).
     pub allow_from: Option<AllowFrom>,
+    /// Lanes served from outside the cluster.
+    pub external_lanes: ExternalLanes,
+    /// Requests may pick their endpoint (`x-laneway-endpoint`).
+    pub endpoint_pinning: bool,
 }
 
 impl From<&PolicySpec> for Policy {
@@ -492,6 +526,8 @@ impl From<&PolicySpec> for Policy {
             },
             warmup: spec.warmup.unwrap_or_default(),
             allow_from: spec.allow_from.clone(),
+            external_lanes: spec.external_lanes.clone().unwrap_or_default(),
+            endpoint_pinning: spec.endpoint_pinning.unwrap_or(false),
         }
     }
 }
@@ -564,20 +600,28 @@ impl Policy {
         if let Some(rule) = &self.allow_from {
             fields.push(("allow-from", rule.to_string()));
         }
+        if !self.external_lanes.is_empty() {
+            fields.push(("external", self.external_lanes.to_string()));
+        }
+        if self.endpoint_pinning {
+            fields.push(("pinning", "allowed".to_owned()));
+        }
         fields
     }
 
-    /// The mode of `tag`'s lane.
+    /// The mode of `tag`'s lane: as `lanes` names it, else strict for an
+    /// external lane (a developer wants their laptop or an error, not base),
+    /// else the default mode.
     pub fn lane_mode(&self, tag: &Tag) -> LaneMode {
-        self.lanes
-            .0
-            .get(tag)
-            .copied()
-            .unwrap_or(self.default_lane_mode)
+        match self.lanes.0.get(tag) {
+            Some(mode) => *mode,
+            None if !self.external_lanes.of(tag).is_empty() => LaneMode::Strict,
+            None => self.default_lane_mode,
+        }
     }
 
-    /// The tags the policy names: in canary shares, match rules and lane
-    /// modes.
+    /// The tags the policy names: in canary shares, match rules, lane
+    /// modes and external lanes.
     pub fn named_lanes(&self) -> impl Iterator<Item = &Tag> {
         self.canary
             .0
@@ -585,6 +629,7 @@ impl Policy {
             .map(|(t, _)| t)
             .chain(self.matches.iter().map(|r| &r.tag))
             .chain(self.lanes.0.keys())
+            .chain(self.external_lanes.0.keys())
     }
 
     /// The tag of the first match rule the request matches.
@@ -797,6 +842,59 @@ mod tests {
         );
     }
 
+    #[test]
+    fn external_lanes_and_pinning_annotations_parse_and_name_the_bad_part() {
+        let spec = PolicySpec::from_annotations(
+            [
+                ("laneway.io/external-lanes", "dev-alice=10.8.0.5:8080"),
+                ("laneway.io/endpoint-pinning", "true"),
+            ]
+            .into_iter(),
+        )
+        .expect("valid")
+        .expect("some");
+        let policy = Policy::from(&spec);
+        assert!(policy.endpoint_pinning);
+        assert_eq!(policy.external_lanes.of(&tag("dev-alice")).len(), 1);
+        assert_eq!(
+            policy.to_string(),
+            "external dev-alice=10.8.0.5:8080; pinning allowed"
+        );
+        let e = PolicySpec::from_annotations(
+            [("laneway.io/external-lanes", "dev-alice=10.8.0.5")].into_iter(),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("laneway.io/external-lanes") && e.contains("\"10.8.0.5\" is not IP:PORT"),
+            "{e}"
+        );
+        let e = PolicySpec::from_annotations([("laneway.io/endpoint-pinning", "yes")].into_iter())
+            .unwrap_err();
+        assert!(
+            e.contains("laneway.io/endpoint-pinning") && e.contains("\"yes\""),
+            "{e}"
+        );
+        // The file's form is the same field.
+        let file: PolicySpec = serde_yaml::from_str(
+            "{external_lanes: 'dev-alice=[fd00::5]:8080', endpoint_pinning: true}",
+        )
+        .expect("valid");
+        assert_eq!(file.endpoint_pinning, Some(true));
+        assert!(file.external_lanes.is_some());
+    }
+
+    #[test]
+    fn an_external_lane_is_strict_unless_lanes_says_permissive() {
+        let strict = policy_of("{external_lanes: 'dev=10.8.0.5:80'}");
+        assert_eq!(strict.lane_mode(&tag("dev")), LaneMode::Strict);
+        assert_eq!(strict.lane_mode(&tag("other")), LaneMode::Permissive);
+        let permissive = policy_of("{external_lanes: 'dev=10.8.0.5:80', lanes: dev=permissive}");
+        assert_eq!(permissive.lane_mode(&tag("dev")), LaneMode::Permissive);
+    }
+
+    fn policy_of(yaml: &str) -> Policy {
+        Policy::from(&serde_yaml::from_str::<PolicySpec>(yaml).expect("valid"))
+    }
     #[test]
     fn service_policy_overrides_defaults_field_by_field() {
         let defaults = PolicySpec {

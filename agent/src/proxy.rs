@@ -159,10 +159,13 @@ pub struct Target {
 }
 
 impl Target {
-    /// Whether the client's field `name` is left out upstream because the
-    /// router writes its own (the tag header and `baggage`).
+    /// Whether the client's field `name` is left out upstream: the router
+    /// writes its own (the tag header and `baggage`), or it is addressed to
+    /// the router only (`x-laneway-endpoint`, on every service).
     pub(crate) fn replaces(&self, name: &str) -> bool {
-        name.eq_ignore_ascii_case(&self.tag_header) || name.eq_ignore_ascii_case("baggage")
+        name.eq_ignore_ascii_case(&self.tag_header)
+            || name.eq_ignore_ascii_case("baggage")
+            || name.eq_ignore_ascii_case(crate::route::pinning::PIN_HEADER)
     }
 
     /// The fields the router writes upstream in place of the client's:

@@ -17,6 +17,11 @@
 //! strict lane without endpoints answers 503 instead of falling back.
 //!
 //! Pure functions over a snapshot, so `explain` can dry-run them.
+//!
+//! Submodules: `pinning` (a request that names its endpoint,
+//! `x-laneway-endpoint`).
+
+pub mod pinning;
 
 use std::{fmt, net::SocketAddr, sync::atomic::Ordering};
 
@@ -86,6 +91,9 @@ pub enum Decision {
     /// The service's `allow-from` rule refuses the caller: 403 (an L4
     /// stream is reset).
     Denied,
+    /// The request named its endpoint (`x-laneway-endpoint`, on a service
+    /// that allows pinning); the lane was not consulted.
+    Pinned,
 }
 
 impl Decision {
@@ -98,6 +106,7 @@ impl Decision {
             Decision::Canary => "canary",
             Decision::StrictReject => "strict-reject",
             Decision::Denied => "denied",
+            Decision::Pinned => "pinned",
         }
     }
 }
@@ -230,7 +239,7 @@ pub fn candidates<'a>(port: &'a ServicePort, tag: Option<&Tag>) -> Candidates<'a
     };
     match tag {
         Some(t) => match port.by_tag.get(t) {
-            Some(lane) if !lane.is_empty() => Candidates {
+            Some(lane) if port.any_available(lane) => Candidates {
                 decision: Decision::Tagged,
                 indices: lane,
             },
@@ -289,7 +298,7 @@ pub fn plan<'a>(
     } else {
         let (bucket, _) = policy.bucket(headers, path, random);
         if let Some(lane) = policy.canary_lane(bucket)
-            && let Some(indices) = port.by_tag.get(lane).filter(|l| !l.is_empty())
+            && let Some(indices) = port.by_tag.get(lane).filter(|l| port.any_available(l))
         {
             return Plan {
                 tag: Some(lane.clone()),
@@ -354,7 +363,8 @@ pub fn propagated_baggage<'a>(
 }
 
 /// Picks an endpoint among `indices`, skipping `exclude` (endpoints whose
-/// connect failed for this request) and ejected endpoints (unless more than
+/// connect failed for this request), external endpoints that are down, and
+/// ejected endpoints (unless more than
 /// `max_ejection_percent` of the candidates are: then ejections are ignored,
 /// so a sick service still gets its traffic spread).
 ///
@@ -372,7 +382,7 @@ pub fn pick<'a>(
     let mut usable: Vec<&Backend> = indices
         .iter()
         .map(|&i| &port.backends[i])
-        .filter(|b| !exclude.contains(&b.addr))
+        .filter(|b| !exclude.contains(&b.addr) && b.available())
         .collect();
     let ejected = usable.iter().filter(|b| b.load.ejected()).count();
     if ejected > 0 && ejected * 100 <= usable.len() * max_ejection_percent as usize {
@@ -794,6 +804,63 @@ mod tests {
             0,
         );
         assert_eq!(all_strict.decision, Decision::StrictReject);
+    }
+
+    #[test]
+    fn an_external_lane_serves_while_its_endpoint_answers_and_is_strict_when_down() {
+        let s = snapshot("      - {ip: 10.0.0.1}\n      - {ip: 10.0.0.2, tag: gray}\n");
+        let text = "services:\n  - name: s\n    vips: [10.96.0.1]\n    ports: [{port: 80}]\n    policy: {external_lanes: 'dev=10.8.0.5:8080'}\n    endpoints:\n      - {ip: 10.0.0.1}\n";
+        let config = Config::parse(text).expect("valid");
+        let s2 = Snapshot::from_config(&config, "t".into(), Some(&s), false);
+        let p = &s2.ports[0];
+        let pol = &s2.services[0].policy;
+        let dev = [("x-mse-tag", "dev")];
+        let external = p.backends.iter().find(|b| b.external).expect("external");
+        assert_eq!(external.addr.to_string(), "10.8.0.5:8080");
+        // Not checked yet (or down): strict, 503.
+        assert_eq!(
+            plan_of(p, pol, &dev, None, 0).decision,
+            Decision::StrictReject
+        );
+        external.load.set_reachable(true);
+        let up = plan_of(p, pol, &dev, None, 0);
+        assert_eq!(up.decision, Decision::Tagged);
+        let mut rng = rand::rng();
+        let picked = pick(p, up.candidates, &[], Default::default(), 50, &mut rng).expect("one");
+        assert!(picked.external);
+        // Untagged requests never leave the cluster.
+        let base = plan_of(p, pol, &[], None, 0);
+        assert_eq!(
+            addrs(p, &candidates(p, None)),
+            HashSet::from(["10.0.0.1".to_string()])
+        );
+        assert_eq!(base.decision, Decision::Base);
+        // Health survives a rebuild (it lives with the address).
+        let s3 = Snapshot::from_config(&config, "t".into(), Some(&s2), false);
+        assert!(
+            s3.ports[0]
+                .backends
+                .iter()
+                .any(|b| b.external && b.available())
+        );
+        external.load.set_reachable(false);
+        // Named permissive: falls back to base when down.
+        let permissive = policy("{external_lanes: 'dev=10.8.0.5:8080', lanes: dev=permissive}");
+        assert_eq!(
+            plan_of(p, &permissive, &dev, None, 0).decision,
+            Decision::Fallback
+        );
+    }
+
+    #[test]
+    fn a_service_of_tagged_pods_and_an_external_lane_serves_untagged_from_its_pods_only() {
+        let text = "services:\n  - name: s\n    vips: [10.96.0.1]\n    ports: [{port: 80}]\n    policy: {external_lanes: 'dev=10.8.0.5:8080'}\n    endpoints:\n      - {ip: 10.0.0.2, tag: gray}\n";
+        let s = Snapshot::from_config(&Config::parse(text).expect("valid"), "t".into(), None, true);
+        let p = &s.ports[0];
+        assert_eq!(
+            addrs(p, &candidates(p, None)),
+            HashSet::from(["10.0.0.2".to_string()])
+        );
     }
 
     #[test]

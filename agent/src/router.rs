@@ -11,6 +11,7 @@
 //! destination is no service, is closed: the router is no open relay.
 
 pub mod conns;
+pub mod external;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -27,7 +28,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::broadcast,
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     admin::{
@@ -41,7 +42,7 @@ use crate::{
         self, InFlight, Pools, Protocol, ProxyConfig, RequestOutcome, RequestView, Route, Routed,
         Routes, Target,
     },
-    route::{self, Decision},
+    route::{self, Decision, pinning},
     snapshot::{EndpointLoad, Pod, Snapshot},
 };
 
@@ -85,6 +86,9 @@ pub struct Router {
     proxy: Arc<ProxyConfig>,
     /// What the router tells the admin API.
     pub telemetry: Arc<Telemetry>,
+    /// Notified on every new state, so new external endpoints are probed
+    /// at once ([`external::check`]).
+    external_changed: tokio::sync::Notify,
 }
 
 /// Metrics, live decisions and open connections.
@@ -132,6 +136,7 @@ impl Router {
             pools,
             proxy: Arc::new(proxy),
             telemetry,
+            external_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -145,6 +150,7 @@ impl Router {
         self.telemetry.metrics.known_services(service_ids(&applied));
         self.applied.store(Arc::new(applied));
         self.pools.update(eligible, callers);
+        self.external_changed.notify_one();
     }
 
     /// Starts draining: each client connection closes after its current
@@ -298,6 +304,8 @@ struct Labels {
     metric_tag: String,
     tag_source: String,
     decision: Option<Decision>,
+    /// The endpoint picked is outside the cluster (an external lane's).
+    external: bool,
 }
 
 /// One routed request in flight: holds one in-flight count on its endpoint
@@ -412,6 +420,7 @@ fn report(router: &Router, caller: Option<&str>, labels: Option<&Labels>, outcom
                 .and_then(|c| c.decision)
                 .map(|d| d.as_str().to_owned()),
             endpoint: outcome.target.map(|t| t.endpoint.to_string()),
+            external: labels.is_some_and(|c| c.external),
             status: outcome.status,
             grpc_status: outcome.grpc_status,
             duration_us: outcome.duration.as_micros() as u64,
@@ -452,6 +461,7 @@ impl ConnRoutes {
                 metric_tag: service.metric_tag(None),
                 tag_source: route::TagSource::None.to_string(),
                 decision: Some(Decision::Denied),
+                external: false,
             };
             return Routed {
                 route: Route::Reject {
@@ -486,32 +496,49 @@ impl ConnRoutes {
             caller.is_some() || !applied.snapshot.tags.strip_from_unknown_callers,
         );
         let tag_name = plan.tag.as_ref().map(|t| t.to_string());
+        let pin = pinning::pinned(port, &service.id, service.policy.endpoint_pinning, headers);
+        let pinned_index;
+        let (decision, candidates) = match &pin {
+            Some(Ok(i)) => {
+                pinned_index = *i;
+                (Decision::Pinned, std::slice::from_ref(&pinned_index))
+            }
+            Some(Err(_)) => (Decision::Pinned, &[][..]),
+            None => (plan.decision, plan.candidates),
+        };
         let mut labels = Labels {
             service: service.id.to_string(),
             tag: tag_name.clone(),
             metric_tag: service.metric_tag(plan.tag.as_ref()),
             tag_source: plan.source.to_string(),
-            decision: Some(plan.decision),
+            decision: Some(decision),
+            external: false,
         };
         let explained = |decision, endpoint| {
             explain.then(|| route_header(decision, &service.id, plan.tag.as_ref(), endpoint))
         };
-        if plan.decision == Decision::StrictReject {
-            return Routed {
-                route: unavailable(
-                    format!(
-                        "laneway: lane {} of service {} has no serving endpoint, and the lane is strict\n",
-                        tag_name.as_deref().unwrap_or("-"),
+        let refusal = match (&pin, &plan.tag) {
+            (Some(Err(e)), _) => Some(format!("laneway: {e}\n")),
+            (None, Some(tag)) if decision == Decision::StrictReject => {
+                Some(match service.policy.external_lanes.of(tag) {
+                    [] => format!(
+                        "laneway: lane {tag} of service {} has no serving endpoint, and the lane is strict\n",
                         service.id
                     ),
-                    explained(Some(plan.decision), None),
-                ),
+                    addrs => crate::policy::external::down_message(&service.id, tag, addrs),
+                })
+            }
+            _ => None,
+        };
+        if let Some(body) = refusal {
+            return Routed {
+                route: unavailable(body, explained(Some(decision), None)),
                 request: RoutedRequest::new(self, Some(labels), None, None),
             };
         }
         let picked = route::pick(
             port,
-            plan.candidates,
+            candidates,
             exclude,
             service.policy.warmup,
             applied.snapshot.outlier.max_ejection_percent,
@@ -528,14 +555,24 @@ impl ConnRoutes {
                 request: RoutedRequest::new(self, Some(labels), None, None),
             };
         };
+        labels.external = backend.external;
         let open = self.conn.routed(backend.addr, tag_name.clone(), protocol);
         let request =
             RoutedRequest::new(self, Some(labels), Some(backend.load.clone()), Some(open));
+        if decision == Decision::Pinned {
+            info!(
+                service = %service.id,
+                caller = self.caller.as_deref().unwrap_or("-"),
+                endpoint = %backend.addr,
+                name = backend.name.as_deref().unwrap_or("-"),
+                "pinned request"
+            );
+        }
         debug!(
             service = %service.id,
             tag = tag_name,
             source = %plan.source,
-            decision = %plan.decision,
+            %decision,
             endpoint = %backend.addr,
             "routed"
         );
@@ -548,7 +585,7 @@ impl ConnRoutes {
                 plan.tag.as_ref(),
             ),
             tag: tag_name,
-            route_header: explained(Some(plan.decision), Some(backend.addr)),
+            route_header: explained(Some(decision), Some(backend.addr)),
         });
         Routed { route, request }
     }

@@ -15,7 +15,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -87,6 +87,9 @@ pub struct EndpointLoad {
     ejections: AtomicU32,
     /// Ejected until ([`now_ms`]); 0 = not ejected.
     ejected_until_ms: AtomicU64,
+    /// An external endpoint's last health check connected (false until
+    /// its first one does).
+    reachable: AtomicBool,
 }
 
 impl EndpointLoad {
@@ -97,7 +100,19 @@ impl EndpointLoad {
             failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            reachable: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the endpoint's last health check connected (external
+    /// endpoints only: pod endpoints are not probed).
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Records a health check; returns whether the result changed.
+    pub fn set_reachable(&self, reachable: bool) -> bool {
+        self.reachable.swap(reachable, Ordering::Relaxed) != reachable
     }
 
     /// Requests in flight now.
@@ -177,6 +192,9 @@ pub struct Backend {
     pub terminating: bool,
     /// Optional name for people (the pod name).
     pub name: Option<String>,
+    /// Outside the cluster (a lane's `external_lanes` address): health
+    /// checked by the agent, never in the kernel's lanes.
+    pub external: bool,
     /// Shared load counters.
     pub load: Arc<EndpointLoad>,
 }
@@ -187,20 +205,36 @@ impl Backend {
         self.serving && !self.terminating
     }
 
-    /// Its state for people (the lane map): `terminating`, `not-serving`,
-    /// `ejected` (after consecutive failures), `warming` (slow start over
-    /// `warmup`: not yet its full share) or `serving`.
+    /// Whether it can take a request now: a pod endpoint always (its
+    /// conditions are in the snapshot), an external one while its health
+    /// checks connect.
+    pub fn available(&self) -> bool {
+        !self.external || self.load.reachable()
+    }
+
+    /// Its condition as the source and the health checks give it (the
+    /// endpoints gauge counts by it): `terminating`, `not-serving`,
+    /// `serving`, or for an external endpoint `external` (health checks
+    /// connect) or `external-down`.
+    pub fn condition(&self) -> &'static str {
+        match (self.external, self.available()) {
+            (true, true) => "external",
+            (true, false) => "external-down",
+            _ if self.terminating => "terminating",
+            _ if self.serving => "serving",
+            _ => "not-serving",
+        }
+    }
+
+    /// Its state for people (the lane map, `laneway services`): its
+    /// [`condition`](Backend::condition), with a serving endpoint shown
+    /// `ejected` (after consecutive failures) or `warming` (slow start over
+    /// `warmup`: not yet its full share).
     pub fn state(&self, warmup: Duration) -> &'static str {
-        if self.terminating {
-            "terminating"
-        } else if !self.serving {
-            "not-serving"
-        } else if self.load.ejected() {
-            "ejected"
-        } else if self.load.warmup_weight(warmup) < 1.0 {
-            "warming"
-        } else {
-            "serving"
+        match self.condition() {
+            "serving" if self.load.ejected() => "ejected",
+            "serving" if self.load.warmup_weight(warmup) < 1.0 => "warming",
+            condition => condition,
         }
     }
 }
@@ -218,11 +252,16 @@ pub struct ServicePort {
     pub protocol: AppProtocol,
     /// All endpoints, in the source's order.
     pub backends: Vec<Backend>,
-    /// Eligible endpoints by tag (indices into `backends`).
+    /// Eligible endpoints by tag (indices into `backends`), external ones
+    /// included (whatever their health: see [`Backend::available`]).
     pub by_tag: HashMap<Tag, Vec<usize>>,
+    /// Whether any backend is external (then a lane's candidates are
+    /// checked for health).
+    pub has_external: bool,
     /// Eligible untagged endpoints.
     pub base: Vec<usize>,
-    /// Every eligible endpoint.
+    /// Every eligible endpoint in the cluster (external ones serve only
+    /// their lane).
     pub eligible: Vec<usize>,
 }
 
@@ -352,10 +391,12 @@ impl Snapshot {
         let mut by_vip = HashMap::new();
         for svc in &config.services {
             let service = services.len();
+            let spec = svc.policy.clone().unwrap_or_default().over(&config.policy);
+            let policy = Policy::from(&spec);
             let mut port_indices = Vec::new();
             for p in &svc.ports {
                 let target_port = p.target_port.unwrap_or(p.port).0;
-                let backends = svc
+                let mut backends = svc
                     .endpoints
                     .iter()
                     .map(|e| {
@@ -376,10 +417,12 @@ impl Snapshot {
                             serving: e.serving,
                             terminating: e.terminating,
                             name: e.name.clone(),
+                            external: false,
                             load,
                         }
                     })
-                    .collect();
+                    .collect::<Vec<_>>();
+                backends.extend(external_backends(&policy, &mut loads));
                 let index = ports.len();
                 ports.push(ServicePort::new(
                     service,
@@ -393,8 +436,6 @@ impl Snapshot {
                 }
                 port_indices.push(index);
             }
-            let spec = svc.policy.clone().unwrap_or_default().over(&config.policy);
-            let policy = Policy::from(&spec);
             let known_lanes = svc
                 .endpoints
                 .iter()
@@ -460,6 +501,18 @@ impl Snapshot {
         }
     }
 
+    /// Every external endpoint of every service, each once: what the
+    /// health checks probe.
+    pub fn external_endpoints(&self) -> Vec<(SocketAddr, Arc<EndpointLoad>)> {
+        let mut seen = HashSet::new();
+        self.ports
+            .iter()
+            .flat_map(|p| p.backends.iter().filter(|b| b.external))
+            .filter(|b| seen.insert(b.addr))
+            .map(|b| (b.addr, b.load.clone()))
+            .collect()
+    }
+
     /// How many endpoints the services have: each endpoint (address) of a
     /// service once, however many of its ports it serves. `laneway status`
     /// and `laneway config check` both count so.
@@ -476,8 +529,9 @@ impl Snapshot {
             .sum()
     }
 
-    /// Each service's endpoints by state (`serving`, `terminating`,
-    /// `not-serving`), keyed by `namespace/name`: each endpoint once,
+    /// Each service's endpoints by state ([`Backend::condition`]: `serving`,
+    /// `terminating`, `not-serving`, `external`, `external-down`), keyed
+    /// by `namespace/name`: each endpoint once,
     /// however many of the service's ports it serves, as
     /// [`Snapshot::endpoint_count`] counts them.
     pub fn endpoint_states(&self) -> std::collections::BTreeMap<(String, &'static str), u64> {
@@ -488,14 +542,9 @@ impl Snapshot {
                 if !seen.insert(backend.addr.ip()) {
                     continue;
                 }
-                let state = if backend.terminating {
-                    "terminating"
-                } else if backend.serving {
-                    "serving"
-                } else {
-                    "not-serving"
-                };
-                *states.entry((service.id.to_string(), state)).or_default() += 1;
+                *states
+                    .entry((service.id.to_string(), backend.condition()))
+                    .or_default() += 1;
             }
         }
         states
@@ -550,12 +599,15 @@ impl ServicePort {
             if !b.eligible() {
                 continue;
             }
-            eligible.push(i);
+            if !b.external {
+                eligible.push(i);
+            }
             match &b.tag {
                 Some(tag) => by_tag.entry(tag.clone()).or_default().push(i),
                 None => base.push(i),
             }
         }
+        let has_external = backends.iter().any(|b| b.external);
         Self {
             service,
             port,
@@ -563,10 +615,49 @@ impl ServicePort {
             protocol,
             backends,
             by_tag,
+            has_external,
             base,
             eligible,
         }
     }
+
+    /// Whether a lane (indices into `backends`) has an endpoint that can
+    /// take a request now: any, unless some are external and down.
+    pub fn any_available(&self, lane: &[usize]) -> bool {
+        match self.has_external {
+            false => !lane.is_empty(),
+            true => lane.iter().any(|&i| self.backends[i].available()),
+        }
+    }
+}
+
+/// The backends of a service's external lanes: the same on every port (the
+/// address names its own port), serving, with their load and health carried
+/// over by address like every endpoint's.
+fn external_backends<'a>(
+    policy: &'a Policy,
+    loads: &'a mut HashMap<SocketAddr, Arc<EndpointLoad>>,
+) -> impl Iterator<Item = Backend> + 'a {
+    policy
+        .external_lanes
+        .0
+        .iter()
+        .flat_map(|(tag, addrs)| addrs.iter().map(move |addr| (tag, *addr)))
+        .map(|(tag, addr)| {
+            let load = loads
+                .entry(addr)
+                .or_insert_with(|| Arc::new(EndpointLoad::new(WARM)))
+                .clone();
+            Backend {
+                addr,
+                tag: Some(tag.clone()),
+                serving: true,
+                terminating: false,
+                name: None,
+                external: true,
+                load,
+            }
+        })
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! name), `x-peer` (the source address it saw: the calling pod's, whether
 //! the request came the direct way or through the router; the node's for a
 //! caller that is no enrolled pod, through the router) and `x-seen-tag` (the
-//! tag header it received), and its name as the body.
+//! tag header it received), `x-seen-headers` (the names of every header it
+//! received, comma-separated), and its name as the body.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -285,9 +286,11 @@ fn serve_http(
             .map(|(k, v)| format!("{k}: {v}\r\n"))
             .collect();
         let baggage = header("baggage").unwrap_or_else(|| "-".into());
+        let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+        let names = names.join(",");
         let response = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-endpoint: {name}\r\nx-peer: {peer}\r\n\
-             x-seen-tag: {seen_tag}\r\nx-seen-baggage: {baggage}\r\nx-body-bytes: {length}\r\n{extra}\
+             x-seen-tag: {seen_tag}\r\nx-seen-baggage: {baggage}\r\nx-seen-headers: {names}\r\nx-body-bytes: {length}\r\n{extra}\
              content-length: {}\r\n{}\r\n{reply}",
             reply.len(),
             if close { "connection: close\r\n" } else { "" }

@@ -307,3 +307,26 @@ pub fn under_load(
     })?;
     Ok(counts.into_inner().unwrap_or_else(|p| p.into_inner()))
 }
+
+/// Repeats a request until `check` holds, for at most 10 s (the agent
+/// applies a change within its debounce plus a watch round trip; an
+/// external endpoint's health within a probe interval); the last answer.
+pub fn eventually(
+    what: &str,
+    mut attempt: impl FnMut() -> Result<Response>,
+    check: impl Fn(&Response) -> bool,
+) -> Result<Response> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let last = attempt();
+        if let Ok(r) = &last
+            && check(r)
+        {
+            return last;
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("not within 10 s: {what}; last: {last:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -26,6 +26,10 @@ pub const TPROXY_PORT: u16 = 15006;
 pub const METRICS_PORT: u16 = 15020;
 /// Link-local gateway on every host-side veth (IPv6 next hop for pods).
 const GATEWAY6: &str = "fe80::1";
+/// The range of hosts outside the pod network that the node reaches (a
+/// developer's laptop over a VPN: [`Node::add_outside_host`]); pods route
+/// it through the node, as a pod's default route would.
+pub const OUTSIDE_RANGE: &str = "10.8.0.0/16";
 
 static NODES: AtomicU32 = AtomicU32::new(0);
 
@@ -414,6 +418,39 @@ impl Node {
         Ok(index)
     }
 
+    /// Adds a host outside the pod network (a developer's laptop reached
+    /// over a VPN) at `ip` (in [`OUTSIDE_RANGE`]), joined to the node by a
+    /// veth pair: the node routes `ip` to it, it routes the node, pods and
+    /// service VIPs through the node. IPv4 only. It is a [`Pod`] for the
+    /// harness (backends listen in it, its index is in [`Node::pods`]), but
+    /// no service's endpoint and never enrolled. Returns its index.
+    pub fn add_outside_host(&mut self, name: &str, ip: Ipv4Addr) -> Result<usize> {
+        let index = self.pods.len();
+        let host = Pod {
+            name: name.to_owned(),
+            ip,
+            ip6: Ipv6Addr::UNSPECIFIED,
+            netns: Netns::create(&format!("{}p{index}", self.id))?,
+            veth: self.short_name(&format!("v{index}")),
+        };
+        veth_pair((&host.veth, &self.netns), ("eth0", &host.netns))?;
+        self.netns.ip(&["link", "set", &host.veth, "up"])?;
+        self.netns
+            .ip(&["route", "add", &format!("{ip}/32"), "dev", &host.veth])?;
+        host.netns.ip(&["link", "set", "eth0", "up"])?;
+        host.netns
+            .ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+        let gw = self.ip.to_string();
+        host.netns
+            .ip(&["route", "add", &format!("{gw}/32"), "dev", "eth0"])?;
+        for range in ["10.244.0.0/16", "10.96.0.0/16"] {
+            host.netns
+                .ip(&["route", "add", range, "via", &gw, "dev", "eth0"])?;
+        }
+        self.pods.push(host);
+        Ok(index)
+    }
+
     /// Deletes the pod's veth pair and makes it again, as a CNI does when a
     /// pod sandbox is recreated: same name, new ifindex.
     pub fn recreate_veth(&self, index: usize) -> Result<()> {
@@ -446,7 +483,7 @@ impl Node {
             netns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
             let gw = self.ip.to_string();
             netns.ip(&["route", "add", &format!("{gw}/32"), "dev", "eth0"])?;
-            for range in ["10.244.0.0/16", "10.96.0.0/16"] {
+            for range in ["10.244.0.0/16", "10.96.0.0/16", OUTSIDE_RANGE] {
                 netns.ip(&["route", "add", range, "via", &gw, "dev", "eth0"])?;
             }
         }

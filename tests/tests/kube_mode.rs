@@ -7,39 +7,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Service;
 use laneway::admin::api;
 use laneway_tests::{
     Agent, Node, Scenario, ServiceSpec,
     admin::{json, scrape},
     backend::Backend,
-    client::{self, Response},
+    client::{self, eventually},
     kube::{Cluster, namespace, pod, reviews_cluster, service},
     standard,
 };
-
-/// Repeats a request until `check` holds (the agent applies changes within
-/// its debounce plus a watch round trip).
-fn eventually(
-    what: &str,
-    mut attempt: impl FnMut() -> Result<Response>,
-    check: impl Fn(&Response) -> bool,
-) -> Result<Response> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let last = attempt();
-        if let Ok(r) = &last
-            && check(r)
-        {
-            return last;
-        }
-        if Instant::now() > deadline {
-            bail!("not within 10 s: {what}; last: {last:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn labelling_a_namespace_steers_its_pods_and_unlabelling_sends_them_direct_again() -> Result<()> {

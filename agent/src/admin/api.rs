@@ -211,7 +211,8 @@ pub struct EndpointInfo {
     pub serving: bool,
     /// Terminating.
     pub terminating: bool,
-    /// Whether new requests may go here (serving and not terminating).
+    /// Whether new requests may go here (serving and not terminating; an
+    /// external endpoint: its health checks connect).
     pub eligible: bool,
     /// Requests in flight now.
     pub in_flight: u32,
@@ -220,6 +221,10 @@ pub struct EndpointInfo {
     /// Ejected for a while after consecutive failures.
     #[serde(default)]
     pub ejected: bool,
+    /// Outside the cluster (an external lane's address, health checked by
+    /// the agent); `eligible` says whether its health checks connect.
+    #[serde(default)]
+    pub external: bool,
 }
 
 /// `GET /conns`.
@@ -323,11 +328,14 @@ pub struct TraceEvent {
     /// Where the tag came from.
     pub tag_source: String,
     /// The decision (`tagged`, `fallback`, `base`, `canary`,
-    /// `strict-reject`, `denied`); `null` when none could be made (no endpoint, a
-    /// request the router could not read).
+    /// `strict-reject`, `denied`, `pinned`); `null` when none could be made
+    /// (no endpoint, a request the router could not read).
     pub decision: Option<String>,
     /// The endpoint; `null` when the router answered itself.
     pub endpoint: Option<String>,
+    /// The endpoint is outside the cluster (an external lane's).
+    #[serde(default)]
+    pub external: bool,
     /// HTTP status sent to the client (`0` for an L4 stream).
     pub status: u16,
     /// The gRPC status of a gRPC call.

@@ -84,7 +84,11 @@ fn add_endpoint(endpoints: &mut Vec<api::LaneEndpoint>, b: &Backend, warmup: Dur
     };
     match endpoints.iter_mut().find(|e| e.ip == ip) {
         Some(e) => {
-            e.ports.push(b.addr.port());
+            // An external endpoint names its own port, the same on every
+            // port of the service.
+            if !e.ports.contains(&b.addr.port()) {
+                e.ports.push(b.addr.port());
+            }
             e.in_flight += b.load.in_flight();
             // The endpoint is as well as its worst port.
             if e.state == "serving" {
@@ -223,6 +227,41 @@ services:
                 None,
             );
         }
+    }
+
+    #[test]
+    fn an_external_lane_shows_its_endpoint_once_and_down_until_it_answers() {
+        let config = Config::parse(
+            "services:\n  - name: reviews\n    vips: [10.96.0.10]\n    ports: [{port: 80, target_port: 8080}, {port: 9090}]\n    policy: {external_lanes: 'dev=10.8.0.5:8080'}\n    endpoints: [{ip: 10.0.1.2}]\n",
+        )
+        .expect("valid");
+        let snapshot = Snapshot::from_config(&config, "test".into(), None, true);
+        let lanes = |s: &Snapshot| services(s, &Metrics::default().request_totals());
+        let of = |services: &[api::ServiceLanes]| {
+            let dev = services[0]
+                .lanes
+                .iter()
+                .find(|l| l.tag.as_deref() == Some("dev"))
+                .cloned()
+                .expect("lane dev");
+            assert_eq!(dev.mode.as_deref(), Some("strict"));
+            assert_eq!(dev.endpoints.len(), 1);
+            assert_eq!(
+                dev.endpoints[0].ports,
+                [8080],
+                "one port, however many the service has"
+            );
+            dev.endpoints[0].state.clone()
+        };
+        assert_eq!(of(&lanes(&snapshot)), "external-down");
+        snapshot.ports[0]
+            .backends
+            .iter()
+            .filter(|b| b.external)
+            .for_each(|b| {
+                b.load.set_reachable(true);
+            });
+        assert_eq!(of(&lanes(&snapshot)), "external");
     }
 
     #[test]

@@ -24,7 +24,8 @@ pub struct RequestLabels {
     /// any other tag, empty for none (`Service::metric_tag`).
     pub tag: String,
     /// `tagged`, `fallback`, `base`, `canary`, `strict-reject`, `denied`,
-    /// or `none` when no decision could be made.
+    /// `pinned` (`x-laneway-endpoint`), or `none` when no decision could be
+    /// made.
     pub decision: String,
     /// `2xx`, `3xx`, `4xx`, `5xx`, or `none` for an L4 stream.
     pub status_class: String,
@@ -134,7 +135,9 @@ impl Default for Metrics {
 pub struct Gauges {
     /// Client connections open on the router.
     pub active_connections: u64,
-    /// Endpoints by (service, state) with state `serving`, `terminating`, `not-serving`.
+    /// Endpoints by (service, state) with state `serving`, `terminating`,
+    /// `not-serving`, and for external lanes' endpoints `external` (health
+    /// checks connect) or `external-down`.
     pub endpoints: Vec<(String, &'static str, u64)>,
     /// Connects redirected by the kernel programs.
     pub redirected: u64,

@@ -567,7 +567,7 @@ fn services(state: &AdminState, name: Option<&str>) -> api::Services {
                                 name: b.name.clone(),
                                 serving: b.serving,
                                 terminating: b.terminating,
-                                eligible: b.eligible(),
+                                eligible: b.eligible() && b.available(),
                                 in_flight: b.load.in_flight(),
                                 weight: if b.eligible() {
                                     b.load.warmup_weight(s.policy.warmup)
@@ -575,6 +575,7 @@ fn services(state: &AdminState, name: Option<&str>) -> api::Services {
                                     0.0
                                 },
                                 ejected: b.load.ejected(),
+                                external: b.external,
                             });
                     }
                     api::PortInfo {

@@ -138,9 +138,17 @@ pub(crate) fn pods(p: &Pods) -> String {
     out
 }
 
-/// An endpoint's state: `serving`, `terminating` or `not serving`.
+/// An endpoint's state: `serving`, `terminating`, `ejected`, `not serving`,
+/// or for an endpoint outside the cluster `external` (its health checks
+/// connect) or `external-down`.
 pub(crate) fn endpoint_state(e: &EndpointInfo) -> &'static str {
-    if e.terminating {
+    if e.external {
+        if e.eligible {
+            "external"
+        } else {
+            "external-down"
+        }
+    } else if e.terminating {
         "terminating"
     } else if e.ejected {
         "ejected"
@@ -326,7 +334,10 @@ pub(crate) fn trace_line(e: &TraceEvent) -> String {
         or_dash(e.tag.as_deref()),
         e.tag_source,
         e.decision.as_deref().unwrap_or("none"),
-        or_dash(e.endpoint.as_deref()),
+        match (&e.endpoint, e.external) {
+            (Some(endpoint), true) => format!("{endpoint} (external)"),
+            (endpoint, _) => or_dash(endpoint.as_deref()),
+        },
         status,
         human_us(e.duration_us),
     );

@@ -114,6 +114,7 @@ fn pods_doc() -> Pods {
 fn endpoint(address: &str, name: &str, serving: bool, terminating: bool) -> EndpointInfo {
     EndpointInfo {
         ejected: false,
+        external: false,
         address: address.into(),
         name: Some(name.into()),
         serving,
@@ -264,6 +265,7 @@ fn maps_doc() -> Maps {
 fn trace_events() -> Vec<TraceEvent> {
     vec![
         TraceEvent {
+            external: false,
             time_ms: 1_700_000_000_123,
             caller: Some("default/client".into()),
             service: "default/reviews".into(),
@@ -277,6 +279,7 @@ fn trace_events() -> Vec<TraceEvent> {
             error: None,
         },
         TraceEvent {
+            external: false,
             time_ms: 1_700_000_000_456,
             caller: None,
             service: "default/reviews".into(),
@@ -290,6 +293,7 @@ fn trace_events() -> Vec<TraceEvent> {
             error: None,
         },
         TraceEvent {
+            external: false,
             time_ms: 1_700_000_000_789,
             caller: Some("default/client".into()),
             service: "default/ratings".into(),
@@ -631,6 +635,15 @@ fn services_table_shows_lanes_and_states() {
     let err = exec(&agent.socket(), &["services", "nope"]).unwrap_err();
     assert_eq!(err.exit_code(), 1);
     assert_eq!(err.to_string(), "the agent answered 404: no service nope");
+}
+
+#[test]
+fn external_endpoints_show_as_external_while_they_answer_else_external_down() {
+    let mut e = endpoint("10.8.0.5:8080", "-", true, false);
+    e.external = true;
+    assert_eq!(render::endpoint_state(&e), "external");
+    e.eligible = false;
+    assert_eq!(render::endpoint_state(&e), "external-down");
 }
 
 #[test]

@@ -509,7 +509,7 @@ pub(crate) struct Resp {
     pub(crate) status: u16,
     raw_head: String,
     headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
     trailers: String,
 }
 

@@ -379,3 +379,83 @@ async fn allow_from_serves_listed_callers_and_refuses_others_with_403_over_http1
     )
     .await;
 }
+
+/// Service `default/reviews` on 127.0.0.1:`port` with endpoints
+/// `reviews-base` on `base` and `reviews-gray` (lane gray) on `gray`, and
+/// the policy `policy`.
+fn named_reviews(port: u16, base: u16, gray: u16, policy: &str) -> String {
+    format!(
+        "tags: {{strip_from_unknown_callers: false}}
+services:
+  - name: reviews
+    vips: [127.0.0.1]
+    ports: [{{port: {port}, name: http, protocol: http}}]
+    policy: {policy}
+    endpoints:
+      - {{ip: 127.0.0.1, name: reviews-base, ports: {{http: {base}}}}}
+      - {{ip: 127.0.0.1, name: reviews-gray, tag: gray, ports: {{http: {gray}}}}}
+"
+    )
+}
+
+#[tokio::test]
+async fn a_pinned_request_reaches_its_endpoint_and_the_pin_never_goes_upstream() {
+    let (base, gray) = (Backend::start("base").await, Backend::start("gray").await);
+    let (b, g) = (base.addr.port(), gray.addr.port());
+    let t = TestRouter::start(|port| named_reviews(port, b, g, "{endpoint_pinning: true}")).await;
+    let mut c = t.client().await;
+    // Untagged, pinned to the gray pod: the pin overrides the lane.
+    c.send(b"GET /1 HTTP/1.1\r\nhost: reviews\r\nx-laneway-endpoint: reviews-gray\r\nx-laneway-route: 1\r\n\r\n")
+        .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-laneway-route"),
+        Some(
+            format!("decision=pinned; service=default/reviews; tag=-; endpoint=127.0.0.1:{g}")
+                .as_str()
+        )
+    );
+    let seen = gray.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(
+        !seen[0]
+            .raw_head
+            .to_ascii_lowercase()
+            .contains("x-laneway-endpoint"),
+        "{:?}",
+        seen[0].raw_head
+    );
+    // Unknown: 503 naming service and endpoint, no fallback.
+    c.send(b"GET /2 HTTP/1.1\r\nhost: reviews\r\nx-laneway-endpoint: reviews-nope\r\n\r\n")
+        .await;
+    let r = c.response().await;
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert_eq!(r.status, 503, "{body}");
+    assert!(
+        body.contains("default/reviews") && body.contains("reviews-nope"),
+        "{body}"
+    );
+    assert!(base.seen().is_empty(), "never a silent fallback");
+    t.wait_for_metric("decision=\"pinned\",status_class=\"2xx\"} 1\n")
+        .await;
+    t.wait_for_metric("decision=\"pinned\",status_class=\"5xx\"} 1\n")
+        .await;
+
+    // Without pinning the header is ignored, and still not forwarded.
+    t.reload(&named_reviews(t.addr.port(), b, g, "{}"));
+    let mut c = t.client().await;
+    c.send(b"GET /3 HTTP/1.1\r\nhost: reviews\r\nx-laneway-endpoint: reviews-gray\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await.status, 200);
+    let seen = base.seen();
+    assert_eq!(seen.len(), 1, "untagged: base");
+    assert!(
+        !seen[0]
+            .raw_head
+            .to_ascii_lowercase()
+            .contains("x-laneway-endpoint"),
+        "{:?}",
+        seen[0].raw_head
+    );
+}

@@ -1,18 +1,21 @@
 //! `cargo xtask demo`: a demo node (an untagged and a `joint1` client pod;
 //! `reviews` with base, `joint1` and `gray` endpoints; `ratings` with only
 //! base; `reviews-grpc`, its gRPC twin), the agent on a static config, and
-//! requests and gRPC calls with and without tags. Prints where each went and
-//! why, then a debugging session with the CLI and where the lane map (`/ui`
-//! on the agent's admin listener) is; exits 0 only if every answer matches laneway's routing
-//! semantics. `--hold` keeps the node up afterwards, with a trickle of
-//! traffic, and serves the lane map on this machine's 127.0.0.1:15080 until
-//! Enter is pressed.
+//! requests and gRPC calls with and without tags, a canary, and a lane of
+//! `reviews` served by a "laptop" outside the pod network. Prints where each
+//! went and why, then a debugging session with the CLI and where the lane
+//! map (`/ui` on the agent's admin listener) is; exits 0 only if every
+//! answer matches laneway's routing semantics. `--hold` keeps the node up
+//! afterwards, with a trickle of traffic, and serves the lane map on this
+//! machine's 127.0.0.1:15080 until Enter is pressed.
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 use laneway_tests::{
-    Standard, client,
+    Standard,
+    backend::Backend,
+    client,
     grpc::{self, GrpcStandard},
     shares,
     standard::Mode,
@@ -101,9 +104,10 @@ fn main() -> ExitCode {
 
 fn demo() -> Result<bool> {
     eprintln!(
-        "==> building a node: 7 pods in network namespaces, kube-proxy stand-in, laneway agent"
+        "==> building a node: 7 pods and a laptop in network namespaces, kube-proxy stand-in, laneway agent"
     );
-    let g = GrpcStandard::start(Mode::Socket, |_| {})?;
+    let mut g = GrpcStandard::start(Mode::Socket, |_| {})?;
+    let laptop = g.standard.node.add_outside_host("laptop", LAPTOP)?;
     let s = &g.standard;
     eprintln!("==> agent running; sending requests from enrolled pods\n");
     let header = [
@@ -201,6 +205,8 @@ fn demo() -> Result<bool> {
     );
     all_ok &= grpc_calls(&g)?;
     all_ok &= canary(s)?;
+    let (ok, _laptop) = external_lane(s, laptop)?;
+    all_ok &= ok;
     debugging_session(s)?;
     lane_map(s)?;
     if std::env::args().any(|a| a == "--hold") {
@@ -362,6 +368,62 @@ fn canary(s: &Standard) -> Result<bool> {
     Ok(ok)
 }
 
+/// The laptop's address: outside the pod network, routed by the node (as
+/// over a VPN).
+const LAPTOP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 8, 0, 5);
+
+/// Local debugging: `reviews`' lane dev-alice served by the laptop (pod
+/// index `laptop` of the node), health-checked as it goes and comes back.
+/// Returns whether every answer was right, and the laptop's server (up).
+fn external_lane(s: &Standard, laptop: usize) -> Result<(bool, Backend)> {
+    println!(
+        "\n==> local debugging: reviews' lane dev-alice served from a laptop at {LAPTOP}:8080 \
+         (outside the pod network; policy external_lanes, config reloaded live)"
+    );
+    let text = std::fs::read_to_string(&s.agent.config)?;
+    std::fs::write(
+        &s.agent.config,
+        text.replacen(
+            "policy: {canary: gray=20}",
+            "policy: {canary: gray=20, external_lanes: 'dev-alice=10.8.0.5:8080'}",
+            1,
+        ),
+    )?;
+    let up = Backend::http(s.node.pod(laptop), 8080)?;
+    let client = s.node.pod(s.pods.client);
+    let dev = || client::get(client, s.reviews(), &[("x-mse-tag", "dev-alice")]);
+    let served = |r: &client::Response| r.endpoint() == "laptop";
+    let mut ok = true;
+    let mut report = |what: &str, r: &client::Response, good: bool| {
+        ok &= good;
+        let answer = match r.status {
+            200 => format!(
+                "answered by {}, which saw x-mse-tag: {}",
+                r.endpoint(),
+                r.header("x-seen-tag").unwrap_or("-")
+            ),
+            status => format!("{status} {}", r.text().trim_end()),
+        };
+        println!(
+            "    {what:<22} {answer}{}",
+            if good { "" } else { "  WRONG" }
+        );
+    };
+    let r = client::eventually("the laptop serves dev-alice", dev, served)?;
+    report("x-mse-tag: dev-alice", &r, served(&r));
+    let r = client::get(client, s.reviews(), &[("x-mse-tag", "joint1")])?;
+    report("x-mse-tag: joint1", &r, r.endpoint() == "reviews-joint1");
+    drop(up);
+    let down = |r: &client::Response| r.status == 503;
+    let r = client::eventually("503 once the laptop is down", dev, down)?;
+    report("laptop down, dev-alice", &r, down(&r));
+    let up = Backend::http(s.node.pod(laptop), 8080)?;
+    let r = client::eventually("the laptop serves again", dev, served)?;
+    report("laptop back, dev-alice", &r, served(&r));
+    println!("    check: {}", if ok { "ok" } else { "WRONG" });
+    Ok((ok, up))
+}
+
 /// What a person debugging a lane runs on the node.
 fn debugging_session(s: &Standard) -> Result<()> {
     let socket = s.node.admin_socket();
@@ -375,6 +437,15 @@ fn debugging_session(s: &Standard) -> Result<()> {
             "reviews",
             "-H",
             "x-mse-tag: joint2",
+        ],
+        vec![
+            "explain",
+            "--from",
+            "client",
+            "--to",
+            "reviews",
+            "-H",
+            "x-mse-tag: dev-alice",
         ],
         vec!["pods"],
         vec!["lanes"],
