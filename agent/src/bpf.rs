@@ -26,7 +26,7 @@ use aya::{
     Ebpf, EbpfLoader, Pod,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, SockMap},
     programs::{
-        CgroupAttachMode, Program, ProgramError, SchedClassifier, TcAttachType,
+        CgroupAttachMode, Program, ProgramError, SchedClassifier, SkLookup, TcAttachType,
         links::{FdLink, PinnedLink},
         tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions},
     },
@@ -78,6 +78,17 @@ pub(crate) const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
 /// The kernel feature the TC programs need.
 const TC_FEATURE: &str =
     "tc classifiers with bpf_sk_assign (TCX on Linux 6.6+, else clsact; Linux 5.7+)";
+
+/// TC mode's `sk_lookup` program: the node's listener lookup for a service
+/// VIP:port answers the transparent listener, so a pod's SYN that meets the
+/// router's TIME_WAIT socket of an earlier connection on the same 4-tuple
+/// opens a new connection at once. Attached to the agent's netns while the
+/// agent runs (its link is not pinned: without a live router it answers
+/// nothing anyway).
+const TC_LOOKUP: &str = "tc_lookup";
+
+/// The kernel feature [`TC_LOOKUP`] needs.
+const TC_LOOKUP_FEATURE: &str = "sk_lookup (BPF_SK_LOOKUP, Linux 5.9+)";
 
 /// The directory, under the pin directory, of TC mode's TCX links: one
 /// subdirectory per agent (its generation), so an agent never unpins a
@@ -250,6 +261,8 @@ pub struct Datapath {
     generation: String,
     /// How the TC program attaches.
     tc_attach: TcAttach,
+    /// Whether [`TC_LOOKUP`] is attached to the agent's netns.
+    tc_lookup_attached: bool,
     cgroup: PathBuf,
     pin_dir: PathBuf,
     listeners: SockMap<MapData>,
@@ -411,6 +424,7 @@ impl Datapath {
             tc_attached: Default::default(),
             generation,
             tc_attach: TcAttach::Auto,
+            tc_lookup_attached: false,
             ebpf,
         })
     }
@@ -632,11 +646,32 @@ impl Datapath {
         sync(&mut self.tc_enrolled, desired, map_names::TC_ENROLLED)
     }
 
-    /// Registers the transparent listener of TC mode.
+    /// Registers the transparent listener of TC mode, and attaches
+    /// [`TC_LOOKUP`] to the netns of the calling thread (the agent's, where
+    /// the listener lives).
     pub fn set_tc_listener(&mut self, listener: &impl AsRawFd) -> Result<(), Error> {
         self.listeners
             .set(laneway_common::TC_LISTENER, listener, 0)
-            .map_err(map_err(map_names::ROUTER_LISTENER))
+            .map_err(map_err(map_names::ROUTER_LISTENER))?;
+        if self.tc_lookup_attached {
+            return Ok(());
+        }
+        let wrap = |action: &str| {
+            let action = action.to_owned();
+            move |source| Error::Program {
+                action,
+                feature: TC_LOOKUP_FEATURE,
+                source,
+            }
+        };
+        let netns_path = "/proc/thread-self/ns/net";
+        let netns = File::open(netns_path)
+            .map_err(|e| wrap(&format!("open {netns_path} for"))(ProgramError::IOError(e)))?;
+        tc_lookup_program(&mut self.ebpf)?
+            .attach(netns)
+            .map_err(wrap("attach to the agent's netns"))?;
+        self.tc_lookup_attached = true;
+        Ok(())
     }
 
     /// Where the maps and links are pinned.
@@ -685,6 +720,7 @@ impl Datapath {
         }
         load_tc_programs(&mut ebpf)?;
         loaded.extend(TC_PROGRAMS.iter().map(|(name, _)| (*name).to_owned()));
+        loaded.push(TC_LOOKUP.to_owned());
         Ok(loaded)
     }
 
@@ -852,18 +888,35 @@ fn tc_program<'a>(
         })
 }
 
-/// Loads the TC programs of `ebpf` (verifier included).
+/// The [`TC_LOOKUP`] program of `ebpf`.
+fn tc_lookup_program(ebpf: &mut Ebpf) -> Result<&mut SkLookup, Error> {
+    ebpf.program_mut(TC_LOOKUP)
+        .ok_or(Error::MissingProgram(TC_LOOKUP))?
+        .try_into()
+        .map_err(|source| Error::Program {
+            action: "find".into(),
+            feature: TC_LOOKUP_FEATURE,
+            source,
+        })
+}
+
+/// Loads the TC programs of `ebpf` and [`TC_LOOKUP`] (verifier included).
 fn load_tc_programs(ebpf: &mut Ebpf) -> Result<(), Error> {
+    let load_err = |feature| {
+        move |source| Error::Program {
+            action: "load".into(),
+            feature,
+            source,
+        }
+    };
     for (name, _) in TC_PROGRAMS {
         tc_program(ebpf, name, "find")?
             .load()
-            .map_err(|source| Error::Program {
-                action: "load".into(),
-                feature: TC_FEATURE,
-                source,
-            })?;
+            .map_err(load_err(TC_FEATURE))?;
     }
-    Ok(())
+    tc_lookup_program(ebpf)?
+        .load()
+        .map_err(load_err(TC_LOOKUP_FEATURE))
 }
 
 /// A handle of its own on the map pinned as `name` in `pin_dir`: for work

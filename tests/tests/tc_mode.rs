@@ -4,7 +4,8 @@
 //! place; the program follows a pod's veth when it is recreated and leaves
 //! it when the pod leaves; in `both` mode TC catches what the connect hooks
 //! did not see. The behaviour suite runs in TC mode (TCX and clsact) in
-//! `data_path.rs`.
+//! `data_path.rs`. A pod making a new connection per request on few source
+//! ports runs in both modes.
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,9 @@ use laneway_tests::{
     Agent, Node, Standard,
     backend::Backend,
     client::{self, Conn},
-    standard,
+    in_modes,
+    node::Pod,
+    standard::{self, Mode},
 };
 
 #[test]
@@ -296,4 +299,77 @@ fn in_both_mode_tc_steers_what_the_connect_hooks_did_not_see() -> Result<()> {
     )?;
     assert!(r.routed() && r.endpoint() == "reviews-gray");
     Ok(())
+}
+
+/// The pod's TCP counters that say a connection needed a retransmit: the
+/// SYNs sent again (`TcpExtTCPSynRetrans`, `/proc/net/netstat`) and all
+/// segments sent again (`Tcp: RetransSegs`, `/proc/net/snmp`).
+fn retransmits(pod: &Pod) -> Result<(u64, u64)> {
+    let counter = |file: &str, prefix: &str, name: &str| -> Result<u64> {
+        let out = pod.netns.exec("cat", &[file])?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // Each group is two lines: the names, then the values.
+        let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+        let (names, values) = (
+            lines.next().context(file.to_owned())?,
+            lines.next().context(file.to_owned())?,
+        );
+        let at = names
+            .split_whitespace()
+            .position(|n| n == name)
+            .with_context(|| format!("{name} in {file}"))?;
+        Ok(values
+            .split_whitespace()
+            .nth(at)
+            .context("value")?
+            .parse()?)
+    };
+    Ok((
+        counter("/proc/net/netstat", "TcpExt:", "TCPSynRetrans")?,
+        counter("/proc/net/snmp", "Tcp:", "RetransSegs")?,
+    ))
+}
+
+/// A pod sending one request per connection with `Connection: close` from
+/// eight source ports: the router closes first, so its side of each
+/// connection lingers in TIME_WAIT with the pod's own 4-tuple (in TC mode
+/// the VIP is its local address), and the pod reuses each port long before
+/// that ends. Every connection must still be taken at its first SYN: no
+/// SYN sent again, nothing retransmitted, every request answered in its
+/// lane and its connection closed by the router.
+fn new_connections_on_reused_ports_need_no_retransmit(mode: Mode) -> Result<()> {
+    const REQUESTS: usize = 200;
+    let s = Standard::start_in(mode)?;
+    let pod = s.node.pod(s.pods.client);
+    pod.netns
+        .sysctl("net.ipv4.ip_local_port_range", "40000 40007")?;
+    let before = retransmits(pod)?;
+    for i in 0..REQUESTS {
+        let mut conn = Conn::open(pod, s.reviews()).with_context(|| format!("connection {i}"))?;
+        let r = conn
+            .get("/", &[("x-mse-tag", "gray"), ("connection", "close")])
+            .with_context(|| format!("request {i}"))?;
+        assert!(
+            r.status == 200 && r.routed() && r.endpoint() == "reviews-gray",
+            "request {i}: {r:?}"
+        );
+        // The router closes first (so the pod holds no TIME_WAIT and may
+        // reuse the port at once, as with a server that closes after
+        // `Connection: close`).
+        assert!(
+            conn.closed_within(Duration::from_secs(5))?,
+            "request {i}: the router closes after Connection: close"
+        );
+    }
+    let after = retransmits(pod)?;
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (0, 0),
+        "SYNs and segments sent again by the pod over {REQUESTS} connections"
+    );
+    Ok(())
+}
+
+in_modes! {
+    [socket => Socket, tc => Tc]: [new_connections_on_reused_ports_need_no_retransmit]
 }

@@ -1,4 +1,5 @@
-//! laneway's kernel programs (socket mode; TC mode's in `tc`).
+//! laneway's kernel programs (socket mode; TC mode's, `tc_ingress`,
+//! `tc_egress` and `tc_lookup`, in `tc`).
 //!
 //! - `connect4` / `connect6`: a TCP connect from an enrolled pod (its netns
 //!   cookie is in `ENROLLED`) to a service VIP:port (in `SERVICES`) is
@@ -29,8 +30,8 @@ mod sockopt;
 mod tc;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, cgroup_sockopt, classifier, sock_ops},
-    programs::{SockAddrContext, SockOpsContext, SockoptContext, TcContext},
+    macros::{cgroup_sock_addr, cgroup_sockopt, classifier, sk_lookup, sock_ops},
+    programs::{SkLookupContext, SockAddrContext, SockOpsContext, SockoptContext, TcContext},
 };
 
 /// Allow the syscall: the only verdict these programs give.
@@ -85,6 +86,12 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn tc_egress(ctx: TcContext) -> i32 {
     tc::try_tc_egress(&ctx).unwrap_or(tc::NEXT)
+}
+
+#[sk_lookup]
+pub fn tc_lookup(ctx: SkLookupContext) -> u32 {
+    tc::try_tc_lookup(&ctx);
+    tc::SK_PASS
 }
 
 #[cfg(not(test))]

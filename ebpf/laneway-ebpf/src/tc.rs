@@ -17,11 +17,20 @@
 //! router is back: a flow stays where it started). `tc_egress` (packets to
 //! the pod) gives the endpoint's replies the VIP:port as source again. The
 //! node's conntrack sees a plain pod-to-endpoint flow. IPv4 only.
+//!
+//! `tc_lookup` (an `sk_lookup` program on the node's netns) answers the
+//! kernel's listener lookup for a service VIP:port with the transparent
+//! listener. The kernel makes that lookup when a pod's SYN meets the
+//! router's TIME_WAIT socket of an earlier connection with the same 4-tuple
+//! (the router closed first, the pod reused the port): with a listener it
+//! kills the TIME_WAIT socket and accepts the SYN as a new connection;
+//! without one (a VIP is no local address anyone listens on) it answers
+//! with the old connection's ACK, and the pod must send its SYN again.
 
 use aya_ebpf::{
     bindings::{BPF_F_PSEUDO_HDR, bpf_sock_tuple},
     helpers::{bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp},
-    programs::TcContext,
+    programs::{SkLookupContext, TcContext},
 };
 use laneway_common::{
     ServiceKey, TC_FLOW_OUT, TC_FLOW_REPLY, TC_LISTENER, TC_NAT_MARK, TPROXY_MARK, TcFlow,
@@ -36,6 +45,7 @@ const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const IPPROTO_TCP: u8 = 6;
 const TCP_LISTEN: u32 = 10;
+const AF_INET: u32 = 2;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 /// Offsets in the IPv4 header: fragment offset, checksum, source,
@@ -57,6 +67,11 @@ const CURRENT_NETNS: u64 = -1i64 as u64;
 /// runs, in its place (`TC_ACT_UNSPEC` / `TCX_NEXT`), also for the packets
 /// laneway took (the socket assignment, the rewrite and the mark stay).
 pub const NEXT: i32 = -1;
+
+/// `tc_lookup`'s only verdict (`SK_PASS`): the lookup goes on, with the
+/// socket it assigned if any (other programs' and the kernel's own
+/// otherwise). Never `SK_DROP`: laneway steers or leaves alone.
+pub const SK_PASS: u32 = 1;
 
 /// The fields of an IPv4 TCP packet laneway looks at, as on the wire
 /// (network byte order).
@@ -197,30 +212,76 @@ fn route_in_kernel(ctx: &TcContext, packet: &Tcp4, lane: u32) -> Result<(), i64>
     Ok(())
 }
 
-/// Hands the SYN to the router's transparent listener, if the router is
-/// live; whether it did.
+/// The router's transparent listener, if the router is live: a referenced
+/// socket the caller must release.
 #[inline(always)]
-fn hand_to_router(ctx: &TcContext) -> bool {
-    let Some(router) = ROUTER.get(0) else {
-        return false;
-    };
+fn live_tc_listener() -> Option<*mut core::ffi::c_void> {
+    let router = ROUTER.get(0)?;
     if !heartbeat_fresh(router) {
-        return false;
+        return None;
     }
     let index = TC_LISTENER;
     let map = (&raw const ROUTER_LISTENER)
         .cast_mut()
         .cast::<core::ffi::c_void>();
     // SAFETY: a lookup in our own sockmap; a non-null answer is a referenced
-    // socket, assigned and released at once.
+    // socket.
+    let listener = unsafe { bpf_map_lookup_elem(map, (&raw const index).cast()) };
+    (!listener.is_null()).then_some(listener)
+}
+
+/// Hands the SYN to the router's transparent listener, if the router is
+/// live; whether it did.
+#[inline(always)]
+fn hand_to_router(ctx: &TcContext) -> bool {
+    let Some(listener) = live_tc_listener() else {
+        return false;
+    };
+    // SAFETY: assigning the referenced socket, then releasing our ref.
     unsafe {
-        let listener = bpf_map_lookup_elem(map, (&raw const index).cast());
-        if listener.is_null() {
-            return false;
-        }
         let assigned = bpf_sk_assign(ctx.skb.skb.cast(), listener, 0);
         bpf_sk_release(listener);
         assigned == 0
+    }
+}
+
+/// Answers the node's listener lookup for a TCP packet to a service
+/// VIP:port with the router's transparent listener, if the router is live;
+/// anything else is left to the kernel's own lookup. Only packets the node
+/// delivers locally are looked up, and a packet to a VIP is delivered
+/// locally only when `tc_ingress` marked it for the router.
+pub fn try_tc_lookup(ctx: &SkLookupContext) {
+    // SAFETY: reading fields of the context, one at a time, at constant
+    // offsets.
+    let (family, protocol, local_ip4, local_port) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*ctx.lookup).family),
+            core::ptr::read_volatile(&raw const (*ctx.lookup).protocol),
+            core::ptr::read_volatile(&raw const (*ctx.lookup).local_ip4),
+            core::ptr::read_volatile(&raw const (*ctx.lookup).local_port),
+        )
+    };
+    if family != AF_INET || protocol != u32::from(IPPROTO_TCP) {
+        return;
+    }
+    let service = ServiceKey {
+        addr: v4_mapped(local_ip4),
+        // Host byte order in this context.
+        port: local_port as u16,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once.
+    if unsafe { SERVICES.get(service) }.is_none() {
+        return;
+    }
+    let Some(listener) = live_tc_listener() else {
+        return;
+    };
+    // SAFETY: assigning the referenced socket (the kernel refuses anything
+    // but a listener of the lookup's protocol), then releasing our ref.
+    unsafe {
+        bpf_sk_assign(ctx.lookup.cast(), listener, 0);
+        bpf_sk_release(listener);
     }
 }
 
