@@ -449,41 +449,12 @@ impl ConnRoutes {
         };
         let service = applied.snapshot.service_of(port);
         let caller = applied.caller(self.origin.netns_cookie, self.peer);
-        if let Some(rule) = &service.policy.allow_from
-            && let Err(denial) = rule.check(caller)
-        {
-            let who = caller.map_or_else(|| self.peer.to_string(), |p| p.to_string());
-            let message = denial.message(&who, &service.id.to_string(), rule);
-            debug!(service = %service.id, caller = who, %message, "denied");
-            let labels = Labels {
-                service: service.id.to_string(),
-                tag: None,
-                metric_tag: service.metric_tag(None),
-                tag_source: route::TagSource::None.to_string(),
-                decision: Some(Decision::Denied),
-                external: false,
-            };
-            return Routed {
-                route: Route::Reject {
-                    status: proxy::STATUS_FORBIDDEN,
-                    body: format!("{message}\n"),
-                    route_header: explain
-                        .then(|| route_header(Some(Decision::Denied), &service.id, None, None)),
-                },
-                request: RoutedRequest::new(self, Some(labels), None, None),
-            };
+        if let Some(denied) = self.refuse_caller(service, caller, explain) {
+            return denied;
         }
         if let Some(failed) = exclude.last() {
             // Asked again for the same request only after a failed connect.
-            self.router
-                .telemetry
-                .metrics
-                .connect_error(&service.id.to_string());
-            if let Some(b) = port.backends.iter().find(|b| b.addr == *failed)
-                && b.load.record_failure(&applied.snapshot.outlier)
-            {
-                warn!(service = %service.id, endpoint = %failed, "endpoint ejected after consecutive failures");
-            }
+            self.connect_failed(service, port, *failed, &applied.snapshot.outlier);
         }
         let plan = route::plan(
             port,
@@ -517,19 +488,7 @@ impl ConnRoutes {
         let explained = |decision, endpoint| {
             explain.then(|| route_header(decision, &service.id, plan.tag.as_ref(), endpoint))
         };
-        let refusal = match (&pin, &plan.tag) {
-            (Some(Err(e)), _) => Some(format!("laneway: {e}\n")),
-            (None, Some(tag)) if decision == Decision::StrictReject => {
-                Some(match service.policy.external_lanes.of(tag) {
-                    [] => format!(
-                        "laneway: lane {tag} of service {} has no serving endpoint, and the lane is strict\n",
-                        service.id
-                    ),
-                    addrs => crate::policy::external::down_message(&service.id, tag, addrs),
-                })
-            }
-            _ => None,
-        };
+        let refusal = refusal(&pin, plan.tag.as_ref(), decision, service);
         if let Some(body) = refusal {
             return Routed {
                 route: unavailable(body, explained(Some(decision), None)),
@@ -588,6 +547,89 @@ impl ConnRoutes {
             route_header: explained(Some(decision), Some(backend.addr)),
         });
         Routed { route, request }
+    }
+
+    /// The 403 (L4: reset) for a caller the service's `allow-from` rule
+    /// refuses; `None` when it may call.
+    fn refuse_caller(
+        &self,
+        service: &crate::snapshot::Service,
+        caller: Option<&Pod>,
+        explain: bool,
+    ) -> Option<Routed> {
+        let rule = service.policy.allow_from.as_ref()?;
+        let denial = rule.check(caller).err()?;
+        let who = caller.map_or_else(|| self.peer.to_string(), |p| p.to_string());
+        let message = denial.message(&who, &service.id.to_string(), rule);
+        debug!(service = %service.id, caller = who, %message, "denied");
+        let labels = Labels {
+            service: service.id.to_string(),
+            tag: None,
+            metric_tag: service.metric_tag(None),
+            tag_source: route::TagSource::None.to_string(),
+            decision: Some(Decision::Denied),
+            external: false,
+        };
+        Some(Routed {
+            route: Route::Reject {
+                status: proxy::STATUS_FORBIDDEN,
+                body: format!("{message}\n"),
+                route_header: explain
+                    .then(|| route_header(Some(Decision::Denied), &service.id, None, None)),
+            },
+            request: RoutedRequest::new(self, Some(labels), None, None),
+        })
+    }
+
+    /// Counts a failed connect to `failed`: towards its ejection, or, for an
+    /// external endpoint, as a failed health check. A refused connect is as
+    /// good a check as a probe's: the lane is down now, not at the next
+    /// probe (which brings it back when the endpoint answers again).
+    fn connect_failed(
+        &self,
+        service: &crate::snapshot::Service,
+        port: &crate::snapshot::ServicePort,
+        failed: SocketAddr,
+        outlier: &crate::snapshot::OutlierRules,
+    ) {
+        self.router
+            .telemetry
+            .metrics
+            .connect_error(&service.id.to_string());
+        let Some(b) = port.backends.iter().find(|b| b.addr == failed) else {
+            return;
+        };
+        if b.external {
+            if b.load.set_reachable(false) {
+                warn!(service = %service.id, endpoint = %failed, "external endpoint does not answer");
+            }
+        } else if b.load.record_failure(outlier) {
+            warn!(service = %service.id, endpoint = %failed, "endpoint ejected after consecutive failures");
+        }
+    }
+}
+
+/// The body of the router's 503 when the plan refuses the request: a pin
+/// to an endpoint that takes no requests, or a strict lane with none
+/// (naming the address when the lane is served from outside the cluster).
+fn refusal(
+    pin: &Option<Result<usize, pinning::Error>>,
+    tag: Option<&crate::config::Tag>,
+    decision: Decision,
+    service: &crate::snapshot::Service,
+) -> Option<String> {
+    match (pin, tag) {
+        (Some(Err(e)), _) => Some(format!("laneway: {e}\n")),
+        (None, Some(tag)) if decision == Decision::StrictReject => {
+            Some(match service.policy.external_lanes.of(tag) {
+                [] => format!(
+                    "laneway: lane {tag} of service {} has no serving endpoint, and the lane is strict\n",
+                    service.id
+                ),
+                addrs => crate::policy::external::down_message(&service.id, tag, addrs),
+            })
+        }
+        _ => None,
     }
 }
 

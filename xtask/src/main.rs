@@ -481,6 +481,18 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
             .env("LANEWAY_BIN", root.join("target/debug/laneway")),
     )?;
     if filter.is_none() {
+        // The README's first command, as a user runs it (only the build
+        // profile differs: the debug build is already there).
+        step("the demo (cargo xtask demo's program)");
+        let status = Command::new(root.join("target/debug/laneway-demo"))
+            .env("LANEWAY_BIN", root.join("target/debug/laneway"))
+            .env("PATH", tools_path(root))
+            .status()
+            .context("run laneway-demo")?;
+        if !status.success() {
+            bail!("the demo failed ({status})");
+        }
+        tally.passed += 1;
         bench(root, true, &[])?;
         tally.passed += 1;
         step("kernel matrix: CI's subset on every kernel (KERNELS.md)");

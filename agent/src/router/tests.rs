@@ -459,3 +459,29 @@ async fn a_pinned_request_reaches_its_endpoint_and_the_pin_never_goes_upstream()
         seen[0].raw_head
     );
 }
+
+#[tokio::test]
+async fn a_pin_does_not_pass_an_allow_from_rule() {
+    let (base, gray) = (Backend::start("base").await, Backend::start("gray").await);
+    let (b, g) = (base.addr.port(), gray.addr.port());
+    // The caller at 127.0.0.1 is no pod, so every rule refuses it.
+    let t = TestRouter::start(|port| {
+        named_reviews(
+            port,
+            b,
+            g,
+            "{endpoint_pinning: true, allow_from: 'namespaces=default'}",
+        )
+    })
+    .await;
+    let mut c = t.client().await;
+    c.send(b"GET / HTTP/1.1\r\nhost: reviews\r\nx-laneway-endpoint: reviews-gray\r\nx-laneway-route: 1\r\n\r\n")
+        .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.header("x-laneway-route"),
+        Some("decision=denied; service=default/reviews; tag=-; endpoint=-")
+    );
+    assert!(gray.seen().is_empty() && base.seen().is_empty());
+}
