@@ -111,6 +111,8 @@ fn ci_subset(layout: Layout) -> &'static [&'static str] {
 const TEST_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long booting and preparing a VM may take before its first test.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How many times a VM is booted when it ends before the guest starts.
+const BOOT_ATTEMPTS: u32 = 2;
 
 /// Which integration tests a VM runs.
 pub enum Tests {
@@ -545,11 +547,24 @@ fn boot_and_test(
     );
     let limit = BOOT_TIMEOUT + TEST_TIMEOUT * plan.len() as u32;
     let started = Instant::now();
-    run_for(
-        &mut vng(vng_bin, vmlinuz, kvm, &out, &exec),
-        limit,
-        &out.join("vng.log"),
-    )?;
+    for attempt in 1..=BOOT_ATTEMPTS {
+        let log = out.join("vng.log");
+        let status = run_for(&mut vng(vng_bin, vmlinuz, kvm, &out, &exec), limit, &log)?;
+        // The guest writes `release` before anything else: without it the
+        // VM died before our code ran (seen once in CI under TCG: qemu
+        // gone after 16 s with no output), which says nothing about the
+        // kernel under test, so boot it again.
+        if out.join("release").exists() || attempt == BOOT_ATTEMPTS {
+            break;
+        }
+        let kept = out.join(format!("vng-attempt{attempt}.log"));
+        std::fs::rename(&log, &kept)?;
+        eprintln!(
+            "    the VM ended before the guest started ({}; log in {}): booting again",
+            status.map_or("killed at the time limit".to_owned(), |s| s.to_string()),
+            kept.display()
+        );
+    }
     let mut verdicts = guest::read_verdicts(&out.join("verdicts.tsv"));
     for (name, _) in &plan {
         if !verdicts.iter().any(|v| &v.name == name) {

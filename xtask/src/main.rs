@@ -9,6 +9,7 @@ mod kernels;
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    time::Instant,
 };
 
 use anyhow::{Context, Result, bail};
@@ -100,6 +101,7 @@ const PACKAGES: &[(&str, &str)] = &[
 ];
 
 fn main() -> Result<()> {
+    STARTED.get_or_init(Instant::now);
     let cli = Cli::parse();
     let root = workspace_root();
     match cli.task {
@@ -172,9 +174,15 @@ fn require_root(what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Announces a step, with the minutes and seconds since xtask started (a
+/// slow CI run shows where its time went).
 fn step(what: &str) {
-    eprintln!("==> {what}");
+    let elapsed = STARTED.get_or_init(Instant::now).elapsed().as_secs();
+    eprintln!("==> [{:02}:{:02}] {what}", elapsed / 60, elapsed % 60);
 }
+
+/// When xtask started (set first thing in `main`).
+static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
 fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("spawn {cmd:?}"))?;
