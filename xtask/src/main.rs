@@ -178,7 +178,7 @@ fn require_root(what: &str) -> Result<()> {
 /// slow CI run shows where its time went).
 fn step(what: &str) {
     let elapsed = STARTED.get_or_init(Instant::now).elapsed().as_secs();
-    eprintln!("==> [{:02}:{:02}] {what}", elapsed / 60, elapsed % 60);
+    eprintln!("==> [+{}m{:02}s] {what}", elapsed / 60, elapsed % 60);
 }
 
 /// When xtask started (set first thing in `main`).
