@@ -22,6 +22,7 @@ pub(crate) mod head;
 use std::{io, net::SocketAddr, pin::pin, time::Duration};
 
 use bytes::{Buf, BytesMut};
+use futures::FutureExt;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
@@ -359,13 +360,16 @@ impl Conn<'_> {
                 if idle {
                     // Between requests: give the buffers back before
                     // waiting, so idle keep-alive connections cost no
-                    // buffer memory.
-                    match client.try_read_buf(&mut self.cbuf) {
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // buffer memory. Polled once rather than `try_read_buf`:
+                    // `poll_read` forgets the socket's readiness after a
+                    // short read, so this check after a request costs no
+                    // `recvfrom` that could only say EAGAIN.
+                    match client.read_buf(&mut self.cbuf).now_or_never() {
+                        None => {
                             self.release_buffers();
                             continue;
                         }
-                        read => Ok(read),
+                        Some(read) => Ok(read),
                     }
                 } else {
                     tokio::time::timeout_at(deadline, client.read_buf(&mut self.cbuf)).await
