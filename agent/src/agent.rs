@@ -41,8 +41,9 @@ const RELOAD_POLL: Duration = Duration::from_millis(500);
 /// How often TC mode checks that each pod's veth still has the program (a
 /// recreated veth has a new ifindex and none).
 const RELINK_EVERY: Duration = Duration::from_millis(500);
-/// How soon a state that failed to apply is tried again.
-const RETRY_FAILED: Duration = Duration::from_secs(2);
+/// How soon a state that failed to apply, or that could not read some pod's
+/// network namespace in time, is tried again.
+const RETRY_UNFINISHED: Duration = Duration::from_secs(2);
 
 /// Why the agent could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -268,10 +269,10 @@ async fn serve(
         None => format!("file:{}", options.config.display()),
     };
     let mut node = attach(options, &config).await?;
-    let applied = reconcile::first(&mut node.datapath, &first, &source, config.router.mode)?;
+    let written = reconcile::first(&mut node.datapath, &first, &source, config.router.mode)?;
     let pin_dir = &config.bpf.pin_path;
     let router = Router::new(
-        applied,
+        written.applied,
         proxy_config(&config),
         Some(ConnOrigins::open(pin_dir)?),
     );
@@ -348,6 +349,7 @@ async fn serve(
         health,
         options.ready_file.clone(),
         first,
+        written.slow,
     );
     stops.handover = Some(handover);
     reconciler.ready()?;
@@ -606,7 +608,7 @@ async fn follow_kube(
                     tokio::task::block_in_place(|| reconciler.apply_or_log(input, "kubernetes"));
                 }
             }
-            _ = retry.tick(), if reconciler.failed() => tokio::task::block_in_place(|| reconciler.retry_failed()),
+            _ = retry.tick(), if reconciler.unfinished() => tokio::task::block_in_place(|| reconciler.retry()),
             _ = relink.tick(), if config.router.mode.tc() => tokio::task::block_in_place(|| reconciler.relink_or_warn()),
             _ = hangup.recv() => info!("SIGHUP: with --kube the API is the source; restart to change settings"),
             _ = stops.stopped() => break,
@@ -640,7 +642,7 @@ async fn follow_file(
                 "file changed"
             }
             // The file as it is now: a newer edit wins over the one that failed.
-            _ = retry.tick(), if reconciler.failed() => "retry after a failed apply",
+            _ = retry.tick(), if reconciler.unfinished() => "retry after an apply that failed or reached not every pod",
             _ = stops.stopped() => break,
         };
         seen = file_source::fingerprint(path);
@@ -652,9 +654,9 @@ async fn follow_file(
     }
 }
 
-/// Ticks every [`RETRY_FAILED`], never in a burst after a slow apply.
+/// Ticks every [`RETRY_UNFINISHED`], never in a burst after a slow apply.
 fn retry_interval() -> tokio::time::Interval {
-    let mut retry = tokio::time::interval(RETRY_FAILED);
+    let mut retry = tokio::time::interval(RETRY_UNFINISHED);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     retry
 }

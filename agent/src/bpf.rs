@@ -279,6 +279,17 @@ pub struct Datapath {
     lane_ids: LaneIds,
 }
 
+/// What [`Datapath::sync_enrolled`] does with entries the desired state
+/// lacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stale {
+    /// Removes them: the desired state names every pod.
+    Remove,
+    /// Keeps them: some pods' namespaces could not be read this time, so
+    /// their cookies are unknown and any entry may be theirs.
+    Keep,
+}
+
 /// How many entries a sync changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyncCounts {
@@ -837,12 +848,21 @@ impl Datapath {
         self.lane_endpoints.iter().filter_map(Result::ok).collect()
     }
 
-    /// Makes `ENROLLED` hold exactly `desired` (netns cookie to pod).
+    /// Makes `ENROLLED` hold `desired` (netns cookie to pod), and with
+    /// [`Stale::Remove`] nothing else.
     pub fn sync_enrolled(
         &mut self,
         desired: &StdHashMap<u64, PodValue>,
+        stale: Stale,
     ) -> Result<SyncCounts, Error> {
-        sync(&mut self.enrolled, desired, map_names::ENROLLED)
+        let name = map_names::ENROLLED;
+        Ok(SyncCounts {
+            written: write_desired(&mut self.enrolled, desired, name)?,
+            removed: match stale {
+                Stale::Remove => remove_stale(&mut self.enrolled, desired, name)?,
+                Stale::Keep => 0,
+            },
+        })
     }
 
     /// Counters summed over CPUs.
@@ -984,26 +1004,57 @@ where
     K: Pod + Eq + Hash,
     V: Pod + PartialEq,
 {
-    let mut counts = SyncCounts::default();
+    Ok(SyncCounts {
+        written: write_desired(map, desired, name)?,
+        removed: remove_stale(map, desired, name)?,
+    })
+}
+
+/// Writes the entries of `desired` that `map` lacks or holds otherwise; how
+/// many were written.
+fn write_desired<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    desired: &StdHashMap<K, V>,
+    name: &'static str,
+) -> Result<usize, Error>
+where
+    K: Pod + Eq + Hash,
+    V: Pod + PartialEq,
+{
+    let mut written = 0;
     for (key, value) in desired {
         if map.get(key, 0).ok().as_ref() != Some(value) {
             map.insert(key, value, 0).map_err(map_err(name))?;
-            counts.written += 1;
+            written += 1;
         }
     }
+    Ok(written)
+}
+
+/// Removes the entries of `map` that `desired` lacks; how many went.
+fn remove_stale<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    desired: &StdHashMap<K, V>,
+    name: &'static str,
+) -> Result<usize, Error>
+where
+    K: Pod + Eq + Hash,
+    V: Pod,
+{
     let stale: Vec<K> = map
         .keys()
         .filter_map(Result::ok)
         .filter(|k| !desired.contains_key(k))
         .collect();
+    let mut removed = 0;
     for key in stale {
         match map.remove(&key) {
-            Ok(()) => counts.removed += 1,
+            Ok(()) => removed += 1,
             Err(MapError::KeyNotFound) => {}
             Err(e) => return Err(map_err(name)(e)),
         }
     }
-    Ok(counts)
+    Ok(removed)
 }
 
 /// Unpins (and so detaches, once no process holds them) the links of every

@@ -394,6 +394,98 @@ fn overlapping_restarts_hand_over_the_listener_and_fail_no_request() -> Result<(
     overlapping_restarts("  mode: socket\n")
 }
 
+/// A pod's network namespace that does not open in time (its kernel locks
+/// held elsewhere, a node under load: the first sign was this suite's
+/// overlapping restarts under emulation, where a few answers took the
+/// direct path) costs its pod nothing. Across a takeover the pod keeps the
+/// enrolment the running agent gave it (before: the new agent dropped the
+/// pod's entry and its connects went around the router), and once the
+/// namespace opens the new agent enrols it without a change to the config
+/// (before: it stayed unenrolled until the file changed).
+#[test]
+fn a_namespace_slow_to_open_costs_its_pod_nothing_across_a_takeover() -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Standard {
+        agent,
+        backends,
+        scenario,
+        pods,
+        node,
+    } = Standard::start()?;
+    let node = Arc::new(node);
+    let mut old = agent;
+    // The successor's config names the client's namespace by a path that
+    // blocks on open (a FIFO with no writer) until the test releases it.
+    let slow = node.dir().join("client-netns");
+    let c = std::ffi::CString::new(slow.as_os_str().as_encoded_bytes())?;
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let real = node.pod(pods.client).netns.path();
+    let config = std::fs::read_to_string(&old.config)?.replace(
+        &format!("netns: {},", real.display()),
+        &format!("netns: {},", slow.display()),
+    );
+    assert!(config.contains(&slow.display().to_string()), "{config}");
+    let successor = node.dir().join("laneway-successor.yaml");
+    std::fs::write(&successor, config)?;
+    let load = Load::start(&node, pods.client, Node::vip(&scenario.services[0]));
+    std::thread::sleep(Duration::from_millis(400));
+    let new = Agent::start_with(&node, successor)?;
+    assert!(new.log().contains("took over"), "{}", new.log());
+    assert!(new.log().contains("did not open within"), "{}", new.log());
+    let status = old.wait_exit(Duration::from_secs(15))?;
+    assert!(status.success(), "{status}\n{}", old.log());
+    std::thread::sleep(Duration::from_secs(2));
+    let direct_while_slow = load.answers.lock().unwrap().iter().filter(|a| !a.2).count();
+    assert_eq!(
+        direct_while_slow, 0,
+        "while its namespace was slow, the client's connects went around the router"
+    );
+    // The namespace opens: the stuck open returns (a FIFO is no namespace),
+    // then the path leads to the real one.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&slow)?;
+    let link = node.dir().join("client-netns.link");
+    std::os::unix::fs::symlink(&real, &link)?;
+    std::fs::rename(&link, &slow)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let listed: api::Pods = laneway_tests::admin::json(&node, &["pods"])?;
+        if listed.unenrolled.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the client was never enrolled once its namespace opened: {:?}\n{}",
+            listed.unenrolled,
+            new.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    let (ok, failures, answers) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed of {}: {:?}",
+        failures.len(),
+        ok + failures.len() as u64,
+        &failures[..failures.len().min(5)]
+    );
+    let direct = answers.iter().filter(|a| !a.2).count();
+    assert_eq!(
+        direct,
+        0,
+        "{direct} of {} answers took the direct path:\n{}",
+        answers.len(),
+        new.log()
+    );
+    drop(new);
+    drop(backends);
+    Ok(())
+}
+
 /// TC mode's transparent listener cannot share its port (`bpf_sk_assign`
 /// refuses `SO_REUSEPORT` sockets): the new agent takes a duplicate of the
 /// old one's listener instead.

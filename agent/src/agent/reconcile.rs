@@ -3,7 +3,8 @@
 //! are written under the datapath lock and the router swaps the result in
 //! (with the enrolled pods' namespaces, kept open for their upstream
 //! sockets). A failed apply leaves the last good state routing and is tried
-//! again.
+//! again, and so is an apply that could not read some pod's namespace in
+//! time: that pod keeps the enrolment it had meanwhile.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -60,9 +61,19 @@ pub struct Reconciler {
     pub ready_file: Option<PathBuf>,
     /// The last input given, for [`Reconciler::relink`] and retries.
     last: Mutex<Option<Input>>,
-    /// Whether the last input failed to apply (retried by
-    /// [`Reconciler::retry_failed`]).
-    failed: AtomicBool,
+    /// Whether the last input failed to apply, or reached not every pod
+    /// (retried by [`Reconciler::retry`]).
+    unfinished: AtomicBool,
+}
+
+/// What writing a snapshot to the maps gave.
+pub struct Written {
+    /// What the router routes by.
+    pub applied: Applied,
+    /// Pods whose network namespace did not open in time
+    /// ([`netns::Error::Slow`]): they keep whatever enrolment they had, and
+    /// the input is applied again.
+    pub slow: usize,
 }
 
 /// What [`Reconciler::apply`] is given: the desired state, the pods the
@@ -79,7 +90,9 @@ pub struct Input {
 }
 
 impl Reconciler {
-    /// A reconciler whose first input, `first`, the router already routes by.
+    /// A reconciler whose first input, `first`, the router already routes by
+    /// (`first_slow`: pods whose namespace it could not read).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         mode: RedirectMode,
         router: Arc<Router>,
@@ -88,6 +101,7 @@ impl Reconciler {
         health: Arc<Health>,
         ready_file: Option<PathBuf>,
         first: Input,
+        first_slow: usize,
     ) -> Self {
         Self {
             mode,
@@ -97,7 +111,7 @@ impl Reconciler {
             health,
             ready_file,
             last: Mutex::new(Some(first)),
-            failed: AtomicBool::new(false),
+            unfinished: AtomicBool::new(first_slow > 0),
         }
     }
 
@@ -118,19 +132,26 @@ impl Reconciler {
         }
         let unenrolled = input.unenrolled.clone();
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(input);
-        // Failed until it is applied.
-        let failed_before = self.failed.swap(true, Ordering::Relaxed);
+        // Unfinished until it is applied to every pod.
+        let unfinished_before = self.unfinished.swap(true, Ordering::Relaxed);
         // Slow work (entering every pod's netns) before the lock.
         let namespaces = pod_namespaces(&snapshot);
-        let applied = {
+        let written = {
             let mut dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
             write_maps(&mut dp, snapshot, namespaces, unenrolled, self.mode)?
         };
-        self.router.swap(applied);
+        self.router.swap(written.applied);
         self.router.telemetry.metrics.snapshot_applied();
-        self.failed.store(false, Ordering::Relaxed);
-        if failed_before {
-            info!("the state that failed to apply is applied now");
+        if written.slow > 0 {
+            warn!(
+                pods = written.slow,
+                "some pods' network namespaces did not open in time; they keep the enrolment they had, retrying"
+            );
+        } else {
+            self.unfinished.store(false, Ordering::Relaxed);
+            if unfinished_before {
+                info!("the state that could not be applied in full is applied now");
+            }
         }
         if !self.health.is_ready() {
             self.ready()?;
@@ -139,9 +160,8 @@ impl Reconciler {
     }
 
     /// [`Reconciler::apply`], logging a failure instead of returning it:
-    /// the last good snapshot keeps routing, and
-    /// [`Reconciler::retry_failed`] tries the input again. Whether it was
-    /// applied.
+    /// the last good snapshot keeps routing, and [`Reconciler::retry`]
+    /// tries the input again. Whether it was applied.
     pub fn apply_or_log(&self, input: Input, reason: &str) -> bool {
         match self.apply(input) {
             Ok(()) => true,
@@ -152,14 +172,14 @@ impl Reconciler {
         }
     }
 
-    /// Whether the last input failed to apply.
-    pub fn failed(&self) -> bool {
-        self.failed.load(Ordering::Relaxed)
+    /// Whether the last input failed to apply or reached not every pod.
+    pub fn unfinished(&self) -> bool {
+        self.unfinished.load(Ordering::Relaxed)
     }
 
-    /// Applies the last input again if it failed.
-    pub fn retry_failed(&self) {
-        if !self.failed() {
+    /// Applies the last input again if it is [`Reconciler::unfinished`].
+    pub fn retry(&self) {
+        if !self.unfinished() {
             return;
         }
         if let Some(last) = self.last_input() {
@@ -226,7 +246,7 @@ pub fn first(
     input: &Input,
     source: &str,
     mode: RedirectMode,
-) -> Result<Applied, Error> {
+) -> Result<Written, Error> {
     let mut snapshot = Snapshot::from_config(&input.config, source.to_owned(), None, true);
     mark_policy_errors(&mut snapshot, &input.policy_errors);
     let namespaces = pod_namespaces(&snapshot);
@@ -261,13 +281,17 @@ fn pod_namespaces(snapshot: &Snapshot) -> Vec<Result<netns::Namespace, netns::Er
 
 /// Writes a snapshot to the maps, given each pod's network namespace, and
 /// returns what the router needs (with the enrolled pods' namespaces).
+/// While a namespace is too slow to read, no pod loses its `ENROLLED`
+/// entry: the slow pod's cookie is unknown, and dropping the entry it may
+/// have (from this agent's last apply, or from the agent this one took
+/// over from) would send its connections around the router.
 fn write_maps(
     datapath: &mut Datapath,
     snapshot: Snapshot,
     namespaces: Vec<Result<netns::Namespace, netns::Error>>,
     mut unenrolled: Vec<(String, String)>,
     mode: RedirectMode,
-) -> Result<Applied, Error> {
+) -> Result<Written, Error> {
     let own_netns = netns::socket_cookie_here().ok();
     let mut services = HashMap::new();
     for port in &snapshot.ports {
@@ -284,6 +308,7 @@ fn write_maps(
     let mut enrolled = HashMap::new();
     let mut pods_by_cookie = HashMap::new();
     let mut pod_netns = HashMap::new();
+    let mut slow = 0;
     for ((index, pod), namespace) in snapshot.pods.iter().enumerate().zip(namespaces) {
         match namespace {
             Ok(namespace) if Some(namespace.cookie) == own_netns => {
@@ -306,6 +331,9 @@ fn write_maps(
                 pod_netns.insert(index, Arc::new(namespace));
             }
             Err(e) => {
+                if matches!(e, netns::Error::Slow { .. }) {
+                    slow += 1;
+                }
                 warn!(%pod, error = %e, "not enrolled: network namespace not usable");
                 unenrolled.push((pod.to_string(), e.to_string()));
             }
@@ -322,7 +350,11 @@ fn write_maps(
     datapath.sync_lane_endpoints(&lanes.endpoints)?;
     // Services first: a newly enrolled pod must find its services in place.
     let s = datapath.sync_services(&services)?;
-    let e = datapath.sync_enrolled(&enrolled)?;
+    let stale = match slow {
+        0 => bpf::Stale::Remove,
+        _ => bpf::Stale::Keep,
+    };
+    let e = datapath.sync_enrolled(&enrolled, stale)?;
     datapath.sync_tc_enrolled(&tc_enrolled)?;
     // Veths of pods that left, or that are gone, lose the program.
     let keep = tc_interfaces.iter().map(String::as_str).collect();
@@ -337,11 +369,14 @@ fn write_maps(
         map_removals = s.removed + e.removed,
         "snapshot applied"
     );
-    Ok(Applied {
-        snapshot,
-        pods_by_cookie,
-        netns: pod_netns,
-        unenrolled,
+    Ok(Written {
+        applied: Applied {
+            snapshot,
+            pods_by_cookie,
+            netns: pod_netns,
+            unenrolled,
+        },
+        slow,
     })
 }
 
