@@ -18,7 +18,7 @@ pub mod ui;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub use server::{AdminState, Error, owner, serve_http, serve_unix, take_over};
+pub use server::{AdminState, Error, ListenerFd, owner, serve_http, serve_unix, take_over};
 
 /// Liveness and readiness, shared with the rest of the agent.
 #[derive(Debug, Default)]

@@ -280,10 +280,7 @@ async fn serve(
     for (service, _) in &first.policy_errors {
         router.telemetry.metrics.policy_error(service);
     }
-    let transparent_fd = node.transparent.as_ref().map(|l| {
-        use std::os::fd::AsRawFd;
-        l.as_raw_fd()
-    });
+    let listener_fds = node.listener_fds();
     let accepting = node.accept(&router);
     let health = Arc::new(Health::default());
     let datapath = Arc::new(Mutex::new(node.datapath));
@@ -303,7 +300,7 @@ async fn serve(
             .collect(),
         handover: handover_tx,
         generation: options.generation,
-        transparent_fd,
+        listener_fds,
     });
     let (redirect4, redirect6) = listeners::redirect_addrs(&config)?;
     let heartbeat = Heartbeat::start(
@@ -429,9 +426,9 @@ async fn attach(options: &Options, config: &Config) -> Result<Attached, Error> {
         return Err(Error::NotACgroup(cgroup));
     }
     listeners::allow_listener_migration();
-    let mut router = vec![listeners::bind(config.router.listen)?];
+    let mut router = vec![listeners::redirect(config, config.router.listen).await?];
     if let Some(v6) = config.router.listen_v6 {
-        router.push(listeners::bind(v6)?);
+        router.push(listeners::redirect(config, v6).await?);
     }
     let admin = config.admin.listen.map(listeners::bind).transpose()?;
     let mut datapath = Datapath::attach(&cgroup, &config.bpf.pin_path)?;
@@ -451,6 +448,23 @@ async fn attach(options: &Options, config: &Config) -> Result<Attached, Error> {
 }
 
 impl Attached {
+    /// The router's listening sockets, for a successor to duplicate.
+    fn listener_fds(&self) -> Vec<crate::admin::ListenerFd> {
+        use std::os::fd::AsRawFd;
+        let redirect = self.router.iter().map(|l| (l, false));
+        let transparent = self.transparent.iter().map(|l| (l, true));
+        redirect
+            .chain(transparent)
+            .filter_map(|(l, transparent)| {
+                Some(crate::admin::ListenerFd {
+                    addr: l.local_addr().ok()?,
+                    fd: l.as_raw_fd(),
+                    transparent,
+                })
+            })
+            .collect()
+    }
+
     /// Starts accepting on the router's listeners.
     fn accept(&mut self, router: &Arc<Router>) -> Vec<tokio::task::JoinHandle<()>> {
         let redirected = self.router.drain(..).map(|l| (l, false));

@@ -189,47 +189,6 @@ pub fn remove_tc_filters_everywhere() -> Result<Vec<String>, Error> {
     Ok(removed)
 }
 
-/// Takes a duplicate of the transparent listener of the agent serving the
-/// admin socket at `admin_socket` (an overlapping restart): it names its pid
-/// and the fd, and `pidfd_getfd` (Linux 5.6+, needs `CAP_SYS_PTRACE`) gives
-/// this process the same listening socket, so no SYN meets a closed port
-/// while the old agent hands over.
-pub fn inherit(admin_socket: &std::path::Path) -> Result<std::net::TcpListener, Error> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    let failed = |message: String| Error::Inherit { message };
-    let found: crate::admin::api::InheritedListener = crate::cli::client::Client::new(admin_socket)
-        .get("/handover/listener")
-        .map_err(|e| failed(e.to_string()))?;
-    // SAFETY: plain syscalls; each returns a new fd or -1.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, found.pid, 0) };
-    if pidfd < 0 {
-        return Err(failed(format!(
-            "pidfd_open({}): {}",
-            found.pid,
-            std::io::Error::last_os_error()
-        )));
-    }
-    // SAFETY: a fresh fd we own.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-    use std::os::fd::AsRawFd;
-    // SAFETY: as above.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), found.fd, 0) };
-    if fd < 0 {
-        return Err(failed(format!(
-            "pidfd_getfd(pid {}, fd {}): {}",
-            found.pid,
-            found.fd,
-            std::io::Error::last_os_error()
-        )));
-    }
-    // SAFETY: a fresh fd we own, a listening TCP socket by the answer.
-    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd as i32) };
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| failed(e.to_string()))?;
-    Ok(listener)
-}
-
 /// The transparent listener: accepts connections to any address (the
 /// VIPs), marked so its replies skip conntrack. No SO_REUSEPORT:
 /// `bpf_sk_assign` refuses reuseport sockets.

@@ -77,8 +77,11 @@ impl Layout {
 /// data path in socket, TC and both modes, fail-open, a gray release, a
 /// restart (clsact, TC's attachment before Linux 6.6), the netns-cookie
 /// probe and preflight. Chosen by their cost under TCG (see KERNELS.md):
-/// 10 to 60 s each there. `graceful`'s overlapping restarts under load
-/// are left out: under emulation its load client misses its timeouts.
+/// 10 to 60 s each there. `graceful`'s five-round restarts are left out:
+/// under emulation the restarts outpace the load (one counts on more than
+/// 100 answers through the router; 5.10 gave 36), and the TC-mode one saw
+/// an old agent's drain outlast the test's 15 s wait (an open issue). One
+/// takeover under load runs on the oldest kernel ([`CI_OLDEST_EXTRA`]).
 pub const CI_SUBSET: &[&str] = &[
     "data_path::socket::tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base",
     "data_path::tc::tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base",
@@ -98,11 +101,22 @@ pub const CI_HYBRID_SUBSET: &[&str] = &[
     "netns_probe::the_probe_learns_each_pods_own_cookie_the_one_so_netns_cookie_gives",
 ];
 
-/// CI's tests for `layout`.
-fn ci_subset(layout: Layout) -> &'static [&'static str] {
+/// What CI adds on the oldest kernel with cgroup v2: an overlapping
+/// restart under load (about 50 s under TCG). There the new agent can only
+/// share the old one's listening sockets (no `tcp_migrate_req` before
+/// Linux 5.14) and learns namespaces' cookies through its probe (no
+/// `SO_NETNS_COOKIE` before 5.14), with one namespace slow to open.
+pub const CI_OLDEST_EXTRA: &[&str] =
+    &["graceful::a_namespace_slow_to_open_costs_its_pod_nothing_across_a_takeover"];
+
+/// CI's tests for `kernel` and `layout`.
+fn ci_subset(kernel: &Kernel, layout: Layout) -> Vec<&'static str> {
     match layout {
-        Layout::V2 => CI_SUBSET,
-        Layout::Hybrid => CI_HYBRID_SUBSET,
+        Layout::V2 if kernel.version == KERNELS[0].version => {
+            CI_SUBSET.iter().chain(CI_OLDEST_EXTRA).copied().collect()
+        }
+        Layout::V2 => CI_SUBSET.to_vec(),
+        Layout::Hybrid => CI_HYBRID_SUBSET.to_vec(),
     }
 }
 
@@ -116,8 +130,8 @@ const BOOT_ATTEMPTS: u32 = 2;
 
 /// Which integration tests a VM runs.
 pub enum Tests {
-    /// CI's: [`CI_SUBSET`] with cgroup v2, [`CI_HYBRID_SUBSET`] with the
-    /// hybrid layout.
+    /// CI's: [`CI_SUBSET`] with cgroup v2 (and [`CI_OLDEST_EXTRA`] on the
+    /// oldest kernel), [`CI_HYBRID_SUBSET`] with the hybrid layout.
     Ci,
     /// Every one.
     All,
@@ -138,7 +152,7 @@ pub struct Run<'a> {
 impl Run<'_> {
     fn wants(&self, name: &str) -> bool {
         match self.tests {
-            Tests::Ci => ci_subset(self.layout).contains(&name),
+            Tests::Ci => ci_subset(self.kernel, self.layout).contains(&name),
             Tests::All => true,
             Tests::Matching(part) => name.contains(part.as_str()),
         }
@@ -522,8 +536,8 @@ fn boot_and_test(
     std::fs::create_dir_all(&out)?;
     let plan = guest::plan(binaries, |name| r.wants(name))?;
     if let Tests::Ci = r.tests
-        && let Some(missing) = ci_subset(r.layout)
-            .iter()
+        && let Some(missing) = ci_subset(r.kernel, r.layout)
+            .into_iter()
             .find(|n| !plan.iter().any(|(p, _)| p == *n))
     {
         bail!("CI's kernel subset names {missing}, which is no integration test");
@@ -656,9 +670,11 @@ fn render(root: &Path) -> Result<()> {
          booting a VM adds 15 to 40 s. A blank cell: not run on that kernel.\n\n",
     );
     md.push_str(&format!(
-        "`cargo xtask test` (CI) runs, on every kernel with cgroup v2: {}; and with the \
-         hybrid layout on {}: {}. `--whole-suite` runs every test.\n\n",
+        "`cargo xtask test` (CI) runs, on every kernel with cgroup v2: {}; also on {}: {}; and \
+         with the hybrid layout on {}: {}. `--whole-suite` runs every test.\n\n",
         CI_SUBSET.join(", "),
+        KERNELS[0].version,
+        CI_OLDEST_EXTRA.join(", "),
         KERNELS[0].version,
         CI_HYBRID_SUBSET.join(", ")
     ));

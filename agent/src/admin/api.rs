@@ -466,10 +466,14 @@ pub struct Check {
     pub fix: Option<String>,
 }
 
-/// `GET /handover/listener`: where a successor finds the running agent's
-/// transparent listener (TC mode), to take a duplicate of it with
-/// `pidfd_getfd` (a transparent socket cannot share its port by
-/// `SO_REUSEPORT`: `bpf_sk_assign` refuses such sockets).
+/// `GET /handover/listener?addr=IP:PORT`: where a successor finds the
+/// running agent's listener on that address (without `addr`: the
+/// transparent one), to take a duplicate of it with `pidfd_getfd`. The same
+/// socket, not a second one on the port: its queued connections are never
+/// reset when the old agent closes its copy (on any kernel; `SO_REUSEPORT`
+/// with `tcp_migrate_req` needs Linux 5.14), and a transparent socket
+/// cannot share its port anyway (`bpf_sk_assign` refuses reuseport
+/// sockets).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InheritedListener {
     /// The running agent's process id.

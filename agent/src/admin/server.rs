@@ -62,8 +62,20 @@ pub struct AdminState {
     /// This agent's rollout generation: an agent of an older one never
     /// takes the node over from it.
     pub generation: u64,
-    /// TC mode: the transparent listener's fd, for a successor to duplicate.
-    pub transparent_fd: Option<i32>,
+    /// The router's listening sockets (redirect and, in TC mode,
+    /// transparent), for a successor to duplicate.
+    pub listener_fds: Vec<ListenerFd>,
+}
+
+/// One of the router's listening sockets, as [`AdminState`] names it.
+#[derive(Clone, Copy, Debug)]
+pub struct ListenerFd {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// Its file descriptor in this process.
+    pub fd: i32,
+    /// Whether it is TC mode's transparent listener.
+    pub transparent: bool,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -307,19 +319,20 @@ async fn api_response(
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },
         (&Method::GET, "/config") => json(StatusCode::OK, &**state.config.load()),
-        (&Method::GET, "/handover/listener") => match state.transparent_fd {
-            Some(fd) => json(
-                StatusCode::OK,
-                &api::InheritedListener {
-                    pid: std::process::id() as i32,
-                    fd,
-                },
-            ),
-            None => error(
-                StatusCode::NOT_FOUND,
-                "no transparent listener (not in TC mode)".into(),
-            ),
-        },
+        // Without `addr`, the transparent listener: what agents before
+        // redirect listeners were shared asked for.
+        (&Method::GET, "/handover/listener") => {
+            match handover_listener(&state, query.get("addr")) {
+                Ok(fd) => json(
+                    StatusCode::OK,
+                    &api::InheritedListener {
+                        pid: std::process::id() as i32,
+                        fd,
+                    },
+                ),
+                Err(missing) => error(StatusCode::NOT_FOUND, missing),
+            }
+        }
         (&Method::GET, "/handover/owner") => json(
             StatusCode::OK,
             &api::Owner {
@@ -362,6 +375,29 @@ async fn api_response(
 }
 
 /// `a=1&b=x%2Fy` as a map (percent-decoded; `+` as space).
+/// The fd of the listener a successor asks for: the one on `addr`, or
+/// without it the transparent one.
+fn handover_listener(state: &AdminState, addr: Option<&String>) -> Result<i32, String> {
+    match addr {
+        None => state
+            .listener_fds
+            .iter()
+            .find(|l| l.transparent)
+            .map(|l| l.fd)
+            .ok_or_else(|| "no transparent listener (not in TC mode)".to_owned()),
+        Some(addr) => {
+            let addr: std::net::SocketAddr =
+                addr.parse().map_err(|e| format!("addr {addr:?}: {e}"))?;
+            state
+                .listener_fds
+                .iter()
+                .find(|l| l.addr == addr)
+                .map(|l| l.fd)
+                .ok_or_else(|| format!("no listener on {addr}"))
+        }
+    }
+}
+
 fn parse_query(query: &str) -> BTreeMap<String, String> {
     query
         .split('&')
