@@ -144,7 +144,7 @@ fn with_kube_a_state_that_cannot_be_applied_keeps_the_last_good_one_routing() ->
             .delete::<k8s_openapi::api::core::v1::Service>(Some("backends"), name);
     }
     agent.wait_for_log(
-        "the state that failed to apply is applied now",
+        "the state that failed to apply or reached not every pod is applied now",
         Duration::from_secs(30),
     )?;
     let status = agent.terminate()?;

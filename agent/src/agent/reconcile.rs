@@ -150,7 +150,7 @@ impl Reconciler {
         } else {
             self.unfinished.store(false, Ordering::Relaxed);
             if unfinished_before {
-                info!("the state that could not be applied in full is applied now");
+                info!("the state that failed to apply or reached not every pod is applied now");
             }
         }
         if !self.health.is_ready() {
