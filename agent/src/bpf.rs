@@ -279,8 +279,8 @@ pub struct Datapath {
     lane_ids: LaneIds,
 }
 
-/// What [`Datapath::sync_enrolled`] does with entries the desired state
-/// lacks.
+/// What a map sync does with the entries the desired state lacks (only
+/// [`Datapath::sync_enrolled`] keeps them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stale {
     /// Removes them: the desired state names every pod.
@@ -654,7 +654,12 @@ impl Datapath {
         &mut self,
         desired: &StdHashMap<u32, PodValue>,
     ) -> Result<SyncCounts, Error> {
-        sync(&mut self.tc_enrolled, desired, map_names::TC_ENROLLED)
+        sync(
+            &mut self.tc_enrolled,
+            desired,
+            map_names::TC_ENROLLED,
+            Stale::Remove,
+        )
     }
 
     /// Registers the transparent listener of TC mode, and attaches
@@ -820,7 +825,12 @@ impl Datapath {
         &mut self,
         desired: &StdHashMap<ServiceKey, ServiceValue>,
     ) -> Result<SyncCounts, Error> {
-        sync(&mut self.services, desired, map_names::SERVICES)
+        sync(
+            &mut self.services,
+            desired,
+            map_names::SERVICES,
+            Stale::Remove,
+        )
     }
 
     /// Makes `LANE_ENDPOINTS` hold exactly `desired` (see
@@ -830,7 +840,12 @@ impl Datapath {
         &mut self,
         desired: &StdHashMap<LaneKey, LaneEndpoints>,
     ) -> Result<SyncCounts, Error> {
-        sync(&mut self.lane_endpoints, desired, map_names::LANE_ENDPOINTS)
+        sync(
+            &mut self.lane_endpoints,
+            desired,
+            map_names::LANE_ENDPOINTS,
+            Stale::Remove,
+        )
     }
 
     /// The lane ids of tags, to give new tags theirs.
@@ -855,14 +870,7 @@ impl Datapath {
         desired: &StdHashMap<u64, PodValue>,
         stale: Stale,
     ) -> Result<SyncCounts, Error> {
-        let name = map_names::ENROLLED;
-        Ok(SyncCounts {
-            written: write_desired(&mut self.enrolled, desired, name)?,
-            removed: match stale {
-                Stale::Remove => remove_stale(&mut self.enrolled, desired, name)?,
-                Stale::Keep => 0,
-            },
-        })
+        sync(&mut self.enrolled, desired, map_names::ENROLLED, stale)
     }
 
     /// Counters summed over CPUs.
@@ -995,66 +1003,42 @@ impl ConnOrigins {
     }
 }
 
+/// Makes `map` hold `desired`: new and changed entries first, then (with
+/// [`Stale::Remove`]) the entries `desired` lacks are removed, so no key in
+/// both the old and the new state is ever missing.
 fn sync<K, V>(
     map: &mut HashMap<MapData, K, V>,
     desired: &StdHashMap<K, V>,
     name: &'static str,
+    stale: Stale,
 ) -> Result<SyncCounts, Error>
 where
     K: Pod + Eq + Hash,
     V: Pod + PartialEq,
 {
-    Ok(SyncCounts {
-        written: write_desired(map, desired, name)?,
-        removed: remove_stale(map, desired, name)?,
-    })
-}
-
-/// Writes the entries of `desired` that `map` lacks or holds otherwise; how
-/// many were written.
-fn write_desired<K, V>(
-    map: &mut HashMap<MapData, K, V>,
-    desired: &StdHashMap<K, V>,
-    name: &'static str,
-) -> Result<usize, Error>
-where
-    K: Pod + Eq + Hash,
-    V: Pod + PartialEq,
-{
-    let mut written = 0;
+    let mut counts = SyncCounts::default();
     for (key, value) in desired {
         if map.get(key, 0).ok().as_ref() != Some(value) {
             map.insert(key, value, 0).map_err(map_err(name))?;
-            written += 1;
+            counts.written += 1;
         }
     }
-    Ok(written)
-}
-
-/// Removes the entries of `map` that `desired` lacks; how many went.
-fn remove_stale<K, V>(
-    map: &mut HashMap<MapData, K, V>,
-    desired: &StdHashMap<K, V>,
-    name: &'static str,
-) -> Result<usize, Error>
-where
-    K: Pod + Eq + Hash,
-    V: Pod,
-{
+    if stale == Stale::Keep {
+        return Ok(counts);
+    }
     let stale: Vec<K> = map
         .keys()
         .filter_map(Result::ok)
         .filter(|k| !desired.contains_key(k))
         .collect();
-    let mut removed = 0;
     for key in stale {
         match map.remove(&key) {
-            Ok(()) => removed += 1,
+            Ok(()) => counts.removed += 1,
             Err(MapError::KeyNotFound) => {}
             Err(e) => return Err(map_err(name)(e)),
         }
     }
-    Ok(removed)
+    Ok(counts)
 }
 
 /// Unpins (and so detaches, once no process holds them) the links of every
