@@ -374,7 +374,6 @@ async fn api_response(
     }
 }
 
-/// `a=1&b=x%2Fy` as a map (percent-decoded; `+` as space).
 /// The fd of the listener a successor asks for: the one on `addr`, or
 /// without it the transparent one.
 fn handover_listener(state: &AdminState, addr: Option<&String>) -> Result<i32, String> {
@@ -398,6 +397,7 @@ fn handover_listener(state: &AdminState, addr: Option<&String>) -> Result<i32, S
     }
 }
 
+/// `a=1&b=x%2Fy` as a map (percent-decoded; `+` as space).
 fn parse_query(query: &str) -> BTreeMap<String, String> {
     query
         .split('&')

@@ -67,7 +67,7 @@ pub async fn redirect(config: &Config, addr: SocketAddr) -> Result<TcpListener, 
                     .map_err(|source| Error::Listen { addr, source });
             }
             Ok(Err(e)) => {
-                info!(%addr, reason = %e, "not sharing a running agent's listener: binding a second one on the port");
+                info!(%addr, reason = %e, "not sharing a running agent's listener: binding one of its own");
             }
             Err(e) => warn!(%addr, error = %e, "inheriting the listener panicked"),
         }
