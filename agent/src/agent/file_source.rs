@@ -25,6 +25,13 @@ pub fn reload(
     reconciler: &Reconciler,
     reason: &str,
 ) -> Option<Config> {
+    // A file rewritten in place (truncated, then written: a shell's `>`,
+    // many tools) reads empty for a moment. Applied, that would drop every
+    // service and pod; `services: []` says it on purpose.
+    if std::fs::read(path).is_ok_and(|bytes| bytes.iter().all(u8::is_ascii_whitespace)) {
+        error!(%reason, path = %path.display(), "config reload rejected: the file is empty (still being written?); still routing by the last good one");
+        return None;
+    }
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
