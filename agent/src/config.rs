@@ -608,11 +608,20 @@ impl<'de> Deserialize<'de> for Port {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        Self::parse_file_text(path, &Self::read_file(path)?)
+    }
+
+    /// The text of the config file at `path`.
+    pub fn read_file(path: &Path) -> Result<String, Error> {
+        std::fs::read_to_string(path).map_err(|source| Error::Read {
             path: path.to_owned(),
             source,
-        })?;
-        Self::parse(&text).map_err(|message| Error::Invalid {
+        })
+    }
+
+    /// Parses and validates `text`, read from `path` (named in errors).
+    pub fn parse_file_text(path: &Path, text: &str) -> Result<Self, Error> {
+        Self::parse(text).map_err(|message| Error::Invalid {
             path: path.to_owned(),
             message,
         })

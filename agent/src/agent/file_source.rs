@@ -25,15 +25,22 @@ pub fn reload(
     reconciler: &Reconciler,
     reason: &str,
 ) -> Option<Config> {
-    // A file rewritten in place (truncated, then written: a shell's `>`,
-    // many tools) reads empty for a moment. Applied, that would drop every
-    // service and pod; `services: []` says it on purpose.
-    if std::fs::read(path).is_ok_and(|bytes| bytes.iter().all(u8::is_ascii_whitespace)) {
-        error!(%reason, path = %path.display(), "config reload rejected: the file is empty (still being written?); still routing by the last good one");
-        return None;
-    }
-    let config = match Config::load(path) {
-        Ok(c) => c,
+    // Read once: the text checked for emptiness is the text parsed.
+    let parsed = Config::read_file(path).and_then(|text| {
+        // A file rewritten in place (truncated, then written: a shell's
+        // `>`, many tools) reads empty for a moment. Applied, that would
+        // drop every service and pod; `services: []` says it on purpose.
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        Config::parse_file_text(path, &text).map(Some)
+    });
+    let config = match parsed {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            error!(%reason, path = %path.display(), "config reload rejected: the file is empty (still being written?); still routing by the last good one");
+            return None;
+        }
         Err(e) => {
             error!(%reason, error = %e, "config reload rejected; still routing by the last good one");
             return None;
