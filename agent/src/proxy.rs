@@ -348,6 +348,11 @@ impl Engine {
     }
 }
 
+/// How long a connection on which nothing is in flight (idle between
+/// requests, or on which nobody spoke yet) may still start something once
+/// the router drains: a client may be sending right now.
+pub(crate) const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(1000);
+
 /// The instant `after` from now, saturating far in the future instead of
 /// overflowing on absurd configured durations.
 pub(crate) fn deadline_after(after: Duration) -> tokio::time::Instant {
@@ -369,22 +374,35 @@ pub async fn serve_connection(
     if let Err(e) = client.set_nodelay(true) {
         tracing::debug!(error = %e, "set TCP_NODELAY on client socket");
     }
-    let engine = match mode {
-        Protocol::Http2 => Engine::H2,
-        Protocol::Opaque => Engine::L4,
+    let sniffed = match mode {
+        Protocol::Http2 => sniff::Sniffed::Http2,
+        Protocol::Opaque => sniff::Sniffed::Opaque,
         Protocol::Sniff | Protocol::Http => {
             match sniff::sniff(&client, cfg.sniff_timeout, cfg.header_timeout).await {
-                Ok(sniff::Sniffed::Http2) => Engine::H2,
-                Ok(sniff::Sniffed::Http1) => Engine::H1,
-                // A declared HTTP port is HTTP/1.x unless it says otherwise:
-                // the engine answers garbage with 400.
-                Ok(sniff::Sniffed::Opaque) if mode == Protocol::Http => Engine::H1,
-                Ok(sniff::Sniffed::Opaque) => Engine::L4,
-                Ok(sniff::Sniffed::Closed) => return,
+                Ok(sniffed) => sniffed,
                 Err(e) => {
                     tracing::debug!(error = %e, "client socket error while sniffing");
                     return;
                 }
+            }
+        }
+    };
+    let (client, engine) = match (sniffed, mode) {
+        (sniff::Sniffed::Http2, _) => (client, Engine::H2),
+        (sniff::Sniffed::Http1, _) => (client, Engine::H1),
+        // A declared HTTP port is HTTP/1.x unless it says otherwise: the
+        // engine answers garbage with 400, and waits for a quiet client.
+        (sniff::Sniffed::Opaque | sniff::Sniffed::Silent, Protocol::Http) => (client, Engine::H1),
+        (sniff::Sniffed::Opaque, _) => (client, Engine::L4),
+        (sniff::Sniffed::Closed, _) => return,
+        // Server-first, or a client connected ahead of its first request:
+        // an L4 stream until the first word, which may still be HTTP.
+        (sniff::Sniffed::Silent, _) => {
+            routes.serving(Engine::L4.protocol());
+            match Box::pin(l4::passthrough_silent(client, &*routes, &pool, &cfg)).await {
+                l4::Silent::Served => return,
+                l4::Silent::SpokeHttp(client, sniff::Sniffed::Http2) => (client, Engine::H2),
+                l4::Silent::SpokeHttp(client, _) => (client, Engine::H1),
             }
         }
     };

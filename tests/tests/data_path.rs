@@ -124,6 +124,24 @@ fn one_keep_alive_connection_routes_each_request_by_its_own_tag(mode: Mode) -> R
     Ok(())
 }
 
+/// A client that connects and stays quiet past the sniff timeout (a pool
+/// connecting ahead of its first request) is still routed per request on an
+/// `auto` port: the router waits for the first word instead of taking the
+/// silence for a server-first protocol for the life of the connection.
+fn a_client_quiet_before_its_first_request_stays_in_its_lane(mode: Mode) -> Result<()> {
+    let s = Standard::start_in(mode)?;
+    let mut conn = Conn::open(s.node.pod(s.pods.client), s.reviews())?;
+    // Three times the default `router.sniff_timeout` (300 ms).
+    std::thread::sleep(Duration::from_millis(900));
+    for (tag, expected) in [("joint1", "reviews-joint1"), ("gray", "reviews-gray")] {
+        let r = conn.get("/", &[("x-mse-tag", tag)])?;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.endpoint(), expected, "tag {tag}");
+        assert!(r.routed(), "routed per request, not passed through");
+    }
+    Ok(())
+}
+
 fn the_app_sees_the_vip_it_dialled(mode: Mode) -> Result<()> {
     let s = Standard::start_in(mode)?;
     let mut conn = Conn::open(s.node.pod(s.pods.client), s.reviews())?;
@@ -578,8 +596,8 @@ fn the_test_node_has_no_route_out(mode: Mode) -> Result<()> {
 }
 
 in_modes! {
-    socket => Socket: [tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base, untagged_requests_never_reach_tagged_endpoints, tagged_caller_pod_stays_in_its_lane_without_a_header, baggage_member_selects_the_lane, one_keep_alive_connection_routes_each_request_by_its_own_tag, the_app_sees_the_vip_it_dialled, pods_not_enrolled_are_left_alone, unknown_protocols_pass_through_byte_for_byte, malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving, fails_open_within_a_second_when_the_router_stops_and_steers_again_after, a_killed_agent_leaves_pods_on_the_direct_path_at_once, sigterm_fails_open_and_exits_cleanly, config_reload_changes_routing_without_dropping_a_connection, ipv6_and_v4_mapped_connects_are_steered, sighup_reloads_the_config, a_service_with_no_serving_endpoint_answers_503_naming_it, the_test_node_has_no_route_out, the_routers_own_connects_are_never_redirected],
-    tc => Tc: [tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base, untagged_requests_never_reach_tagged_endpoints, tagged_caller_pod_stays_in_its_lane_without_a_header, baggage_member_selects_the_lane, one_keep_alive_connection_routes_each_request_by_its_own_tag, the_app_sees_the_vip_it_dialled, pods_not_enrolled_are_left_alone, unknown_protocols_pass_through_byte_for_byte, malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving, fails_open_within_a_second_when_the_router_stops_and_steers_again_after, a_killed_agent_leaves_pods_on_the_direct_path_at_once, sigterm_fails_open_and_exits_cleanly, config_reload_changes_routing_without_dropping_a_connection],
+    socket => Socket: [tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base, untagged_requests_never_reach_tagged_endpoints, tagged_caller_pod_stays_in_its_lane_without_a_header, baggage_member_selects_the_lane, one_keep_alive_connection_routes_each_request_by_its_own_tag, a_client_quiet_before_its_first_request_stays_in_its_lane, the_app_sees_the_vip_it_dialled, pods_not_enrolled_are_left_alone, unknown_protocols_pass_through_byte_for_byte, malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving, fails_open_within_a_second_when_the_router_stops_and_steers_again_after, a_killed_agent_leaves_pods_on_the_direct_path_at_once, sigterm_fails_open_and_exits_cleanly, config_reload_changes_routing_without_dropping_a_connection, ipv6_and_v4_mapped_connects_are_steered, sighup_reloads_the_config, a_service_with_no_serving_endpoint_answers_503_naming_it, the_test_node_has_no_route_out, the_routers_own_connects_are_never_redirected],
+    tc => Tc: [tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base, untagged_requests_never_reach_tagged_endpoints, tagged_caller_pod_stays_in_its_lane_without_a_header, baggage_member_selects_the_lane, one_keep_alive_connection_routes_each_request_by_its_own_tag, a_client_quiet_before_its_first_request_stays_in_its_lane, the_app_sees_the_vip_it_dialled, pods_not_enrolled_are_left_alone, unknown_protocols_pass_through_byte_for_byte, malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving, fails_open_within_a_second_when_the_router_stops_and_steers_again_after, a_killed_agent_leaves_pods_on_the_direct_path_at_once, sigterm_fails_open_and_exits_cleanly, config_reload_changes_routing_without_dropping_a_connection],
     tc_netlink => TcNetlink: [tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base, tagged_caller_pod_stays_in_its_lane_without_a_header, one_keep_alive_connection_routes_each_request_by_its_own_tag, the_app_sees_the_vip_it_dialled, pods_not_enrolled_are_left_alone, unknown_protocols_pass_through_byte_for_byte, malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving, fails_open_within_a_second_when_the_router_stops_and_steers_again_after, a_killed_agent_leaves_pods_on_the_direct_path_at_once, sigterm_fails_open_and_exits_cleanly],
     both => Both: [tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base, untagged_requests_never_reach_tagged_endpoints, tagged_caller_pod_stays_in_its_lane_without_a_header, baggage_member_selects_the_lane, one_keep_alive_connection_routes_each_request_by_its_own_tag, the_app_sees_the_vip_it_dialled, pods_not_enrolled_are_left_alone, unknown_protocols_pass_through_byte_for_byte, malformed_and_oversized_requests_get_400_and_431_and_the_router_keeps_serving, fails_open_within_a_second_when_the_router_stops_and_steers_again_after, a_killed_agent_leaves_pods_on_the_direct_path_at_once, sigterm_fails_open_and_exits_cleanly, config_reload_changes_routing_without_dropping_a_connection],
 }

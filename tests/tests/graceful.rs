@@ -561,3 +561,37 @@ fn overlapping_restarts(router_extra: &str) -> Result<()> {
     drop(backends);
     Ok(())
 }
+
+/// A drain that cannot finish says what holds it, and ends at its timeout:
+/// an L4 stream (here an echo session left open) has no request boundary at
+/// which the router could close it.
+#[test]
+fn a_drain_names_what_holds_it_and_ends_at_its_timeout() -> Result<()> {
+    use std::io::{Read, Write};
+    let mut s = Standard::start_with(|sc| sc.router_extra = "  drain_timeout: 2s\n".into())?;
+    let mut stream = laneway_tests::client::connect(s.node.pod(s.pods.client), s.echo())?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"\x00still here")?;
+    let mut back = [0u8; 11];
+    stream.read_exact(&mut back)?;
+    assert_eq!(&back, b"\x00still here");
+    let started = Instant::now();
+    let status = s.agent.terminate()?;
+    let took = started.elapsed();
+    let log = s.agent.log();
+    assert!(status.success(), "{status}\n{log}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "waited for the stream until the drain timeout: {took:?}\n{log}"
+    );
+    let named = log
+        .lines()
+        .find(|l| l.contains("draining: connection still open"))
+        .unwrap_or_else(|| panic!("the drain names the open connection:\n{log}"));
+    assert!(named.contains("tcp"), "{named}");
+    assert!(
+        log.contains("drain timeout: closing the remaining connections"),
+        "{log}"
+    );
+    Ok(())
+}

@@ -152,8 +152,10 @@ fn ten_thousand_connections_for_a_minute_drop_nothing() -> Result<()> {
         .unwrap_or(60);
     let limit_kib = daemonset_memory_limit_kib()?;
     // Clients that connect and wait before their first request: the port is
-    // declared HTTP (appProtocol), or sniffing would take them for a
-    // server-first protocol after `sniff_timeout`.
+    // declared HTTP (appProtocol). On an `auto` port each would, after
+    // `sniff_timeout`, also hold an upstream connection until its first
+    // word (in case the server speaks first), and the test counts the
+    // router's memory per client connection.
     let s = Standard::start_with(|sc| sc.services[0].protocol = "http")?;
     let vip = s.reviews();
     let pod = s.node.pod(s.pods.client);

@@ -212,10 +212,6 @@ struct Conn<'a> {
     exclude: Vec<SocketAddr>,
 }
 
-/// How long a connection idle between requests may still send one once the
-/// router drains.
-const DRAIN_IDLE_GRACE: std::time::Duration = std::time::Duration::from_millis(1000);
-
 /// Serve HTTP/1.x requests on `client` until the connection closes.
 pub(crate) async fn serve(
     mut client: TcpStream,
@@ -332,7 +328,7 @@ impl Conn<'_> {
             // that may be sending right now.
             let idle = self.cbuf.is_empty();
             if idle && drain_deadline.is_none() && *drain.borrow() {
-                drain_deadline = Some(deadline_after(DRAIN_IDLE_GRACE));
+                drain_deadline = Some(deadline_after(super::DRAIN_IDLE_GRACE));
             }
             let deadline = match (head_deadline, drain_deadline) {
                 (None, Some(d)) => d.min(deadline),

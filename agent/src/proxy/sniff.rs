@@ -5,11 +5,12 @@
 //! A connection is HTTP/2 when it starts with the connection preface
 //! (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`), HTTP/1.x when it starts with
 //! a method token of uppercase letters (RFC 9110 token, restricted to `A-Z`
-//! plus `-`/`_` after the first letter) followed by a space. Anything else,
-//! including no bytes within the sniff timeout (server-first protocols), is
-//! opaque. The timeout applies to the first
-//! byte only: once bytes arrived, they decide (a client's first segment may
-//! hold just `GE`), within the header timeout.
+//! plus `-`/`_` after the first letter) followed by a space. Anything else
+//! is opaque. A client that sends no byte within the sniff timeout is
+//! *silent*: a server-first protocol, or a client that connected ahead of
+//! its first request; the L4 engine lets whoever speaks first decide. The
+//! timeout applies to the first byte only: once bytes arrived, they decide
+//! (a client's first segment may hold just `GE`), within the header timeout.
 
 use std::{io, time::Duration};
 
@@ -36,8 +37,10 @@ pub(crate) enum Sniffed {
     Http1,
     /// Starts with the HTTP/2 connection preface.
     Http2,
-    /// Anything else, or nothing within the timeout.
+    /// Anything else (or still undecided after the header timeout).
     Opaque,
+    /// No byte within the sniff timeout.
+    Silent,
     /// The client closed the connection before sending anything.
     Closed,
 }
@@ -70,7 +73,7 @@ pub(crate) fn classify(bytes: &[u8]) -> Option<Sniffed> {
 }
 
 /// Peek at the client's bytes and classify them. No byte within
-/// `first_byte` (the sniff timeout) is a server-first protocol: opaque.
+/// `first_byte` (the sniff timeout): silent.
 /// Once a byte arrived, the bytes decide; still undecided `decide_within`
 /// (the header timeout) after the first byte: opaque.
 pub(crate) async fn sniff(
@@ -84,6 +87,7 @@ pub(crate) async fn sniff(
     let mut pause = REPEEK_MIN;
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Err(_elapsed) if seen == 0 => return Ok(Sniffed::Silent),
             Err(_elapsed) => return Ok(Sniffed::Opaque),
             Ok(r) => r?,
         };

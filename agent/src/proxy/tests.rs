@@ -1247,6 +1247,89 @@ async fn a_method_split_across_the_sniff_timeout_is_still_http() {
     assert_eq!(a.seen()[0].path, "/late");
 }
 
+/// A client that connects and stays quiet past the sniff timeout (a pool
+/// connecting ahead of its first request) and then sends HTTP is routed per
+/// request, not passed through to the L4 stream's endpoint.
+#[tokio::test]
+async fn a_client_quiet_past_the_sniff_timeout_is_still_routed_per_request() {
+    let lane = Backend::start("lane").await;
+    let base = Backend::start("base").await;
+    let (lane_addr, base_addr) = (lane.addr, base.addr);
+    let cfg = test_cfg();
+    let quiet = cfg.sniff_timeout * 3;
+    let proxy = Proxy::start(
+        cfg,
+        TestRoutes::with_l4(move |_, _| to(lane_addr), move |_| to(base_addr)),
+        Protocol::Sniff,
+    )
+    .await;
+    let mut c = proxy.client().await;
+    sleep(quiet).await;
+    let r = c.get("/late-first").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(lane.seen().len(), 1, "routed per request, to its lane");
+    assert_eq!(lane.seen()[0].path, "/late-first");
+    assert!(base.seen().is_empty(), "nothing reached the L4 endpoint");
+    assert_eq!(proxy.http_calls().len(), 1);
+    // The same connection stays HTTP for its next request.
+    assert_eq!(c.get("/second").await.status, 200);
+    assert_eq!(lane.seen().len(), 2);
+    // Only the two requests are reported: the L4 stream that waited for
+    // the first word was not one.
+    let outcomes = proxy.outcomes(2).await;
+    assert!(outcomes.iter().all(|o| o.status == 200), "{outcomes:?}");
+}
+
+/// A quiet client whose late first bytes are not HTTP goes on as the L4
+/// stream, on the upstream connection made while it was quiet.
+#[tokio::test]
+async fn a_quiet_client_whose_late_bytes_are_opaque_is_passed_through() {
+    let upstream = spawn_server(echo).await;
+    let cfg = test_cfg();
+    let quiet = cfg.sniff_timeout * 3;
+    let proxy = Proxy::start(
+        cfg,
+        TestRoutes::l4_only(move |_| to(upstream)),
+        Protocol::Sniff,
+    )
+    .await;
+    let mut c = Client::connect(proxy.addr).await;
+    sleep(quiet).await;
+    c.send(b"PING\r\n").await;
+    let echoed = timeout(WAIT, read_until(&mut c.s, &mut c.buf, b"\r\n"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, b"PING\r\n");
+    assert_eq!(proxy.routes.l4_calls.load(Ordering::SeqCst), 1);
+}
+
+/// While the router drains, a connection on which neither side said a word
+/// is closed after the idle grace, like an idle keep-alive connection: it
+/// holds no request, and a drain must not wait for it.
+#[tokio::test]
+async fn a_drain_closes_a_connection_on_which_nobody_spoke() {
+    let silent = spawn_server(|s: TcpStream| async move {
+        sleep(Duration::from_secs(60)).await;
+        drop(s);
+    })
+    .await;
+    let cfg = test_cfg();
+    let quiet = cfg.sniff_timeout * 3;
+    let proxy = Proxy::start(
+        cfg,
+        TestRoutes::l4_only(move |_| to(silent)),
+        Protocol::Sniff,
+    )
+    .await;
+    let mut c = Client::connect(proxy.addr).await;
+    sleep(quiet).await;
+    proxy.pool.begin_drain();
+    let start = Instant::now();
+    assert!(c.closed().await, "closed by the drain");
+    assert!(start.elapsed() < WAIT);
+}
+
 #[tokio::test]
 async fn client_closing_before_sending_is_just_closed() {
     let proxy = Proxy::start(
