@@ -419,7 +419,7 @@ fn shipped_daemonset_and_configmap_route_by_lane_in_kube_mode() -> Result<()> {
     }
     let mut args: Vec<OsString> = container.args.iter().flatten().map(Into::into).collect();
     args.extend(["--cgroup".into(), node.cgroup().into()]);
-    let _agent = Agent::spawn(
+    let agent = Agent::spawn(
         &node,
         Launch {
             config: config_dir.join("laneway.yaml"),
@@ -435,6 +435,12 @@ fn shipped_daemonset_and_configmap_route_by_lane_in_kube_mode() -> Result<()> {
     ensure!(
         r.routed() && r.endpoint() == "reviews-joint1",
         "lane from the pod label: {r:?}"
+    );
+    // What `kubectl logs` shows: the container's stderr is no terminal.
+    let log = agent.log();
+    ensure!(
+        !log.contains('\x1b'),
+        "plain text, no terminal colour codes:\n{log}"
     );
     Ok(())
 }
