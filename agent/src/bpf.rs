@@ -28,7 +28,7 @@ use aya::{
     programs::{
         CgroupAttachMode, Program, ProgramError, SchedClassifier, SkLookup, TcAttachType,
         links::{FdLink, PinnedLink},
-        tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions},
+        tc::{NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcHandle},
     },
 };
 use tracing::{debug, warn};
@@ -108,14 +108,23 @@ enum TcLink {
     /// A TCX link, pinned: it outlives the agent, however it exits, until
     /// the next agent attaches its own (or `laneway uninstall`).
     Tcx(PinnedLink),
-    /// A clsact filter (it outlives a killed agent by itself), by program.
-    Netlink(&'static str, SchedClassifierLinkId),
+    /// A clsact filter. It outlives the agent however it exits (a killed
+    /// one's by itself; aya would delete it when the program drops, so the
+    /// link is never dropped), until this agent detaches it or the next
+    /// agent replaces it. Not dropping matters at a handover: the filter
+    /// the successor put in its place has the same priority and handle, and
+    /// deleting "ours" on the way out would delete the successor's.
+    Netlink(std::mem::ManuallyDrop<SchedClassifierLink>),
 }
 
 /// The clsact filter priority of the TC program when it attaches by netlink
 /// ("LW"): a priority of its own, so it replaces nothing, and runs after
 /// the filters at lower priorities (a CNI's).
 pub const TC_PRIORITY: u16 = 0x4c57;
+
+/// The handle of laneway's clsact filters, fixed so that an agent can put
+/// its program in place of the one in the filter already there.
+const TC_HANDLE: TcHandle = TcHandle::new(0, 1);
 
 /// What went wrong with the kernel side.
 #[derive(Debug, thiserror::Error)]
@@ -477,13 +486,7 @@ impl Datapath {
         }
         let tcx = self.tcx();
         if !tcx {
-            // clsact: a fixed priority of its own, so nothing is replaced.
-            // Filters left there by an agent that was killed go first
-            // (netlink filters outlive their process).
             let _ = aya::programs::tc::qdisc_add_clsact(interface);
-            if let Err(e) = crate::tproxy::remove_tc_filter(interface) {
-                warn!(%interface, error = %e, "could not look for a stale laneway TC filter");
-            }
         }
         let mut links = Vec::with_capacity(TC_PROGRAMS.len());
         for (name, direction) in TC_PROGRAMS {
@@ -514,13 +517,6 @@ impl Datapath {
         direction: TcAttachType,
         tcx: bool,
     ) -> Result<TcLink, Error> {
-        let options = match tcx {
-            true => TcAttachOptions::TcxOrder(Default::default()),
-            false => TcAttachOptions::Netlink(NlOptions {
-                priority: TC_PRIORITY,
-                ..Default::default()
-            }),
-        };
         let wrap = |action: String| {
             move |source| Error::Program {
                 action,
@@ -528,20 +524,28 @@ impl Datapath {
                 source,
             }
         };
-        let program = self.tc_program(name, "attach")?;
-        let id = program
-            .attach_with_options(interface, direction, options)
-            .map_err(wrap(format!("attach {name} to {interface}")))?;
+        let id = match tcx {
+            true => self
+                .tc_program(name, "attach")?
+                .attach_with_options(
+                    interface,
+                    direction,
+                    TcAttachOptions::TcxOrder(Default::default()),
+                )
+                .map_err(wrap(format!("attach {name} to {interface}")))?,
+            false => self.attach_tc_filter(interface, name, direction)?,
+        };
+        let link = self
+            .tc_program(name, "attach")?
+            .take_link(id)
+            .map_err(wrap(format!("take the link of {name} on {interface}")))?;
         if !tcx {
-            return Ok(TcLink::Netlink(name, id));
+            return Ok(TcLink::Netlink(std::mem::ManuallyDrop::new(link)));
         }
         let link_err = |message: String| Error::Link {
             program: name,
             message,
         };
-        let link = program
-            .take_link(id)
-            .map_err(wrap(format!("take the link of {name} on {interface}")))?;
         let link = FdLink::try_from(link).map_err(|e| link_err(e.to_string()))?;
         let dir = self.pin_dir.join(TC_LINKS_DIR).join(&self.generation);
         std::fs::create_dir_all(&dir).map_err(|e| link_err(e.to_string()))?;
@@ -550,6 +554,46 @@ impl Datapath {
         let _ = std::fs::remove_file(&path);
         let pinned = link.pin(&path).map_err(|e| link_err(e.to_string()))?;
         Ok(TcLink::Tcx(pinned))
+    }
+
+    /// Puts TC program `name` in laneway's clsact filter on `interface`'s
+    /// `direction` ([`TC_PRIORITY`], [`TC_HANDLE`]). A filter already there
+    /// (the running agent's at a handover, or one an agent left as it
+    /// exited) gets the program in place, in one netlink request: no packet
+    /// meets the veth without one, as deleting and adding would let a few
+    /// pass. Else the filter is created, after removing any stale one at
+    /// that priority (another handle: older agents let the kernel choose).
+    fn attach_tc_filter(
+        &mut self,
+        interface: &str,
+        name: &'static str,
+        direction: TcAttachType,
+    ) -> Result<SchedClassifierLinkId, Error> {
+        let wrap = |action: String| {
+            move |source| Error::Program {
+                action,
+                feature: TC_FEATURE,
+                source,
+            }
+        };
+        let program = self.tc_program(name, "attach")?;
+        if let Ok(there) =
+            SchedClassifierLink::attached(interface, direction, TC_PRIORITY, TC_HANDLE, None)
+            && let Ok(id) = program.attach_to_link(there)
+        {
+            return Ok(id);
+        }
+        if let Err(e) = crate::tproxy::remove_tc_filter_of(interface, name, direction) {
+            warn!(%interface, error = %e, "could not look for a stale laneway TC filter");
+        }
+        let options = TcAttachOptions::Netlink(NlOptions {
+            priority: TC_PRIORITY,
+            handle: TC_HANDLE,
+            ..Default::default()
+        });
+        self.tc_program(name, "attach")?
+            .attach_with_options(interface, direction, options)
+            .map_err(wrap(format!("attach {name} to {interface}")))
     }
 
     /// Detaches the TC programs from every interface not in `keep` (pods
@@ -584,10 +628,10 @@ impl Datapath {
             let result = match link {
                 // Unpinned and closed: the kernel detaches it.
                 TcLink::Tcx(pinned) => pinned.unpin().map(drop).map_err(|e| e.to_string()),
-                TcLink::Netlink(name, id) => self
-                    .tc_program(name, "detach")
-                    .map_err(|e| e.to_string())
-                    .and_then(|p| p.detach(id).map_err(|e| e.to_string())),
+                TcLink::Netlink(link) => {
+                    let link = std::mem::ManuallyDrop::into_inner(link);
+                    aya::programs::Link::detach(link).map_err(|e| e.to_string())
+                }
             };
             if let Err(error) = result {
                 debug!(%interface, %error, "TC link already gone");

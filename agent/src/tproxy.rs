@@ -150,24 +150,34 @@ pub fn remove_node_setup() -> Result<(), Error> {
 /// killed. Another component's filter at that priority is left alone.
 /// Returns whether one was removed.
 pub fn remove_tc_filter(interface: &str) -> Result<bool, Error> {
-    let pref = crate::bpf::TC_PRIORITY.to_string();
     let mut removed = false;
     for (program, attach) in crate::bpf::TC_PROGRAMS {
-        let direction = crate::bpf::tc_direction(attach);
-        let shown = output(
-            "tc",
-            &["filter", "show", "dev", interface, direction, "pref", &pref],
-        )?;
-        if !String::from_utf8_lossy(&shown.stdout).contains(program) {
-            continue;
-        }
-        must(
-            "tc",
-            &["filter", "del", "dev", interface, direction, "pref", &pref],
-        )?;
-        removed = true;
+        removed |= remove_tc_filter_of(interface, program, attach)?;
     }
     Ok(removed)
+}
+
+/// [`remove_tc_filter`] for one program, on the side of `interface` it
+/// attaches to.
+pub fn remove_tc_filter_of(
+    interface: &str,
+    program: &str,
+    attach: aya::programs::TcAttachType,
+) -> Result<bool, Error> {
+    let pref = crate::bpf::TC_PRIORITY.to_string();
+    let direction = crate::bpf::tc_direction(attach);
+    let shown = output(
+        "tc",
+        &["filter", "show", "dev", interface, direction, "pref", &pref],
+    )?;
+    if !String::from_utf8_lossy(&shown.stdout).contains(program) {
+        return Ok(false);
+    }
+    must(
+        "tc",
+        &["filter", "del", "dev", interface, direction, "pref", &pref],
+    )?;
+    Ok(true)
 }
 
 /// [`remove_tc_filter`] on every interface of this network namespace;

@@ -16,6 +16,7 @@ use anyhow::{Context, Result};
 use laneway::admin::api;
 use laneway_tests::{
     Agent, Node, Scenario, ServiceSpec, Standard, agent::binary, backend::Backend, client::Conn,
+    standard::Mode,
 };
 
 /// Load from the client pod until dropped: one keep-alive worker (opening a
@@ -111,10 +112,20 @@ impl Load {
             if routed >= n {
                 return Ok(());
             }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{routed} of {n} answers through the router within 60 s"
-            );
+            if Instant::now() >= deadline {
+                let answers = self.answers.lock().unwrap();
+                let direct = answers
+                    .iter()
+                    .filter(|(at, _, routed)| !*routed && *at >= since)
+                    .count();
+                let failures = self.failures.lock().unwrap();
+                anyhow::bail!(
+                    "{routed} of {n} answers through the router within 60 s ({direct} direct); \
+                     {} failures in all, the last: {:?}",
+                    failures.len(),
+                    &failures[failures.len().saturating_sub(5)..]
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -421,7 +432,7 @@ fn a_new_endpoints_share_grows_over_its_warmup() -> Result<()> {
 
 #[test]
 fn overlapping_restarts_hand_over_the_listener_and_fail_no_request() -> Result<()> {
-    overlapping_restarts("  mode: socket\n")
+    overlapping_restarts(Mode::Socket)
 }
 
 /// A pod's network namespace that does not open in time (its kernel locks
@@ -522,17 +533,25 @@ fn a_namespace_slow_to_open_costs_its_pod_nothing_across_a_takeover() -> Result<
 #[test]
 fn overlapping_restarts_in_tc_mode_share_the_transparent_listener_and_fail_no_request() -> Result<()>
 {
-    overlapping_restarts("  mode: tc\n")
+    overlapping_restarts(Mode::Tc)
 }
 
-fn overlapping_restarts(router_extra: &str) -> Result<()> {
+/// TC mode with clsact filters (kernels before 6.6 have no TCX): the agent
+/// taken over must not take the filters with it as it exits (its filter
+/// and its successor's have the same priority and handle).
+#[test]
+fn overlapping_restarts_with_clsact_filters_keep_the_filters_and_fail_no_request() -> Result<()> {
+    overlapping_restarts(Mode::TcNetlink)
+}
+
+fn overlapping_restarts(mode: Mode) -> Result<()> {
     let Standard {
         agent,
         backends,
         scenario,
         pods,
         node,
-    } = Standard::start_with(|sc| sc.router_extra = router_extra.into())?;
+    } = Standard::start_in(mode)?;
     let node = Arc::new(node);
     let config = agent.config.clone();
     let mut old = agent;
@@ -540,7 +559,12 @@ fn overlapping_restarts(router_extra: &str) -> Result<()> {
     let mut started = Instant::now();
     for round in 0..5 {
         load.wait_routed_since(started, ROUTED_PER_ROUND)
-            .with_context(|| format!("round {round}"))?;
+            .with_context(|| {
+                format!(
+                    "round {round}: {}",
+                    datapath_state(&node, pods.client, &old)
+                )
+            })?;
         // The new agent starts while the old one still serves; it takes over.
         started = Instant::now();
         let new = Agent::start_with(&node, config.clone())?;
@@ -556,7 +580,7 @@ fn overlapping_restarts(router_extra: &str) -> Result<()> {
             "round {round}:\n{}",
             new.log()
         );
-        if router_extra.contains("tc") {
+        if mode.tc() {
             assert!(
                 new.log()
                     .contains("sharing the running agent's transparent listener"),
@@ -593,6 +617,25 @@ fn overlapping_restarts(router_extra: &str) -> Result<()> {
     drop(old);
     drop(backends);
     Ok(())
+}
+
+/// What the agent serving logged, its maps and the TC filters on the
+/// client's veth: why answers stopped coming through the router.
+fn datapath_state(node: &Node, client: usize, agent: &Agent) -> String {
+    let shown = |out: Result<std::process::Output>| match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Err(e) => format!("{e:#}"),
+    };
+    let maps = shown(laneway_tests::admin::laneway(node, &["maps"]));
+    let veth = &node.pod(client).veth;
+    let filters = shown(
+        node.netns
+            .exec("tc", &["-s", "filter", "show", "dev", veth, "ingress"]),
+    );
+    format!(
+        "the agent serving:\n{}\nlaneway maps:\n{maps}\ntc filters on {veth}:\n{filters}",
+        agent.log()
+    )
 }
 
 /// A drain that cannot finish says what holds it, and ends at its timeout:

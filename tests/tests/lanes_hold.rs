@@ -61,10 +61,30 @@ impl Lanes {
         Self::start_with("  mode: tc\n", |_| Ok(()))
     }
 
+    /// TC mode with clsact filters, as on kernels before 6.6
+    /// (`bpf.tc_attach: netlink`).
+    fn start_tc_netlink() -> Result<Self> {
+        Self::start_scenario(
+            |sc| {
+                sc.router_extra = "  mode: tc\n".into();
+                sc.bpf_extra = "  tc_attach: netlink\n".into();
+            },
+            |_| Ok(()),
+        )
+    }
+
     /// Like [`Lanes::start`] with `router_extra` under `router:` in the
     /// agent's config, running `before_agent` on the node first.
     fn start_with(
         router_extra: &str,
+        before_agent: impl FnOnce(&Node) -> Result<()>,
+    ) -> Result<Self> {
+        Self::start_scenario(|sc| sc.router_extra = router_extra.into(), before_agent)
+    }
+
+    /// Like [`Lanes::start`], adjusting the scenario with `adjust`.
+    fn start_scenario(
+        adjust: impl FnOnce(&mut Scenario),
         before_agent: impl FnOnce(&Node) -> Result<()>,
     ) -> Result<Self> {
         let mut node = Node::new()?;
@@ -106,7 +126,7 @@ impl Lanes {
                 endpoints,
             })
         };
-        let scenario = Scenario {
+        let mut scenario = Scenario {
             services: vec![
                 service("reviews", "10.96.0.10", 80, "auto", lanes.clone())?,
                 service("reviews-tcp", "10.96.0.13", 81, "tcp", lanes)?,
@@ -123,9 +143,9 @@ impl Lanes {
                 .zip(CLIENTS)
                 .map(|(pod, (_, tag, _))| (*pod, tag.map(Into::into)))
                 .collect(),
-            router_extra: router_extra.into(),
             ..Scenario::default()
         };
+        adjust(&mut scenario);
         let backends = servers
             .iter()
             .map(|p| Backend::http(node.pod(*p), 8080))
@@ -271,6 +291,31 @@ mod lanes_hold {
     fn in_tc_mode_a_stopped_agent_keeps_every_lane_and_the_router_takes_over_again_on_resume()
     -> Result<()> {
         stopped_agent_keeps_every_lane(Lanes::start_tc()?)
+    }
+
+    /// A clean stop leaves the clsact filters in place (as TCX links stay
+    /// pinned), so the kernel keeps every lane once the agent is gone.
+    #[test]
+    fn with_clsact_filters_an_agent_stopped_by_sigterm_keeps_every_lane() -> Result<()> {
+        let mut l = Lanes::start_tc_netlink()?;
+        let status = l.agent.terminate()?;
+        assert!(status.success(), "{status}\n{}", l.agent.log());
+        let loaders = &l.clients[..3];
+        let after = under_load_from(&l.node, loaders, l.reviews, || {
+            std::thread::sleep(Duration::from_millis(1000));
+            Ok(())
+        })?;
+        for (i, (name, _, allowed)) in CLIENTS[..3].iter().enumerate() {
+            let a = &after[i];
+            assert!(
+                outside(a, allowed).is_empty(),
+                "{name} was answered by another lane: {:?}",
+                outside(a, allowed)
+            );
+            assert_eq!(a.failed, 0, "{name}: failures with no agent");
+            assert!(a.ok > 20, "{name}: the load ran: {}", a.ok);
+        }
+        Ok(())
     }
 
     fn killed_agent_keeps_every_lane_under_load(mut l: Lanes) -> Result<()> {
