@@ -56,6 +56,12 @@ fn tag_header_reaches_the_lane_and_unknown_tags_fall_back_to_base(mode: Mode) ->
     // ratings has only base: joint1 falls back there.
     let r = client::get(client, s.ratings(), &[("x-mse-tag", "joint1")])?;
     assert_eq!(r.endpoint(), "ratings-base");
+    // The apply's log line counts the pods enrolled by whichever mode.
+    assert!(
+        s.agent.log().contains("pods_enrolled=2 pods_wanted=2"),
+        "{}",
+        s.agent.log()
+    );
     Ok(())
 }
 

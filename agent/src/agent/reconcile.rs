@@ -359,11 +359,18 @@ fn write_maps(
     // Veths of pods that left, or that are gone, lose the program.
     let keep = tc_interfaces.iter().map(String::as_str).collect();
     datapath.detach_tc_except(&keep);
+    // By either mode (in `both`, a pod is in both maps).
+    let enrolled_pods = enrolled
+        .values()
+        .chain(tc_enrolled.values())
+        .map(|pod| pod.pod_id)
+        .collect::<HashSet<_>>()
+        .len();
     info!(
         source = %snapshot.source,
         services = snapshot.services.len(),
         service_ports = services.len(),
-        pods_enrolled = enrolled.len(),
+        pods_enrolled = enrolled_pods,
         pods_wanted = snapshot.pods.len(),
         map_writes = s.written + e.written,
         map_removals = s.removed + e.removed,
