@@ -197,6 +197,19 @@ fn metrics_count_the_requests_just_sent_by_decision() -> Result<()> {
         client::get(client, s.reviews(), &[("x-mse-tag", "nolane")])?;
     }
     client::get(client, s.reviews(), &[])?;
+    // The client has its answers; the router may still be closing its
+    // side of the last connection (which the gauge below counts).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !json::<api::Conns>(&s.node, &["conns"])?
+        .connections
+        .is_empty()
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "connections still open 5 s after the last answer"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let text = scrape(&s.node)?;
     let count = |decision: &str, tag: &str| {
         let needle = format!(
