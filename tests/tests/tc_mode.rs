@@ -50,6 +50,16 @@ fn a_connection_opened_before_enrolment_keeps_working() -> Result<()> {
     Ok(())
 }
 
+/// Whether this kernel has TCX (Linux 6.6), which TC mode attaches with
+/// by default; before it, clsact filters.
+fn tcx_kernel() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)) >= (6, 6)
+}
+
 /// `tc -s filter show dev DEV ingress` in the node netns.
 fn filters(node: &Node, dev: &str) -> Result<String> {
     let out = node
@@ -166,7 +176,8 @@ fn a_recreated_veth_gets_the_program_again() -> Result<()> {
     routed_within(&s, s.pods.client)?;
     let program = tc_program(&s)?;
     assert!(program.attached_to.contains(&veth), "{program:?}");
-    assert!(program.hook.contains("tcx"), "{program:?}");
+    let hook = if tcx_kernel() { "tcx" } else { "clsact" };
+    assert!(program.hook.contains(hook), "{program:?}");
     s.agent
         .wait_for_log("attaching the TC program again", Duration::from_secs(1))?;
     Ok(())
@@ -178,8 +189,11 @@ fn a_pod_that_leaves_enrolment_loses_the_program() -> Result<()> {
     let client_veth = s.node.pod(s.pods.client).veth.clone();
     let tagged_veth = s.node.pod(s.pods.client_joint1).veth.clone();
     // The kernel's own list of TCX programs on the veth (this bpftool
-    // predates TCX).
+    // predates TCX); before Linux 6.6, its clsact filters.
     let attached = |veth: &str| -> Result<bool> {
+        if !tcx_kernel() {
+            return Ok(filters(&s.node, veth)?.contains("tc_ingress"));
+        }
         let (_, programs) = s.node.netns.run(|| {
             aya::programs::SchedClassifier::query_tcx(veth, aya::programs::TcAttachType::Ingress)
         })??;
