@@ -122,6 +122,15 @@ enum TcLink {
 /// the filters at lower priorities (a CNI's).
 pub const TC_PRIORITY: u16 = 0x4c57;
 
+/// Makes a TC program's failure to do `action` an [`Error::Program`].
+fn tc_error(action: String) -> impl FnOnce(ProgramError) -> Error {
+    move |source| Error::Program {
+        action,
+        feature: TC_FEATURE,
+        source,
+    }
+}
+
 /// The handle of laneway's clsact filters, fixed so that an agent can put
 /// its program in place of the one in the filter already there.
 const TC_HANDLE: TcHandle = TcHandle::new(0, 1);
@@ -517,13 +526,6 @@ impl Datapath {
         direction: TcAttachType,
         tcx: bool,
     ) -> Result<TcLink, Error> {
-        let wrap = |action: String| {
-            move |source| Error::Program {
-                action,
-                feature: TC_FEATURE,
-                source,
-            }
-        };
         let id = match tcx {
             true => self
                 .tc_program(name, "attach")?
@@ -532,13 +534,13 @@ impl Datapath {
                     direction,
                     TcAttachOptions::TcxOrder(Default::default()),
                 )
-                .map_err(wrap(format!("attach {name} to {interface}")))?,
+                .map_err(tc_error(format!("attach {name} to {interface}")))?,
             false => self.attach_tc_filter(interface, name, direction)?,
         };
         let link = self
             .tc_program(name, "attach")?
             .take_link(id)
-            .map_err(wrap(format!("take the link of {name} on {interface}")))?;
+            .map_err(tc_error(format!("take the link of {name} on {interface}")))?;
         if !tcx {
             return Ok(TcLink::Netlink(std::mem::ManuallyDrop::new(link)));
         }
@@ -569,13 +571,6 @@ impl Datapath {
         name: &'static str,
         direction: TcAttachType,
     ) -> Result<SchedClassifierLinkId, Error> {
-        let wrap = |action: String| {
-            move |source| Error::Program {
-                action,
-                feature: TC_FEATURE,
-                source,
-            }
-        };
         let program = self.tc_program(name, "attach")?;
         if let Ok(there) =
             SchedClassifierLink::attached(interface, direction, TC_PRIORITY, TC_HANDLE, None)
@@ -593,7 +588,7 @@ impl Datapath {
         });
         self.tc_program(name, "attach")?
             .attach_with_options(interface, direction, options)
-            .map_err(wrap(format!("attach {name} to {interface}")))
+            .map_err(tc_error(format!("attach {name} to {interface}")))
     }
 
     /// Detaches the TC programs from every interface not in `keep` (pods

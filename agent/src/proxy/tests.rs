@@ -1280,11 +1280,9 @@ async fn a_client_quiet_past_the_sniff_timeout_is_still_routed_per_request() {
     assert!(outcomes.iter().all(|o| o.status == 200), "{outcomes:?}");
 }
 
-/// A quiet client whose late first bytes are not HTTP goes on as the L4
-/// stream, on the upstream connection made while it was quiet.
-#[tokio::test]
-async fn a_quiet_client_whose_late_bytes_are_opaque_is_passed_through() {
-    let upstream = spawn_server(echo).await;
+/// A sniffing proxy whose L4 streams go to `upstream`, and a client of it
+/// that has been quiet for three sniff timeouts.
+async fn quiet_l4_client(upstream: SocketAddr) -> (Proxy, Client) {
     let cfg = test_cfg();
     let quiet = cfg.sniff_timeout * 3;
     let proxy = Proxy::start(
@@ -1293,8 +1291,16 @@ async fn a_quiet_client_whose_late_bytes_are_opaque_is_passed_through() {
         Protocol::Sniff,
     )
     .await;
-    let mut c = Client::connect(proxy.addr).await;
+    let client = Client::connect(proxy.addr).await;
     sleep(quiet).await;
+    (proxy, client)
+}
+
+/// A quiet client whose late first bytes are not HTTP goes on as the L4
+/// stream, on the upstream connection made while it was quiet.
+#[tokio::test]
+async fn a_quiet_client_whose_late_bytes_are_opaque_is_passed_through() {
+    let (proxy, mut c) = quiet_l4_client(spawn_server(echo).await).await;
     c.send(b"PING\r\n").await;
     let echoed = timeout(WAIT, read_until(&mut c.s, &mut c.buf, b"\r\n"))
         .await
@@ -1314,16 +1320,7 @@ async fn a_drain_closes_a_connection_on_which_nobody_spoke() {
         drop(s);
     })
     .await;
-    let cfg = test_cfg();
-    let quiet = cfg.sniff_timeout * 3;
-    let proxy = Proxy::start(
-        cfg,
-        TestRoutes::l4_only(move |_| to(silent)),
-        Protocol::Sniff,
-    )
-    .await;
-    let mut c = Client::connect(proxy.addr).await;
-    sleep(quiet).await;
+    let (proxy, mut c) = quiet_l4_client(silent).await;
     proxy.pool.begin_drain();
     let start = Instant::now();
     assert!(c.closed().await, "closed by the drain");
